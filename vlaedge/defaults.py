@@ -1,0 +1,27 @@
+"""Where the embedded defaults live: the trained default policy and the sample calibration dataset."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from vlaedge.errors import VlaedgeError
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+DEFAULT_CHECKPOINT = PACKAGE_DIR / "assets" / "default_policy"
+DEFAULT_DATASET = PACKAGE_DIR.parent / "calibration" / "tabletop"
+
+
+def default_checkpoint() -> Path:
+    """The committed default policy (nano reference VLA, chunk head, trained on the tabletop task)."""
+    if not (DEFAULT_CHECKPOINT / "model.safetensors").is_file():
+        raise VlaedgeError(f"default policy: {DEFAULT_CHECKPOINT} is missing",
+                           "reinstall vlaedge, or recreate it with 'vlaedge train --out " f"{DEFAULT_CHECKPOINT}'")
+    return DEFAULT_CHECKPOINT
+
+
+def default_dataset() -> Path:
+    """The sample tabletop dataset committed in the repository's calibration/ folder."""
+    if not (DEFAULT_DATASET / "meta" / "info.json").is_file():
+        raise VlaedgeError(f"default dataset: {DEFAULT_DATASET} is missing (it ships with the git checkout)",
+                           "pass --data with your own episodes, or record some with 'vlaedge record'")
+    return DEFAULT_DATASET

@@ -1,0 +1,137 @@
+"""The policy adapter protocol: everything model-specific lives behind it.
+
+The rest of the pipeline (quantize, export, verify, profile) only sees a `Policy`: a torch module, the
+named inputs it takes (`input_spec`), the named outputs it returns, how dataset frames become inputs
+(`make_inputs`) and how outputs become actions in the environment's units (`decode`).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+if TYPE_CHECKING:
+    import torch
+
+BATCH = "B"  # the symbolic batch dimension in shapes
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """A named model input.
+
+    Attributes:
+        name: input name, also the ONNX input name.
+        shape: dimensions; the string "B" marks the (dynamic) batch dimension.
+        dtype: numpy dtype name ("uint8", "int64", "float32").
+        low: smallest valid value (inclusive).
+        high: largest valid value (inclusive).
+    """
+
+    name: str
+    shape: tuple[int | str, ...]
+    dtype: str
+    low: float
+    high: float
+
+    def concrete_shape(self, batch: int) -> tuple[int, ...]:
+        return tuple(batch if d == BATCH else int(d) for d in self.shape)
+
+
+@dataclass(frozen=True)
+class ActionSpec:
+    """What the policy's actions mean.
+
+    Attributes:
+        names: one name per action dimension, e.g. ("dx", "dy", "gripper").
+        low: per-dimension lower bound in environment units.
+        high: per-dimension upper bound in environment units.
+        gripper_dims: indices of binary gripper dimensions (positive = closed).
+        chunk: number of future actions predicted per inference (T).
+    """
+
+    names: tuple[str, ...]
+    low: tuple[float, ...]
+    high: tuple[float, ...]
+    gripper_dims: tuple[int, ...]
+    chunk: int
+
+    @property
+    def dim(self) -> int:
+        return len(self.names)
+
+    @property
+    def range(self) -> np.ndarray:
+        return np.asarray(self.high, np.float32) - np.asarray(self.low, np.float32)
+
+
+class Policy(ABC):
+    """A loaded policy: a torch module plus the contract the pipeline relies on.
+
+    Subclasses set `module`, `input_spec`, `output_names` and `action_spec`, and implement
+    `make_inputs`, `decode` and `save`.
+    """
+
+    module: torch.nn.Module
+    input_spec: tuple[TensorSpec, ...]
+    output_names: tuple[str, ...]
+    action_spec: ActionSpec
+    name: str = "policy"
+
+    @abstractmethod
+    def make_inputs(self, frames: dict, seed: int = 0) -> dict[str, np.ndarray]:
+        """Turns a batch of dataset frames into model inputs.
+
+        Args:
+            frames: {"image": uint8 [B,H,W,3], "state": float32 [B,S], "instruction": list[str]}.
+            seed: seeds any sampled input (the flow-matching `noise`), so that reference and
+                candidate see identical inputs.
+
+        Returns:
+            Feeds keyed by input name, matching `input_spec`.
+        """
+
+    @abstractmethod
+    def decode(self, outputs: dict[str, np.ndarray]) -> np.ndarray:
+        """Turns model outputs into actions float32 [B, T, A] in the environment's units."""
+
+    @abstractmethod
+    def save(self, path: str | Path) -> Path:
+        """Writes the policy as a checkpoint directory that `load_policy` reads back."""
+
+    @property
+    def has_noise_input(self) -> bool:
+        return any(s.name == "noise" for s in self.input_spec)
+
+    def example_inputs(self, batch: int = 1, seed: int = 0) -> dict[str, np.ndarray]:
+        """Random valid feeds for tracing, export and latency runs."""
+        rng = np.random.default_rng(seed)
+        feeds = {}
+        for spec in self.input_spec:
+            shape = spec.concrete_shape(batch)
+            if spec.name == "noise":
+                feeds[spec.name] = rng.standard_normal(shape).astype(np.float32)
+            elif np.issubdtype(np.dtype(spec.dtype), np.integer):
+                feeds[spec.name] = rng.integers(spec.low, spec.high + 1, shape).astype(spec.dtype)
+            else:
+                feeds[spec.name] = rng.uniform(spec.low, spec.high, shape).astype(spec.dtype)
+        return feeds
+
+    def run_torch(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Runs the torch module on numpy feeds (inference mode) and returns numpy outputs."""
+        import torch
+
+        self.module.eval()
+        with torch.inference_mode():
+            args = [torch.from_numpy(np.ascontiguousarray(feeds[s.name])) for s in self.input_spec]
+            out = self.module(*args)
+        out = out if isinstance(out, tuple | list) else (out,)
+        return {name: t.float().numpy() for name, t in zip(self.output_names, out, strict=True)}
+
+    def act(self, frames: dict, seed: int = 0) -> np.ndarray:
+        """Frames in, actions [B, T, A] out, with the torch module."""
+        return self.decode(self.run_torch(self.make_inputs(frames, seed)))

@@ -1,0 +1,253 @@
+"""The built-in reference VLA: ViT patch encoder, word tokens, proprio token, fusion transformer, and
+one of three action heads (RT-2/OpenVLA 256-bin tokens, OpenVLA-OFT continuous chunks, pi0-style
+flow matching with `noise` as an input).
+
+Attention uses separate q/k/v/o Linear layers and `scaled_dot_product_attention`, so quantizers reach
+every projection (ModelOpt leaves the packed weights of nn.MultiheadAttention in FP32).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field, fields
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+HEADS = ("tokens", "chunk", "flow")
+
+# Named sizes. nano: tests (<1M params); small: benchmarks (10-30M); base: realistic size (100M+).
+SIZES: dict[str, dict] = {
+    "nano": dict(dim=128, num_heads=4, vision_depth=2, fusion_depth=2, expert_dim=64, expert_depth=1),
+    "small": dict(dim=384, num_heads=6, vision_depth=4, fusion_depth=4, expert_dim=192, expert_depth=2),
+    "base": dict(dim=768, num_heads=12, vision_depth=8, fusion_depth=8, expert_dim=384, expert_depth=2),
+}
+
+
+@dataclass
+class VLAConfig:
+    """Architecture of a reference VLA; saved as the checkpoint's config.json."""
+
+    head: Literal["tokens", "chunk", "flow"] = "chunk"  # action head family
+    image_size: int = 64  # square camera image side, pixels
+    patch_size: int = 8  # ViT patch side, pixels
+    dim: int = 128  # transformer width
+    num_heads: int = 4  # attention heads per block before pruning
+    head_dim: int = 0  # per-head width; 0 = dim // num_heads
+    vision_depth: int = 2  # ViT blocks over image patches
+    fusion_depth: int = 2  # blocks over [vision, instruction, state, action queries]
+    mlp_ratio: float = 4.0  # MLP hidden width = mlp_ratio * dim before pruning
+    vocab: list[str] = field(default_factory=list)  # tokenizer words (ids start at 2)
+    max_instruction_len: int = 12  # instruction tokens
+    state_dim: int = 4  # proprio state size
+    action_dim: int = 3  # action dimensions A
+    chunk: int = 4  # actions predicted per inference T
+    num_bins: int = 256  # tokens head: bins per dimension over [-1, 1]
+    flow_steps: int = 5  # flow head: Euler steps K
+    expert_dim: int = 64  # flow head: action expert width
+    expert_depth: int = 1  # flow head: action expert blocks
+    action_names: list[str] = field(default_factory=lambda: ["dx", "dy", "gripper"])
+    action_low: list[float] = field(default_factory=lambda: [-1.0, -1.0, -1.0])  # env units
+    action_high: list[float] = field(default_factory=lambda: [1.0, 1.0, 1.0])
+    gripper_dims: list[int] = field(default_factory=lambda: [2])
+    block_heads: list[int] = field(default_factory=list)  # per block after pruning; [] = num_heads
+    block_mlp: list[int] = field(default_factory=list)  # per block after pruning; [] = full width
+
+    def __post_init__(self):
+        if self.head not in HEADS:
+            raise ValueError(f"head: {self.head!r} is not one of {', '.join(HEADS)}")
+        if self.image_size % self.patch_size:
+            raise ValueError(f"image_size: {self.image_size} is not a multiple of patch_size {self.patch_size}")
+        if not self.head_dim:
+            self.head_dim = self.dim // self.num_heads
+        n = len(self.action_names)
+        if not (n == self.action_dim == len(self.action_low) == len(self.action_high)):
+            raise ValueError(f"action_names/low/high must all have action_dim={self.action_dim} entries")
+        blocks = self.vision_depth + self.fusion_depth + (self.expert_depth if self.head == "flow" else 0)
+        for name in ("block_heads", "block_mlp"):
+            value = getattr(self, name)
+            if value and len(value) != blocks:
+                raise ValueError(f"{name}: {len(value)} entries for {blocks} transformer blocks")
+
+    @property
+    def num_patches(self) -> int:
+        return (self.image_size // self.patch_size) ** 2
+
+    def block_shape(self, i: int, width: int) -> tuple[int, int]:
+        """(heads, mlp hidden) of transformer block i (vision, then fusion, then expert)."""
+        heads = self.block_heads[i] if self.block_heads else self.num_heads
+        mlp = self.block_mlp[i] if self.block_mlp else int(self.mlp_ratio * width)
+        return heads, mlp
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def field_names(cls) -> list[str]:
+        return [f.name for f in fields(cls)]
+
+
+class Attention(nn.Module):
+    def __init__(self, dim: int, num_heads: int, head_dim: int):
+        super().__init__()
+        self.num_heads, self.head_dim = num_heads, head_dim
+        inner = num_heads * head_dim
+        self.q_proj = nn.Linear(dim, inner)
+        self.k_proj = nn.Linear(dim, inner)
+        self.v_proj = nn.Linear(dim, inner)
+        self.o_proj = nn.Linear(inner, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, N, _ = x.shape
+        q, k, v = (p(x).view(B, N, self.num_heads, self.head_dim).transpose(1, 2)
+                   for p in (self.q_proj, self.k_proj, self.v_proj))  # (B, nh, N, hd)
+        y = F.scaled_dot_product_attention(q, k, v)
+        return self.o_proj(y.transpose(1, 2).reshape(B, N, self.num_heads * self.head_dim))
+
+
+class MLP(nn.Module):
+    def __init__(self, dim: int, hidden: int):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.fc2 = nn.Linear(hidden, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(F.gelu(self.fc1(x)))
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block."""
+
+    def __init__(self, dim: int, num_heads: int, head_dim: int, mlp_hidden: int):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim)
+        self.attn = Attention(dim, num_heads, head_dim)
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = MLP(dim, mlp_hidden)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.norm1(x))
+        return x + self.mlp(self.norm2(x))
+
+
+def _blocks(cfg: VLAConfig, first: int, count: int, width: int) -> nn.ModuleList:
+    head_dim = cfg.head_dim if width == cfg.dim else width // cfg.num_heads
+    return nn.ModuleList(
+        Block(width, *_shape(cfg, first + i, width, head_dim)) for i in range(count)
+    )
+
+
+def _shape(cfg: VLAConfig, i: int, width: int, head_dim: int) -> tuple[int, int, int]:
+    heads, mlp = cfg.block_shape(i, width)
+    return heads, head_dim, mlp
+
+
+class VisionTower(nn.Module):
+    """ViT over the uint8 camera image; normalisation is inside the graph."""
+
+    def __init__(self, cfg: VLAConfig):
+        super().__init__()
+        self.patch_embed = nn.Conv2d(3, cfg.dim, cfg.patch_size, stride=cfg.patch_size)
+        self.pos_embed = nn.Parameter(torch.randn(1, cfg.num_patches, cfg.dim) * 0.02)
+        self.blocks = _blocks(cfg, 0, cfg.vision_depth, cfg.dim)
+        self.norm = nn.LayerNorm(cfg.dim)
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        x = image.float() * (2.0 / 255.0) - 1.0  # (B, 3, H, W) in [-1, 1]
+        x = self.patch_embed(x).flatten(2).transpose(1, 2) + self.pos_embed  # (B, P, D)
+        for block in self.blocks:
+            x = block(x)
+        return self.norm(x)
+
+
+class FlowExpert(nn.Module):
+    """pi0-style action expert: predicts the velocity of a noisy action chunk given the context."""
+
+    def __init__(self, cfg: VLAConfig):
+        super().__init__()
+        d = cfg.expert_dim
+        self.action_in = nn.Linear(cfg.action_dim, d)
+        self.context_in = nn.Linear(cfg.dim, d)
+        self.time_mlp = nn.Sequential(nn.Linear(d, d), nn.SiLU(), nn.Linear(d, d))
+        self.pos_embed = nn.Parameter(torch.randn(1, cfg.chunk, d) * 0.02)
+        self.blocks = _blocks(cfg, cfg.vision_depth + cfg.fusion_depth, cfg.expert_depth, d)
+        self.norm = nn.LayerNorm(d)
+        self.action_out = nn.Linear(d, cfg.action_dim)
+
+    def time_embedding(self, t: torch.Tensor) -> torch.Tensor:
+        half = self.action_in.out_features // 2
+        freqs = torch.exp(-math.log(1000.0) * torch.arange(half, device=t.device) / half)
+        angles = t[:, None] * freqs[None] * 100.0
+        return self.time_mlp(torch.cat([angles.sin(), angles.cos()], dim=-1))  # (B, d)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        T = x.shape[1]
+        h = self.action_in(x) + self.pos_embed + self.time_embedding(t)[:, None]  # (B, T, d)
+        h = torch.cat([self.context_in(context), h], dim=1)
+        for block in self.blocks:
+            h = block(h)
+        return self.action_out(self.norm(h[:, -T:]))  # (B, T, A)
+
+
+class ReferenceVLA(nn.Module):
+    """The reference VLA.
+
+    Inputs: image uint8 (B,3,H,W), instruction_ids int64 (B,L), state float32 (B,S), and for the flow
+    head noise float32 (B,T,A). Output: `action_logits` (B,T,A,bins) for the tokens head, else
+    `actions` (B,T,A) in the normalised range [-1, 1].
+    """
+
+    def __init__(self, cfg: VLAConfig):
+        super().__init__()
+        self.cfg = cfg
+        D = cfg.dim
+        self.vision_tower = VisionTower(cfg)
+        self.text_embed = nn.Embedding(len(cfg.vocab) + 2, D)
+        self.text_pos = nn.Parameter(torch.randn(1, cfg.max_instruction_len, D) * 0.02)
+        self.state_proj = nn.Sequential(nn.Linear(cfg.state_dim, D), nn.GELU(), nn.Linear(D, D))
+        self.action_queries = nn.Parameter(torch.randn(1, cfg.chunk, D) * 0.02)
+        self.fusion = _blocks(cfg, cfg.vision_depth, cfg.fusion_depth, D)
+        self.fusion_norm = nn.LayerNorm(D)
+        if cfg.head == "tokens":
+            self.action_head = nn.Linear(D, cfg.action_dim * cfg.num_bins)
+        elif cfg.head == "chunk":
+            self.action_head = nn.Sequential(nn.Linear(D, D), nn.GELU(), nn.Linear(D, cfg.action_dim))
+        else:
+            self.action_head = FlowExpert(cfg)
+
+    def encode(self, image, instruction_ids, state) -> torch.Tensor:
+        """Fused action-query tokens (B, T, D)."""
+        B = image.shape[0]
+        tokens = [
+            self.vision_tower(image),
+            self.text_embed(instruction_ids) + self.text_pos,
+            self.state_proj(state)[:, None],
+            self.action_queries.expand(B, -1, -1),
+        ]
+        x = torch.cat(tokens, dim=1)
+        for block in self.fusion:
+            x = block(x)
+        return self.fusion_norm(x[:, -self.cfg.chunk:])
+
+    def forward(self, image, instruction_ids, state, noise=None):
+        ctx = self.encode(image, instruction_ids, state)
+        B, T, A = ctx.shape[0], self.cfg.chunk, self.cfg.action_dim
+        if self.cfg.head == "tokens":
+            return self.action_head(ctx).view(B, T, A, self.cfg.num_bins)
+        if self.cfg.head == "chunk":
+            return torch.tanh(self.action_head(ctx))
+        return self.integrate(noise, ctx)
+
+    def integrate(self, noise: torch.Tensor, ctx: torch.Tensor) -> torch.Tensor:
+        """Euler-integrates the flow from noise (t=0) to actions (t=1) in K fixed steps."""
+        x, K = noise, self.cfg.flow_steps
+        for k in range(K):
+            t = torch.full((x.shape[0],), k / K, dtype=x.dtype, device=x.device)
+            x = x + self.action_head(x, t, ctx) / K
+        return x
+
+
+def count_parameters(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
