@@ -104,6 +104,116 @@ def rollout(
     _echo(f"{policy.name} ({path}): closed-loop success {result}")
 
 
+RecipeOpt = Annotated[Path, typer.Option("--recipe", "-r", help="Recipe YAML (see recipes/).")]
+DataOpt = Annotated[Path | None, typer.Option(
+    "--data", "-d", help="Episodes: LeRobot v3 dataset root or .npz folder. Default: calibration/tabletop.")]
+OutOpt = Annotated[Path, typer.Option("--out", "-o", help="Output directory (written atomically).")]
+ForceOpt = Annotated[bool, typer.Option("--force", help="Replace an existing output directory.")]
+SetOpt = Annotated[list[str] | None, typer.Option(
+    "--set", help="Override a recipe field, e.g. --set quantize.num_calib_frames=64 (repeatable).")]
+
+
+def _recipe(path: Path, overrides: list[str] | None):
+    from vlaedge.recipe import load_recipe
+
+    return load_recipe(path, overrides or [])
+
+
+@app.command()
+def compress(
+    checkpoint: CheckpointArg = None,
+    recipe: RecipeOpt = Path("recipes/cpu-int8.yaml"),
+    data: DataOpt = None,
+    out: OutOpt = Path("runs/compressed"),
+    force: ForceOpt = False,
+    overrides: SetOpt = None,
+    allow_pickle: AllowPickle = False,
+) -> None:
+    """Prune, quantize and export a policy as the recipe says, into one output directory."""
+    from vlaedge.compress import compress as run
+
+    result = run(_recipe(recipe, overrides), out, checkpoint, data, force, allow_pickle, log=_echo)
+    _echo(f"wrote {result.out} (manifest.json lists every file with its sha256)")
+
+
+@app.command()
+def prune(
+    checkpoint: CheckpointArg = None,
+    recipe: RecipeOpt = Path("recipes/cpu-pruned-int8.yaml"),
+    data: DataOpt = None,
+    out: OutOpt = Path("runs/pruned"),
+    force: ForceOpt = False,
+    overrides: SetOpt = None,
+    allow_pickle: AllowPickle = False,
+) -> None:
+    """Only the prune stage: writes the pruned checkpoint (and its manifest) to --out."""
+    from vlaedge.compress import compress as run
+
+    r = _recipe(recipe, overrides)
+    if r.prune is None:
+        raise VlaedgeError(f"recipe: {recipe} has no prune section", "add one, or use recipes/cpu-pruned-int8.yaml")
+    result = run(r.model_copy(update={"quantize": None, "engine": None, "verify": None, "budgets": None}),
+                 out, checkpoint, data, force, allow_pickle, log=_echo)
+    _echo(f"wrote {result.out}/pruned (load it like any checkpoint)")
+
+
+@app.command()
+def quantize(
+    checkpoint: CheckpointArg = None,
+    recipe: RecipeOpt = Path("recipes/cpu-int8.yaml"),
+    data: DataOpt = None,
+    out: OutOpt = Path("runs/quantized"),
+    force: ForceOpt = False,
+    overrides: SetOpt = None,
+    allow_pickle: AllowPickle = False,
+) -> None:
+    """Only quantize (and the export it needs): writes the quantized ONNX to --out/model.onnx."""
+    from vlaedge.compress import compress as run
+
+    r = _recipe(recipe, overrides)
+    if r.quantize is None:
+        raise VlaedgeError(f"recipe: {recipe} has no quantize section", "add one, e.g. from recipes/cpu-int8.yaml")
+    result = run(r.model_copy(update={"prune": None, "engine": None, "verify": None, "budgets": None}),
+                 out, checkpoint, data, force, allow_pickle, log=_echo)
+    _echo(f"wrote {result.out}/model.onnx")
+
+
+@app.command()
+def export(
+    checkpoint: CheckpointArg = None,
+    out: Annotated[Path, typer.Option("--out", "-o", help="The .onnx file to write.")] = Path("model.onnx"),
+    opset: Annotated[int, typer.Option(help="ONNX opset.")] = 17,
+    force: ForceOpt = False,
+    allow_pickle: AllowPickle = False,
+) -> None:
+    """Only export: the FP32 policy to ONNX, checked against torch in ONNX Runtime."""
+    from vlaedge.defaults import default_checkpoint
+    from vlaedge.export import export_onnx
+    from vlaedge.models import load_policy
+    from vlaedge.recipe import ExportConfig
+
+    if out.exists() and not force:
+        raise VlaedgeError(f"output: {out} already exists", "pass --force to replace it")
+    policy = load_policy(checkpoint or default_checkpoint(), allow_pickle)
+    result = export_onnx(policy, out, ExportConfig(opset=opset), policy.example_inputs(batch=8))
+    _echo(result.summary())
+
+
+@app.command()
+def targets() -> None:
+    """List the deployment targets and what they can run."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from vlaedge.targets import format_targets
+
+    rows = format_targets()
+    table = Table(*rows[0].keys())
+    for row in rows:
+        table.add_row(*row.values())
+    Console().print(table)
+
+
 def main() -> None:
     """Console entry point: runs the app and maps errors to exit codes."""
     try:

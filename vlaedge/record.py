@@ -38,5 +38,6 @@ def record_dataset(out: Path, episodes: int, seed: int = 0, image_size: int = 64
     dataset = EpisodeDataset(record_episodes(episodes, seed=seed, image_size=image_size), fps=env.fps,
                              action_names=list(env.action_names), state_names=list(env.state_names),
                              source="vlaedge record")
-    path = save_lerobot(dataset, out) if fmt == "lerobot" else save_npz(dataset, out)
+    save = save_lerobot if fmt == "lerobot" else save_npz
+    path = save(dataset, out, overwrite=force)
     return Path(path), dataset

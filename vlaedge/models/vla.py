@@ -39,6 +39,7 @@ class VLAConfig:
     vision_depth: int = 2  # ViT blocks over image patches
     fusion_depth: int = 2  # blocks over [vision, instruction, state, action queries]
     mlp_ratio: float = 4.0  # MLP hidden width = mlp_ratio * dim before pruning
+    keypoints: int = 16  # spatial-softmax keypoints read from the vision tokens
     vocab: list[str] = field(default_factory=list)  # tokenizer words (ids start at 2)
     max_instruction_len: int = 12  # instruction tokens
     state_dim: int = 4  # proprio state size
@@ -58,8 +59,9 @@ class VLAConfig:
     def __post_init__(self):
         if self.head not in HEADS:
             raise ValueError(f"head: {self.head!r} is not one of {', '.join(HEADS)}")
-        if self.image_size % self.patch_size:
-            raise ValueError(f"image_size: {self.image_size} is not a multiple of patch_size {self.patch_size}")
+        if self.image_size % self.patch_size or self.patch_size % 4:
+            raise ValueError(f"image_size {self.image_size} must be a multiple of patch_size {self.patch_size}, "
+                             "itself a multiple of 4 (the conv stem)")
         if not self.head_dim:
             self.head_dim = self.dim // self.num_heads
         n = len(self.action_names)
@@ -149,17 +151,53 @@ class VisionTower(nn.Module):
 
     def __init__(self, cfg: VLAConfig):
         super().__init__()
-        self.patch_embed = nn.Conv2d(3, cfg.dim, cfg.patch_size, stride=cfg.patch_size)
-        self.pos_embed = nn.Parameter(torch.randn(1, cfg.num_patches, cfg.dim) * 0.02)
+        # Octo-style small conv stem (two stride-2 3x3 convs) then the patchifying conv: a locality prior
+        # that small-data behaviour cloning learns much faster with than a single linear patchify.
+        c = cfg.dim // 4
+        self.stem = nn.Sequential(nn.Conv2d(3, c, 3, 2, 1), nn.GELU(), nn.Conv2d(c, 2 * c, 3, 2, 1), nn.GELU())
+        self.patch_embed = nn.Conv2d(2 * c, cfg.dim, cfg.patch_size // 4, stride=cfg.patch_size // 4)
+        self.patch_norm = nn.LayerNorm(cfg.dim)  # unit-scale content before adding positions
+        side = cfg.image_size // cfg.patch_size
+        self.register_buffer("pos_embed", sincos_2d(side, cfg.dim), persistent=False)  # (1, P, D), fixed
         self.blocks = _blocks(cfg, 0, cfg.vision_depth, cfg.dim)
         self.norm = nn.LayerNorm(cfg.dim)
+        # spatial-softmax keypoints (Levine et al. 2016, as in Diffusion Policy): K attention maps over the
+        # patches give K expected (x, y) positions, summarised as one extra token.
+        self.keypoint_maps = nn.Linear(cfg.dim, cfg.keypoints)
+        self.keypoint_proj = nn.Linear(2 * cfg.keypoints, cfg.dim)
+        self.register_buffer("grid", patch_grid(side), persistent=False)  # (P, 2) in [-1, 1]
 
-    def forward(self, image: torch.Tensor) -> torch.Tensor:
+    def forward(self, image: torch.Tensor, film: torch.Tensor) -> torch.Tensor:
+        """film: (B, 2D) instruction-conditioned scale and shift of the patch tokens (RT-1's FiLM)."""
         x = image.float() * (2.0 / 255.0) - 1.0  # (B, 3, H, W) in [-1, 1]
-        x = self.patch_embed(x).flatten(2).transpose(1, 2) + self.pos_embed  # (B, P, D)
+        x = self.patch_norm(self.patch_embed(self.stem(x)).flatten(2).transpose(1, 2))  # (B, P, D)
+        scale, shift = film[:, None].chunk(2, dim=-1)
+        x = x * (1.0 + scale) + shift + self.pos_embed
         for block in self.blocks:
             x = block(x)
-        return self.norm(x)
+        x = self.norm(x)
+        attention = torch.softmax(self.keypoint_maps(x), dim=1)  # (B, P, K), over patches
+        keypoints = attention.transpose(1, 2) @ self.grid  # (B, K, 2)
+        return x, self.keypoint_proj(keypoints.flatten(1))  # (B, P, D), (B, D)
+
+
+def patch_grid(side: int) -> torch.Tensor:
+    """Patch-centre coordinates (side*side, 2) as (x, y) in [-1, 1], row-major like the patch tokens."""
+    c = (torch.arange(side, dtype=torch.float32) + 0.5) / side * 2 - 1
+    ys, xs = torch.meshgrid(c, c, indexing="ij")
+    return torch.stack([xs.flatten(), ys.flatten()], dim=1)
+
+
+def sincos_2d(side: int, dim: int) -> torch.Tensor:
+    """Fixed 2-D sine-cosine position embedding (1, side*side, dim), as in MAE: it makes patch
+    positions readable from the first step, which small-data behaviour cloning needs."""
+    quarter = dim // 4
+    omega = 1.0 / 10000 ** (torch.arange(quarter, dtype=torch.float32) / quarter)
+    ys, xs = torch.meshgrid(torch.arange(side, dtype=torch.float32), torch.arange(side, dtype=torch.float32),
+                            indexing="ij")
+    parts = [f(c.flatten()[:, None] * omega[None]) for c in (xs, ys) for f in (torch.sin, torch.cos)]
+    emb = torch.cat(parts, dim=1)
+    return F.pad(emb, (0, dim - emb.shape[1]))[None]
 
 
 class FlowExpert(nn.Module):
@@ -206,6 +244,9 @@ class ReferenceVLA(nn.Module):
         self.vision_tower = VisionTower(cfg)
         self.text_embed = nn.Embedding(len(cfg.vocab) + 2, D)
         self.text_pos = nn.Parameter(torch.randn(1, cfg.max_instruction_len, D) * 0.02)
+        self.film = nn.Linear(D, 2 * D)  # pooled instruction -> vision-token scale and shift
+        nn.init.zeros_(self.film.weight)
+        nn.init.zeros_(self.film.bias)
         self.state_proj = nn.Sequential(nn.Linear(cfg.state_dim, D), nn.GELU(), nn.Linear(D, D))
         self.action_queries = nn.Parameter(torch.randn(1, cfg.chunk, D) * 0.02)
         self.fusion = _blocks(cfg, cfg.vision_depth, cfg.fusion_depth, D)
@@ -219,13 +260,15 @@ class ReferenceVLA(nn.Module):
 
     def encode(self, image, instruction_ids, state) -> torch.Tensor:
         """Fused action-query tokens (B, T, D)."""
-        B = image.shape[0]
-        tokens = [
-            self.vision_tower(image),
-            self.text_embed(instruction_ids) + self.text_pos,
-            self.state_proj(state)[:, None],
-            self.action_queries.expand(B, -1, -1),
-        ]
+        words = self.text_embed(instruction_ids)  # (B, L, D)
+        mask = (instruction_ids != 0).unsqueeze(-1).float()  # padding is id 0
+        pooled = (words * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+        patches, keypoints = self.vision_tower(image, self.film(pooled))
+        state_token = self.state_proj(state)[:, None]  # (B, 1, D)
+        # action queries start from the observation summary (keypoints + state): a direct path from what
+        # the camera and the proprio say to the actions, refined by attention in the fusion blocks
+        queries = self.action_queries + keypoints[:, None] + state_token
+        tokens = [patches, words + self.text_pos, state_token, queries]
         x = torch.cat(tokens, dim=1)
         for block in self.fusion:
             x = block(x)

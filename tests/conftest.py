@@ -1,0 +1,59 @@
+"""Shared fixtures. Heavy imports (torch, modelopt) are paid once per test session.
+
+`trained_policy(head)` gives a briefly trained nano reference policy (32x32 camera) for tests whose
+claims need trained weights (random weights hide quantization failures). It is trained once and cached
+in .cache/test-policies/ (delete that folder to retrain; bump CACHE_VERSION when training changes).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+CACHE = ROOT / ".cache" / "test-policies"
+CACHE_VERSION = 2  # bump when vla.py or train.py change
+
+
+@pytest.fixture
+def frames():
+    """A batch of two tabletop-like frames."""
+    rng = np.random.default_rng(0)
+    return {
+        "image": rng.integers(0, 256, (2, 64, 64, 3), dtype=np.uint8),
+        "state": rng.uniform(-1, 1, (2, 4)).astype(np.float32),
+        "instruction": ["pick up the red block", "put the blue block on the cyan square"],
+    }
+
+
+@pytest.fixture(scope="session")
+def trained_policy():
+    """`trained_policy(head)` -> a nano ReferencePolicy trained briefly on the tabletop task (cached)."""
+    from vlaedge.models import load_policy
+    from vlaedge.train import TrainConfig, train_policy
+
+    def get(head: str = "chunk"):
+        path = CACHE / f"nano32-{head}-v{CACHE_VERSION}"
+        if not (path / "model.safetensors").is_file():
+            config = TrainConfig(size="nano", head=head, episodes=200, steps=400, image_size=32, seed=0)
+            policy, _ = train_policy(config, progress=False)
+            policy.save(path)
+        return load_policy(path)
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def tabletop_frames():
+    """`tabletop_frames(n, seed=1, image_size=32)` -> n expert frames as a frame batch."""
+    from vlaedge.data import EpisodeDataset, sample_frames
+    from vlaedge.sim import record_episodes
+
+    def get(n: int, seed: int = 1, image_size: int = 32) -> dict:
+        episodes = record_episodes(max(8, n // 6), seed=seed, image_size=image_size)
+        dataset = EpisodeDataset.from_episodes(episodes, fps=10)
+        return sample_frames(dataset, n, seed)
+
+    return get

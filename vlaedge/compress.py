@@ -1,0 +1,177 @@
+"""The pipeline: load -> split -> prune -> quantize -> export (-> engine, verify, profile, gate),
+run from a recipe into an output directory that appears only when complete."""
+
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from vlaedge.artifact import OutputDir
+from vlaedge.data import EpisodeDataset, load_dataset, sample_frames, split_episodes
+from vlaedge.errors import VlaedgeError
+from vlaedge.models import Policy, load_policy
+from vlaedge.recipe import ExportConfig, Recipe
+from vlaedge.targets import get_target
+
+CALIBRATION_BATCH = 32
+EVAL_FRACTION = 0.5
+
+
+@dataclass
+class Inputs:
+    """What every stage works from: the FP32 reference policy and the episode split."""
+
+    policy: Policy
+    checkpoint: Path
+    dataset: EpisodeDataset
+    calibration: EpisodeDataset
+    evaluation: EpisodeDataset
+    data_path: Path
+
+
+@dataclass
+class CompressResult:
+    """What `compress` produced: truthy when every stage ran (a gate verdict is separate)."""
+
+    out: Path
+    manifest: dict
+    summaries: list[str] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return True
+
+
+def load_inputs(checkpoint: Path | None, data: Path | None, allow_pickle: bool = False, seed: int = 0) -> Inputs:
+    """Loads the policy (default: the embedded one) and the dataset (default: calibration/), split by
+    episode into calibration and evaluation halves."""
+    from vlaedge.defaults import default_checkpoint, default_dataset
+
+    checkpoint = Path(checkpoint) if checkpoint else default_checkpoint()
+    data = Path(data) if data else default_dataset()
+    policy = load_policy(checkpoint, allow_pickle)
+    dataset = load_dataset(data)
+    calibration, evaluation = split_episodes(dataset, EVAL_FRACTION, seed)
+    return Inputs(policy, checkpoint, dataset, calibration, evaluation, data)
+
+
+def calibration_feeds(policy: Policy, calibration: EpisodeDataset, n: int, seed: int = 0) -> list[dict]:
+    """`n` frames of the calibration split as model feeds, in batches of 32.
+
+    Raises:
+        VlaedgeError: fewer than `n` frames in the split.
+    """
+    if calibration.num_frames < n:
+        raise VlaedgeError(
+            f"calibration: {calibration.num_frames} frames in the calibration split, the recipe needs {n}",
+            "add episodes to the dataset or lower quantize.num_calib_frames / prune.num_frames")
+    frames = sample_frames(calibration, n, seed)
+    feeds = []
+    for start in range(0, n, CALIBRATION_BATCH):
+        batch = {k: v[start:start + CALIBRATION_BATCH] for k, v in frames.items()}
+        feeds.append(policy.make_inputs(batch, seed=seed + start))
+    return feeds
+
+
+def compress(recipe: Recipe, out: str | Path, checkpoint: Path | None = None, data: Path | None = None,
+             force: bool = False, allow_pickle: bool = False, log=print) -> CompressResult:
+    """Runs the recipe's stages on a policy and writes the output directory atomically.
+
+    Args:
+        recipe: the validated recipe (see `load_recipe`).
+        out: the output directory; refused if it exists unless `force`.
+        checkpoint: the policy; default: the embedded default policy.
+        data: the episodes (LeRobot v3 or .npz); default: the repository's calibration/ sample.
+        force: replace an existing output directory.
+        allow_pickle: accept pickle weights.
+        log: where one-line progress messages go.
+
+    Returns:
+        The output directory and its manifest.
+
+    Raises:
+        VlaedgeError: any bad input; nothing is left at `out` then.
+
+    Example:
+        >>> compress(load_recipe("recipes/cpu-int8.yaml"), "runs/cpu-int8", force=True)
+    """
+    target = get_target(recipe.target)
+    with OutputDir(out, force) as od:
+        inputs = load_inputs(checkpoint, data, allow_pickle)
+        od.record_input("checkpoint", inputs.checkpoint)
+        od.record_input("data", inputs.data_path)
+        od.manifest.update(recipe=recipe.model_dump(mode="json"), target=target.name, versions=_versions(),
+                           split={"calibration_episodes": inputs.calibration.episode_indices,
+                                  "evaluation_episodes": inputs.evaluation.episode_indices,
+                                  "eval_fraction": EVAL_FRACTION})
+        summaries = []
+        policy = inputs.policy
+        if recipe.prune:
+            policy = _run_prune(od, recipe, inputs, summaries, log)
+        _run_quantize_and_export(od, recipe, target, inputs, policy, summaries, log)
+        od.commit()
+    return CompressResult(Path(out), od.manifest, summaries)
+
+
+def _run_prune(od: OutputDir, recipe: Recipe, inputs: Inputs, summaries: list[str], log) -> Policy:
+    from vlaedge.prune import prune
+
+    log(f"prune: {recipe.prune.method} on {recipe.prune.num_frames} calibration frames")
+    start = time.perf_counter()
+    feeds = calibration_feeds(inputs.policy, inputs.calibration, recipe.prune.num_frames)
+    result = prune(inputs.policy, recipe.prune, feeds)
+    result.policy.save(od.path / "pruned")
+    od.record_stage("prune", time.perf_counter() - start, **{k: v for k, v in result.to_dict().items() if k != "seconds"})
+    summaries.append(result.summary())
+    log(result.summary())
+    return result.policy
+
+
+def _run_quantize_and_export(od: OutputDir, recipe: Recipe, target, inputs: Inputs, policy: Policy,
+                             summaries: list[str], log) -> None:
+    from vlaedge.export import export_onnx
+
+    export_cfg = recipe.export or ExportConfig()
+    q = recipe.quantize
+    check = calibration_feeds(policy, inputs.calibration, export_cfg.check_frames, seed=1)
+    check = {k: np.concatenate([f[k] for f in check]) for k in check[0]}
+    start = time.perf_counter()
+    fp32 = export_onnx(policy, od.path / ("model_fp32.onnx" if q else "model.onnx"), export_cfg, check)
+    od.record_stage("export_fp32", time.perf_counter() - start, **{k: v for k, v in fp32.to_dict().items() if k != "seconds"})
+    log(fp32.summary())
+    if not q:
+        return
+    from vlaedge.quantize import quantize
+
+    log(f"quantize: {q.precision} ({q.algorithm}) on {q.num_calib_frames} calibration frames for {target.name}")
+    start = time.perf_counter()
+    feeds = calibration_feeds(policy, inputs.calibration, q.num_calib_frames)
+    final = od.path / "model.onnx"
+    if target.runtime == "onnxruntime":
+        result = quantize(policy, q, feeds, target, fp32_onnx=od.path / "model_fp32.onnx", out_onnx=final)
+        od.record_stage("quantize", time.perf_counter() - start, **{k: v for k, v in result.to_dict().items() if k != "seconds"})
+        from vlaedge.export import check_against_torch
+
+        exported = check_against_torch(inputs.policy if not recipe.prune else policy, final, check,
+                                       export_cfg.max_check_error)
+        od.record_stage("export", 0.0, check=exported.__dict__)
+    else:
+        student = copy.deepcopy(policy)
+        result = quantize(student, q, feeds, target)
+        od.record_stage("quantize", time.perf_counter() - start, **{k: v for k, v in result.to_dict().items() if k != "seconds"})
+        start = time.perf_counter()
+        exported = export_onnx(student, final, export_cfg, check, precision=q.precision)
+        od.record_stage("export", time.perf_counter() - start, **{k: v for k, v in exported.to_dict().items() if k != "seconds"})
+        log(exported.summary())
+    summaries.append(result.summary())
+    log(result.summary())
+
+
+def _versions() -> dict:
+    from vlaedge.info import collect_info
+
+    info = collect_info()
+    return {k: info[k] for k in ("vlaedge", "python", "torch", "onnx", "onnxruntime", "modelopt", "tensorrt")}

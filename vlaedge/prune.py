@@ -1,0 +1,389 @@
+"""Pruning: structured (a physically smaller reference VLA) or 2:4 semi-structured sparsity.
+
+Structured pruning removes attention heads, MLP channels and optionally whole transformer blocks from
+the built-in reference VLA, ranked on calibration frames by their effect on *every* output (all action
+positions, all flow steps; FACTS.md: scoring one head gutted another):
+
+- blocks first, greedily, by how far the final outputs move when the block is skipped;
+- then in every block the fraction `heads` of heads and `mlp` of MLP channels with the smallest
+  first-order change of the outputs when the unit is replaced by its mean (gradient x deviation from the
+  mean, |change| summed over outputs and frames; logits count through their expected bin).
+
+A removed unit's mean contribution is folded into the o_proj / fc2 bias, so only its fluctuation is lost.
+The result is a `ReferencePolicy` whose `VLAConfig` carries the new depths and `block_heads`/`block_mlp`:
+it saves, reloads and exports like any other. The optional `recover` step distils the pruned student
+from the unpruned teacher on the calibration frames (recombined and jittered so that a small set is not
+memorised).
+
+2:4 sparsity (any policy family) runs ModelOpt SparseGPT on the Linear layers (those narrower than 16
+inputs or not multiples of 4 stay dense) and exports a plain module with the masks applied; if SparseGPT
+cannot run, magnitude 2:4 takes its place and the result says so. It gives no speedup on CPU: it pays
+off only on Ampere+ sparse tensor cores via TensorRT (Jetson Orin, Thor; `engine.sparsity: true`).
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import asdict, dataclass, field, fields
+from typing import Literal
+
+import numpy as np
+import torch
+
+from vlaedge import _prune_ops as ops
+from vlaedge.errors import VlaedgeError
+from vlaedge.models.base import Policy
+from vlaedge.models.reference import ReferencePolicy
+from vlaedge.models.vla import ReferenceVLA, VLAConfig, count_parameters
+from vlaedge.recipe import PruneConfig
+
+FLOPS_METHOD = "torch.utils.flop_counter.FlopCounterMode on one batch-1 forward (matmul, conv, attention)"
+SPARSITY_NOTE = ("2:4 sparsity gives no speedup on CPU or in ONNX Runtime; it pays off only on Ampere+ "
+                 "sparse tensor cores via TensorRT (set engine.sparsity: true)")
+
+
+@dataclass
+class RecoveryStats:
+    """The distillation after pruning."""
+
+    steps: int
+    objective: str  # what the student matched
+    loss_before: float  # on the calibration frames (noise as given)
+    loss_after: float
+    seconds: float
+
+
+@dataclass
+class SparsityStats:
+    """What 2:4 sparsity did."""
+
+    algorithm: str  # "sparsegpt" (ModelOpt) or "magnitude" (fallback)
+    fallback_reason: str  # why SparseGPT was not used ("" when it was)
+    layers: list[str]  # Linear layers with 2:4 masks
+    dense_layers: dict[str, str]  # Linear layers left dense -> why
+    zero_fraction: float  # of the weights of the sparsified layers
+    pattern_ok: bool  # every 4 consecutive input weights of every sparsified layer hold >= 2 zeros
+
+
+@dataclass
+class PruneResult:
+    """A pruned copy of the policy and what changed; truthy unless the 2:4 pattern check failed."""
+
+    policy: Policy  # the new policy (the input policy is left untouched)
+    method: str  # "structured" or "sparsity-2:4"
+    ranking: str  # "importance" or "random" (baseline)
+    params_before: int
+    params_after: int
+    flops_before: int  # one batch-1 forward, see flops_method
+    flops_after: int  # dense count: 2:4 zeros are still multiplied on anything but sparse tensor cores
+    blocks_before: list[dict]  # [{"block": "vision.0", "heads": 4, "mlp": 512}, ...]
+    blocks_after: list[dict]  # the kept blocks, under their original names
+    removed_blocks: list[str]
+    seconds: float
+    recovery: RecoveryStats | None = None
+    sparsity: SparsityStats | None = None
+    notes: list[str] = field(default_factory=list)
+    flops_method: str = FLOPS_METHOD
+
+    def __bool__(self) -> bool:
+        return self.sparsity is None or self.sparsity.pattern_ok
+
+    def to_dict(self) -> dict:
+        """Everything but the policy object, for manifest.json."""
+        out = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "policy"}
+        out["policy"] = self.policy.name
+        for key in ("recovery", "sparsity"):
+            out[key] = asdict(out[key]) if out[key] is not None else None
+        return out
+
+    def summary(self) -> str:
+        def change(a: int, b: int) -> str:
+            return f"{a:,} -> {b:,} ({(b - a) / a:+.1%})" if a else f"{a:,} -> {b:,}"
+
+        title = "2:4 sparsity" if self.sparsity else f"structured pruning ({self.ranking} ranking)"
+        lines = [f"{title} of {self.policy.name} in {self.seconds:.1f} s",
+                 f"  parameters {change(self.params_before, self.params_after)}",
+                 f"  FLOPs (batch 1) {change(self.flops_before, self.flops_after)}"]
+        if self.method == "structured":
+            shape = {b["block"]: f"{b['heads']}h/{b['mlp']}" for b in self.blocks_after}
+            shapes = [f"{b['block']} {b['heads']}h/{b['mlp']} -> {shape.get(b['block'], 'removed')}"
+                      for b in self.blocks_before]
+            lines.append("  blocks (heads/mlp): " + ", ".join(shapes))
+        if self.sparsity:
+            s = self.sparsity
+            algo = "ModelOpt SparseGPT" if s.algorithm == "sparsegpt" else f"magnitude ({s.fallback_reason})"
+            lines.append(f"  {algo}: {len(s.layers)} Linear layers, {s.zero_fraction:.1%} of their weights "
+                         f"zero, 2:4 pattern {'holds' if s.pattern_ok else 'VIOLATED'}; "
+                         f"{len(s.dense_layers)} left dense")
+        if self.recovery:
+            r = self.recovery
+            lines.append(f"  recovery: {r.steps} steps in {r.seconds:.1f} s, {r.objective} "
+                         f"{r.loss_before:.4g} -> {r.loss_after:.4g}")
+        return "\n".join(lines + [f"  note: {n}" for n in self.notes])
+
+
+def prune(policy: Policy, config: PruneConfig, calibration: list[dict[str, np.ndarray]], *,
+          ranking: Literal["importance", "random"] = "importance", seed: int = 0) -> PruneResult:
+    """Prunes a copy of `policy`; the input policy stays intact (distillation teacher, drift reference).
+
+    Args:
+        policy: the policy to prune. Structured pruning needs the reference family; 2:4 sparsity takes any.
+        config: the recipe's `prune` section.
+        calibration: batches of feeds keyed by input name (as from `policy.make_inputs`, flow `noise`
+            included); the first `config.num_frames` frames rank the units, calibrate SparseGPT and
+            train the recovery.
+        ranking: "importance" (the method) or "random" (a baseline for ablations, seeded by `seed`).
+        seed: seeds the random ranking and the recovery batches.
+
+    Returns:
+        The result, with the new policy.
+
+    Raises:
+        VlaedgeError: too few or non-finite calibration frames, missing inputs, structured pruning of a
+            non-reference policy, or more blocks to remove than the stacks can give.
+
+    Example:
+        >>> cfg = PruneConfig(method="structured", heads=0.25, mlp=0.25, recover=RecoverConfig(steps=200))
+        >>> result = prune(policy, cfg, [policy.make_inputs(frames)])
+        >>> print(result.summary()); result.policy.save("out/pruned")
+    """
+    start = time.perf_counter()
+    if ranking not in ("importance", "random"):
+        raise ValueError(f"ranking: {ranking!r} is not 'importance' or 'random'")
+    if config.method == "structured" and not isinstance(policy, ReferencePolicy):
+        raise VlaedgeError(f"prune: structured pruning needs the reference architecture, {policy.name!r} "
+                           "is not a reference policy",
+                           "use prune.method: sparsity-2:4, or drop the prune section")
+    calib = ops.Calib(_calibration(policy, calibration, config.num_frames),
+                      [s.name for s in policy.input_spec], _logit_outputs(policy))
+    rng = np.random.default_rng(seed)
+    notes: list[str] = []
+    before = _blocks(policy.module, None) if isinstance(policy, ReferencePolicy) else []
+    sparsity = None
+    if config.method == "structured":
+        new, after, removed = _structured(policy, config, calib, ranking, rng, notes)
+    else:
+        new, sparsity = _sparsify(policy, calib, notes)
+        after, removed = before, []
+    masks = _masks(new, sparsity.layers) if sparsity else []
+    recovery = _recover(policy, new, config, calib, masks, seed) if config.recover else None
+    if sparsity:
+        _check_24(new, sparsity)
+    return PruneResult(
+        policy=new, method=config.method, ranking=ranking, params_before=count_parameters(policy.module),
+        params_after=count_parameters(new.module), flops_before=count_flops(policy),
+        flops_after=count_flops(new), blocks_before=before, blocks_after=after, removed_blocks=removed,
+        seconds=time.perf_counter() - start, recovery=recovery, sparsity=sparsity, notes=notes)
+
+
+def _calibration(policy: Policy, calibration: list[dict[str, np.ndarray]], need: int) -> ops.Feeds:
+    """The first `need` calibration frames as one torch feed dict; every user error named and fixable."""
+    specs = policy.input_spec
+    parts: dict[str, list[np.ndarray]] = {s.name: [] for s in specs}
+    total = 0
+    for i, batch in enumerate(calibration):
+        missing = [s.name for s in specs if s.name not in batch]
+        if missing:
+            raise VlaedgeError(f"prune: calibration batch {i} lacks input(s) {', '.join(missing)}",
+                               f"build batches with policy.make_inputs(frames); inputs: "
+                               f"{', '.join(s.name for s in specs)}")
+        arrays = {s.name: np.asarray(batch[s.name]) for s in specs}
+        sizes = {len(a) if a.ndim else 0 for a in arrays.values()}
+        for s in specs:
+            a = arrays[s.name]
+            expected = s.concrete_shape(len(a) if a.ndim else 0)
+            if a.shape != expected or len(sizes) != 1:
+                raise VlaedgeError(f"prune: calibration batch {i} input {s.name!r} has shape {a.shape}, "
+                                   f"expected {expected} (batch first, same batch for every input)",
+                                   "build batches with policy.make_inputs(frames)")
+            bad = int(np.size(a) - np.isfinite(a).sum()) if np.issubdtype(a.dtype, np.floating) else 0
+            if bad:
+                raise VlaedgeError(f"prune: calibration batch {i} input {s.name!r} has {bad} NaN/Inf values",
+                                   "drop or repair those frames before pruning")
+            parts[s.name].append(a.astype(s.dtype, copy=False))
+        total += sizes.pop()
+    if total < need:
+        raise VlaedgeError(f"prune: {total} calibration frames, prune.num_frames needs {need}",
+                           "add episodes or lower prune.num_frames")
+    return ops.to_tensors({k: np.concatenate(v)[:need] for k, v in parts.items()})
+
+
+def _logit_outputs(policy: Policy) -> list[bool]:
+    """Which outputs are action-token logits (matched with KL, compared by expected bin)."""
+    if isinstance(policy, ReferencePolicy):
+        return [policy.config.head == "tokens"]
+    actions = getattr(getattr(policy, "spec", None), "actions", None)  # the python family's spec
+    if actions is None or actions.decode != "tokens":
+        return [False] * len(policy.output_names)
+    return [name == (actions.output or policy.output_names[0]) for name in policy.output_names]
+
+
+# ---- structured ------------------------------------------------------------------------------------
+
+
+def _stacks(module: ReferenceVLA) -> list[tuple[str, torch.nn.ModuleList]]:
+    """The block stacks in config order: vision, fusion, then the flow expert."""
+    stacks = [("vision", module.vision_tower.blocks), ("fusion", module.fusion)]
+    if module.cfg.head == "flow":
+        stacks.append(("expert", module.action_head.blocks))
+    return stacks
+
+
+def _blocks(module: ReferenceVLA, labels: dict[int, str] | None) -> list[dict]:
+    """Per-block shapes, named by `labels` (block id -> original name) or by position."""
+    return [{"block": labels[id(b)] if labels else f"{name}.{i}", "heads": b.attn.num_heads,
+             "mlp": b.mlp.fc1.out_features} for name, stack in _stacks(module) for i, b in enumerate(stack)]
+
+
+def _structured(policy: ReferencePolicy, config: PruneConfig, calib: ops.Calib, ranking: str,
+                rng: np.random.Generator, notes: list[str]) -> tuple[ReferencePolicy, list[dict], list[str]]:
+    student = copy.deepcopy(policy.module).eval()
+    stacks = _stacks(student)
+    total = sum(len(s) for _, s in stacks)
+    if config.blocks > total - len(stacks):
+        sizes = ", ".join(f"{len(s)} {name}" for name, s in stacks)
+        raise VlaedgeError(f"prune: blocks={config.blocks} but the model has {sizes} blocks and every stack "
+                           f"keeps one, so at most {total - len(stacks)} can go", "lower prune.blocks")
+    labels = {id(b): f"{name}.{i}" for name, s in stacks for i, b in enumerate(s)}
+    removed = _remove_blocks(student, policy.module, config.blocks, calib, ranking, rng, labels)
+    _remove_units(student, config, calib, ranking, rng, notes)
+    kept = [b for _, s in _stacks(student) for b in s]
+    cfg = VLAConfig(**{
+        **policy.config.to_dict(),
+        "vision_depth": len(student.vision_tower.blocks), "fusion_depth": len(student.fusion),
+        "expert_depth": len(student.action_head.blocks) if policy.config.head == "flow" else
+        policy.config.expert_depth,
+        "block_heads": [b.attn.num_heads for b in kept], "block_mlp": [b.mlp.fc1.out_features for b in kept]})
+    module = ReferenceVLA(cfg)
+    module.load_state_dict(student.state_dict())  # strict: the config rebuilds exactly these shapes
+    return ReferencePolicy(cfg, module.eval()), _blocks(student, labels), removed
+
+
+def _remove_blocks(student: ReferenceVLA, teacher: ReferenceVLA, count: int, calib: ops.Calib, ranking: str,
+                   rng: np.random.Generator, labels: dict[int, str]) -> list[str]:
+    """Greedily removes the `count` blocks whose skipping moves the outputs least (never a stack's last)."""
+    refs = ops.run(teacher, calib) if count else []
+    removed = []
+    for _ in range(count):
+        candidates = [(s, i) for _, s in _stacks(student) if len(s) > 1 for i in range(len(s))]
+        if ranking == "random":
+            scores = rng.random(len(candidates))
+        else:
+            scores = [ops.skip_effect(student, s[i], calib, refs) for s, i in candidates]
+        stack, i = candidates[int(np.argmin(scores))]
+        removed.append(labels[id(stack[i])])
+        del stack[i]
+    return removed
+
+
+def _remove_units(student: ReferenceVLA, config: PruneConfig, calib: ops.Calib, ranking: str,
+                  rng: np.random.Generator, notes: list[str]) -> None:
+    """Removes `config.heads` of the heads and `config.mlp` of the MLP channels of every block."""
+    if not (config.heads or config.mlp):
+        return
+    blocks = [b for _, s in _stacks(student) for b in s]
+    stats = ops.unit_statistics(student, blocks, calib)  # also for random: same mean compensation
+    if ranking == "importance":
+        scores = ops.taylor_scores(student, blocks, calib, stats)
+    else:
+        scores = [(_random(rng, b.attn.num_heads), _random(rng, b.mlp.fc1.out_features)) for b in blocks]
+    for block, s, (head_scores, mlp_scores) in zip(blocks, stats, scores, strict=True):
+        heads = _how_many(block.attn.num_heads, config.heads, "heads", notes)
+        if heads:
+            ops.keep_heads(block.attn, ops.lowest(head_scores, heads), s.head_mean())
+        channels = _how_many(block.mlp.fc1.out_features, config.mlp, "mlp", notes)
+        if channels:
+            ops.keep_channels(block.mlp, ops.lowest(mlp_scores, channels), s.mlp_mean())
+
+
+def _random(rng: np.random.Generator, n: int) -> torch.Tensor:
+    return torch.from_numpy(rng.random(n))
+
+
+def _how_many(n: int, fraction: float, what: str, notes: list[str]) -> int:
+    """Units to remove out of `n`: `fraction` rounded, keeping at least one."""
+    remove = min(n - 1, int(fraction * n + 0.5))
+    note = f"prune.{what}={fraction} of {n} rounds to {remove} removed"
+    if fraction and remove != round(fraction * n, 6) and note not in notes:
+        notes.append(note)
+    return remove
+
+
+# ---- 2:4 sparsity ----------------------------------------------------------------------------------
+
+
+def _sparsify(policy: Policy, calib: ops.Calib, notes: list[str]) -> tuple[Policy, SparsityStats]:
+    """A 2:4-sparse copy of `policy`; the stats' zero fraction and pattern are filled by `_check_24`."""
+    targets, dense = ops.sparse_candidates(policy.module)
+    if not targets:
+        raise VlaedgeError(f"prune: {policy.name} has no Linear layer that can take 2:4 sparsity "
+                           f"({len(dense)} too narrow or not multiples of 4)",
+                           "drop the prune section: 2:4 sparsity has nothing to act on")
+    module = copy.deepcopy(policy.module).eval()
+    algorithm, reason = "sparsegpt", ""
+    try:
+        module = ops.sparsegpt(module, calib, targets)
+    except (ImportError, RuntimeError, AssertionError) as e:  # e.g. a CUDA-only path in another ModelOpt
+        algorithm = "magnitude"
+        reason = f"SparseGPT failed: {type(e).__name__}: {str(e)[:200]}".splitlines()[0]
+        notes.append(f"fell back to magnitude 2:4 ({reason})")
+        module = copy.deepcopy(policy.module).eval()
+        ops.magnitude_24(module, targets)
+    if isinstance(policy, ReferencePolicy):  # rebuild from config so nothing of ModelOpt stays attached
+        config = copy.deepcopy(policy.config)
+        fresh = ReferenceVLA(config)
+        fresh.load_state_dict(module.state_dict())
+        new: Policy = ReferencePolicy(config, fresh.eval())
+    else:
+        new = copy.copy(policy)
+        new.module = module.eval()
+    notes.append(SPARSITY_NOTE)
+    return new, SparsityStats(algorithm, reason, targets, dense, zero_fraction=0.0, pattern_ok=False)
+
+
+def _masks(policy: Policy, layers: list[str]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """(weight, 0/1 mask) of the sparsified layers, re-applied during recovery."""
+    modules = dict(policy.module.named_modules())
+    return [(modules[n].weight, (modules[n].weight != 0).to(modules[n].weight.dtype)) for n in layers]
+
+
+def _check_24(policy: Policy, stats: SparsityStats) -> None:
+    modules = dict(policy.module.named_modules())
+    weights = [modules[n].weight.detach() for n in stats.layers]
+    size = sum(w.numel() for w in weights)
+    stats.zero_fraction = sum(int((w == 0).sum()) for w in weights) / size if size else 0.0
+    stats.pattern_ok = bool(weights) and all(ops.pattern_24(w) for w in weights)
+
+
+# ---- recovery and counting -------------------------------------------------------------------------
+
+
+def _recover(teacher: Policy, student: Policy, config: PruneConfig, calib: ops.Calib, masks: list,
+             seed: int) -> RecoveryStats:
+    if any(calib.logits):
+        objective = "KL(teacher || student) over action-token logits"
+    elif teacher.has_noise_input:
+        objective = "L1 to the teacher's final actions from the same noise"
+    else:
+        objective = "L1 to the teacher's actions"
+    r = config.recover
+    stats = ops.distill(student.module, teacher.module.eval(), calib, r.steps, r.lr, r.batch_size, masks,
+                        seed)
+    return RecoveryStats(steps=r.steps, objective=objective, **stats)
+
+
+def count_flops(policy: Policy) -> int:
+    """FLOPs of one batch-1 forward (2 per multiply-add), counted by torch's FlopCounterMode."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    def cpu_attention(q, k, v, *args, out_shape=None, **kwargs) -> int:  # not in torch's table on CPU
+        b, h, s, d = q
+        return 2 * b * h * s * k[-2] * d + 2 * b * h * s * k[-2] * v[-1]
+
+    mapping = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: cpu_attention}
+    args = [torch.from_numpy(v) for v in policy.example_inputs(batch=1).values()]
+    policy.module.eval()
+    with FlopCounterMode(display=False, custom_mapping=mapping) as counter, torch.no_grad():
+        policy.module(*args)
+    return int(counter.get_total_flops())

@@ -1,0 +1,222 @@
+"""Recipes: one YAML file says how to compress, export, verify and gate a policy for one target.
+
+Validated strictly: an unknown key is an error naming the valid keys, every error reads
+`path.to.field: message`, and cross-field rules (a precision the target cannot run) are checked at load.
+A missing section skips its stage.
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from vlaedge.errors import VlaedgeError
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class RecoverConfig(Section):
+    """Short distillation from the unpruned policy on calibration frames after pruning."""
+
+    steps: int = Field(200, ge=1)  # optimiser steps
+    lr: float = Field(3e-4, gt=0)  # AdamW learning rate
+    batch_size: int = Field(32, ge=1)
+
+
+class PruneConfig(Section):
+    """Structured pruning (physically smaller) or 2:4 semi-structured sparsity (TensorRT targets)."""
+
+    method: Literal["structured", "sparsity-2:4"]  # no default: say what you want
+    heads: float = Field(0.0, ge=0, lt=1)  # structured: fraction of attention heads removed per block
+    mlp: float = Field(0.0, ge=0, lt=1)  # structured: fraction of MLP channels removed per block
+    blocks: int = Field(0, ge=0)  # structured: whole transformer blocks removed (least important)
+    num_frames: int = Field(128, ge=8)  # calibration frames used to rank importance
+    recover: RecoverConfig | None = None  # optional distillation afterwards
+
+    @model_validator(mode="after")
+    def _something_to_do(self):
+        if self.method == "structured" and not (self.heads or self.mlp or self.blocks):
+            raise ValueError("structured pruning needs heads, mlp or blocks above 0")
+        return self
+
+
+class QuantizeConfig(Section):
+    """Post-training quantization. The target decides the path: ModelOpt Q/DQ for TensorRT targets,
+    ONNX Runtime static quantization for the cpu target."""
+
+    precision: Literal["int8", "fp8", "int8-weight-only", "int4-weight-only"]  # no default
+    # ModelOpt (TensorRT targets): max, smoothquant (int8), awq (int4-weight-only); ONNX Runtime (cpu
+    # target): minmax, entropy, percentile. Default: max, or minmax on the cpu target (vlaedge.targets).
+    algorithm: Literal["max", "smoothquant", "awq", "minmax", "entropy", "percentile"] = "max"
+    num_calib_frames: int = Field(256, ge=1)  # calibration frames from the calibration split
+    keep: list[str] = []  # module name patterns kept in higher precision, e.g. "action_head*"
+    quantize_layernorm: bool = False  # True reproduces the ModelOpt-default bug (FACTS.md): keep False
+    per_channel: bool = True  # per-output-channel weight scales
+
+
+class ExportConfig(Section):
+    """ONNX export."""
+
+    opset: int = Field(17, ge=13, le=23)  # FP8 needs >= 19 (raised automatically)
+    dynamic_batch: bool = True
+    check_frames: int = Field(32, ge=1)  # frames for the ONNX Runtime vs torch check
+    max_check_error: float = Field(0.05, gt=0)  # max abs action difference ONNX Runtime vs torch
+
+
+class EngineConfig(Section):
+    """TensorRT engine: built here when TensorRT and a GPU are present; a build bundle always."""
+
+    build: bool = True  # try to build a plan on this machine
+    workspace_mb: int = Field(1024, ge=64)
+    sparsity: bool = False  # let TensorRT pick 2:4 sparse kernels (Ampere+)
+    dla_core: int | None = Field(None, ge=0, le=1)  # run on this DLA core (AGX Orin / Orin NX)
+    gpu_fallback: bool = True  # layers DLA cannot run go to the GPU
+    min_batch: int = Field(1, ge=1)
+    opt_batch: int = Field(1, ge=1)
+    max_batch: int = Field(8, ge=1)
+
+
+class VerifyConfig(Section):
+    """Reference vs candidate on the evaluation split (open loop) and in the tabletop env (closed loop)."""
+
+    runtime: str = "ort-cpu"  # candidate runtime (see `vlaedge runtimes`)
+    eval_frames: int = Field(512, ge=1)  # open-loop frames from the evaluation split
+    closed_loop_episodes: int = Field(0, ge=0)  # 0 skips the closed-loop check
+    min_episodes: int = Field(50, ge=1)  # fewer episodes: the check refuses to conclude
+    seed: int = 0
+    profile_runs: int = Field(200, ge=1)  # timed latency runs
+    profile_warmup: int = Field(20, ge=0)
+    threads: int = Field(2, ge=1)  # CPU threads for ONNX Runtime
+
+
+class Budgets(Section):
+    """Release budgets; a missing field is not checked."""
+
+    max_drift_mean_pct: float | None = Field(None, gt=0)  # mean abs action error, % of action range
+    max_drift_p99_pct: float | None = Field(None, gt=0)  # p99 abs action error, % of action range
+    max_drift_per_dim_pct: dict[str, float] = {}  # action dim name -> max mean error, % of range
+    min_token_agreement: float | None = Field(None, ge=0, le=1)  # discrete heads
+    max_gripper_flip_rate: float | None = Field(None, ge=0, le=1)
+    max_success_drop: float | None = Field(None, ge=0, le=1)  # judged on the Wilson bound
+    max_latency_p99_ms: float | None = Field(None, gt=0)
+    min_rate_hz: float | None = Field(None, gt=0)
+    max_memory_mb: float | None = Field(None, gt=0)
+    max_file_size_mb: float | None = Field(None, gt=0)
+
+
+class Recipe(Section):
+    """A whole recipe. `target` is required; every other section is optional and skips its stage."""
+
+    target: str  # a name from `vlaedge targets`
+    description: str = ""
+    prune: PruneConfig | None = None
+    quantize: QuantizeConfig | None = None
+    export: ExportConfig | None = None
+    engine: EngineConfig | None = None
+    verify: VerifyConfig | None = None
+    budgets: Budgets | None = None
+
+    @model_validator(mode="after")
+    def _fits_target(self):
+        from vlaedge.targets import check_recipe_against_target
+
+        check_recipe_against_target(self)
+        return self
+
+
+def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Recipe:
+    """Loads and validates a recipe file.
+
+    Args:
+        path: the YAML file.
+        overrides: `section.field=value` strings applied before validation (values parsed as YAML),
+            e.g. `["quantize.num_calib_frames=64"]`.
+
+    Returns:
+        The validated recipe.
+
+    Raises:
+        VlaedgeError: unreadable file, bad YAML, unknown keys, invalid values, or a recipe the target
+            cannot run, as `path.to.field: message`.
+
+    Example:
+        >>> recipe = load_recipe("recipes/cpu-int8.yaml", ["quantize.algorithm=entropy"])
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise VlaedgeError(f"recipe: {path} does not exist", "see recipes/ for the shipped recipes")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        message = f"recipe: {path} is not valid YAML ({e})".replace("\n", " ")
+        raise VlaedgeError(message, "fix the syntax") from e
+    if not isinstance(raw, dict):
+        raise VlaedgeError(f"recipe: {path} must be a mapping of sections", "see recipes/cpu-int8.yaml")
+    for item in overrides:
+        _apply_override(raw, item)
+    return validate_recipe(raw, str(path))
+
+
+def validate_recipe(raw: dict, where: str = "recipe") -> Recipe:
+    """Validates a recipe given as a dict; errors as `where: path.to.field: message`."""
+    try:
+        return Recipe.model_validate(raw)
+    except ValidationError as e:
+        raise VlaedgeError(f"{where}: {format_validation_error(e, Recipe)}",
+                           "see the recipe reference in README.md") from e
+    except VlaedgeError as e:  # a target rule (vlaedge.targets), raised unwrapped through pydantic
+        raise VlaedgeError(f"{where}: {e.message}", e.hint) from e
+
+
+def format_validation_error(error: ValidationError, model: type[BaseModel]) -> str:
+    """The first pydantic error as `path.to.field: message`, listing valid keys for unknown ones.
+
+    An unknown key comes first: a typo (`precison`) also makes the real key look missing.
+    """
+    errors = error.errors()
+    err = next((e for e in errors if e["type"] == "extra_forbidden"), errors[0])
+    loc = [str(p) for p in err["loc"]]
+    where = ".".join(loc) or "(top level)"
+    if err["type"] == "extra_forbidden":
+        valid = _valid_keys(model, loc[:-1])
+        close = difflib.get_close_matches(loc[-1], valid, n=1)
+        guess = f" (did you mean '{close[0]}'?)" if close else ""
+        return f"{where}: unknown key{guess}; valid keys here: {', '.join(valid)}"
+    msg = err["msg"].removeprefix("Value error, ")
+    if err["type"] == "missing":
+        return f"{where}: required field is missing"
+    return f"{where}: {msg} (got {err.get('input')!r})" if "input" in err and not isinstance(
+        err.get("input"), dict) else f"{where}: {msg}"
+
+
+def _valid_keys(model: type[BaseModel], loc: list[str]) -> list[str]:
+    for key in loc:
+        field = model.model_fields.get(key)
+        if field is None:
+            break
+        candidates = [a for a in getattr(field.annotation, "__args__", (field.annotation,))
+                      if isinstance(a, type) and issubclass(a, BaseModel)]
+        if not candidates:
+            break
+        model = candidates[0]
+    return list(model.model_fields)
+
+
+def _apply_override(raw: dict, item: str) -> None:
+    key, sep, value = item.partition("=")
+    if not sep or not key:
+        raise VlaedgeError(f"override: {item!r} is not of the form section.field=value",
+                           "e.g. --set quantize.num_calib_frames=64")
+    *parents, leaf = key.strip().split(".")
+    node = raw
+    for p in parents:
+        node = node.setdefault(p, {})
+        if not isinstance(node, dict):
+            raise VlaedgeError(f"override: {key} goes through a non-section value", "check the key path")
+    node[leaf] = yaml.safe_load(value)

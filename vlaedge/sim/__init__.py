@@ -1,0 +1,34 @@
+"""The built-in tabletop pick-and-place task: environment, renderer, instructions and scripted expert."""
+
+from vlaedge.sim.expert import ScriptedExpert, chance_success_rate, record_episodes
+from vlaedge.sim.instructions import (
+    BLOCKS,
+    TEMPLATES,
+    VOCABULARY,
+    ZONES,
+    Task,
+    instruction_for,
+    parse_instruction,
+    sample_task,
+)
+from vlaedge.sim.render import Renderer, SimState, render
+from vlaedge.sim.tabletop import TabletopEnv, sample_layout
+
+__all__ = [
+    "BLOCKS",
+    "TEMPLATES",
+    "VOCABULARY",
+    "ZONES",
+    "Renderer",
+    "ScriptedExpert",
+    "SimState",
+    "TabletopEnv",
+    "Task",
+    "chance_success_rate",
+    "instruction_for",
+    "parse_instruction",
+    "record_episodes",
+    "render",
+    "sample_layout",
+    "sample_task",
+]
