@@ -119,6 +119,15 @@ def _recipe(path: Path, overrides: list[str] | None):
     return load_recipe(path, overrides or [])
 
 
+def _only_stage(path: Path, overrides: list[str] | None, stage: str, example: str):
+    """The recipe with every stage but `stage` (and the export it needs) removed."""
+    r = _recipe(path, overrides)
+    if getattr(r, stage) is None:
+        raise VlaedgeError(f"recipe: {path} has no {stage} section", f"add one, e.g. from {example}")
+    others = {"prune", "quantize", "engine", "verify", "budgets"} - {stage}
+    return r.model_copy(update=dict.fromkeys(others))
+
+
 @app.command()
 def compress(
     checkpoint: CheckpointArg = None,
@@ -149,11 +158,8 @@ def prune(
     """Only the prune stage: writes the pruned checkpoint (and its manifest) to --out."""
     from vlaedge.compress import compress as run
 
-    r = _recipe(recipe, overrides)
-    if r.prune is None:
-        raise VlaedgeError(f"recipe: {recipe} has no prune section", "add one, or use recipes/cpu-pruned-int8.yaml")
-    result = run(r.model_copy(update={"quantize": None, "engine": None, "verify": None, "budgets": None}),
-                 out, checkpoint, data, force, allow_pickle, log=_echo)
+    r = _only_stage(recipe, overrides, "prune", "recipes/cpu-pruned-int8.yaml")
+    result = run(r, out, checkpoint, data, force, allow_pickle, log=_echo)
     _echo(f"wrote {result.out}/pruned (load it like any checkpoint)")
 
 
@@ -170,11 +176,8 @@ def quantize(
     """Only quantize (and the export it needs): writes the quantized ONNX to --out/model.onnx."""
     from vlaedge.compress import compress as run
 
-    r = _recipe(recipe, overrides)
-    if r.quantize is None:
-        raise VlaedgeError(f"recipe: {recipe} has no quantize section", "add one, e.g. from recipes/cpu-int8.yaml")
-    result = run(r.model_copy(update={"prune": None, "engine": None, "verify": None, "budgets": None}),
-                 out, checkpoint, data, force, allow_pickle, log=_echo)
+    r = _only_stage(recipe, overrides, "quantize", "recipes/cpu-int8.yaml")
+    result = run(r, out, checkpoint, data, force, allow_pickle, log=_echo)
     _echo(f"wrote {result.out}/model.onnx")
 
 

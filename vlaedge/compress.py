@@ -124,7 +124,7 @@ def _run_prune(od: OutputDir, recipe: Recipe, inputs: Inputs, summaries: list[st
     feeds = calibration_feeds(inputs.policy, inputs.calibration, recipe.prune.num_frames)
     result = prune(inputs.policy, recipe.prune, feeds)
     result.policy.save(od.path / "pruned")
-    od.record_stage("prune", time.perf_counter() - start, **{k: v for k, v in result.to_dict().items() if k != "seconds"})
+    od.record_stage("prune", time.perf_counter() - start, **_details(result))
     summaries.append(result.summary())
     log(result.summary())
     return result.policy
@@ -140,7 +140,7 @@ def _run_quantize_and_export(od: OutputDir, recipe: Recipe, target, inputs: Inpu
     check = {k: np.concatenate([f[k] for f in check]) for k in check[0]}
     start = time.perf_counter()
     fp32 = export_onnx(policy, od.path / ("model_fp32.onnx" if q else "model.onnx"), export_cfg, check)
-    od.record_stage("export_fp32", time.perf_counter() - start, **{k: v for k, v in fp32.to_dict().items() if k != "seconds"})
+    od.record_stage("export_fp32", time.perf_counter() - start, **_details(fp32))
     log(fp32.summary())
     if not q:
         return
@@ -152,7 +152,7 @@ def _run_quantize_and_export(od: OutputDir, recipe: Recipe, target, inputs: Inpu
     final = od.path / "model.onnx"
     if target.runtime == "onnxruntime":
         result = quantize(policy, q, feeds, target, fp32_onnx=od.path / "model_fp32.onnx", out_onnx=final)
-        od.record_stage("quantize", time.perf_counter() - start, **{k: v for k, v in result.to_dict().items() if k != "seconds"})
+        od.record_stage("quantize", time.perf_counter() - start, **_details(result))
         from vlaedge.export import check_against_torch
 
         exported = check_against_torch(inputs.policy if not recipe.prune else policy, final, check,
@@ -161,13 +161,18 @@ def _run_quantize_and_export(od: OutputDir, recipe: Recipe, target, inputs: Inpu
     else:
         student = copy.deepcopy(policy)
         result = quantize(student, q, feeds, target)
-        od.record_stage("quantize", time.perf_counter() - start, **{k: v for k, v in result.to_dict().items() if k != "seconds"})
+        od.record_stage("quantize", time.perf_counter() - start, **_details(result))
         start = time.perf_counter()
         exported = export_onnx(student, final, export_cfg, check, precision=q.precision)
-        od.record_stage("export", time.perf_counter() - start, **{k: v for k, v in exported.to_dict().items() if k != "seconds"})
+        od.record_stage("export", time.perf_counter() - start, **_details(exported))
         log(exported.summary())
     summaries.append(result.summary())
     log(result.summary())
+
+
+def _details(result) -> dict:
+    """A stage result's dict for the manifest, without the `seconds` that record_stage takes itself."""
+    return {k: v for k, v in result.to_dict().items() if k != "seconds"}
 
 
 def _versions() -> dict:
