@@ -12,18 +12,18 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-import vlaedge.data as data
+import vlaedge.lerobot as lerobot
 from vlaedge.data import (
     Episode,
     EpisodeDataset,
     iter_frames,
     load_dataset,
     sample_frames,
-    save_lerobot,
     save_npz,
     split_episodes,
 )
 from vlaedge.errors import VlaedgeError
+from vlaedge.lerobot import save_lerobot
 from vlaedge.png import PngError, decode_png, decode_pngs, encode_png
 
 INSTRUCTIONS = ["pick up the red cube", "open the drawer", "push the button"]
@@ -102,7 +102,7 @@ def test_save_refuses_to_clobber_unless_asked(tmp_path: Path) -> None:
 def test_interrupted_save_leaves_no_dataset(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     ds = make_dataset()
     root = tmp_path / "lerobot"
-    real_write, calls = data._write_parquet, []
+    real_write, calls = lerobot._write_parquet, []
 
     def flaky_write(table, path):  # writes the data file, then "crashes" on the next one
         calls.append(path)
@@ -110,16 +110,16 @@ def test_interrupted_save_leaves_no_dataset(tmp_path: Path, monkeypatch: pytest.
             raise KeyboardInterrupt
         real_write(table, path)
 
-    monkeypatch.setattr(data, "_write_parquet", flaky_write)
+    monkeypatch.setattr(lerobot, "_write_parquet", flaky_write)
     with pytest.raises(KeyboardInterrupt):
         save_lerobot(ds, root)
     assert not (root / "meta" / "info.json").exists()
     assert list(tmp_path.iterdir()) == []  # no dataset, no leftover partial folder
 
-    monkeypatch.setattr(data, "_write_parquet", real_write)
+    monkeypatch.setattr(lerobot, "_write_parquet", real_write)
     save_lerobot(ds, root)
     calls.clear()
-    monkeypatch.setattr(data, "_write_parquet", flaky_write)
+    monkeypatch.setattr(lerobot, "_write_parquet", flaky_write)
     with pytest.raises(KeyboardInterrupt):
         save_lerobot(make_dataset(num_episodes=2), root, overwrite=True)
     assert_same(ds, load_dataset(root))  # the old dataset is untouched

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from vlaedge.data import EpisodeDataset, save_lerobot, save_npz
+from vlaedge.data import EpisodeDataset, save_npz
 from vlaedge.errors import VlaedgeError
+from vlaedge.lerobot import save_lerobot
 
 FORMATS = ("lerobot", "npz")
 

@@ -155,30 +155,31 @@ class VisionTower(nn.Module):
         # that small-data behaviour cloning learns much faster with than a single linear patchify.
         c = cfg.dim // 4
         self.stem = nn.Sequential(nn.Conv2d(3, c, 3, 2, 1), nn.GELU(), nn.Conv2d(c, 2 * c, 3, 2, 1), nn.GELU())
+        self.stem_channels = 2 * c
         self.patch_embed = nn.Conv2d(2 * c, cfg.dim, cfg.patch_size // 4, stride=cfg.patch_size // 4)
         self.patch_norm = nn.LayerNorm(cfg.dim)  # unit-scale content before adding positions
         side = cfg.image_size // cfg.patch_size
         self.register_buffer("pos_embed", sincos_2d(side, cfg.dim), persistent=False)  # (1, P, D), fixed
         self.blocks = _blocks(cfg, 0, cfg.vision_depth, cfg.dim)
         self.norm = nn.LayerNorm(cfg.dim)
-        # spatial-softmax keypoints (Levine et al. 2016, as in Diffusion Policy): K attention maps over the
-        # patches give K expected (x, y) positions, summarised as one extra token.
-        self.keypoint_maps = nn.Linear(cfg.dim, cfg.keypoints)
+        # spatial-softmax keypoints (Levine et al. 2016, as in Diffusion Policy) on the instruction-
+        # conditioned stem features at 1/4 resolution: K attention maps give K expected (x, y) positions,
+        # a direct, precise read-out of where the named objects are.
+        self.keypoint_maps = nn.Conv2d(2 * c, cfg.keypoints, 1)
         self.keypoint_proj = nn.Linear(2 * cfg.keypoints, cfg.dim)
-        self.register_buffer("grid", patch_grid(side), persistent=False)  # (P, 2) in [-1, 1]
+        self.register_buffer("grid", patch_grid(cfg.image_size // 4), persistent=False)  # (HW/16, 2)
 
     def forward(self, image: torch.Tensor, film: torch.Tensor) -> torch.Tensor:
-        """film: (B, 2D) instruction-conditioned scale and shift of the patch tokens (RT-1's FiLM)."""
+        """film: (B, 2C) instruction-conditioned scale and shift of the stem features (RT-1's FiLM)."""
         x = image.float() * (2.0 / 255.0) - 1.0  # (B, 3, H, W) in [-1, 1]
-        x = self.patch_norm(self.patch_embed(self.stem(x)).flatten(2).transpose(1, 2))  # (B, P, D)
-        scale, shift = film[:, None].chunk(2, dim=-1)
-        x = x * (1.0 + scale) + shift + self.pos_embed
+        scale, shift = film[:, :, None, None].chunk(2, dim=1)
+        features = self.stem(x) * (1.0 + scale) + shift  # (B, C, H/4, W/4)
+        attention = torch.softmax(self.keypoint_maps(features).flatten(2), dim=-1)  # (B, K, HW/16)
+        keypoints = self.keypoint_proj((attention @ self.grid).flatten(1))  # (B, D)
+        x = self.patch_norm(self.patch_embed(features).flatten(2).transpose(1, 2)) + self.pos_embed
         for block in self.blocks:
             x = block(x)
-        x = self.norm(x)
-        attention = torch.softmax(self.keypoint_maps(x), dim=1)  # (B, P, K), over patches
-        keypoints = attention.transpose(1, 2) @ self.grid  # (B, K, 2)
-        return x, self.keypoint_proj(keypoints.flatten(1))  # (B, P, D), (B, D)
+        return self.norm(x), keypoints  # (B, P, D), (B, D)
 
 
 def patch_grid(side: int) -> torch.Tensor:
@@ -244,7 +245,7 @@ class ReferenceVLA(nn.Module):
         self.vision_tower = VisionTower(cfg)
         self.text_embed = nn.Embedding(len(cfg.vocab) + 2, D)
         self.text_pos = nn.Parameter(torch.randn(1, cfg.max_instruction_len, D) * 0.02)
-        self.film = nn.Linear(D, 2 * D)  # pooled instruction -> vision-token scale and shift
+        self.film = nn.Linear(D, 2 * self.vision_tower.stem_channels)  # pooled instruction -> stem FiLM
         nn.init.zeros_(self.film.weight)
         nn.init.zeros_(self.film.bias)
         self.state_proj = nn.Sequential(nn.Linear(cfg.state_dim, D), nn.GELU(), nn.Linear(D, D))
