@@ -107,10 +107,10 @@ class ReferencePolicy(Policy):
 
 
 def _resize(images: np.ndarray, size: int) -> np.ndarray:
-    """Nearest-neighbour resize of uint8 [B,H,W,3] to [B,size,size,3] (identity when it fits)."""
-    H, W = images.shape[1:3]
-    if H == size and W == size:
+    """Nearest-neighbour resize of uint8 [B,h,w,3] to [B,size,size,3] (identity when it fits)."""
+    height, width = images.shape[1:3]
+    if height == size and width == size:
         return images
-    rows = (np.arange(size) * H // size).astype(np.intp)
-    cols = (np.arange(size) * W // size).astype(np.intp)
+    rows = (np.arange(size) * height // size).astype(np.intp)
+    cols = (np.arange(size) * width // size).astype(np.intp)
     return images[:, rows][:, :, cols]

@@ -20,9 +20,11 @@ HEADS = ("tokens", "chunk", "flow")
 
 # Named sizes. nano: tests (<1M params); small: benchmarks (10-30M); base: realistic size (100M+).
 SIZES: dict[str, dict] = {
-    "nano": dict(dim=128, num_heads=4, vision_depth=2, fusion_depth=2, expert_dim=64, expert_depth=1),
-    "small": dict(dim=384, num_heads=6, vision_depth=4, fusion_depth=4, expert_dim=192, expert_depth=2),
-    "base": dict(dim=768, num_heads=12, vision_depth=8, fusion_depth=8, expert_dim=384, expert_depth=2),
+    "nano": {"dim": 128, "num_heads": 4, "vision_depth": 2, "fusion_depth": 2, "expert_dim": 64, "expert_depth": 1},
+    "small": {"dim": 384, "num_heads": 6, "vision_depth": 4, "fusion_depth": 4, "expert_dim": 192,
+              "expert_depth": 2},
+    "base": {"dim": 768, "num_heads": 12, "vision_depth": 8, "fusion_depth": 8, "expert_dim": 384,
+             "expert_depth": 2},
 }
 
 

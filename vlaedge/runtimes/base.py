@@ -47,7 +47,7 @@ class Runtime(ABC):
                 raise VlaedgeError(f"{self.name}: input {spec.name} has shape {value.shape}, the model needs "
                                    f"{spec.concrete_shape(batch)}", "build feeds with the policy's make_inputs")
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 (optional hook: most backends hold nothing to release)
         """Releases backend resources."""
 
 

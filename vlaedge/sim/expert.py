@@ -6,9 +6,14 @@ import numpy as np
 
 from vlaedge.data import Episode
 from vlaedge.sim.instructions import BLOCKS, ZONES, Task, sample_task
-from vlaedge.sim.tabletop import STEP_SIZE, TabletopEnv
+from vlaedge.sim.render import ZONE_SIZE
+from vlaedge.sim.tabletop import GRASP_RADIUS, STEP_SIZE, TabletopEnv
 
-ARRIVE_RADIUS = 0.02  # the expert closes on a block, or opens over a zone, once this close
+# The expert closes on a block once within half the grasp radius, and opens once the block is well inside
+# the zone (half-way from its centre to its edge): decisions with a margin that a policy seeing a 32-64 px
+# image can learn, rather than a pixel-exact arrival it cannot see.
+GRASP_DISTANCE = GRASP_RADIUS / 2
+RELEASE_DISTANCE = ZONE_SIZE / 4  # Chebyshev distance from the zone centre
 
 
 def _action(ee: np.ndarray, goal: np.ndarray, grip: float) -> np.ndarray:
@@ -49,9 +54,9 @@ class ScriptedExpert:
             if task.verb == "pick":
                 return _action(ee, ee, 1.0)
             zone = state.zone_pos[ZONES.index(task.zone)]
-            return _action(ee, zone, -1.0 if np.linalg.norm(zone - ee) < ARRIVE_RADIUS else 1.0)
+            return _action(ee, zone, -1.0 if np.abs(zone - ee).max() < RELEASE_DISTANCE else 1.0)
         block = state.block_pos[target]
-        close = np.linalg.norm(block - ee) < ARRIVE_RADIUS and not state.gripper_closed
+        close = np.linalg.norm(block - ee) < GRASP_DISTANCE and not state.gripper_closed
         return _action(ee, block, 1.0 if close else -1.0)
 
 
