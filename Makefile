@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: setup demo test lint lock clean
+.PHONY: setup demo test test-deps lint lock clean
 
 setup: $(STAMP)
 
@@ -19,8 +19,19 @@ demo: setup
 	$(BIN)/vlaedge info
 	$(BIN)/vlaedge rollout --episodes 100
 
-test: setup
+test: setup test-deps
 	$(BIN)/pytest
+
+# System packages some tests use: openssh-server (tests/test_remote.py starts its own sshd on 127.0.0.1).
+# Installed only as root with apt-get; otherwise that test skips with the reason.
+test-deps:
+	@if [ -x /usr/sbin/sshd ]; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	  export DEBIAN_FRONTEND=noninteractive; \
+	  apt-get install -y -q --no-install-recommends openssh-server >/dev/null 2>&1 || \
+	  { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q --no-install-recommends openssh-server >/dev/null 2>&1; } || \
+	  echo "test-deps: could not install openssh-server: tests/test_remote.py will skip"; \
+	else echo "test-deps: not root or no apt-get: openssh-server not installed, tests/test_remote.py will skip"; fi
 
 lint: setup
 	$(BIN)/ruff check vlaedge tests benchmarks

@@ -383,4 +383,5 @@ def format_targets() -> list[dict[str, str]]:
         "2:4": "yes" if t.sparsity_2_4 else "no", "DLA": str(t.dla_count),
         "memory GB": _num(t.memory_gb), "BW GB/s": _num(t.memory_bw_gbs),
         "fp16 TFLOPS": _num(t.fp16_tflops), "int8 TOPS": _num(t.int8_tops), "fp8 TFLOPS": _num(t.fp8_tflops),
+        "fp4 TFLOPS": _num(t.fp4_tflops),
     } for t in TARGETS.values()]

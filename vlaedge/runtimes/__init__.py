@@ -12,7 +12,7 @@ from vlaedge.errors import VlaedgeError
 from vlaedge.models.base import Policy
 from vlaedge.runtimes.base import Runtime
 
-RUNTIMES = ("torch", "ort-cpu", "ort-cuda", "ort-trt")
+RUNTIMES = ("torch", "ort-cpu", "ort-cuda", "ort-trt", "trt")
 
 __all__ = ["RUNTIMES", "Runtime", "open_runtime"]
 
@@ -39,4 +39,11 @@ def open_runtime(name: str, policy: Policy, model: str | Path | None = None, thr
         from vlaedge.runtimes.ort import OrtRuntime
 
         return OrtRuntime(model, policy.input_spec, policy.output_names, name, threads)
+    if name == "trt":
+        if model is None:
+            raise VlaedgeError("trt: needs a model (.onnx with model.plan next to it, or a .plan)",
+                               "build the engine with the bundle's build.sh on the device")
+        from vlaedge.runtimes.trt import TrtRuntime  # imports tensorrt lazily, inside
+
+        return TrtRuntime(model, policy.input_spec, policy.output_names)
     raise VlaedgeError(f"runtime: unknown runtime {name!r}", f"available: {', '.join(RUNTIMES)}")
