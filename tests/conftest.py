@@ -14,7 +14,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 CACHE = ROOT / ".cache" / "test-policies"
-CACHE_VERSION = 3  # bump when vla.py or train.py change
+CACHE_VERSION = 5  # bump when vla.py or train.py change
 
 
 @pytest.fixture
@@ -29,20 +29,28 @@ def frames():
 
 
 @pytest.fixture(scope="session")
-def trained_policy():
-    """`trained_policy(head)` -> a nano ReferencePolicy trained briefly on the tabletop task (cached)."""
-    from vlaedge.models import load_policy
+def trained_checkpoint():
+    """`trained_checkpoint(head)` -> the checkpoint directory of a nano policy trained briefly on the
+    tabletop task (32x32 camera), trained at first use and cached."""
     from vlaedge.train import TrainConfig, train_policy
 
-    def get(head: str = "chunk"):
+    def get(head: str = "chunk") -> Path:
         path = CACHE / f"nano32-{head}-v{CACHE_VERSION}"
         if not (path / "model.safetensors").is_file():
             config = TrainConfig(size="nano", head=head, episodes=200, steps=400, image_size=32, seed=0)
             policy, _ = train_policy(config, progress=False)
             policy.save(path)
-        return load_policy(path)
+        return path
 
     return get
+
+
+@pytest.fixture(scope="session")
+def trained_policy(trained_checkpoint):
+    """`trained_policy(head)` -> the `trained_checkpoint(head)` policy, loaded."""
+    from vlaedge.models import load_policy
+
+    return lambda head="chunk": load_policy(trained_checkpoint(head))
 
 
 @pytest.fixture(scope="session")
@@ -57,3 +65,27 @@ def tabletop_frames():
         return sample_frames(dataset, n, seed)
 
     return get
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory):
+    """An untrained nano chunk policy (32x32 camera) saved as a checkpoint, its FP32 ONNX export, and a
+    6-episode tabletop dataset as .npz: fast inputs for verify/profile/gate tests that need no accuracy.
+    Returns a namespace with `policy`, `checkpoint`, `onnx`, `data`, `dataset`."""
+    from types import SimpleNamespace
+
+    from vlaedge.data import EpisodeDataset, save_npz
+    from vlaedge.export import export_onnx
+    from vlaedge.models.reference import ReferencePolicy
+    from vlaedge.recipe import ExportConfig
+    from vlaedge.sim import record_episodes
+
+    root = tmp_path_factory.mktemp("tiny-run")
+    policy = ReferencePolicy.build("nano", "chunk", image_size=32)
+    policy.save(root / "ckpt")
+    export_onnx(policy, root / "model.onnx", ExportConfig(), policy.example_inputs(2))
+    dataset = EpisodeDataset.from_episodes(record_episodes(6, seed=5, image_size=32), fps=10,
+                                           action_names=["dx", "dy", "gripper"])
+    save_npz(dataset, root / "data")
+    return SimpleNamespace(policy=policy, checkpoint=root / "ckpt", onnx=root / "model.onnx",
+                           data=root / "data", dataset=dataset)

@@ -63,6 +63,7 @@ def train(
     head: Annotated[str, typer.Option(help="tokens, chunk or flow.")] = "chunk",
     episodes: Annotated[int, typer.Option(help="Expert demonstrations to record.")] = 400,
     steps: Annotated[int, typer.Option(help="Optimiser steps.")] = 3000,
+    image_size: Annotated[int, typer.Option(help="Policy input side (64 px camera frames are resized).")] = 64,
     seed: Seed = 0,
     ignore_instruction: Annotated[bool, typer.Option(help="Ablation: a constant instruction.")] = False,
     eval_episodes: Annotated[int, typer.Option(help="Held-out closed-loop episodes after training.")] = 100,
@@ -71,7 +72,7 @@ def train(
     from vlaedge.train import TrainConfig, train_policy
     from vlaedge.verify import closed_loop
 
-    cfg = TrainConfig(size=size, head=head, episodes=episodes, steps=steps, seed=seed,
+    cfg = TrainConfig(size=size, head=head, episodes=episodes, steps=steps, image_size=image_size, seed=seed,
                       ignore_instruction=ignore_instruction)
     policy, stats = train_policy(cfg)
     policy.save(out)
@@ -143,6 +144,10 @@ def compress(
 
     result = run(_recipe(recipe, overrides), out, checkpoint, data, force, allow_pickle, log=_echo)
     _echo(f"wrote {result.out} (manifest.json lists every file with its sha256)")
+    if result.gate is not None:
+        _echo(result.gate.summary())
+        if not result.gate:
+            raise GateFailed(result.gate.failure_line())
 
 
 @app.command()
@@ -214,7 +219,155 @@ def targets() -> None:
     table = Table(*rows[0].keys())
     for row in rows:
         table.add_row(*row.values())
-    Console().print(table)
+    console = Console()
+    console.width = max(console.width, 190)  # all columns readable, also when piped (rich assumes 80)
+    console.print(table)
+
+
+ModelArg = Annotated[Path, typer.Argument(help="An .onnx file or a 'vlaedge compress' output directory.")]
+BudgetsOpt = Annotated[Path | None, typer.Option(
+    "--budgets", "-b", help="Budgets YAML (fields at the top level, under budgets:, or a recipe).")]
+ThreadsOpt = Annotated[int | None, typer.Option(help="CPU threads for the runtime (default: its own).")]
+
+
+@app.command()
+def verify(
+    model: Annotated[Path | None, typer.Argument(help=(
+        "Candidate: an .onnx file, a 'vlaedge compress' output directory, or a checkpoint directory with "
+        "--runtime torch. Default: the reference itself on torch."))] = None,
+    checkpoint: Annotated[Path | None, typer.Option(
+        "--checkpoint", "-c", help="FP32 reference checkpoint. Default: the run's, else the embedded one.",
+    )] = None,
+    runtime: Annotated[str, typer.Option(help="Candidate runtime (see `vlaedge info`).")] = "ort-cpu",
+    data: DataOpt = None,
+    out: OutOpt = Path("runs/verify"),
+    recipe: Annotated[Path | None, typer.Option(
+        "--recipe", "-r", help="Take verify settings, budgets and target from this recipe.")] = None,
+    budgets: BudgetsOpt = None,
+    frames: Annotated[int | None, typer.Option(help="Open-loop evaluation frames (eval_frames).")] = None,
+    episodes: Annotated[int | None, typer.Option(help="Closed-loop episodes per policy (0: none).")] = None,
+    min_episodes: Annotated[int | None, typer.Option(help="Fewer episodes: inconclusive.")] = None,
+    env: Annotated[str | None, typer.Option(help="Closed-loop env 'package.module:make_env'.")] = None,
+    env_adapter: Annotated[str | None, typer.Option(help="Observation adapter 'package.module:fn'.")] = None,
+    runs: Annotated[int | None, typer.Option(help="Timed profile runs.")] = None,
+    no_profile: Annotated[bool, typer.Option("--no-profile", help="Skip latency profiling.")] = False,
+    threads: ThreadsOpt = None,
+    target: Annotated[str | None, typer.Option(help="Target name for per-target budgets.")] = None,
+    force: ForceOpt = False,
+    allow_pickle: AllowPickle = False,
+) -> None:
+    """Reference vs candidate: open-loop drift, optional closed loop, latency; writes the reports to --out."""
+    from vlaedge.commands import run_verify
+
+    settings = {"runtime": runtime, "eval_frames": frames, "closed_loop_episodes": episodes,
+                "min_episodes": min_episodes, "env": env, "env_adapter": env_adapter, "profile_runs": runs,
+                "threads": threads}
+    result = run_verify(model, checkpoint, data, out, recipe, budgets, settings, not no_profile, target,
+                        force, allow_pickle, log=_echo)
+    junit = ", junit.xml" if result.gate is not None else ""
+    _echo(f"wrote {out}/report.json, report.md, report.html{junit}")
+    if result.gate is not None:
+        _echo(result.gate.summary())
+        if not result.gate:
+            raise GateFailed(result.gate.failure_line())
+
+
+@app.command()
+def profile(
+    model: ModelArg,
+    checkpoint: Annotated[Path | None, typer.Option(
+        "--checkpoint", "-c", help="Policy checkpoint: feeds from its make_inputs on calibration frames.",
+    )] = None,
+    runtime: Annotated[str, typer.Option(help="Runtime (ort-cpu, ort-cuda, ort-trt, torch).")] = "ort-cpu",
+    runs: Annotated[int, typer.Option(help="Timed runs per model.")] = 200,
+    warmup: Annotated[int, typer.Option(help="Untimed warm-up runs per model.")] = 20,
+    threads: ThreadsOpt = None,
+    compare: Annotated[list[Path] | None, typer.Option(
+        "--compare", help="Other .onnx files timed interleaved with MODEL (repeatable).")] = None,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Writes DIR/profile.json.")] = Path("runs/profile"),
+    remote: Annotated[str | None, typer.Option(help="Profile on user@host over SSH instead.")] = None,
+    data: DataOpt = None,
+    control_hz: Annotated[float | None, typer.Option(help="Robot control rate (default: data fps).")] = None,
+    allow_pickle: AllowPickle = False,
+) -> None:
+    """Latency percentiles, control rate, peak memory and file size of MODEL; writes DIR/profile.json."""
+    from vlaedge.commands import run_profile
+
+    path, table = run_profile(model, checkpoint, runtime, runs, warmup, threads, compare or [], out, remote,
+                              data, control_hz, allow_pickle)
+    if table:
+        _echo(table)
+    _echo(f"wrote {path}")
+
+
+@app.command()
+def gate(
+    report: Annotated[Path, typer.Argument(help="report.json, or the directory holding it.")],
+    budgets: Annotated[Path, typer.Option("--budgets", "-b", help="Budgets YAML, or a recipe with budgets.")],
+    checkpoint: Annotated[Path | None, typer.Option(
+        "--checkpoint", "-c", help="Refuse the report unless it is for this reference checkpoint.")] = None,
+    target: Annotated[str | None, typer.Option(help="Target for per-target budgets.")] = None,
+    profile_json: Annotated[Path | None, typer.Option(
+        "--profile", help="Judge latency from this profile.json (e.g. from the device) instead.",
+    )] = None,
+    out: Annotated[Path | None, typer.Option(
+        "--out", "-o", help="Write report.json/md/html and junit.xml with the verdict here.")] = None,
+) -> None:
+    """Judge a report against budgets: exit 0 all met, 1 a budget violated, 2 could not run."""
+    from vlaedge.commands import run_gate
+
+    result = run_gate(report, budgets, checkpoint, target, profile_json, out)
+    _echo(result.summary())
+    if out:
+        _echo(f"wrote {out}/report.json, report.md, report.html, junit.xml")
+    if not result:
+        raise GateFailed(result.failure_line())
+
+
+@app.command()
+def engine(
+    model: Annotated[Path, typer.Argument(help="The exported (Q/DQ) ONNX, or a compress output directory.")],
+    recipe: Annotated[Path | None, typer.Option(
+        "--recipe", "-r", help="Take the engine section, precision and target from this recipe.")] = None,
+    target: Annotated[str | None, typer.Option(help="Target (default: the recipe's).")] = None,
+    out: Annotated[Path | None, typer.Option(
+        "--out", "-o", help="Directory to write engine/ into (default: the model's directory).")] = None,
+    overrides: SetOpt = None,
+) -> None:
+    """TensorRT engine: a plan here if TensorRT and a GPU are present; always an on-device build bundle."""
+    from vlaedge.engine import build_engine, detect_precision
+    from vlaedge.recipe import EngineConfig
+
+    onnx_path = model / "model.onnx" if model.is_dir() else model
+    r = _recipe(recipe, overrides) if recipe else None
+    if r is None and target is None:
+        raise VlaedgeError("engine: no target", "pass --target (e.g. agx-orin-64gb) or --recipe")
+    precision = r.quantize.precision if r and r.quantize else detect_precision(onnx_path)
+    config = (r.engine if r else None) or EngineConfig()
+    result = build_engine(onnx_path, config, target or r.target, precision, out or onnx_path.parent)
+    _echo(result.summary())
+
+
+@app.command()
+def estimate(
+    model: Annotated[Path, typer.Argument(help="The ONNX model (external data is not needed).")],
+    target: Annotated[str, typer.Option(help="A TensorRT target; see vlaedge targets.")],
+    batch: Annotated[int, typer.Option(help="Batch size for dynamic batch dimensions.")] = 1,
+    precision: Annotated[str, typer.Option(help="Non-quantized ops in: fp16, bf16, fp32.")] = "fp16",
+    top: Annotated[int, typer.Option(help="Slowest ops to list.")] = 15,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Also write the estimate here.")] = None,
+) -> None:
+    """Roofline latency and memory estimate of MODEL on a target (no device needed; see its limits)."""
+    import json
+
+    from vlaedge.estimate import estimate as run
+
+    result = run(model, target, batch, precision)
+    _echo(result.table(top))
+    _echo("assumptions: " + "; ".join(result.assumptions))
+    if json_out:
+        json_out.write_text(json.dumps(result.to_dict(), indent=1) + "\n")
+        _echo(f"wrote {json_out}")
 
 
 def main() -> None:

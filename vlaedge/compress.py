@@ -40,6 +40,7 @@ class CompressResult:
     out: Path
     manifest: dict
     summaries: list[str] = field(default_factory=list)
+    gate: object | None = None  # vlaedge.gate.GateResult when the recipe has budgets (falsy: violated)
 
     def __bool__(self) -> bool:
         return True
@@ -112,8 +113,27 @@ def compress(recipe: Recipe, out: str | Path, checkpoint: Path | None = None, da
         if recipe.prune:
             policy = _run_prune(od, recipe, inputs, summaries, log)
         _run_quantize_and_export(od, recipe, target, inputs, policy, summaries, log)
+        if recipe.engine:
+            _run_engine(od, recipe, target, summaries, log)
+        verdict = None
+        if recipe.verify or recipe.budgets:  # reports are written before commit, so the manifest lists them
+            from vlaedge.commands import verify_into
+
+            verdict = verify_into(od, recipe, target.name, inputs, log)
         od.commit()
-    return CompressResult(Path(out), od.manifest, summaries)
+    return CompressResult(Path(out), od.manifest, summaries, verdict)
+
+
+def _run_engine(od: OutputDir, recipe: Recipe, target, summaries: list[str], log) -> None:
+    """The on-device build bundle always; a TensorRT plan too where TensorRT and a GPU are present."""
+    from vlaedge.engine import build_engine
+
+    start = time.perf_counter()
+    result = build_engine(od.path / "model.onnx", recipe.engine, target,
+                          recipe.quantize.precision if recipe.quantize else None, od.path)
+    od.record_stage("engine", time.perf_counter() - start, **_details(result))
+    summaries.append(result.summary())
+    log(result.summary())
 
 
 def _run_prune(od: OutputDir, recipe: Recipe, inputs: Inputs, summaries: list[str], log) -> Policy:

@@ -93,21 +93,57 @@ class VerifyConfig(Section):
     profile_runs: int = Field(200, ge=1)  # timed latency runs
     profile_warmup: int = Field(20, ge=0)
     threads: int = Field(2, ge=1)  # CPU threads for ONNX Runtime
+    env: str | None = None  # closed loop: "package.module:make_env" (Gymnasium-style); None = tabletop
+    env_adapter: str | None = None  # "package.module:adapter": env observation -> frame dict
+    closed_loop_seed: int = 10_000  # first episode seed (tabletop demos use seeds below 10000)
+    execute: int = Field(2, ge=1)  # actions of each chunk executed before re-planning
+    max_steps: int = Field(40, ge=1)  # episode step limit (a cap for other envs)
+    control_hz: float | None = Field(None, gt=0)  # robot control rate; default: the dataset's fps
+    trace_episodes: int = Field(3, ge=0)  # evaluation episodes plotted as action traces in report.html
+
+
+class TargetBudgets(Section):
+    """Budgets that depend on the hardware, for one target; they replace the general ones there."""
+
+    max_latency_p99_ms: float | None = Field(None, gt=0)
+    min_rate_hz: float | None = Field(None, gt=0)
+    max_memory_mb: float | None = Field(None, gt=0)
 
 
 class Budgets(Section):
-    """Release budgets; a missing field is not checked."""
+    """Release budgets, judged by `vlaedge.gate`; a missing field is not checked.
+
+    Drift is in % of each action dimension's range (`action_spec.high - low`). `max_success_drop` passes
+    only when the candidate's Wilson 95% lower bound is at least the reference's rate minus the drop,
+    fails when its upper bound is below that, and is inconclusive (never a pass) in between or below
+    `verify.min_episodes`. `min_rate_hz` is inferences per second at the median latency.
+    """
 
     max_drift_mean_pct: float | None = Field(None, gt=0)  # mean abs action error, % of action range
     max_drift_p99_pct: float | None = Field(None, gt=0)  # p99 abs action error, % of action range
     max_drift_per_dim_pct: dict[str, float] = {}  # action dim name -> max mean error, % of range
+    max_drift_per_dim_p99_pct: dict[str, float] = {}  # action dim name -> max p99 error, % of range
+    min_cosine: float | None = Field(None, ge=-1, le=1)  # mean cosine similarity of action chunks
     min_token_agreement: float | None = Field(None, ge=0, le=1)  # discrete heads
     max_gripper_flip_rate: float | None = Field(None, ge=0, le=1)
-    max_success_drop: float | None = Field(None, ge=0, le=1)  # judged on the Wilson bound
+    max_success_drop: float | None = Field(None, ge=0, le=1)  # judged on the Wilson bound (see above)
     max_latency_p99_ms: float | None = Field(None, gt=0)
     min_rate_hz: float | None = Field(None, gt=0)
-    max_memory_mb: float | None = Field(None, gt=0)
-    max_file_size_mb: float | None = Field(None, gt=0)
+    max_memory_mb: float | None = Field(None, gt=0)  # peak RSS added by the model (vlaedge.profile)
+    max_file_size_mb: float | None = Field(None, gt=0)  # model file plus external data
+    targets: dict[str, TargetBudgets] = {}  # target name -> latency/rate/memory budgets there
+    policy_sha256: str | None = None  # the reference checkpoint these budgets are for (prefix accepted)
+
+    @model_validator(mode="after")
+    def _known_targets(self):
+        from vlaedge.targets import TARGETS
+
+        for name in self.targets:
+            if name not in TARGETS:
+                close = difflib.get_close_matches(name, list(TARGETS), n=1)
+                guess = f" (did you mean '{close[0]}'?)" if close else ""
+                raise ValueError(f"unknown target {name!r}{guess}; see 'vlaedge targets'")
+        return self
 
 
 class Recipe(Section):
@@ -121,6 +157,14 @@ class Recipe(Section):
     engine: EngineConfig | None = None
     verify: VerifyConfig | None = None
     budgets: Budgets | None = None
+
+    @model_validator(mode="after")
+    def _budgets_measurable(self):
+        b, v = self.budgets, self.verify
+        if b is not None and b.max_success_drop is not None and not (v and v.closed_loop_episodes):
+            raise ValueError("budgets.max_success_drop needs verify.closed_loop_episodes above 0 "
+                             "(at least verify.min_episodes)")
+        return self
 
     @model_validator(mode="after")
     def _fits_target(self):
@@ -161,6 +205,42 @@ def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
     for item in overrides:
         _apply_override(raw, item)
     return validate_recipe(raw, str(path))
+
+
+def load_budgets(path: str | Path) -> Budgets:
+    """Loads budgets from a YAML file: the fields at the top level, under a `budgets:` key, or a whole
+    recipe (its budgets section is used).
+
+    Raises:
+        VlaedgeError: unreadable file, bad YAML, unknown keys (with the closest valid one), invalid values.
+
+    Example:
+        >>> load_budgets("budgets.yaml").max_drift_mean_pct
+        1.0
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise VlaedgeError(f"budgets: {path} does not exist", "pass a budgets YAML file or a recipe")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        message = f"budgets: {path} is not valid YAML ({e})".replace("\n", " ")
+        raise VlaedgeError(message, "fix the syntax") from e
+    if isinstance(raw, dict) and "target" in raw:  # a recipe
+        budgets = load_recipe(path).budgets
+        if budgets is None:
+            raise VlaedgeError(f"budgets: recipe {path} has no budgets section", "add one (see README.md)")
+        return budgets
+    if isinstance(raw, dict) and set(raw) == {"budgets"}:
+        raw = raw["budgets"] or {}
+    if not isinstance(raw, dict):
+        raise VlaedgeError(f"budgets: {path} must be a mapping of budget names to values",
+                           "e.g. max_drift_mean_pct: 1.0")
+    try:
+        return Budgets.model_validate(raw)
+    except ValidationError as e:
+        raise VlaedgeError(f"{path}: {format_validation_error(e, Budgets)}",
+                           "see 'Verify, profile and gate' in README.md") from e
 
 
 def validate_recipe(raw: dict, where: str = "recipe") -> Recipe:

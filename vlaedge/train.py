@@ -31,7 +31,8 @@ class TrainConfig:
     batch_size: int = 64
     lr: float = 1e-3  # peak learning rate (AdamW, warm-up then cosine)
     weight_decay: float = 0.01
-    image_size: int = 64
+    image_size: int = 64  # policy input side; camera frames are resized to it by the adapter
+    camera_size: int = 64  # side of the rendered camera frames (the env's default, like calibration/)
     seed: int = 0  # seeds the demonstrations, the initial weights and the batches
     ignore_instruction: bool = False  # ablation: feed a constant instruction
 
@@ -56,7 +57,7 @@ def train_policy(config: TrainConfig, episodes: list[Episode] | None = None,
     torch.manual_seed(config.seed)
     torch.set_num_threads(os.cpu_count() or 1)
     if episodes is None:
-        episodes = record_episodes(config.episodes, seed=config.seed, image_size=config.image_size)
+        episodes = record_episodes(config.episodes, seed=config.seed, image_size=config.camera_size)
     policy = ReferencePolicy.build(config.size, config.head, vocab=list(VOCABULARY),
                                    image_size=config.image_size)
     data = _training_arrays(policy, episodes, config.ignore_instruction)

@@ -41,7 +41,8 @@ class VLAConfig:
     vision_depth: int = 2  # ViT blocks over image patches
     fusion_depth: int = 2  # blocks over [vision, instruction, state, action queries]
     mlp_ratio: float = 4.0  # MLP hidden width = mlp_ratio * dim before pruning
-    keypoints: int = 16  # spatial-softmax keypoints read from the vision tokens
+    keypoints: int = 16  # spatial-softmax keypoints read from the conv stem
+    readout_channels: int = 8  # stem channels of the flattened 8x8 spatial readout (0 = none)
     vocab: list[str] = field(default_factory=list)  # tokenizer words (ids start at 2)
     max_instruction_len: int = 12  # instruction tokens
     state_dim: int = 4  # proprio state size
@@ -170,6 +171,13 @@ class VisionTower(nn.Module):
         self.keypoint_maps = nn.Conv2d(2 * c, cfg.keypoints, 1)
         self.keypoint_proj = nn.Linear(2 * cfg.keypoints, cfg.dim)
         self.register_buffer("grid", patch_grid(cfg.image_size // 4), persistent=False)  # (HW/16, 2)
+        # a flattened 8x8 spatial readout of the stem (the classic conv-policy head): position-specific
+        # weights give the action queries a direct, reliably learnable view of where things are
+        self.readout = None
+        if cfg.readout_channels:
+            self.readout = nn.Sequential(nn.Conv2d(2 * c, cfg.readout_channels, 1), nn.GELU(),
+                                         nn.AdaptiveAvgPool2d(8), nn.Flatten(),
+                                         nn.Linear(64 * cfg.readout_channels, cfg.dim))
 
     def forward(self, image: torch.Tensor, film: torch.Tensor) -> torch.Tensor:
         """film: (B, 2C) instruction-conditioned scale and shift of the stem features (RT-1's FiLM)."""
@@ -178,6 +186,8 @@ class VisionTower(nn.Module):
         features = self.stem(x) * (1.0 + scale) + shift  # (B, C, H/4, W/4)
         attention = torch.softmax(self.keypoint_maps(features).flatten(2), dim=-1)  # (B, K, HW/16)
         keypoints = self.keypoint_proj((attention @ self.grid).flatten(1))  # (B, D)
+        if self.readout is not None:
+            keypoints = keypoints + self.readout(features)
         x = self.patch_norm(self.patch_embed(features).flatten(2).transpose(1, 2)) + self.pos_embed
         for block in self.blocks:
             x = block(x)

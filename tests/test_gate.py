@@ -1,0 +1,378 @@
+"""The gate: each budget against constructed reports, the success-drop rule on the Wilson bound, per-target
+budgets, strict budgets files, and exit codes 0/1/2 through `vlaedge verify` / `vlaedge gate`."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import numpy as np
+import pytest
+
+from vlaedge.closedloop import ClosedLoopReport, SuccessRate
+from vlaedge.drift import action_drift
+from vlaedge.errors import VlaedgeError
+from vlaedge.gate import gate
+from vlaedge.models.base import ActionSpec
+from vlaedge.profile import LatencyStats, ModelProfile, ProfileReport
+from vlaedge.recipe import Budgets, load_budgets
+from vlaedge.report import SCHEMA
+
+SPEC = ActionSpec(("dx", "dy", "gripper"), (-1.0, -1.0, -1.0), (1.0, 1.0, 1.0), (2,), chunk=4)
+
+
+class _Policy:
+    name, action_spec = "reference-chunk", SPEC
+
+
+def make_report(
+    offset=(0.0, 0.0, 0.0),
+    loop: tuple | None = None,
+    latency_ms: float | None = 5.0,
+    logits: bool = False,
+    sha: str = "a" * 64,
+    target: str | None = "cpu",
+) -> dict:
+    """A report.json dict: drift of `offset` (env units, range 2), optional closed loop
+    ((ref successes, cand successes, episodes, min_episodes)) and a profile with constant latency."""
+    from vlaedge.report import build_report
+
+    rng = np.random.default_rng(0)
+    ref = rng.uniform(-0.5, 0.5, (40, 4, 3)).astype(np.float32)
+    ref_logits = cand_logits = None
+    if logits:
+        ref_logits = rng.normal(size=(40, 4, 3, 8))
+        cand_logits = ref_logits.copy()
+        cand_logits[:4, :, 0, 0] = 99.0  # about 10% of dim 0 disagrees
+    drift = action_drift(ref, ref + np.asarray(offset, np.float32), SPEC, ref_logits, cand_logits)
+    closed = None
+    if loop:
+        r, c, n, m = loop
+        closed = ClosedLoopReport(
+            "tabletop",
+            SuccessRate(r, n, 0, [True] * r + [False] * (n - r)),
+            SuccessRate(c, n, 0, [True] * c + [False] * (n - c)),
+            m,
+            10_000,
+        )
+    prof = None
+    if latency_ms is not None:
+        lat = LatencyStats.from_samples([latency_ms] * 20)
+        model = ModelProfile(
+            "model.onnx",
+            "ort-cpu",
+            3_000_000,
+            lat,
+            {"inferences_per_s": 1000 / latency_ms, "actions_per_s": 4000 / latency_ms},
+            {"peak_rss_delta_mb": 40.0, "method": "vmhwm"},
+        )
+        prof = ProfileReport([model], 20, 2, 2, False, {"cpu": "test"})
+    return build_report(
+        _Policy(), None, "ort-cpu", target, sha, drift=drift, closed_loop=closed, profile=prof
+    )
+
+
+def statuses(result) -> dict:
+    return {c.name: c.status for c in result.checks}
+
+
+def test_drift_budgets_pass_and_fail_with_measured_and_allowed():
+    report = make_report(offset=(0.01, 0.0, 0.06))  # 0.5% dx, 3% gripper -> overall mean 1.1667%
+    result = gate(
+        report,
+        Budgets(
+            max_drift_mean_pct=2.0, max_drift_p99_pct=2.5, max_drift_per_dim_pct={"dx": 1.0, "gripper": 1.0}
+        ),
+    )
+    assert statuses(result) == {
+        "max_drift_mean_pct": "pass",
+        "max_drift_p99_pct": "fail",
+        "max_drift_per_dim_pct[dx]": "pass",
+        "max_drift_per_dim_pct[gripper]": "fail",
+    }
+    assert not result and len(result.failures) == 2
+    p99 = next(c for c in result.checks if c.name == "max_drift_p99_pct")
+    assert p99.measured == pytest.approx(3.0, rel=1e-3) and p99.allowed == 2.5
+    assert "worst dim gripper" in p99.detail and "over budget: gripper" in p99.detail
+    assert "max_drift_per_dim_pct[gripper] fail" in result.failure_line()
+
+
+def test_token_agreement_gripper_flips_and_cosine_budgets():
+    report = make_report(offset=(0.0, 0.0, -0.6), logits=True)  # gripper pushed below the midpoint often
+    result = gate(report, Budgets(min_token_agreement=0.99, max_gripper_flip_rate=0.05, min_cosine=0.5))
+    s = statuses(result)
+    assert s["min_token_agreement"] == "fail" and s["max_gripper_flip_rate"] == "fail"
+    agreement = next(c for c in result.checks if c.name == "min_token_agreement")
+    assert (
+        agreement.measured == pytest.approx(report["drift"]["token_agreement"])
+        and 0.9 < agreement.measured < 0.99
+    )
+    assert agreement.op == ">=" and "dx" in agreement.detail
+    no_tokens = gate(make_report(), Budgets(min_token_agreement=0.99))
+    assert statuses(no_tokens) == {"min_token_agreement": "skipped"} and no_tokens  # skipped is not a failure
+
+
+@pytest.mark.parametrize(
+    ("loop", "expected"),
+    [
+        ((90, 89, 200, 50), "pass"),  # 45% vs 44.5%: candidate lower bound 37.8% >= 45% - 10%
+        ((180, 120, 200, 50), "fail"),  # 90% vs 60%: candidate upper bound 66.5% < 90% - 10%
+        ((180, 165, 200, 50), "inconclusive"),  # 82.5% (95% CI 76.6%-87.1%) straddles 80%
+        ((20, 20, 20, 50), "inconclusive"),  # perfect, but below min_episodes: never a pass
+    ],
+)
+def test_success_drop_is_judged_on_the_wilson_bound(loop, expected):
+    result = gate(make_report(loop=loop), Budgets(max_success_drop=0.10))
+    (check,) = result.checks
+    assert check.status == expected, check.detail
+    assert check.measured == pytest.approx((loop[0] - loop[1]) / loop[2]) and check.allowed == 0.10
+    assert bool(result) == (expected == "pass")
+
+
+def test_per_target_budgets_replace_the_general_ones_for_that_target():
+    budgets = Budgets(
+        max_latency_p99_ms=10, targets={"agx-orin-64gb": {"max_latency_p99_ms": 4, "min_rate_hz": 300}}
+    )
+    assert gate(make_report(latency_ms=5, target="cpu"), budgets)
+    on_orin = gate(make_report(latency_ms=5, target="agx-orin-64gb"), budgets)
+    assert statuses(on_orin) == {"max_latency_p99_ms": "fail", "min_rate_hz": "fail"}
+    assert "target agx-orin-64gb" in on_orin.checks[0].detail
+    assert gate(make_report(latency_ms=5, target="cpu"), budgets, target="agx-orin-64gb").failures
+
+
+def test_memory_and_file_size_budgets():
+    result = gate(make_report(), Budgets(max_memory_mb=30, max_file_size_mb=5))
+    assert statuses(result) == {"max_memory_mb": "fail", "max_file_size_mb": "pass"}
+
+
+def test_missing_measurements_unknown_dims_and_foreign_reports_cannot_run():
+    with pytest.raises(VlaedgeError, match="max_latency_p99_ms needs the report's profile"):
+        gate(make_report(latency_ms=None), Budgets(max_latency_p99_ms=5))
+    with pytest.raises(VlaedgeError, match="max_success_drop needs the report's closed_loop"):
+        gate(make_report(), Budgets(max_success_drop=0.1))
+    with pytest.raises(VlaedgeError, match="'dz'.*dx, dy, gripper"):
+        gate(make_report(), Budgets(max_drift_per_dim_pct={"dz": 1.0}))
+    with pytest.raises(VlaedgeError, match="another policy"):
+        gate(make_report(sha="b" * 64), Budgets(policy_sha256="aaaa"))
+    assert gate(make_report(sha="a" * 64), Budgets(policy_sha256="aaaa", max_drift_mean_pct=1))
+
+
+def test_budgets_file_is_strict_with_suggestions(tmp_path):
+    good = tmp_path / "b.yaml"
+    good.write_text("budgets:\n  max_drift_mean_pct: 1.0\n  targets:\n    cpu: {max_latency_p99_ms: 20}\n")
+    assert load_budgets(good).targets["cpu"].max_latency_p99_ms == 20
+    flat = tmp_path / "flat.yaml"
+    flat.write_text("max_drift_p99_pct: 5\n")
+    assert load_budgets(flat).max_drift_p99_pct == 5
+    typo = tmp_path / "typo.yaml"
+    typo.write_text("max_drift_mena_pct: 1.0\n")
+    with pytest.raises(VlaedgeError, match="did you mean 'max_drift_mean_pct'"):
+        load_budgets(typo)
+    bad_target = tmp_path / "t.yaml"
+    bad_target.write_text("targets:\n  orin-nano:\n    max_latency_p99_ms: 5\n")
+    with pytest.raises(VlaedgeError, match="unknown target 'orin-nano'"):
+        load_budgets(bad_target)
+    nested = tmp_path / "n.yaml"
+    nested.write_text("targets:\n  cpu:\n    max_latncy_p99_ms: 5\n")
+    with pytest.raises(VlaedgeError, match="did you mean 'max_latency_p99_ms'"):
+        load_budgets(nested)
+    assert load_budgets("recipes/cpu-int8.yaml").max_drift_mean_pct == 1.0  # a recipe's budgets section
+
+
+def test_a_recipe_with_a_success_budget_but_no_closed_loop_is_refused_at_load():
+    from vlaedge.recipe import load_recipe
+
+    with pytest.raises(VlaedgeError, match="max_success_drop needs verify.closed_loop_episodes"):
+        load_recipe("recipes/cpu-int8.yaml", ["budgets.max_success_drop=0.05"])
+    overrides = ["budgets.max_success_drop=0.05", "verify.closed_loop_episodes=100"]
+    recipe = load_recipe("recipes/cpu-int8.yaml", overrides)
+    assert recipe.budgets.max_success_drop == 0.05
+
+
+# --- exit codes through the CLI -------------------------------------------------------------------------
+
+
+def run_cli(args, capsys, monkeypatch):
+    from vlaedge.cli import main
+
+    monkeypatch.setattr(sys, "argv", ["vlaedge", *map(str, args)])
+    with pytest.raises(SystemExit) as e:
+        main()
+    out = capsys.readouterr()
+    return e.value.code or 0, out.out + out.err
+
+
+def _broken_onnx(src, dst, gripper_offset: float):
+    """The exported model plus `gripper_offset` on the gripper action: a deliberately broken candidate."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    model = onnx.load(str(src))
+    for node in model.graph.node:
+        node.output[:] = ["actions_raw" if o == "actions" else o for o in node.output]
+    model.graph.initializer.append(
+        helper.make_tensor("offset", TensorProto.FLOAT, [3], [0.0, 0.0, gripper_offset])
+    )
+    model.graph.node.append(helper.make_node("Add", ["actions_raw", "offset"], ["actions"]))
+    onnx.save(model, str(dst))
+    return dst
+
+
+@pytest.fixture
+def budgets_file(tmp_path):
+    path = tmp_path / "budgets.yaml"
+    path.write_text(
+        "max_drift_mean_pct: 1.0\nmax_drift_per_dim_pct: {gripper: 1.0}\nmax_latency_p99_ms: 500\n"
+    )
+    return path
+
+
+def test_verify_and_gate_exit_0_on_a_faithful_candidate(
+    tiny_run, tmp_path, budgets_file, capsys, monkeypatch
+):
+    out = tmp_path / "v"
+    code, text = run_cli(
+        [
+            "verify",
+            tiny_run.onnx,
+            "--checkpoint",
+            tiny_run.checkpoint,
+            "--data",
+            tiny_run.data,
+            "--out",
+            out,
+            "--budgets",
+            budgets_file,
+            "--frames",
+            16,
+            "--runs",
+            10,
+            "--threads",
+            1,
+        ],
+        capsys,
+        monkeypatch,
+    )
+    assert code == 0, text
+    assert {"report.json", "report.md", "report.html", "junit.xml", "manifest.json"} <= {
+        p.name for p in out.iterdir()
+    }
+    report = json.loads((out / "report.json").read_text())
+    assert report["schema"] == SCHEMA and report["gate"]["passed"] and report["drift"]["frames"] == 16
+    code, text = run_cli(
+        ["gate", out / "report.json", "--budgets", budgets_file, "--checkpoint", tiny_run.checkpoint],
+        capsys,
+        monkeypatch,
+    )
+    assert code == 0 and "gate: PASS" in text
+
+
+def test_a_broken_candidate_exits_1_naming_the_failing_dimension(
+    tiny_run, tmp_path, budgets_file, capsys, monkeypatch
+):
+    broken = _broken_onnx(tiny_run.onnx, tmp_path / "broken.onnx", 0.3)
+    out = tmp_path / "v"
+    budgets_file.write_text("max_drift_mean_pct: 10.0\nmax_drift_per_dim_pct: {dx: 1.0, gripper: 1.0}\n")
+    code, text = run_cli(
+        [
+            "verify",
+            broken,
+            "--checkpoint",
+            tiny_run.checkpoint,
+            "--data",
+            tiny_run.data,
+            "--out",
+            out,
+            "--budgets",
+            budgets_file,
+            "--frames",
+            16,
+            "--no-profile",
+        ],
+        capsys,
+        monkeypatch,
+    )
+    assert code == 1, text
+    assert "gate failed" in text and "max_drift_per_dim_pct[gripper] fail" in text and "Traceback" not in text
+    assert "max_drift_per_dim_pct[dx] fail" not in text  # only the broken dimension is named
+    assert (out / "junit.xml").is_file() and (
+        out / "report.html"
+    ).is_file()  # reports written even on failure
+    code, text = run_cli(["gate", out, "--budgets", budgets_file], capsys, monkeypatch)
+    assert code == 1 and "gripper" in text
+
+
+def test_gate_cannot_run_exits_2_in_one_line(tiny_run, tmp_path, budgets_file, capsys, monkeypatch):
+    from vlaedge.models.reference import ReferencePolicy
+
+    out = tmp_path / "v"
+    code, _ = run_cli(
+        [
+            "verify",
+            tiny_run.onnx,
+            "--checkpoint",
+            tiny_run.checkpoint,
+            "--data",
+            tiny_run.data,
+            "--out",
+            out,
+            "--frames",
+            8,
+            "--no-profile",
+        ],
+        capsys,
+        monkeypatch,
+    )
+    assert code == 0
+    other = ReferencePolicy.build("nano", "chunk", image_size=32).save(tmp_path / "other")
+    typo = tmp_path / "typo.yaml"
+    typo.write_text("max_drift_mean_pct: 1\nmin_token_agrement: 0.9\n")
+    bad_json = tmp_path / "bad.json"
+    bad_json.write_text("{not json")
+    old = tmp_path / "old.json"
+    old.write_text(json.dumps({"schema": "vlaedge.report/0"}))
+    cases = [
+        (["gate", out, "--budgets", budgets_file, "--checkpoint", other], "another policy"),
+        (["gate", out, "--budgets", typo], "did you mean 'min_token_agreement'"),
+        (["gate", bad_json, "--budgets", budgets_file], "not valid JSON"),
+        (["gate", old, "--budgets", budgets_file], "schema 'vlaedge.report/0'"),
+        (["gate", out, "--budgets", budgets_file.parent / "missing.yaml"], "does not exist"),
+    ]
+    for args, needle in cases:
+        code, text = run_cli(args, capsys, monkeypatch)
+        assert code == 2, (args, text)
+        assert needle in text and "Traceback" not in text
+        assert text.startswith("error: ") and len(text.strip().splitlines()) == 2  # message + fix
+    # the report has no profile: a latency budget cannot be judged
+    latency = tmp_path / "lat.yaml"
+    latency.write_text("max_latency_p99_ms: 10\n")
+    code, text = run_cli(["gate", out, "--budgets", latency], capsys, monkeypatch)
+    assert code == 2 and "needs the report's profile" in text
+
+
+def test_gate_refuses_a_report_copied_into_another_run_directory(
+    tiny_run, tmp_path, budgets_file, capsys, monkeypatch
+):
+    out = tmp_path / "v"
+    run_cli(
+        [
+            "verify",
+            tiny_run.onnx,
+            "--checkpoint",
+            tiny_run.checkpoint,
+            "--data",
+            tiny_run.data,
+            "--out",
+            out,
+            "--frames",
+            8,
+            "--no-profile",
+        ],
+        capsys,
+        monkeypatch,
+    )
+    manifest = json.loads((out / "manifest.json").read_text())
+    manifest["inputs"]["checkpoint"]["sha256"] = "f" * 64
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    code, text = run_cli(["gate", out, "--budgets", budgets_file], capsys, monkeypatch)
+    assert code == 2 and "another policy" in text

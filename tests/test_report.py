@@ -1,0 +1,182 @@
+"""Reports: the report.json schema, junit.xml validity and counts, report.md, report.html's inline SVG,
+and `vlaedge compress` writing them into its output directory (exit 1 on a violated budget)."""
+
+from __future__ import annotations
+
+import json
+import re
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+from test_gate import make_report, run_cli
+
+from vlaedge.errors import VlaedgeError
+from vlaedge.gate import gate
+from vlaedge.recipe import Budgets
+from vlaedge.report import FILES, SCHEMA, load_report, render_junit, write_reports
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def gated(report: dict, budgets: Budgets) -> dict:
+    report["gate"] = gate(report, budgets).to_dict()
+    return report
+
+
+def test_report_json_has_the_versioned_schema_and_round_trips(tmp_path):
+    report = gated(make_report(offset=(0.01, 0, 0), loop=(50, 48, 60, 50)), Budgets(max_drift_mean_pct=1))
+    write_reports(report, tmp_path)
+    loaded = load_report(tmp_path)
+    assert loaded["schema"] == SCHEMA == "vlaedge.report/1"
+    assert {
+        "schema",
+        "created",
+        "vlaedge",
+        "target",
+        "policy",
+        "candidate",
+        "data",
+        "drift",
+        "closed_loop",
+        "profile",
+        "traces",
+        "gate",
+        "notes",
+    } == set(loaded)
+    assert (
+        loaded["policy"]["action_names"] == ["dx", "dy", "gripper"] and loaded["policy"]["sha256"] == "a" * 64
+    )
+    assert loaded["drift"]["per_dim"][0]["mean_pct"] == pytest.approx(0.5, rel=1e-3)
+    assert (
+        loaded["closed_loop"]["candidate"]["interval"][0]
+        < 0.8
+        < loaded["closed_loop"]["candidate"]["interval"][1]
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(FILES)
+
+
+def test_malformed_reports_are_refused(tmp_path):
+    (tmp_path / "a.json").write_text(json.dumps({"schema": SCHEMA, "policy": {}}))
+    with pytest.raises(VlaedgeError, match="malformed"):
+        load_report(tmp_path / "a.json")
+    (tmp_path / "b.json").write_text(json.dumps([1, 2]))
+    with pytest.raises(VlaedgeError, match="no 'schema'"):
+        load_report(tmp_path / "b.json")
+
+
+def test_junit_xml_parses_with_correct_counts_and_carries_measured_vs_allowed():
+    report = gated(
+        make_report(offset=(0.0, 0.0, 0.06), loop=(20, 20, 20, 50)),
+        Budgets(
+            max_drift_mean_pct=5,
+            max_drift_per_dim_pct={"gripper": 1.0},
+            min_token_agreement=0.9,
+            max_success_drop=0.1,
+            max_latency_p99_ms=100,
+        ),
+    )
+    root = ET.fromstring(render_junit(report))
+    suite = root.find("testsuite")
+    cases = suite.findall("testcase")
+    assert root.tag == "testsuites" and len(cases) == 5
+    assert (suite.get("tests"), suite.get("failures"), suite.get("skipped"), suite.get("errors")) == (
+        "5",
+        "2",
+        "1",
+        "0",
+    )
+    assert root.get("failures") == "2"
+    by_name = {c.get("name"): c for c in cases}
+    failure = by_name["max_drift_per_dim_pct[gripper]"].find("failure")
+    assert failure.get("type") == "BudgetViolated"
+    assert re.search(r"measured 3 % of range, allowed <= 1 % of range", failure.get("message"))
+    assert by_name["max_success_drop"].find("failure").get("type") == "Inconclusive"
+    assert by_name["min_token_agreement"].find("skipped") is not None
+    assert by_name["max_drift_mean_pct"].find("failure") is None
+
+
+def test_markdown_is_a_step_summary_with_the_verdict_and_tables():
+    report = gated(make_report(offset=(0.0, 0.0, 0.06)), Budgets(max_drift_per_dim_pct={"gripper": 1.0}))
+    from vlaedge.report import render_markdown
+
+    md = render_markdown(report)
+    assert md.startswith("# vlaedge report: ❌ 1 budget(s) not met")
+    assert "| `max_drift_per_dim_pct[gripper]` | 3 | <= 1 % of range | ❌ fail |" in md
+    assert "| gripper | 3.000 | 3.000 | 3.000 |" in md and "## Latency (batch 1)" in md
+    ok = render_markdown(gated(make_report(), Budgets(max_drift_mean_pct=1)))
+    assert ok.startswith("# vlaedge report: ✅ all budgets met")
+
+
+def test_html_has_well_formed_inline_svg_plots_with_budget_lines():
+    report = gated(
+        make_report(offset=(0.01, 0.0, 0.02)),
+        Budgets(max_drift_mean_pct=2, max_drift_p99_pct=3, max_latency_p99_ms=8),
+    )
+    report["traces"] = [
+        {
+            "episode": 3,
+            "instruction": "pick <the> red block",
+            "reference": [[0.1, 0.2, -1.0]] * 5,
+            "candidate": [[0.12, 0.2, -1.0]] * 5,
+        }
+    ]
+    from vlaedge._report_html import render_html
+
+    page = render_html(report)
+    svgs = re.findall(r"<svg .*?</svg>", page, flags=re.S)
+    assert len(svgs) == 3 + 3  # drift bars, chunk-step errors, latency histogram, one trace plot per dim
+    for svg in svgs:
+        ET.fromstring(svg)  # well-formed XML
+    assert "mean budget 2%" in svgs[0] and "p99 budget 3%" in svgs[0]
+    assert "budget 8.00 ms" in svgs[2] and "p99 5.00 ms" in svgs[2]
+    assert "pick &lt;the&gt; red block" in page and "<polyline" in svgs[3]
+
+
+@pytest.mark.slow
+def test_compress_writes_reports_before_commit_and_exits_1_on_a_violated_budget(
+    tmp_path, trained_checkpoint, capsys, monkeypatch
+):
+    fast = [
+        "--set",
+        "quantize.num_calib_frames=64",
+        "--set",
+        "export.check_frames=8",
+        "--set",
+        "verify.eval_frames=48",
+        "--set",
+        "verify.profile_runs=20",
+        "--set",
+        "verify.profile_warmup=2",
+        "--set",
+        "verify.trace_episodes=1",
+    ]
+    out = tmp_path / "run"
+    code, text = run_cli(
+        [
+            "compress",
+            trained_checkpoint("chunk"),
+            "--recipe",
+            ROOT / "recipes/cpu-int8.yaml",
+            "--out",
+            out,
+            *fast,
+            "--set",
+            "budgets.max_drift_mean_pct=0.0001",
+        ],
+        capsys,
+        monkeypatch,
+    )
+    assert code == 1, text
+    assert "gate failed" in text and "max_drift_mean_pct fail" in text
+    manifest = json.loads((out / "manifest.json").read_text())  # the output is complete despite exit 1
+    assert set(FILES) <= set(manifest["outputs"])
+    assert manifest["gate"] == {"passed": False, "failed": ["max_drift_mean_pct"]}
+    report = load_report(out)
+    assert report["policy"]["sha256"] == manifest["inputs"]["checkpoint"]["sha256"]
+    assert report["candidate"]["sha256"] == manifest["outputs"]["model.onnx"]["sha256"]
+    assert report["data"]["evaluation_episodes"] == manifest["split"]["evaluation_episodes"]
+    assert report["drift"]["frames"] == 48 and report["profile"]["models"][0]["latency"]["runs"] == 20
+    # the same report judged by the recipe's own budgets through `vlaedge gate`, from the run directory
+    code, text = run_cli(["gate", out, "--budgets", ROOT / "recipes/cpu-int8.yaml"], capsys, monkeypatch)
+    assert code in (0, 1) and "max_drift_mean_pct" in text and "max_latency_p99_ms" in text

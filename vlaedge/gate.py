@@ -1,0 +1,297 @@
+"""The gate: a report (vlaedge.report/1) judged against budgets -> a verdict per budget and an exit code.
+
+Exit codes (through `vlaedge.cli.main`): 0 every budget met, 1 a budget violated or inconclusive
+(`GateFailed`), 2 the gate could not run (`VlaedgeError`): a report from another policy, a malformed
+report, a budgets file with a typo, a budget whose measurement the report lacks, a per-dimension budget
+naming a dimension the policy does not have.
+
+Statuses: "pass", "fail", "inconclusive" (the closed-loop check below `verify.min_episodes` episodes, or
+a success interval that straddles the budget: never a pass), "skipped" (the budget does not apply to
+this policy: token agreement on a continuous head, gripper flips without gripper dims).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from vlaedge.errors import VlaedgeError
+from vlaedge.recipe import Budgets
+
+PASSING = ("pass", "skipped")
+
+
+@dataclass
+class Check:
+    """One budget: what was measured against what was allowed."""
+
+    name: str  # the budget's key, e.g. "max_drift_mean_pct" or "max_drift_per_dim_pct[gripper]"
+    status: str  # pass / fail / inconclusive / skipped
+    measured: float | None
+    allowed: float | None
+    op: str  # "<=" or ">=": how measured must compare with allowed
+    unit: str
+    detail: str = ""
+
+
+@dataclass
+class GateResult:
+    """The verdict: truthy when every budget passed (or did not apply)."""
+
+    checks: list[Check]
+    target: str | None
+
+    @property
+    def passed(self) -> bool:
+        return all(c.status in PASSING for c in self.checks)
+
+    @property
+    def failures(self) -> list[Check]:
+        return [c for c in self.checks if c.status not in PASSING]
+
+    def __bool__(self) -> bool:
+        return self.passed
+
+    def summary(self) -> str:
+        counts = {
+            s: sum(c.status == s for c in self.checks) for s in ("pass", "fail", "inconclusive", "skipped")
+        }
+        head = ", ".join(f"{n} {s}" for s, n in counts.items() if n) or "no budgets"
+        lines = [f"gate: {'PASS' if self.passed else 'FAIL'} ({head})"]
+        for c in self.checks:
+            lines.append(
+                f"  {c.status:<12} {c.name}: measured {_fmt(c.measured)} {c.unit}, allowed {c.op} "
+                f"{_fmt(c.allowed)} {c.unit}" + (f" ({c.detail})" if c.detail else "")
+            )
+        return "\n".join(lines)
+
+    def failure_line(self) -> str:
+        """One line naming every budget that did not pass, for the exit-1 message."""
+        return "; ".join(
+            f"{c.name} {c.status}: measured {_fmt(c.measured)} {c.unit}, allowed {c.op} {_fmt(c.allowed)}"
+            for c in self.failures
+        )
+
+    def to_dict(self) -> dict:
+        return {
+            "passed": self.passed,
+            "failed": len(self.failures),
+            "target": self.target,
+            "checks": [asdict(c) for c in self.checks],
+        }
+
+
+def gate(
+    report: dict, budgets: Budgets, target: str | None = None, policy_sha256: str | None = None
+) -> GateResult:
+    """Judges a report against budgets.
+
+    Args:
+        report: a loaded report.json (`vlaedge.report.load_report`).
+        budgets: the budgets (`vlaedge.recipe.load_budgets`, or a recipe's `budgets`).
+        target: the target whose `budgets.targets` entry applies; default: the report's target.
+        policy_sha256: the fingerprint the report must carry (e.g. of the run's checkpoint).
+
+    Returns:
+        The `GateResult`, one `Check` per budget set.
+
+    Raises:
+        VlaedgeError: the report is from another policy, or lacks a measurement a budget needs, or a
+            per-dimension budget names an unknown dimension.
+
+    Example:
+        >>> result = gate(load_report("runs/cpu-int8"), load_budgets("budgets.yaml"))
+        >>> sys.exit(0 if result else 1)
+    """
+    _check_fingerprint(report, budgets.policy_sha256, "the budgets' policy_sha256")
+    _check_fingerprint(report, policy_sha256, "the given checkpoint")
+    target = target or report.get("target")
+    checks = _drift_checks(report, budgets) + _closed_loop_checks(report, budgets)
+    checks += _profile_checks(report, budgets, target)
+    return GateResult(checks, target)
+
+
+def _check_fingerprint(report: dict, expected: str | None, what: str) -> None:
+    if not expected:
+        return
+    actual = report["policy"].get("sha256") or ""
+    if not actual or not actual.startswith(expected):
+        raise VlaedgeError(
+            f"gate: the report is for policy sha256 {actual[:12] or '(none)'}, {what} is "
+            f"{expected[:12]} (a report from another policy)",
+            "verify this policy's candidate, or use the budgets written for the report's policy",
+        )
+
+
+def _need(report: dict, section: str, budget: str) -> dict:
+    value = report.get(section)
+    if not value:
+        hint = {
+            "drift": "run 'vlaedge verify'",
+            "closed_loop": "run 'vlaedge verify --episodes N'",
+            "profile": "run 'vlaedge verify' without --no-profile, or pass --profile profile.json",
+        }[section]
+        raise VlaedgeError(
+            f"gate: budget {budget} needs the report's {section} section, which is empty",
+            f"{hint}, or remove the budget",
+        )
+    return value
+
+
+def _limit(name: str, measured: float, allowed: float, op: str, unit: str, detail: str = "") -> Check:
+    ok = measured <= allowed if op == "<=" else measured >= allowed
+    return Check(name, "pass" if ok else "fail", float(measured), float(allowed), op, unit, detail)
+
+
+def _drift_checks(report: dict, b: Budgets) -> list[Check]:
+    checks = []
+    for key, field, unit in (
+        ("max_drift_mean_pct", "mean_pct", "% of range"),
+        ("max_drift_p99_pct", "p99_pct", "% of range"),
+    ):
+        allowed = getattr(b, key)
+        if allowed is not None:
+            drift = _need(report, "drift", key)
+            worst = max(drift["per_dim"], key=lambda d, f=field: d[f])
+            detail = f"worst dim {worst['name']} {worst[field]:.3f}%"
+            if drift[field] > allowed:
+                bad = [d["name"] for d in drift["per_dim"] if d[field] > allowed]
+                detail += f"; over budget: {', '.join(bad) or 'overall only'}"
+            checks.append(_limit(key, drift[field], allowed, "<=", unit, detail))
+    for key, field in (("max_drift_per_dim_pct", "mean_pct"), ("max_drift_per_dim_p99_pct", "p99_pct")):
+        limits = getattr(b, key)
+        if not limits:
+            continue
+        drift = _need(report, "drift", key)
+        dims = {d["name"]: d for d in drift["per_dim"]}
+        for name, allowed in limits.items():
+            if name not in dims:
+                raise VlaedgeError(
+                    f"budgets: {key} names dimension {name!r}, the policy's action dims are "
+                    f"{', '.join(dims)}",
+                    "use the policy's action dimension names",
+                )
+            checks.append(_limit(f"{key}[{name}]", dims[name][field], allowed, "<=", "% of range"))
+    if b.min_cosine is not None:
+        drift = _need(report, "drift", "min_cosine")
+        checks.append(
+            _limit(
+                "min_cosine",
+                drift["cosine_mean"],
+                b.min_cosine,
+                ">=",
+                "",
+                f"worst frame {drift['cosine_min']:.4f}",
+            )
+        )
+    for key, field, why in (
+        ("min_token_agreement", "token_agreement", "not a tokens head"),
+        ("max_gripper_flip_rate", "gripper_flip_rate", "the policy has no gripper dims"),
+    ):
+        allowed = getattr(b, key)
+        if allowed is None:
+            continue
+        drift = _need(report, "drift", key)
+        if drift[field] is None:
+            checks.append(
+                Check(key, "skipped", None, allowed, ">=" if key.startswith("min") else "<=", "", why)
+            )
+            continue
+        per_dim = [f"{d['name']} {d[field]:.2%}" for d in drift["per_dim"] if d[field] is not None]
+        checks.append(
+            _limit(
+                key, drift[field], allowed, ">=" if key.startswith("min") else "<=", "", ", ".join(per_dim)
+            )
+        )
+    return checks
+
+
+def _closed_loop_checks(report: dict, b: Budgets) -> list[Check]:
+    if b.max_success_drop is None:
+        return []
+    loop = _need(report, "closed_loop", "max_success_drop")
+    ref, cand = loop["reference"], loop["candidate"]
+    threshold = ref["rate"] - b.max_success_drop
+    lo, hi = cand["interval"]
+    drop = ref["rate"] - cand["rate"]
+    base = (
+        f"reference {ref['successes']}/{ref['episodes']}, candidate {cand['successes']}/{cand['episodes']} "
+        f"(95% CI {lo:.1%}-{hi:.1%}) vs threshold {threshold:.1%}"
+    )
+    if loop["status"] == "inconclusive":
+        status, why = "inconclusive", f"{cand['episodes']} episodes < min_episodes {loop['min_episodes']}"
+    elif lo >= threshold:
+        status, why = "pass", "candidate lower bound >= reference rate - max drop"
+    elif hi < threshold:
+        status, why = "fail", "candidate upper bound < reference rate - max drop"
+    else:
+        status, why = "inconclusive", "the candidate's interval straddles the threshold: run more episodes"
+    return [Check("max_success_drop", status, drop, b.max_success_drop, "<=", "", f"{why}; {base}")]
+
+
+def _profile_checks(report: dict, b: Budgets, target: str | None) -> list[Check]:
+    own = b.targets.get(target) if target else None
+    checks = []
+    for key in ("max_latency_p99_ms", "min_rate_hz", "max_memory_mb"):
+        allowed = getattr(own, key, None) if own and getattr(own, key, None) is not None else getattr(b, key)
+        if allowed is None:
+            continue
+        model = _need(report, "profile", key)["models"][0]
+        where = f"{model['runtime']}" + (f", target {target}" if own else "")
+        if key == "max_latency_p99_ms":
+            checks.append(
+                _limit(
+                    key,
+                    model["latency"]["p99_ms"],
+                    allowed,
+                    "<=",
+                    "ms",
+                    f"median {model['latency']['median_ms']:.2f} ms, {where}",
+                )
+            )
+        elif key == "min_rate_hz":
+            checks.append(
+                _limit(
+                    key,
+                    model["rate"]["inferences_per_s"],
+                    allowed,
+                    ">=",
+                    "Hz",
+                    f"inferences/s at the median latency, {model['rate']['actions_per_s']:.0f} "
+                    f"actions/s, {where}",
+                )
+            )
+        else:
+            checks.append(
+                _limit(
+                    key,
+                    model["memory"]["peak_rss_delta_mb"],
+                    allowed,
+                    "<=",
+                    "MB",
+                    f"peak RSS added ({model['memory']['method']}), {where}",
+                )
+            )
+    if b.max_file_size_mb is not None:
+        size = report["candidate"].get("file_bytes")
+        if size is None and report.get("profile"):
+            size = report["profile"]["models"][0]["file_bytes"]
+        if size is None:
+            raise VlaedgeError(
+                "gate: budget max_file_size_mb needs the candidate's file size, the report has none",
+                "verify an exported model file, or remove the budget",
+            )
+        checks.append(
+            _limit(
+                "max_file_size_mb",
+                size / 1e6,
+                b.max_file_size_mb,
+                "<=",
+                "MB",
+                "model file plus external data",
+            )
+        )
+    return checks
+
+
+def _fmt(value) -> str:
+    return "n/a" if value is None else f"{value:.4g}"

@@ -1,0 +1,361 @@
+"""Latency profiling: warm-up, then N timed runs; percentiles, control rate, memory, file size, host.
+
+Several models are timed interleaved in one run (round-robin, with the starting model rotated every
+round) so that clock changes, thermal throttling and other processes affect them alike; the report gives
+each model's ratio to the first.
+
+Memory: for each model, the process's resident set (RSS) is measured before the runtime is opened and
+its high-water mark after the warm-up runs. The difference ("peak_rss_delta_mb") is what loading and
+running that model added to this process at its peak: weights, the runtime's arenas, activations. On
+Linux the high-water mark is reset first (`/proc/self/clear_refs`), so the figure is per model; where
+that is not possible, the growth of the process's lifetime peak (`getrusage`) is reported instead, a
+lower bound ("method" says which). It does not include GPU memory.
+
+On a Jetson, `vlaedge._jetson` (when installed) adds the power mode, clocks and their warnings under
+"device" and tegrastats power under "power".
+"""
+
+from __future__ import annotations
+
+import gc
+import importlib
+import importlib.util
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+
+from vlaedge._host import MemoryProbe, host_info
+from vlaedge.errors import VlaedgeError
+from vlaedge.models.base import BATCH, TensorSpec
+
+
+@dataclass
+class LatencyStats:
+    """Per-inference wall-clock latency of the timed runs, in milliseconds."""
+
+    runs: int
+    median_ms: float
+    p90_ms: float
+    p99_ms: float
+    max_ms: float
+    mean_ms: float
+    min_ms: float
+    samples_ms: list[float]  # every timed run, in order (for histograms)
+
+    @classmethod
+    def from_samples(cls, samples_ms: Sequence[float]) -> LatencyStats:
+        s = np.asarray(samples_ms, np.float64)
+        return cls(
+            len(s),
+            float(np.median(s)),
+            float(np.percentile(s, 90)),
+            float(np.percentile(s, 99)),
+            float(s.max()),
+            float(s.mean()),
+            float(s.min()),
+            [round(float(x), 4) for x in s],
+        )
+
+
+@dataclass
+class ModelProfile:
+    """One model's measurements."""
+
+    model: str
+    runtime: str
+    file_bytes: int  # the model file plus its external data files
+    latency: LatencyStats
+    rate: dict  # inferences_per_s, actions_per_s (whole chunk executed), chunk, control_hz, realtime_margin
+    memory: dict  # peak_rss_delta_mb and the method (see the module docstring)
+
+
+@dataclass
+class ProfileReport:
+    """The profile of one or more models on one runtime; truthy when every latency is finite."""
+
+    models: list[ModelProfile]
+    runs: int
+    warmup: int
+    threads: int | None  # None: the runtime's default
+    interleaved: bool
+    host: dict
+    comparisons: list[dict] = field(default_factory=list)  # each model vs the first: latency ratios
+    device: dict | None = None  # Jetson power mode and clocks (vlaedge._jetson)
+    power: dict | None = None  # Jetson tegrastats power summary
+
+    def __bool__(self) -> bool:
+        return bool(self.models) and all(np.isfinite(m.latency.p99_ms) for m in self.models)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def table(self) -> str:
+        """A short fixed-width table: one row per model."""
+        rows = [
+            f"{'model':<28} {'median':>8} {'p90':>8} {'p99':>8} {'max':>8} {'inf/s':>7} {'act/s':>7} "
+            f"{'mem MB':>7} {'file MB':>8}"
+        ]
+        for m in self.models:
+            lat = m.latency
+            rows.append(
+                f"{_short(m.model):<28} {lat.median_ms:8.2f} {lat.p90_ms:8.2f} {lat.p99_ms:8.2f} "
+                f"{lat.max_ms:8.2f} {m.rate['inferences_per_s']:7.1f} {m.rate['actions_per_s']:7.1f} "
+                f"{m.memory['peak_rss_delta_mb']:7.1f} {m.file_bytes / 1e6:8.2f}"
+            )
+        for c in self.comparisons:
+            rows.append(
+                f"{_short(c['model'])} vs {_short(c['baseline'])}: median x{c['median_ratio']:.3f}, "
+                f"p99 x{c['p99_ratio']:.3f}"
+            )
+        if self.device and self.device.get("warnings"):
+            rows.append("device warnings: " + "; ".join(self.device["warnings"]))
+        threads = self.threads or "default"
+        rows.append(
+            f"{self.runs} timed runs after {self.warmup} warm-up, threads {threads}, "
+            f"{'interleaved' if self.interleaved else 'single model'}, on {self.host.get('cpu')}"
+        )
+        return "\n".join(rows)
+
+
+def profile(
+    models: Sequence[str | Path],
+    runtime: str = "ort-cpu",
+    feeds: dict[str, np.ndarray] | None = None,
+    policy=None,
+    runs: int = 200,
+    warmup: int = 20,
+    threads: int | None = None,
+    control_hz: float | None = None,
+    chunk: int | None = None,
+) -> ProfileReport:
+    """Times one or more models on a runtime, interleaved.
+
+    Args:
+        models: model files (.onnx); the first is the baseline of the comparisons. With runtime "torch"
+            and a policy, pass `[]` to profile the policy's torch module.
+        runtime: a name from `vlaedge.runtimes.RUNTIMES`.
+        feeds: batch-1 inputs; default: the policy's `example_inputs`, else synthesized from the first
+            model's ONNX input metadata (see `synth_feeds`).
+        policy: gives input spec, output names and the action chunk; without it they come from the graph.
+        runs: timed runs per model (at least 1).
+        warmup: untimed runs per model before timing.
+        threads: CPU threads for the runtime (None: its default).
+        control_hz: the robot's control rate; with it the report gives the real-time margin (how many
+            times the chunk's duration, chunk / control_hz, exceeds the p99 latency).
+        chunk: actions per inference; default: the policy's, else the first output's dimension 1.
+
+    Returns:
+        The `ProfileReport`.
+
+    Raises:
+        VlaedgeError: a missing model file, runs below 1, a runtime that cannot load a model, or
+            models whose inputs differ.
+
+    Example:
+        >>> report = profile(["runs/cpu-int8/model.onnx", "runs/cpu-int8/model_fp32.onnx"], runs=200)
+        >>> print(report.table())
+    """
+    if runs < 1 or warmup < 0:
+        raise VlaedgeError(f"profile: runs={runs}, warmup={warmup}", "use runs >= 1 and warmup >= 0")
+    paths = [Path(m) for m in models]
+    for p in paths:
+        if not p.is_file():
+            raise VlaedgeError(
+                f"profile: model {p} does not exist", "pass an .onnx file or a compress output dir"
+            )
+    if not paths and not (runtime == "torch" and policy is not None):
+        raise VlaedgeError(
+            "profile: no model given", "pass an .onnx file, or a checkpoint with --runtime torch"
+        )
+    spec = policy or graph_spec(paths[0])
+    feeds = (
+        feeds if feeds is not None else (policy.example_inputs(1) if policy else synth_feeds(spec.input_spec))
+    )
+    jetson = _jetson_module()
+    device = jetson.read_device_state() if jetson else None
+    opened, memory = [], []
+    for path in paths or [None]:
+        rt, mem = _open_and_warm(runtime, spec, path, threads, feeds, warmup)
+        opened.append(rt)
+        memory.append(mem)
+    chunk = chunk or (policy.action_spec.chunk if policy else _chunk_from_outputs(opened[0].infer(feeds)))
+    power = None
+    if jetson:
+        with jetson.PowerMonitor() as monitor:
+            samples = _timed_round_robin(opened, feeds, runs)
+        power = monitor.summary()
+    else:
+        samples = _timed_round_robin(opened, feeds, runs)
+    results = []
+    for path, rt, mem, times in zip(paths or [None], opened, memory, samples, strict=True):
+        lat = LatencyStats.from_samples(times)
+        results.append(
+            ModelProfile(
+                str(path) if path else "torch:" + getattr(spec, "name", "policy"),
+                rt.name,
+                model_file_bytes(path) if path else 0,
+                lat,
+                _rate(lat, chunk, control_hz),
+                mem,
+            )
+        )
+        rt.close()
+    base = results[0]
+    comparisons = [
+        {
+            "model": r.model,
+            "baseline": base.model,
+            "median_ratio": r.latency.median_ms / base.latency.median_ms,
+            "p99_ratio": r.latency.p99_ms / base.latency.p99_ms,
+        }
+        for r in results[1:]
+    ]
+    return ProfileReport(
+        results,
+        runs,
+        warmup,
+        threads,
+        len(results) > 1,
+        host_info(runtime, threads),
+        comparisons,
+        device,
+        power,
+    )
+
+
+def _open_and_warm(runtime: str, spec, path: Path | None, threads: int | None, feeds: dict, warmup: int):
+    from vlaedge.runtimes import open_runtime
+
+    probe = MemoryProbe()
+    rt = open_runtime(runtime, spec, path, threads)
+    rt.check_feeds(feeds)
+    for _ in range(warmup):
+        rt.infer(feeds)
+    return rt, probe.peak()
+
+
+def _timed_round_robin(runtimes: list, feeds: dict, runs: int) -> list[list[float]]:
+    """`runs` timed inferences per runtime, round-robin, rotating which goes first each round."""
+    samples: list[list[float]] = [[] for _ in runtimes]
+    n = len(runtimes)
+    enabled = gc.isenabled()
+    gc.disable()  # a collection inside one timed run would land on whichever model ran then
+    try:
+        for r in range(runs):
+            for k in range(n):
+                i = (r + k) % n
+                start = time.perf_counter_ns()
+                runtimes[i].infer(feeds)
+                samples[i].append((time.perf_counter_ns() - start) / 1e6)
+    finally:
+        if enabled:
+            gc.enable()
+    return samples
+
+
+def _rate(lat: LatencyStats, chunk: int, control_hz: float | None) -> dict:
+    rate = {
+        "inferences_per_s": 1000.0 / lat.median_ms,
+        "actions_per_s": 1000.0 * chunk / lat.median_ms,
+        "inferences_per_s_at_p99": 1000.0 / lat.p99_ms,
+        "chunk": chunk,
+        "control_hz": control_hz,
+        "realtime_margin": None,
+    }
+    if control_hz:
+        rate["realtime_margin"] = (chunk / control_hz * 1000.0) / lat.p99_ms
+    return rate
+
+
+def model_file_bytes(path: str | Path) -> int:
+    """Size of a model file plus the external data files its ONNX initializers point to."""
+    path = Path(path)
+    total = path.stat().st_size
+    if path.suffix != ".onnx":
+        return total
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    locations = {
+        e.value
+        for t in model.graph.initializer
+        if t.data_location == onnx.TensorProto.EXTERNAL
+        for e in t.external_data
+        if e.key == "location"
+    }
+    return total + sum(
+        (path.parent / loc).stat().st_size for loc in locations if (path.parent / loc).is_file()
+    )
+
+
+def graph_spec(path: str | Path) -> SimpleNamespace:
+    """Input spec and output names read from an ONNX file (for models without a policy).
+
+    A dynamic first dimension becomes the batch; other dynamic dimensions are taken as 1.
+    """
+    import onnx
+    from google.protobuf.message import DecodeError
+
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except (DecodeError, OSError, ValueError) as e:
+        raise VlaedgeError(f"profile: cannot read {path} as ONNX ({e})", "pass an .onnx file") from e
+    init = {i.name for i in model.graph.initializer}
+    specs = []
+    for inp in model.graph.input:
+        if inp.name in init:
+            continue
+        dims = [d.dim_value if d.HasField("dim_value") else None for d in inp.type.tensor_type.shape.dim]
+        shape = tuple(BATCH if (k == 0 and d is None) else (d or 1) for k, d in enumerate(dims))
+        dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(inp.type.tensor_type.elem_type)).name
+        low, high = _value_range(inp.name, dtype)
+        specs.append(TensorSpec(inp.name, shape, dtype, low, high))
+    return SimpleNamespace(
+        input_spec=tuple(specs), output_names=tuple(o.name for o in model.graph.output), name=Path(path).stem
+    )
+
+
+def _value_range(name: str, dtype: str) -> tuple[float, float]:
+    if dtype == "uint8":
+        return 0, 255
+    if np.issubdtype(np.dtype(dtype), np.integer):
+        return 0, 1  # ids 0 (padding) and 1 (unknown word): valid for any vocabulary
+    return -1.0, 1.0
+
+
+def synth_feeds(input_spec: Sequence[TensorSpec], seed: int = 0) -> dict[str, np.ndarray]:
+    """Batch-1 feeds: uint8 random, integer ids small valid values, floats standard normal (`noise`) or
+    uniform in the spec's range."""
+    rng = np.random.default_rng(seed)
+    feeds = {}
+    for s in input_spec:
+        shape = s.concrete_shape(1)
+        if np.issubdtype(np.dtype(s.dtype), np.integer):
+            feeds[s.name] = rng.integers(s.low, s.high + 1, shape).astype(s.dtype)
+        elif s.name == "noise":
+            feeds[s.name] = rng.standard_normal(shape).astype(s.dtype)
+        else:
+            feeds[s.name] = rng.uniform(s.low, s.high, shape).astype(s.dtype)
+    return feeds
+
+
+def _chunk_from_outputs(outputs: dict[str, np.ndarray]) -> int:
+    """Actions per inference from the first output's shape: [B, T, A] or [B, T, A, bins]; else 1."""
+    first = next(iter(outputs.values()))
+    return int(first.shape[1]) if first.ndim >= 3 else 1
+
+
+def _jetson_module():
+    """`vlaedge._jetson` when it exists (written for Jetson devices), else None."""
+    if importlib.util.find_spec("vlaedge._jetson") is None:
+        return None
+    return importlib.import_module("vlaedge._jetson")
+
+
+def _short(path: str) -> str:
+    p = Path(path)
+    return f"{p.parent.name}/{p.name}" if p.parent.name else p.name
