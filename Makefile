@@ -15,9 +15,13 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/pip install --quiet -c constraints.txt -e ".[dev]"
 	@touch $(STAMP)
 
+# The main job on the built-in default: its closed-loop success, then compress -> verify -> profile -> gate
+# with the CPU INT8 recipe; the reports land in runs/demo/ (report.md, report.html, junit.xml).
 demo: setup
 	$(BIN)/vlaedge info
 	$(BIN)/vlaedge rollout --episodes 100
+	$(BIN)/vlaedge compress --recipe recipes/cpu-int8.yaml --out runs/demo --force
+	@echo "reports: runs/demo/report.md runs/demo/report.html runs/demo/junit.xml"
 
 test: setup test-deps
 	$(BIN)/pytest

@@ -99,7 +99,8 @@ def test_bad_inputs_fail_with_one_line_and_no_output(tmp_path, trained_checkpoin
         (["--recipe", ROOT / "recipes/cpu-int8.yaml", "--data", tmp_path / "nowhere"], "does not exist"),
     ]
     for extra, needle in cases:
-        code, text = run_cli(["compress", trained_checkpoint("chunk"), "--out", out, *extra], capsys, monkeypatch)
+        code, text = run_cli(["compress", trained_checkpoint("chunk"), "--out", out, *extra], capsys,
+                             monkeypatch)
         assert code == 2, (extra, text)
         assert needle in text and "Traceback" not in text, (extra, text)
         assert not out.exists()

@@ -38,7 +38,8 @@ def test_base_forward_shape(head):
 
 
 def test_sizes_match_their_names():
-    params = {s: count_parameters(ReferencePolicy.build(s, "chunk", vocab=VOCAB).module) for s in ("nano", "small")}
+    params = {s: count_parameters(ReferencePolicy.build(s, "chunk", vocab=VOCAB).module)
+              for s in ("nano", "small")}
     assert params["nano"] < 1e6
     assert 10e6 <= params["small"] <= 30e6
     assert set(SIZES) == {"nano", "small", "base"}

@@ -12,7 +12,8 @@ SPEC = {
     "factory": "toy_policy:build",
     "factory_kwargs": {"width": 8, "chunk": 2},
     "inputs": [
-        {"name": "rgb", "shape": ["B", 3, 32, 32], "dtype": "uint8", "low": 0, "high": 255, "source": "image"},
+        {"name": "rgb", "shape": ["B", 3, 32, 32], "dtype": "uint8", "low": 0, "high": 255,
+         "source": "image"},
         {"name": "text", "shape": ["B", 6], "dtype": "int64", "low": 0, "high": 12, "source": "instruction"},
         {"name": "proprio", "shape": ["B", 4], "dtype": "float32", "source": "state"},
     ],

@@ -8,9 +8,19 @@ from pathlib import Path
 import pytest
 
 from vlaedge.errors import VlaedgeError
-from vlaedge.recipe import load_recipe, validate_recipe
+from vlaedge.recipe import (
+    REFERENCE_END,
+    REFERENCE_START,
+    Recipe,
+    _sections,
+    _write_readme_reference,
+    load_recipe,
+    recipe_reference,
+    validate_recipe,
+)
 
-RECIPES = sorted((Path(__file__).resolve().parent.parent / "recipes").glob("*.yaml"))
+ROOT = Path(__file__).resolve().parent.parent
+RECIPES = sorted((ROOT / "recipes").glob("*.yaml"))
 
 
 def refused(raw: dict) -> str:
@@ -174,3 +184,43 @@ def test_bad_yaml_and_missing_file(tmp_path):
     with pytest.raises(VlaedgeError) as e:
         load_recipe(tmp_path / "list.yaml")
     assert "must be a mapping of sections" in e.value.message
+
+
+def test_readme_carries_the_current_recipe_reference():
+    readme = (ROOT / "README.md").read_text()
+    assert f"{REFERENCE_START}\n{recipe_reference()}\n{REFERENCE_END}" in readme, (
+        "README.md: the recipe reference is out of date; regenerate it with 'python -m vlaedge.recipe' "
+        "(rewrites the block between the recipe-reference markers from vlaedge/recipe.py)")
+
+
+def test_readme_lists_every_shipped_recipe():
+    recipes = (ROOT / "README.md").read_text().partition("## Recipes")[2].partition(REFERENCE_START)[0]
+    for path in RECIPES:
+        assert f"| `{path.stem}` | `{load_recipe(path).target}` |" in recipes, (
+            f"README.md: add {path.name} to the shipped recipes table under '## Recipes'")
+
+
+def test_every_recipe_field_has_a_meaning_in_pipeline_order():
+    sections = dict(_sections(Recipe, ""))
+    assert list(sections) == ["", "prune", "prune.recover", "quantize", "export", "engine", "verify",
+                              "budgets", "budgets.targets.<name>"]
+    for path, model in sections.items():
+        for name, field in model.model_fields.items():
+            assert field.description, f"{path or 'recipe'}.{name}: add Field(description=...)"
+    reference = recipe_reference()
+    assert "| `num_calib_frames` | int (>= 1) | `256` | calibration frames from the calibration split |" in (
+        reference)
+    assert "| `precision` | one of `int8`, `fp8`, `int8-weight-only`, `int4-weight-only` | required |" in (
+        reference)
+    assert "| `heads` | float (>= 0, < 1) | `0.0` |" in reference
+
+
+def test_the_readme_helper_rewrites_only_its_block(tmp_path):
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# x\n\n{REFERENCE_START}\nold\n{REFERENCE_END}\n\n## After\n")
+    _write_readme_reference(readme)
+    block = f"{REFERENCE_START}\n{recipe_reference()}\n{REFERENCE_END}"
+    assert readme.read_text() == f"# x\n\n{block}\n\n## After\n"
+    readme.write_text("# no markers\n")
+    with pytest.raises(SystemExit, match="no <!-- recipe-reference:start -->"):
+        _write_readme_reference(readme)

@@ -49,7 +49,8 @@ class OutputDir:
                                "pass --force to replace it, or choose another --out")
         self.final.parent.mkdir(parents=True, exist_ok=True)
         self.path = Path(tempfile.mkdtemp(prefix=f".{self.final.name}.partial-", dir=self.final.parent))
-        self.manifest: dict = {"schema_version": SCHEMA_VERSION, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        self.manifest: dict = {"schema_version": SCHEMA_VERSION,
+                               "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                                "inputs": {}, "outputs": {}, "stages": {}}
 
     def __enter__(self) -> OutputDir:
@@ -90,4 +91,5 @@ def read_manifest(directory: str | Path) -> dict:
     try:
         return json.loads(path.read_text())
     except json.JSONDecodeError as e:
-        raise VlaedgeError(f"output: {path} is not valid JSON ({e})", "re-run the command that wrote it") from e
+        raise VlaedgeError(f"output: {path} is not valid JSON ({e})",
+                           "re-run the command that wrote it") from e

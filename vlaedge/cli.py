@@ -63,7 +63,8 @@ def train(
     head: Annotated[str, typer.Option(help="tokens, chunk or flow.")] = "chunk",
     episodes: Annotated[int, typer.Option(help="Expert demonstrations to record.")] = 400,
     steps: Annotated[int, typer.Option(help="Optimiser steps.")] = 3000,
-    image_size: Annotated[int, typer.Option(help="Policy input side (64 px camera frames are resized).")] = 64,
+    image_size: Annotated[
+        int, typer.Option(help="Policy input side (64 px camera frames are resized).")] = 64,
     seed: Seed = 0,
     ignore_instruction: Annotated[bool, typer.Option(help="Ablation: a constant instruction.")] = False,
     eval_episodes: Annotated[int, typer.Option(help="Held-out closed-loop episodes after training.")] = 100,

@@ -46,7 +46,8 @@ class CompressResult:
         return True
 
 
-def load_inputs(checkpoint: Path | None, data: Path | None, allow_pickle: bool = False, seed: int = 0) -> Inputs:
+def load_inputs(checkpoint: Path | None, data: Path | None, allow_pickle: bool = False,
+                seed: int = 0) -> Inputs:
     """Loads the policy (default: the embedded one) and the dataset (default: calibration/), split by
     episode into calibration and evaluation halves."""
     from vlaedge.defaults import default_checkpoint, default_dataset
@@ -166,7 +167,8 @@ def _run_quantize_and_export(od: OutputDir, recipe: Recipe, target, inputs: Inpu
         return
     from vlaedge.quantize import quantize
 
-    log(f"quantize: {q.precision} ({q.algorithm}) on {q.num_calib_frames} calibration frames for {target.name}")
+    log(f"quantize: {q.precision} ({q.algorithm}) on {q.num_calib_frames} calibration frames "
+        f"for {target.name}")
     start = time.perf_counter()
     feeds = calibration_feeds(policy, inputs.calibration, q.num_calib_frames)
     final = od.path / "model.onnx"

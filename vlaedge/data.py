@@ -1,8 +1,9 @@
 """Episode datasets: the LeRobot v3 layout and plain .npz, split by episode.
 
-`load_dataset` reads either layout (LeRobot via `vlaedge.lerobot`) into an `EpisodeDataset`, validated once;
-`vlaedge.lerobot.save_lerobot` and `save_npz` write them atomically. `split_episodes` makes the calibration/evaluation
-split by episode, and `sample_frames` / `iter_frames` produce the frame batches a policy adapter consumes.
+`load_dataset` reads either layout (LeRobot via `vlaedge.lerobot`) into an `EpisodeDataset`, validated
+once; `vlaedge.lerobot.save_lerobot` and `save_npz` write them atomically. `split_episodes` makes the
+calibration/evaluation split by episode, and `sample_frames` / `iter_frames` produce the frame batches a
+policy adapter consumes.
 """
 
 from __future__ import annotations

@@ -15,7 +15,8 @@ def default_checkpoint() -> Path:
     """The committed default policy (nano reference VLA, chunk head, trained on the tabletop task)."""
     if not (DEFAULT_CHECKPOINT / "model.safetensors").is_file():
         raise VlaedgeError(f"default policy: {DEFAULT_CHECKPOINT} is missing",
-                           "reinstall vlaedge, or recreate it with 'vlaedge train --out " f"{DEFAULT_CHECKPOINT}'")
+                           "reinstall vlaedge, or recreate it with 'vlaedge train --out "
+                           f"{DEFAULT_CHECKPOINT}'")
     return DEFAULT_CHECKPOINT
 
 

@@ -53,7 +53,8 @@ class ExportResult:
         return asdict(self)
 
     def summary(self) -> str:
-        lines = [f"ONNX {self.path}: opset {self.opset}, {self.size_bytes / 1e6:.1f} MB, {self.qdq_nodes} Q/DQ nodes"]
+        lines = [f"ONNX {self.path}: opset {self.opset}, {self.size_bytes / 1e6:.1f} MB, "
+                 f"{self.qdq_nodes} Q/DQ nodes"]
         if self.check and not self.check.skipped:
             lines.append(f"ONNX Runtime vs torch on {self.check.frames} frames: max |action diff| "
                          f"{self.check.max_abs:.4f}, mean {self.check.mean_abs:.5f}")
@@ -61,7 +62,8 @@ class ExportResult:
 
 
 def export_onnx(policy: Policy, path: str | Path, config: ExportConfig | None = None,
-                check_feeds: dict[str, np.ndarray] | None = None, precision: str | None = None) -> ExportResult:
+                check_feeds: dict[str, np.ndarray] | None = None,
+                precision: str | None = None) -> ExportResult:
     """Exports `policy.module` (FP32, or fake-quantized by ModelOpt) to ONNX and checks it.
 
     Args:
@@ -137,7 +139,8 @@ def check_against_torch(policy: Policy, model: Path, feeds: dict[str, np.ndarray
     diff = np.abs(policy.decode(ref_out) - policy.decode(cand_out))
     agreement = None
     if "action_logits" in ref_out:
-        agreement = float(np.mean(ref_out["action_logits"].argmax(-1) == cand_out["action_logits"].argmax(-1)))
+        agreement = float(np.mean(ref_out["action_logits"].argmax(-1)
+                                  == cand_out["action_logits"].argmax(-1)))
     return ExportCheck(frames, float(diff.max()), float(diff.mean()), agreement, tolerance)
 
 
@@ -149,8 +152,8 @@ def _describe(path: Path, opset: int, names_in, names_out, start: float, notes: 
     external = any(init.data_location == onnx.TensorProto.EXTERNAL for init in model.graph.initializer)
     size = sum(f.stat().st_size for f in path.parent.iterdir() if f.is_file() and (
         f == path or (external and f.suffix in (".data", "") and f.name.startswith(path.stem))))
-    return ExportResult(str(path), opset, size, external, names_in, names_out, qdq, time.perf_counter() - start,
-                        notes=notes)
+    return ExportResult(str(path), opset, size, external, names_in, names_out, qdq,
+                        time.perf_counter() - start, notes=notes)
 
 
 def _replace(tmp: Path, path: Path) -> None:

@@ -2,14 +2,17 @@
 
 Validated strictly: an unknown key is an error naming the valid keys, every error reads
 `path.to.field: message`, and cross-field rules (a precision the target cannot run) are checked at load.
-A missing section skips its stage.
+A missing section skips its stage. `recipe_reference()` renders every field as Markdown tables for
+README.md; `python -m vlaedge.recipe` rewrites the README block.
 """
 
 from __future__ import annotations
 
 import difflib
+import inspect
+import json
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -24,20 +27,23 @@ class Section(BaseModel):
 class RecoverConfig(Section):
     """Short distillation from the unpruned policy on calibration frames after pruning."""
 
-    steps: int = Field(200, ge=1)  # optimiser steps
-    lr: float = Field(3e-4, gt=0)  # AdamW learning rate
-    batch_size: int = Field(32, ge=1)
+    steps: int = Field(200, ge=1, description="optimiser steps")
+    lr: float = Field(3e-4, gt=0, description="AdamW learning rate")
+    batch_size: int = Field(32, ge=1, description="calibration frames per optimiser step")
 
 
 class PruneConfig(Section):
     """Structured pruning (physically smaller) or 2:4 semi-structured sparsity (TensorRT targets)."""
 
-    method: Literal["structured", "sparsity-2:4"]  # no default: say what you want
-    heads: float = Field(0.0, ge=0, lt=1)  # structured: fraction of attention heads removed per block
-    mlp: float = Field(0.0, ge=0, lt=1)  # structured: fraction of MLP channels removed per block
-    blocks: int = Field(0, ge=0)  # structured: whole transformer blocks removed (least important)
-    num_frames: int = Field(128, ge=8)  # calibration frames used to rank importance
-    recover: RecoverConfig | None = None  # optional distillation afterwards
+    method: Literal["structured", "sparsity-2:4"] = Field(
+        description="structured: smaller matrices, faster anywhere; sparsity-2:4: TensorRT sparse kernels")
+    heads: float = Field(
+        0.0, ge=0, lt=1, description="structured: fraction of attention heads removed per block")
+    mlp: float = Field(0.0, ge=0, lt=1, description="structured: fraction of MLP channels removed per block")
+    blocks: int = Field(
+        0, ge=0, description="structured: whole transformer blocks removed (least important)")
+    num_frames: int = Field(128, ge=8, description="calibration frames used to rank importance")
+    recover: RecoverConfig | None = Field(None, description="optional distillation afterwards")
 
     @model_validator(mode="after")
     def _something_to_do(self):
@@ -50,64 +56,72 @@ class QuantizeConfig(Section):
     """Post-training quantization. The target decides the path: ModelOpt Q/DQ for TensorRT targets,
     ONNX Runtime static quantization for the cpu target."""
 
-    precision: Literal["int8", "fp8", "int8-weight-only", "int4-weight-only"]  # no default
-    # ModelOpt (TensorRT targets): max, smoothquant (int8), awq (int4-weight-only); ONNX Runtime (cpu
-    # target): minmax, entropy, percentile. Default: max, or minmax on the cpu target (vlaedge.targets).
-    algorithm: Literal["max", "smoothquant", "awq", "minmax", "entropy", "percentile"] = "max"
-    num_calib_frames: int = Field(256, ge=1)  # calibration frames from the calibration split
-    keep: list[str] = []  # module name patterns kept in higher precision, e.g. "action_head*"
-    quantize_layernorm: bool = False  # True reproduces the ModelOpt-default bug (FACTS.md): keep False
-    per_channel: bool = True  # per-output-channel weight scales
+    precision: Literal["int8", "fp8", "int8-weight-only", "int4-weight-only"] = Field(
+        description="no default: say what you want; the target must support it (`vlaedge targets`)")
+    algorithm: Literal["max", "smoothquant", "awq", "minmax", "entropy", "percentile"] = Field(
+        "max", description="calibration. ModelOpt (TensorRT targets): max, smoothquant (int8), awq "
+        "(int4-weight-only); ONNX Runtime (cpu target): minmax, entropy, percentile. Default: max, or "
+        "minmax on the cpu target (vlaedge.targets)")
+    num_calib_frames: int = Field(256, ge=1, description="calibration frames from the calibration split")
+    keep: list[str] = Field(
+        [], description='module name patterns kept in higher precision, e.g. "action_head*"')
+    quantize_layernorm: bool = Field(
+        False, description="true reproduces the ModelOpt-default bug (FACTS.md): keep false")
+    per_channel: bool = Field(True, description="per-output-channel weight scales")
 
 
 class ExportConfig(Section):
     """ONNX export."""
 
-    opset: int = Field(17, ge=13, le=23)  # FP8 needs >= 19 (raised automatically)
-    dynamic_batch: bool = True
-    check_frames: int = Field(32, ge=1)  # frames for the ONNX Runtime vs torch check
-    max_check_error: float = Field(0.05, gt=0)  # max abs action difference ONNX Runtime vs torch
+    opset: int = Field(17, ge=13, le=23, description="FP8 needs >= 19 (raised automatically)")
+    dynamic_batch: bool = Field(True, description="dynamic batch axis on every input and output")
+    check_frames: int = Field(32, ge=1, description="frames for the ONNX Runtime vs torch check")
+    max_check_error: float = Field(0.05, gt=0, description="max abs action difference ONNX Runtime vs torch")
 
 
 class EngineConfig(Section):
     """TensorRT engine: built here when TensorRT and a GPU are present; a build bundle always."""
 
-    build: bool = True  # try to build a plan on this machine
-    workspace_mb: int = Field(1024, ge=64)
-    sparsity: bool = False  # let TensorRT pick 2:4 sparse kernels (Ampere+)
-    dla_core: int | None = Field(None, ge=0, le=1)  # run on this DLA core (AGX Orin / Orin NX)
-    gpu_fallback: bool = True  # layers DLA cannot run go to the GPU
-    min_batch: int = Field(1, ge=1)
-    opt_batch: int = Field(1, ge=1)
-    max_batch: int = Field(8, ge=1)
+    build: bool = Field(True, description="try to build a plan on this machine")
+    workspace_mb: int = Field(1024, ge=64, description="TensorRT builder workspace memory pool (MiB)")
+    sparsity: bool = Field(False, description="let TensorRT pick 2:4 sparse kernels (Ampere+)")
+    dla_core: int | None = Field(None, ge=0, le=1, description="run on this DLA core (AGX Orin / Orin NX)")
+    gpu_fallback: bool = Field(True, description="layers DLA cannot run go to the GPU")
+    min_batch: int = Field(1, ge=1, description="optimization profile: smallest batch")
+    opt_batch: int = Field(1, ge=1, description="optimization profile: the batch TensorRT tunes for")
+    max_batch: int = Field(8, ge=1, description="optimization profile: largest batch")
 
 
 class VerifyConfig(Section):
     """Reference vs candidate on the evaluation split (open loop) and in the tabletop env (closed loop)."""
 
-    runtime: str = "ort-cpu"  # candidate runtime (see `vlaedge runtimes`)
-    eval_frames: int = Field(512, ge=1)  # open-loop frames from the evaluation split
-    closed_loop_episodes: int = Field(0, ge=0)  # 0 skips the closed-loop check
-    min_episodes: int = Field(50, ge=1)  # fewer episodes: the check refuses to conclude
-    seed: int = 0
-    profile_runs: int = Field(200, ge=1)  # timed latency runs
-    profile_warmup: int = Field(20, ge=0)
-    threads: int = Field(2, ge=1)  # CPU threads for ONNX Runtime
-    env: str | None = None  # closed loop: "package.module:make_env" (Gymnasium-style); None = tabletop
-    env_adapter: str | None = None  # "package.module:adapter": env observation -> frame dict
-    closed_loop_seed: int = 10_000  # first episode seed (tabletop demos use seeds below 10000)
-    execute: int = Field(2, ge=1)  # actions of each chunk executed before re-planning
-    max_steps: int = Field(40, ge=1)  # episode step limit (a cap for other envs)
-    control_hz: float | None = Field(None, gt=0)  # robot control rate; default: the dataset's fps
-    trace_episodes: int = Field(3, ge=0)  # evaluation episodes plotted as action traces in report.html
+    runtime: str = Field("ort-cpu", description="candidate runtime (see `vlaedge runtimes`)")
+    eval_frames: int = Field(512, ge=1, description="open-loop frames from the evaluation split")
+    closed_loop_episodes: int = Field(0, ge=0, description="0 skips the closed-loop check")
+    min_episodes: int = Field(50, ge=1, description="fewer episodes: the check refuses to conclude")
+    seed: int = Field(0, description="seed for the sampled frames and the shared noise")
+    profile_runs: int = Field(200, ge=1, description="timed latency runs")
+    profile_warmup: int = Field(20, ge=0, description="untimed runs before them")
+    threads: int = Field(2, ge=1, description="CPU threads for ONNX Runtime")
+    env: str | None = Field(
+        None, description='closed loop: "package.module:make_env" (Gymnasium-style); null = tabletop')
+    env_adapter: str | None = Field(
+        None, description='"package.module:adapter": env observation -> frame dict')
+    closed_loop_seed: int = Field(
+        10_000, description="first episode seed (tabletop demos use seeds below 10000)")
+    execute: int = Field(2, ge=1, description="actions of each chunk executed before re-planning")
+    max_steps: int = Field(40, ge=1, description="episode step limit (a cap for other envs)")
+    control_hz: float | None = Field(None, gt=0, description="robot control rate; default: the dataset's fps")
+    trace_episodes: int = Field(
+        3, ge=0, description="evaluation episodes plotted as action traces in report.html")
 
 
 class TargetBudgets(Section):
     """Budgets that depend on the hardware, for one target; they replace the general ones there."""
 
-    max_latency_p99_ms: float | None = Field(None, gt=0)
-    min_rate_hz: float | None = Field(None, gt=0)
-    max_memory_mb: float | None = Field(None, gt=0)
+    max_latency_p99_ms: float | None = Field(None, gt=0, description="p99 latency (ms) on this target")
+    min_rate_hz: float | None = Field(None, gt=0, description="inferences/s at the median latency")
+    max_memory_mb: float | None = Field(None, gt=0, description="peak RSS added by the model (MB)")
 
 
 class Budgets(Section):
@@ -119,20 +133,30 @@ class Budgets(Section):
     `verify.min_episodes`. `min_rate_hz` is inferences per second at the median latency.
     """
 
-    max_drift_mean_pct: float | None = Field(None, gt=0)  # mean abs action error, % of action range
-    max_drift_p99_pct: float | None = Field(None, gt=0)  # p99 abs action error, % of action range
-    max_drift_per_dim_pct: dict[str, float] = {}  # action dim name -> max mean error, % of range
-    max_drift_per_dim_p99_pct: dict[str, float] = {}  # action dim name -> max p99 error, % of range
-    min_cosine: float | None = Field(None, ge=-1, le=1)  # mean cosine similarity of action chunks
-    min_token_agreement: float | None = Field(None, ge=0, le=1)  # discrete heads
-    max_gripper_flip_rate: float | None = Field(None, ge=0, le=1)
-    max_success_drop: float | None = Field(None, ge=0, le=1)  # judged on the Wilson bound (see above)
-    max_latency_p99_ms: float | None = Field(None, gt=0)
-    min_rate_hz: float | None = Field(None, gt=0)
-    max_memory_mb: float | None = Field(None, gt=0)  # peak RSS added by the model (vlaedge.profile)
-    max_file_size_mb: float | None = Field(None, gt=0)  # model file plus external data
-    targets: dict[str, TargetBudgets] = {}  # target name -> latency/rate/memory budgets there
-    policy_sha256: str | None = None  # the reference checkpoint these budgets are for (prefix accepted)
+    max_drift_mean_pct: float | None = Field(
+        None, gt=0, description="mean abs action error, % of action range")
+    max_drift_p99_pct: float | None = Field(None, gt=0, description="p99 abs action error, % of action range")
+    max_drift_per_dim_pct: dict[str, float] = Field(
+        {}, description="action dim name -> max mean error, % of range")
+    max_drift_per_dim_p99_pct: dict[str, float] = Field(
+        {}, description="action dim name -> max p99 error, % of range")
+    min_cosine: float | None = Field(
+        None, ge=-1, le=1, description="mean cosine similarity of action chunks")
+    min_token_agreement: float | None = Field(
+        None, ge=0, le=1, description="discrete heads: share of action tokens that agree")
+    max_gripper_flip_rate: float | None = Field(
+        None, ge=0, le=1, description="gripper dims: share of open/close decisions that differ")
+    max_success_drop: float | None = Field(
+        None, ge=0, le=1, description="closed-loop success rate drop, judged on the Wilson bound (see above)")
+    max_latency_p99_ms: float | None = Field(None, gt=0, description="p99 inference latency (ms)")
+    min_rate_hz: float | None = Field(None, gt=0, description="inferences/s at the median latency")
+    max_memory_mb: float | None = Field(
+        None, gt=0, description="peak RSS added by the model, MB (vlaedge.profile)")
+    max_file_size_mb: float | None = Field(None, gt=0, description="model file plus external data, MB")
+    targets: dict[str, TargetBudgets] = Field(
+        {}, description="target name -> latency/rate/memory budgets there")
+    policy_sha256: str | None = Field(
+        None, description="the reference checkpoint these budgets are for (prefix accepted)")
 
     @model_validator(mode="after")
     def _known_targets(self):
@@ -149,14 +173,14 @@ class Budgets(Section):
 class Recipe(Section):
     """A whole recipe. `target` is required; every other section is optional and skips its stage."""
 
-    target: str  # a name from `vlaedge targets`
-    description: str = ""
-    prune: PruneConfig | None = None
-    quantize: QuantizeConfig | None = None
-    export: ExportConfig | None = None
-    engine: EngineConfig | None = None
-    verify: VerifyConfig | None = None
-    budgets: Budgets | None = None
+    target: str = Field(description="a name from `vlaedge targets`")
+    description: str = Field("", description="free text: what the recipe is for")
+    prune: PruneConfig | None = Field(None, description="pruning or 2:4 sparsity")
+    quantize: QuantizeConfig | None = Field(None, description="post-training quantization")
+    export: ExportConfig | None = Field(None, description="ONNX export")
+    engine: EngineConfig | None = Field(None, description="TensorRT engine or build bundle")
+    verify: VerifyConfig | None = Field(None, description="drift, closed loop and latency checks")
+    budgets: Budgets | None = Field(None, description="release budgets for the gate")
 
     @model_validator(mode="after")
     def _budgets_measurable(self):
@@ -300,3 +324,87 @@ def _apply_override(raw: dict, item: str) -> None:
         if not isinstance(node, dict):
             raise VlaedgeError(f"override: {key} goes through a non-section value", "check the key path")
     node[leaf] = yaml.safe_load(value)
+
+
+REFERENCE_START = "<!-- recipe-reference:start -->"
+REFERENCE_END = "<!-- recipe-reference:end -->"
+_BOUNDS = {"ge": ">=", "gt": ">", "le": "<=", "lt": "<"}
+
+
+def recipe_reference() -> str:
+    """The recipe reference as Markdown: one table per section, in pipeline order, from the models.
+
+    Returns:
+        `#### section` headings, each with the section's docstring and a `field | type | default |
+        meaning` table; types carry the constraints (`int (>= 1)`), meanings are the `Field` descriptions.
+
+    Example:
+        >>> print(recipe_reference())  # README.md holds it between the recipe-reference markers
+    """
+    blocks = []
+    for path, model in _sections(Recipe, ""):
+        rows = ["| field | type | default | meaning |", "| --- | --- | --- | --- |"]
+        for name, field in model.model_fields.items():
+            cells = (f"`{name}`", _type_cell(field), _default_cell(field), field.description or "")
+            rows.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
+        doc = "\n\n".join(" ".join(p.split()) for p in inspect.cleandoc(model.__doc__ or "").split("\n\n"))
+        blocks.append(f"#### {f'`{path}`' if path else 'Top level'}\n\n{doc}\n\n" + "\n".join(rows))
+    return "\n\n".join(blocks)
+
+
+def _sections(model: type[BaseModel], path: str):
+    """(dotted path, model) for `model` and every section under it, depth first in field order."""
+    yield path, model
+    for name, field in model.model_fields.items():
+        sub = _section_of(field.annotation)
+        if sub is not None:
+            key = f"{path}.{name}" if path else name
+            yield from _sections(sub, f"{key}.<name>" if get_origin(field.annotation) is dict else key)
+
+
+def _section_of(annotation) -> type[BaseModel] | None:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    return next((s for s in map(_section_of, get_args(annotation)) if s is not None), None)
+
+
+def _type_name(annotation) -> str:
+    args = get_args(annotation)
+    if get_origin(annotation) is Literal:
+        return "one of " + ", ".join(f"`{a}`" for a in args)
+    if type(None) in args:
+        name = " or ".join(_type_name(a) for a in args if a is not type(None))
+        return name if name == "section" else f"{name} or null"
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return "section"
+    if get_origin(annotation) in (list, dict):
+        return f"{get_origin(annotation).__name__}[{', '.join(map(_type_name, args))}]"
+    return getattr(annotation, "__name__", str(annotation))
+
+
+def _type_cell(field) -> str:
+    bounds = [f"{op} {getattr(m, key)}" for m in field.metadata for key, op in _BOUNDS.items()
+              if getattr(m, key, None) is not None]
+    return _type_name(field.annotation) + (f" ({', '.join(bounds)})" if bounds else "")
+
+
+def _default_cell(field) -> str:
+    if field.is_required():
+        return "required"
+    if field.default is None and _section_of(field.annotation) is not None:
+        return "not set (skipped)"
+    return f"`{json.dumps(field.default)}`"
+
+
+def _write_readme_reference(readme: Path) -> None:
+    """Replaces the block between the recipe-reference markers in `readme` with `recipe_reference()`."""
+    head, start, rest = readme.read_text().partition(REFERENCE_START)
+    _, end, tail = rest.partition(REFERENCE_END)
+    if not (start and end):
+        raise SystemExit(f"{readme}: no {REFERENCE_START} ... {REFERENCE_END} block to rewrite")
+    readme.write_text(f"{head}{REFERENCE_START}\n{recipe_reference()}\n{REFERENCE_END}{tail}")
+    print(f"{readme}: recipe reference rewritten")
+
+
+if __name__ == "__main__":
+    _write_readme_reference(Path(__file__).resolve().parent.parent / "README.md")

@@ -34,7 +34,8 @@ def record_dataset(out: Path, episodes: int, seed: int = 0, image_size: int = 64
         raise VlaedgeError(f"episodes: {episodes} must be at least 1", "record one or more episodes")
     out = Path(out)
     if out.exists() and not force:
-        raise VlaedgeError(f"output: {out} already exists", "pass --force to replace it, or choose another path")
+        raise VlaedgeError(f"output: {out} already exists",
+                           "pass --force to replace it, or choose another path")
     env = TabletopEnv(image_size=image_size)
     dataset = EpisodeDataset(record_episodes(episodes, seed=seed, image_size=image_size), fps=env.fps,
                              action_names=list(env.action_names), state_names=list(env.state_names),

@@ -31,7 +31,8 @@ def read_config(checkpoint: Path) -> dict:
     try:
         config = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise VlaedgeError(f"checkpoint: {path} is not valid JSON ({e})", "restore or re-save the checkpoint") from e
+        raise VlaedgeError(f"checkpoint: {path} is not valid JSON ({e})",
+                           "restore or re-save the checkpoint") from e
     if not isinstance(config, dict):
         raise VlaedgeError(f"checkpoint: {path} must hold a JSON object", "restore or re-save the checkpoint")
     return config

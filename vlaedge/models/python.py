@@ -81,14 +81,16 @@ class PythonPolicy(Policy):
         self.spec = spec
         self.module = module if module is not None else _call_factory(spec)
         self.name = spec.factory
-        self.input_spec = tuple(TensorSpec(i.name, tuple(i.shape), i.dtype, i.low, i.high) for i in spec.inputs)
+        self.input_spec = tuple(TensorSpec(i.name, tuple(i.shape), i.dtype, i.low, i.high)
+                                for i in spec.inputs)
         self.output_names = tuple(spec.outputs)
         a = spec.actions
-        self.action_spec = ActionSpec(tuple(a.names), tuple(a.low), tuple(a.high), tuple(a.gripper_dims), a.chunk)
+        self.action_spec = ActionSpec(tuple(a.names), tuple(a.low), tuple(a.high), tuple(a.gripper_dims),
+                                      a.chunk)
         text = [i for i in spec.inputs if i.source == "instruction"]
         if text and spec.tokenizer is None:
-            raise VlaedgeError(f"policy spec: input {text[0].name!r} reads the instruction but no tokenizer is given",
-                               'add "tokenizer": {"vocab": [...]} to config.json')
+            raise VlaedgeError(f"policy spec: input {text[0].name!r} reads the instruction but no "
+                               "tokenizer is given", 'add "tokenizer": {"vocab": [...]} to config.json')
         self.tokenizer = WordTokenizer(spec.tokenizer.vocab, int(text[0].shape[-1])) if text else None
 
     def make_inputs(self, frames: dict, seed: int = 0) -> dict[str, np.ndarray]:
@@ -134,7 +136,8 @@ class PythonPolicy(Policy):
             err = e.errors()[0]
             where = ".".join(str(p) for p in err["loc"])
             raise VlaedgeError(f"policy spec: {checkpoint}/config.json: {where}: {err['msg']}",
-                               "see the PythonPolicy docstring in vlaedge/models/python.py for the format") from e
+                               "see the PythonPolicy docstring in vlaedge/models/python.py for the "
+                               "format") from e
         policy = cls(spec)
         has_weights = checkpoint.is_dir() and any(
             p.name == "model.safetensors" or p.suffix in (".pt", ".pth") for p in checkpoint.iterdir())
@@ -147,8 +150,8 @@ class PythonPolicy(Policy):
 def _call_factory(spec: PythonPolicySpec):
     module_name, _, attr = spec.factory.partition(":")
     if not module_name or not attr:
-        raise VlaedgeError(f"policy spec: factory {spec.factory!r} is not of the form 'package.module:callable'",
-                           'e.g. "factory": "my_robot.policy:build"')
+        raise VlaedgeError(f"policy spec: factory {spec.factory!r} is not of the form "
+                           "'package.module:callable'", 'e.g. "factory": "my_robot.policy:build"')
     try:
         factory = getattr(importlib.import_module(module_name), attr)
     except ImportError as e:

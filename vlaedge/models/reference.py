@@ -31,7 +31,8 @@ class ReferencePolicy(Policy):
         c = config
         specs = [
             TensorSpec("image", (BATCH, 3, c.image_size, c.image_size), "uint8", 0, 255),
-            TensorSpec("instruction_ids", (BATCH, c.max_instruction_len), "int64", 0, self.tokenizer.size - 1),
+            TensorSpec("instruction_ids", (BATCH, c.max_instruction_len), "int64", 0,
+                       self.tokenizer.size - 1),
             TensorSpec("state", (BATCH, c.state_dim), "float32", -1.0, 1.0),
         ]
         if c.head == "flow":
@@ -52,8 +53,8 @@ class ReferencePolicy(Policy):
         images = np.asarray(frames["image"])
         c = self.config
         if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8:
-            raise VlaedgeError(f"frames: image has shape {images.shape} {images.dtype}, expected uint8 [B,H,W,3]",
-                               "store camera frames as RGB uint8")
+            raise VlaedgeError(f"frames: image has shape {images.shape} {images.dtype}, "
+                               "expected uint8 [B,H,W,3]", "store camera frames as RGB uint8")
         feeds = {
             "image": np.ascontiguousarray(_resize(images, c.image_size).transpose(0, 3, 1, 2)),
             "instruction_ids": self.tokenizer.encode(list(frames["instruction"])),
@@ -74,11 +75,13 @@ class ReferencePolicy(Policy):
         return self.denormalise(normalised)
 
     def denormalise(self, x: np.ndarray) -> np.ndarray:
-        low, high = np.asarray(self.config.action_low, np.float32), np.asarray(self.config.action_high, np.float32)
+        low = np.asarray(self.config.action_low, np.float32)
+        high = np.asarray(self.config.action_high, np.float32)
         return (low + (x + 1.0) * 0.5 * (high - low)).astype(np.float32)
 
     def normalise(self, actions: np.ndarray) -> np.ndarray:
-        low, high = np.asarray(self.config.action_low, np.float32), np.asarray(self.config.action_high, np.float32)
+        low = np.asarray(self.config.action_low, np.float32)
+        high = np.asarray(self.config.action_high, np.float32)
         return ((actions - low) / (high - low) * 2.0 - 1.0).astype(np.float32)
 
     def save(self, path: str | Path) -> Path:

@@ -17,7 +17,8 @@ RUNTIMES = ("torch", "ort-cpu", "ort-cuda", "ort-trt", "trt")
 __all__ = ["RUNTIMES", "Runtime", "open_runtime"]
 
 
-def open_runtime(name: str, policy: Policy, model: str | Path | None = None, threads: int | None = None) -> Runtime:
+def open_runtime(name: str, policy: Policy, model: str | Path | None = None,
+                 threads: int | None = None) -> Runtime:
     """Opens `model` (or the policy's torch module for "torch") on the runtime called `name`.
 
     Args:

@@ -40,12 +40,13 @@ class Runtime(ABC):
         for spec in self.input_spec:
             value = feeds[spec.name]
             if value.dtype != np.dtype(spec.dtype):
-                raise VlaedgeError(f"{self.name}: input {spec.name} is {value.dtype}, the model needs {spec.dtype}",
-                                   "build feeds with the policy's make_inputs")
+                raise VlaedgeError(f"{self.name}: input {spec.name} is {value.dtype}, the model needs "
+                                   f"{spec.dtype}", "build feeds with the policy's make_inputs")
             batch = value.shape[0] if batch is None and value.ndim else batch
             if not _shape_matches(value.shape, spec.shape, batch):
                 raise VlaedgeError(f"{self.name}: input {spec.name} has shape {value.shape}, the model needs "
-                                   f"{spec.concrete_shape(batch)}", "build feeds with the policy's make_inputs")
+                                   f"{spec.concrete_shape(batch)}",
+                                   "build feeds with the policy's make_inputs")
 
     def close(self) -> None:  # noqa: B027 (optional hook: most backends hold nothing to release)
         """Releases backend resources."""
