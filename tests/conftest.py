@@ -14,7 +14,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 CACHE = ROOT / ".cache" / "test-policies"
-CACHE_VERSION = 5  # bump when vla.py or train.py change
+CACHE_VERSION = 6  # bump when vla.py or train.py change
 
 
 @pytest.fixture

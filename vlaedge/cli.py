@@ -66,6 +66,7 @@ def train(
     image_size: Annotated[
         int, typer.Option(help="Policy input side (64 px camera frames are resized).")] = 64,
     seed: Seed = 0,
+    threads: Annotated[int, typer.Option(help="torch CPU threads (0 = all cores).")] = 0,
     ignore_instruction: Annotated[bool, typer.Option(help="Ablation: a constant instruction.")] = False,
     eval_episodes: Annotated[int, typer.Option(help="Held-out closed-loop episodes after training.")] = 100,
 ) -> None:
@@ -74,6 +75,7 @@ def train(
     from vlaedge.verify import closed_loop
 
     cfg = TrainConfig(size=size, head=head, episodes=episodes, steps=steps, image_size=image_size, seed=seed,
+                      threads=threads,
                       ignore_instruction=ignore_instruction)
     policy, stats = train_policy(cfg)
     policy.save(out)

@@ -35,6 +35,7 @@ class TrainConfig:
     camera_size: int = 64  # side of the rendered camera frames (the env's default, like calibration/)
     seed: int = 0  # seeds the demonstrations, the initial weights and the batches
     ignore_instruction: bool = False  # ablation: feed a constant instruction
+    threads: int = 0  # torch CPU threads; 0 = all cores (results depend slightly on the thread count)
 
 
 def train_policy(config: TrainConfig, episodes: list[Episode] | None = None,
@@ -55,7 +56,7 @@ def train_policy(config: TrainConfig, episodes: list[Episode] | None = None,
     from vlaedge.sim import VOCABULARY, record_episodes
 
     torch.manual_seed(config.seed)
-    torch.set_num_threads(os.cpu_count() or 1)
+    torch.set_num_threads(config.threads or os.cpu_count() or 1)
     if episodes is None:
         episodes = record_episodes(config.episodes, seed=config.seed, image_size=config.camera_size)
     policy = ReferencePolicy.build(config.size, config.head, vocab=list(VOCABULARY),
