@@ -4,6 +4,7 @@ distillation and 2:4 masks. Private: the API is `vlaedge.prune.prune`."""
 from __future__ import annotations
 
 import contextlib
+import copy
 import io
 import math
 import time
@@ -264,6 +265,7 @@ def distill(student: nn.Module, teacher: nn.Module, calib: Calib, steps: int, lr
     gen = torch.Generator().manual_seed(seed)
     n, names, logits = len(calib), calib.names, calib.logits
     before = evaluate(student, teacher, calib)
+    snapshot = copy.deepcopy(student.state_dict())
     opt = torch.optim.AdamW(student.parameters(), lr=lr, weight_decay=0.0)
     warmup = max(1, steps // 10)  # Adam's first, unscaled steps would shake a trained model
     sched = torch.optim.lr_scheduler.LambdaLR(
@@ -288,8 +290,11 @@ def distill(student: nn.Module, teacher: nn.Module, calib: Calib, steps: int, lr
                 p.mul_(m)
     student.eval()
     seconds = time.perf_counter() - start
-    return {"loss_before": before, "loss_after": evaluate(student, teacher, calib),
-            "seconds": seconds}
+    after = evaluate(student, teacher, calib)
+    kept = after <= before
+    if not kept:  # never hand back a student that matches the teacher worse than the pruned one did
+        student.load_state_dict(snapshot)
+    return {"loss_before": before, "loss_after": after, "kept": kept, "seconds": seconds}
 
 
 MIX = 0.5  # fraction of each recovery batch whose inputs are recombined across frames

@@ -65,7 +65,8 @@ class ExportResult:
                  f"{self.qdq_nodes} Q/DQ nodes"]
         if self.check and not self.check.skipped:
             lines.append(f"ONNX Runtime vs torch on {self.check.frames} frames: max |action diff| "
-                         f"{self.check.max_abs:.4f}, p99 {self.check.p99_abs:.4f}, mean {self.check.mean_abs:.5f}")
+                         f"{self.check.max_abs:.4f}, p99 {self.check.p99_abs:.4f}, "
+                         f"mean {self.check.mean_abs:.5f}")
         return "\n".join(lines + self.notes)
 
 
@@ -149,8 +150,9 @@ def check_against_torch(policy: Policy, model: Path, feeds: dict[str, np.ndarray
     if "action_logits" in ref_out:
         agreement = float(np.mean(ref_out["action_logits"].argmax(-1)
                                   == cand_out["action_logits"].argmax(-1)))
-    return ExportCheck(frames, float(diff.max()), float(diff.mean()), float(np.percentile(diff, 99)), agreement,
-                       tolerance, quantized=precision is not None)
+    p99 = float(np.percentile(diff, 99))
+    return ExportCheck(frames, float(diff.max()), float(diff.mean()), p99, agreement, tolerance,
+                       quantized=precision is not None)
 
 
 def _describe(path: Path, opset: int, names_in, names_out, start: float, notes: list[str]) -> ExportResult:

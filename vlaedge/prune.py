@@ -51,6 +51,7 @@ class RecoveryStats:
     objective: str  # what the student matched
     loss_before: float  # on the calibration frames (noise as given)
     loss_after: float
+    kept: bool  # False: distillation made the match worse, so the pruned weights were restored
     seconds: float
 
 
@@ -119,7 +120,8 @@ class PruneResult:
         if self.recovery:
             r = self.recovery
             lines.append(f"  recovery: {r.steps} steps in {r.seconds:.1f} s, {r.objective} "
-                         f"{r.loss_before:.4g} -> {r.loss_after:.4g}")
+                         f"{r.loss_before:.4g} -> {r.loss_after:.4g}"
+                         + ("" if r.kept else " (worse: the pruned weights were kept)"))
         return "\n".join(lines + [f"  note: {n}" for n in self.notes])
 
 

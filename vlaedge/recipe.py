@@ -76,8 +76,9 @@ class ExportConfig(Section):
     opset: int = Field(17, ge=13, le=23, description="FP8 needs >= 19 (raised automatically)")
     dynamic_batch: bool = Field(True, description="dynamic batch axis on every input and output")
     check_frames: int = Field(32, ge=1, description="frames for the ONNX Runtime vs torch check")
-    max_check_error: float = Field(0.05, gt=0, description="ONNX Runtime vs torch action difference allowed: "
-                                   "the max for FP32 graphs, the p99 for quantized ones (rounding ties differ)")
+    max_check_error: float = Field(
+        0.05, gt=0, description="ONNX Runtime vs torch action difference allowed: the max for FP32 graphs, "
+                                "the p99 for quantized ones (rounding ties differ)")
 
 
 class EngineConfig(Section):

@@ -27,7 +27,8 @@ HEADS = ("tokens", "chunk", "flow")
 
 # Named sizes. nano: tests (<1M params); small: benchmarks (10-30M); base: realistic size (100M+).
 SIZES: dict[str, dict] = {
-    "nano": {"dim": 128, "num_heads": 4, "vision_depth": 2, "fusion_depth": 2, "expert_dim": 64, "expert_depth": 1},
+    "nano": {"dim": 128, "num_heads": 4, "vision_depth": 2, "fusion_depth": 2, "expert_dim": 64,
+             "expert_depth": 1},
     "small": {"dim": 384, "num_heads": 6, "vision_depth": 4, "fusion_depth": 4, "expert_dim": 192,
               "expert_depth": 2},
     "base": {"dim": 768, "num_heads": 12, "vision_depth": 8, "fusion_depth": 8, "expert_dim": 384,
@@ -69,7 +70,8 @@ class VLAConfig:
         if self.head not in HEADS:
             raise ValueError(f"head: {self.head!r} is not one of {', '.join(HEADS)}")
         if self.image_size % self.patch_size or self.patch_size % 4:
-            raise ValueError(f"image_size {self.image_size} must be a multiple of patch_size {self.patch_size}, "
+            raise ValueError(f"image_size {self.image_size} must be a multiple of patch_size "
+                             f"{self.patch_size}, "
                              "itself a multiple of 4 (the conv stem)")
         if not self.head_dim:
             self.head_dim = self.dim // self.num_heads
@@ -163,7 +165,8 @@ class VisionTower(nn.Module):
         # Octo-style small conv stem (two stride-2 3x3 convs) then the patchifying conv: a locality prior
         # that small-data behaviour cloning learns much faster with than a single linear patchify.
         c = cfg.dim // 4
-        self.stem = nn.Sequential(nn.Conv2d(3, c, 3, 2, 1), nn.GELU(), nn.Conv2d(c, 2 * c, 3, 2, 1), nn.GELU())
+        self.stem = nn.Sequential(nn.Conv2d(3, c, 3, 2, 1), nn.GELU(),
+                                  nn.Conv2d(c, 2 * c, 3, 2, 1), nn.GELU())
         self.stem_channels = 2 * c
         self.patch_embed = nn.Conv2d(2 * c, cfg.dim, cfg.patch_size // 4, stride=cfg.patch_size // 4)
         self.patch_norm = nn.LayerNorm(cfg.dim)  # unit-scale content before adding positions
@@ -261,8 +264,8 @@ class ReferenceVLA(nn.Module):
         # what the observation says, as one vector: keypoint coordinates, proprio state and the pooled
         # instruction through an MLP. It seeds every action query, a direct path that generalises (patch
         # tokens alone let a small policy memorise its training layouts instead).
-        self.observation_mlp = nn.Sequential(nn.Linear(2 * cfg.keypoints + cfg.state_dim + D, 2 * D), nn.GELU(),
-                                             nn.Linear(2 * D, D))
+        observed = 2 * cfg.keypoints + cfg.state_dim + D
+        self.observation_mlp = nn.Sequential(nn.Linear(observed, 2 * D), nn.GELU(), nn.Linear(2 * D, D))
         self.fusion = _blocks(cfg, cfg.vision_depth, cfg.fusion_depth, D)
         self.fusion_norm = nn.LayerNorm(D)
         # LayerScale-style gate on the fusion output, zero at init: training starts from the observation
