@@ -106,3 +106,11 @@ def test_bad_inputs_fail_with_one_line_and_no_output(tmp_path, trained_checkpoin
         assert not out.exists()
     code, text = run_cli(["compress", tmp_path / "no-such-checkpoint", "--out", out], capsys, monkeypatch)
     assert code == 2 and "no-such-checkpoint" in text and not out.exists()
+
+
+def test_messages_name_the_final_output_not_the_staging_folder():
+    from vlaedge.artifact import final_path
+
+    assert final_path("runs/.demo.partial-zs0p_hd3/model.onnx") == Path("runs/demo/model.onnx")
+    assert final_path("/tmp/.my.run.partial-ab12/engine/build.sh") == Path("/tmp/my.run/engine/build.sh")
+    assert final_path("runs/.hidden/model.onnx") == Path("runs/.hidden/model.onnx")

@@ -17,6 +17,8 @@ from dataclasses import asdict, dataclass, field
 from fnmatch import fnmatchcase
 from typing import Literal
 
+from vlaedge.artifact import final_path
+
 LAYERNORM_REASON = "LayerNorm input (not quantized by default, see FACTS)"
 # Measured on the small reference VLA (ORT 1.31, 2 threads, batch 1): quantizing the attention-score
 # MatMuls too made the model slower (27.7 vs 25.5 ms median) and drift more (0.0042 vs 0.0038).
@@ -103,7 +105,7 @@ class QuantizeResult:
                  f"{len(self.skipped)} skipped"]
         if self.output:
             ratio = f" ({self.output_bytes / self.fp32_bytes:.0%} of FP32)" if self.fp32_bytes else ""
-            lines.append(f"  wrote {self.output}: {self.output_bytes / 1e6:.2f} MB{ratio}, "
+            lines.append(f"  wrote {final_path(self.output)}: {self.output_bytes / 1e6:.2f} MB{ratio}, "
                          f"{self.int8_weights} int8 weight tensors, output drift {self.output_drift:.4g}")
         for (quantized, reason), count in sorted(
                 Counter((d.quantized, d.reason) for d in self.decisions).items(), key=lambda kv: -kv[1]):

@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -80,6 +81,14 @@ class OutputDir:
         else:
             os.replace(self.path, self.final)
         return self.final
+
+
+def final_path(path: str | Path) -> Path:
+    """`path` with an `OutputDir` staging folder (`.NAME.partial-XXXX`) replaced by its final name, for
+    messages printed before the commit."""
+    path = Path(path)
+    parts = [re.sub(r"^\.(.+)\.partial-[^/]+$", r"\1", part) for part in path.parts]
+    return Path(*parts)
 
 
 def read_manifest(directory: str | Path) -> dict:

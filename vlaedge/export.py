@@ -61,7 +61,9 @@ class ExportResult:
         return asdict(self)
 
     def summary(self) -> str:
-        lines = [f"ONNX {self.path}: opset {self.opset}, {self.size_bytes / 1e6:.1f} MB, "
+        from vlaedge.artifact import final_path
+
+        lines = [f"ONNX {final_path(self.path)}: opset {self.opset}, {self.size_bytes / 1e6:.1f} MB, "
                  f"{self.qdq_nodes} Q/DQ nodes"]
         if self.check and not self.check.skipped:
             lines.append(f"ONNX Runtime vs torch on {self.check.frames} frames: max |action diff| "

@@ -357,5 +357,7 @@ def _jetson_module():
 
 
 def _short(path: str) -> str:
-    p = Path(path)
+    from vlaedge.artifact import final_path
+
+    p = final_path(path)
     return f"{p.parent.name}/{p.name}" if p.parent.name else p.name
