@@ -238,39 +238,17 @@ def _profile_checks(report: dict, b: Budgets, target: str | None) -> list[Check]
         model = _need(report, "profile", key)["models"][0]
         where = f"{model['runtime']}" + (f", target {target}" if own else "")
         if key == "max_latency_p99_ms":
-            checks.append(
-                _limit(
-                    key,
-                    model["latency"]["p99_ms"],
-                    allowed,
-                    "<=",
-                    "ms",
-                    f"median {model['latency']['median_ms']:.2f} ms, {where}",
-                )
-            )
+            lat = model["latency"]
+            measured, op, unit, detail = lat["p99_ms"], "<=", "ms", f"median {lat['median_ms']:.2f} ms"
         elif key == "min_rate_hz":
-            checks.append(
-                _limit(
-                    key,
-                    model["rate"]["inferences_per_s"],
-                    allowed,
-                    ">=",
-                    "Hz",
-                    f"inferences/s at the median latency, {model['rate']['actions_per_s']:.0f} "
-                    f"actions/s, {where}",
-                )
-            )
+            rate = model["rate"]
+            measured, op, unit = rate["inferences_per_s"], ">=", "Hz"
+            detail = f"inferences/s at the median latency, {rate['actions_per_s']:.0f} actions/s"
         else:
-            checks.append(
-                _limit(
-                    key,
-                    model["memory"]["peak_rss_delta_mb"],
-                    allowed,
-                    "<=",
-                    "MB",
-                    f"peak RSS added ({model['memory']['method']}), {where}",
-                )
-            )
+            mem = model["memory"]
+            measured, op, unit = mem["peak_rss_delta_mb"], "<=", "MB"
+            detail = f"peak RSS added ({mem['method']})"
+        checks.append(_limit(key, measured, allowed, op, unit, f"{detail}, {where}"))
     if b.max_file_size_mb is not None:
         size = report["candidate"].get("file_bytes")
         if size is None and report.get("profile"):

@@ -219,18 +219,23 @@ def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
         >>> recipe = load_recipe("recipes/cpu-int8.yaml", ["quantize.algorithm=entropy"])
     """
     path = Path(path)
-    if not path.is_file():
-        raise VlaedgeError(f"recipe: {path} does not exist", "see recipes/ for the shipped recipes")
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        message = f"recipe: {path} is not valid YAML ({e})".replace("\n", " ")
-        raise VlaedgeError(message, "fix the syntax") from e
+    raw = _read_yaml(path, "recipe", "see recipes/ for the shipped recipes")
     if not isinstance(raw, dict):
         raise VlaedgeError(f"recipe: {path} must be a mapping of sections", "see recipes/cpu-int8.yaml")
     for item in overrides:
         _apply_override(raw, item)
     return validate_recipe(raw, str(path))
+
+
+def _read_yaml(path: Path, what: str, missing_hint: str):
+    """The parsed YAML at `path` ({} when empty); a missing file or bad YAML is one line naming `what`."""
+    if not path.is_file():
+        raise VlaedgeError(f"{what}: {path} does not exist", missing_hint)
+    try:
+        return yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        message = f"{what}: {path} is not valid YAML ({e})".replace("\n", " ")
+        raise VlaedgeError(message, "fix the syntax") from e
 
 
 def load_budgets(path: str | Path) -> Budgets:
@@ -245,13 +250,7 @@ def load_budgets(path: str | Path) -> Budgets:
         1.0
     """
     path = Path(path)
-    if not path.is_file():
-        raise VlaedgeError(f"budgets: {path} does not exist", "pass a budgets YAML file or a recipe")
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        message = f"budgets: {path} is not valid YAML ({e})".replace("\n", " ")
-        raise VlaedgeError(message, "fix the syntax") from e
+    raw = _read_yaml(path, "budgets", "pass a budgets YAML file or a recipe")
     if isinstance(raw, dict) and "target" in raw:  # a recipe
         budgets = load_recipe(path).budgets
         if budgets is None:
