@@ -14,7 +14,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 CACHE = ROOT / ".cache" / "test-policies"
-CACHE_VERSION = 6  # bump when vla.py or train.py change
+CACHE_VERSION = 7  # bump when vla.py or train.py change
 
 
 @pytest.fixture
@@ -37,7 +37,8 @@ def trained_checkpoint():
     def get(head: str = "chunk") -> Path:
         path = CACHE / f"nano32-{head}-v{CACHE_VERSION}"
         if not (path / "model.safetensors").is_file():
-            config = TrainConfig(size="nano", head=head, episodes=200, steps=400, image_size=32, seed=0)
+            config = TrainConfig(size="nano", head=head, episodes=200, steps=400, image_size=32, seed=0,
+                                 dagger_rounds=0)
             policy, _ = train_policy(config, progress=False)
             policy.save(path)
         return path

@@ -16,9 +16,11 @@ from vlaedge.sim import (
     TabletopEnv,
     Task,
     chance_success_rate,
+    expert_chunk,
     instruction_for,
     parse_instruction,
     record_episodes,
+    record_on_policy,
     render,
     sample_task,
 )
@@ -85,6 +87,44 @@ def test_recorded_episodes_with_dart_noise():
         assert e.state.shape == (len(e), 4) and e.action.shape == (len(e), 3)
         assert e.action.dtype == np.float32 and np.abs(e.action).max() <= 1.0
         assert parse_instruction(e.instruction)
+
+
+def test_expert_chunk_is_the_expert_rollout_and_leaves_the_env_alone():
+    env, expert = TabletopEnv(image_size=32), ScriptedExpert()
+    env.reset(seed=3)
+    for _ in range(2):
+        env.step(np.array([0.4, -0.3, -1.0], np.float32))  # somewhere the expert would not have gone
+    before = env.sim_state
+    chunk = expert_chunk(env, horizon=6)
+    assert env.sim_state is before  # looked ahead on a copy
+    for label in chunk:  # the same actions as stepping the expert for real (until the episode ends)
+        assert np.array_equal(label, expert.act(env))
+        _, _, terminated, truncated, _ = env.step(label)
+        if terminated or truncated:
+            break
+
+
+def test_expert_chunk_repeats_the_last_action_after_the_episode_ends():
+    env, expert = TabletopEnv(image_size=32), ScriptedExpert()
+    env.reset(seed=0)
+    for _ in range(30):  # walk the expert to one step before success
+        if expert_chunk(env, 40)[1:].std(0).max() == 0:
+            break
+        env.step(expert.act(env))
+    chunk = expert_chunk(env, 5)
+    assert (chunk[1:] == chunk[1]).all() and len(chunk) == 5
+
+
+def test_record_on_policy_labels_the_states_the_policy_visits():
+    def stand_still(frames):  # a policy that never moves: every state it visits is a start state
+        return np.zeros((len(frames["instruction"]), 4, 3), np.float32)
+
+    frames, chunks = record_on_policy(stand_still, 3, seed=1, horizon=4, image_size=32, max_steps=6)
+    assert len(frames["image"]) == len(frames["state"]) == len(chunks) == 3 * 6  # no episode ends early
+    assert chunks.shape == (18, 4, 3) and chunks.dtype == np.float32
+    starts, counts = np.unique(frames["state"], axis=0, return_counts=True)
+    assert len(starts) == 3 and (counts == 6).all()  # each episode's start state, six times
+    assert (np.abs(chunks[:, 0, :2]).max(1) > 0).all()  # the expert always says: move to the block
 
 
 def test_chance_is_well_below_expert():

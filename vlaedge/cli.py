@@ -61,33 +61,33 @@ def train(
     out: Annotated[Path, typer.Option(help="Where to write the checkpoint directory.")],
     size: Annotated[str, typer.Option(help="nano, small or base.")] = "nano",
     head: Annotated[str, typer.Option(help="tokens, chunk or flow.")] = "chunk",
-    episodes: Annotated[int, typer.Option(help="Expert demonstrations to record.")] = 400,
+    episodes: Annotated[int, typer.Option(help="Expert demonstrations to record.")] = 1000,
     steps: Annotated[int, typer.Option(help="Optimiser steps.")] = 3000,
     image_size: Annotated[
-        int, typer.Option(help="Policy input side (64 px camera frames are resized).")] = 64,
+        int, typer.Option(help="Policy input side (64 px camera frames are resized).")] = 32,
     seed: Seed = 0,
     threads: Annotated[int, typer.Option(help="torch CPU threads (0 = all cores).")] = 0,
     ignore_instruction: Annotated[bool, typer.Option(help="Ablation: a constant instruction.")] = False,
+    dagger_rounds: Annotated[int, typer.Option(
+        help="Rounds of on-policy episodes relabelled by the expert (DAgger); 0 = behaviour cloning only."
+    )] = 4,
+    dagger_episodes: Annotated[int, typer.Option(help="Closed-loop episodes per DAgger round.")] = 250,
     eval_episodes: Annotated[int, typer.Option(help="Held-out closed-loop episodes after training.")] = 100,
 ) -> None:
     """Train a reference VLA on the tabletop task (this is how the default policy was made)."""
-    from vlaedge.train import TrainConfig, train_policy
+    from vlaedge.train import TrainConfig, constant_instruction, train_policy
     from vlaedge.verify import closed_loop
 
     cfg = TrainConfig(size=size, head=head, episodes=episodes, steps=steps, image_size=image_size, seed=seed,
-                      threads=threads,
-                      ignore_instruction=ignore_instruction)
+                      threads=threads, ignore_instruction=ignore_instruction, dagger_rounds=dagger_rounds,
+                      dagger_episodes=dagger_episodes)
     policy, stats = train_policy(cfg)
     policy.save(out)
     _echo(f"trained {size}/{head} on {stats['frames']} frames in {stats['seconds']:.0f} s "
           f"(final loss {stats['final_loss']:.4f}); saved {out}")
     if eval_episodes:
-        act = _ablated(policy) if ignore_instruction else policy.act
+        act = constant_instruction(policy.act) if ignore_instruction else policy.act
         _echo(f"closed-loop success on {eval_episodes} held-out episodes: {closed_loop(act, eval_episodes)}")
-
-
-def _ablated(policy):
-    return lambda frames: policy.act({**frames, "instruction": [""] * len(frames["instruction"])})
 
 
 @app.command()

@@ -3,7 +3,8 @@
 Only used to make the embedded default policy and the briefly trained test policies: vlaedge is a
 compression toolkit, not a training framework. Demonstrations come from the scripted expert with
 DART-style noise injection (the executed action is perturbed, the label stays clean), which gives the
-cloned policy recovery data.
+cloned policy recovery data; then DAgger rounds run the policy itself and let the expert relabel the
+states it reaches. The gripper is trained as a decision (logistic loss), the motion by L1.
 """
 
 from __future__ import annotations
@@ -26,16 +27,18 @@ class TrainConfig:
 
     size: str = "nano"  # named reference size (see vlaedge.models.vla.SIZES)
     head: str = "chunk"  # tokens | chunk | flow
-    episodes: int = 400  # expert demonstrations to record
+    episodes: int = 1000  # expert demonstrations to record
     steps: int = 3000  # optimiser steps
     batch_size: int = 64
     lr: float = 1e-3  # peak learning rate (AdamW, warm-up then cosine)
     weight_decay: float = 0.01
-    image_size: int = 64  # policy input side; camera frames are resized to it by the adapter
+    image_size: int = 32  # policy input side; camera frames are resized to it by the adapter
     camera_size: int = 64  # side of the rendered camera frames (the env's default, like calibration/)
     seed: int = 0  # seeds the demonstrations, the initial weights and the batches
     ignore_instruction: bool = False  # ablation: feed a constant instruction
     threads: int = 0  # torch CPU threads; 0 = all cores (results depend slightly on the thread count)
+    dagger_rounds: int = 4  # rounds of on-policy data relabelled by the expert (DAgger), after BC
+    dagger_episodes: int = 250  # closed-loop episodes per DAgger round
 
 
 def train_policy(config: TrainConfig, episodes: list[Episode] | None = None,
@@ -53,7 +56,7 @@ def train_policy(config: TrainConfig, episodes: list[Episode] | None = None,
     Example:
         >>> policy, stats = train_policy(TrainConfig(size="nano", head="flow", steps=500))
     """
-    from vlaedge.sim import VOCABULARY, record_episodes
+    from vlaedge.sim import VOCABULARY, record_episodes, record_on_policy
 
     torch.manual_seed(config.seed)
     torch.set_num_threads(config.threads or os.cpu_count() or 1)
@@ -69,7 +72,21 @@ def train_policy(config: TrainConfig, episodes: list[Episode] | None = None,
         1 + np.cos(np.pi * min(1.0, s / config.steps))))
     rng = np.random.default_rng(config.seed)
     start, losses = time.perf_counter(), []
-    for _ in _progress(range(config.steps), progress, f"training {config.size}/{config.head}"):
+    # DAgger: after each phase but the last, the policy runs closed loop on new seeds and the expert
+    # relabels every frame it visited; training continues on the aggregate.
+    rounds = config.dagger_rounds
+    phase_ends = {config.steps * (r + 1) // (rounds + 1): r for r in range(rounds)}
+    for step in _progress(range(config.steps), progress, f"training {config.size}/{config.head}"):
+        if step in phase_ends:
+            model.eval()
+            with torch.no_grad():
+                act = constant_instruction(policy.act) if config.ignore_instruction else policy.act
+                frames, chunks = record_on_policy(
+                    act, config.dagger_episodes, seed=config.seed * 1000 + phase_ends[step] + 1,
+                    horizon=policy.config.chunk, image_size=config.camera_size)
+            model.train()
+            extra = _feeds(policy, frames, chunks, config.ignore_instruction)
+            data = {k: torch.cat([data[k], extra[k]]) for k in data}
         idx = rng.integers(0, len(data["action"]), config.batch_size)
         loss = _loss(model, {k: v[idx] for k, v in data.items()})
         opt.zero_grad(set_to_none=True)
@@ -95,12 +112,24 @@ def _training_arrays(policy: ReferencePolicy, episodes: list[Episode], ignore_in
         chunks.append(ep.action[idx])
         images.append(ep.images)
         states.append(ep.state)
-        texts += ["" if ignore_instruction else ep.instruction] * n
+        texts += [ep.instruction] * n
     frames = {"image": np.concatenate(images), "state": np.concatenate(states), "instruction": texts}
+    return _feeds(policy, frames, np.concatenate(chunks), ignore_instruction)
+
+
+def _feeds(policy: ReferencePolicy, frames: dict, chunks: np.ndarray, ignore_instruction: bool) -> dict:
+    """Model inputs of `frames` and their normalised action-chunk targets, as torch tensors."""
+    if ignore_instruction:
+        frames = {**frames, "instruction": [""] * len(frames["instruction"])}
     feeds = policy.make_inputs(frames)
     feeds.pop("noise", None)
-    feeds["action"] = policy.normalise(np.concatenate(chunks))
+    feeds["action"] = policy.normalise(chunks)
     return {k: torch.from_numpy(v) for k, v in feeds.items()}
+
+
+def constant_instruction(act):
+    """`act` with every instruction replaced by the empty one: the instruction-ablation policy."""
+    return lambda frames: act({**frames, "instruction": [""] * len(frames["instruction"])})
 
 
 def _loss(model, batch: dict) -> torch.Tensor:
@@ -113,7 +142,16 @@ def _loss(model, batch: dict) -> torch.Tensor:
         labels = ((target + 1) * 0.5 * bins).long().clamp(0, bins - 1)
         return F.cross_entropy(logits.reshape(-1, bins), labels.reshape(-1))
     if head == "chunk":
-        return F.l1_loss(torch.tanh(model.action_head(ctx)), target)
+        # the model outputs tanh(z). Continuous dims: L1. Gripper dims are open/close decisions: a
+        # logistic loss on the same z (tanh(z) = 2 sigmoid(2z) - 1), whose gradient does not vanish
+        # where tanh saturates; with L1 a policy that learnt "always open" could not unlearn it.
+        z = model.action_head(ctx)
+        grip = torch.zeros(target.shape[-1], dtype=torch.bool)
+        grip[list(model.cfg.gripper_dims)] = True
+        continuous = F.l1_loss(torch.tanh(z[..., ~grip]), target[..., ~grip], reduction="sum")
+        decisions = F.binary_cross_entropy_with_logits(2 * z[..., grip], (target[..., grip] > 0).float(),
+                                                       reduction="sum")
+        return (continuous + decisions) / target.numel()
     noise = torch.randn_like(target)  # rectified flow: x_t = (1-t) noise + t action, v = action - noise
     t = torch.rand(target.shape[0])
     x_t = (1 - t[:, None, None]) * noise + t[:, None, None] * target

@@ -1,6 +1,12 @@
 """The built-in tabletop pick-and-place task: environment, renderer, instructions and scripted expert."""
 
-from vlaedge.sim.expert import ScriptedExpert, chance_success_rate, record_episodes
+from vlaedge.sim.expert import (
+    ScriptedExpert,
+    chance_success_rate,
+    expert_chunk,
+    record_episodes,
+    record_on_policy,
+)
 from vlaedge.sim.instructions import (
     BLOCKS,
     TEMPLATES,
@@ -27,7 +33,9 @@ __all__ = [
     "chance_success_rate",
     "instruction_for",
     "parse_instruction",
+    "expert_chunk",
     "record_episodes",
+    "record_on_policy",
     "render",
     "sample_layout",
     "sample_task",

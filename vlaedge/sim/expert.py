@@ -1,6 +1,10 @@
-"""Scripted expert for `TabletopEnv`, the episode recorder (with DART noise) and the chance baseline."""
+"""Scripted expert for `TabletopEnv`, the episode recorder (with DART noise), on-policy relabelling
+(DAgger) and the chance baseline."""
 
 from __future__ import annotations
+
+import copy
+from collections.abc import Callable
 
 import numpy as np
 
@@ -138,6 +142,74 @@ def record_episodes(
         _record_one(env, seeds, i, action_noise, noise_prob)
         for i, seeds in enumerate(_episode_seeds(seed, num_episodes))
     ]
+
+
+def expert_chunk(env: TabletopEnv, horizon: int) -> np.ndarray:
+    """The expert's next `horizon` actions from the env's current state, simulated on a copy.
+
+    Once the look-ahead ends the episode (success or wrong grasp) its last action is repeated, the same
+    convention as the chunk targets of recorded episodes. The env itself is not touched.
+
+    Returns:
+        float32 [horizon, 3].
+    """
+    expert, sim = ScriptedExpert(), copy.copy(env)
+    actions, ended = [], False
+    for _ in range(horizon):
+        if not ended:
+            action = expert.act(sim)
+            ended = any(sim._apply(action.astype(np.float64)))
+        actions.append(action)
+    return np.stack(actions)
+
+
+def record_on_policy(
+    act: Callable[[dict], np.ndarray],
+    num_episodes: int,
+    seed: int,
+    horizon: int,
+    image_size: int = 64,
+    max_steps: int = 40,
+    execute: int = 2,
+) -> tuple[dict, np.ndarray]:
+    """DAgger data: run `act` closed loop and label every visited frame with the expert's chunk.
+
+    The states come from the policy's own mistakes (stopping short of a zone, a missed grasp), which
+    recorded demonstrations rarely visit; the labels say how the expert would recover from them.
+
+    Args:
+        act: frames -> action chunks (B, T, A), e.g. `policy.act`.
+        num_episodes: episodes to run, all batched together.
+        seed: seeds the episodes (spawned like `record_episodes`, so disjoint from held-out seeds).
+        horizon: length of each expert label chunk.
+        image_size: rendered camera size.
+        max_steps: steps before an episode is truncated.
+        execute: actions of each predicted chunk executed before re-planning.
+
+    Returns:
+        (frames {"image", "state", "instruction"}, expert chunks float32 [N, horizon, 3]).
+    """
+    envs = [TabletopEnv(image_size=image_size, max_steps=max_steps) for _ in range(num_episodes)]
+    obs = [env.reset(seed=s)[0] for env, (s, _) in zip(envs, _episode_seeds(seed, num_episodes), strict=True)]
+    live, done = list(range(num_episodes)), [False] * num_episodes
+    images, states, texts, labels = [], [], [], []
+    while live:
+        chunks = act({"image": np.stack([obs[i]["image"] for i in live]),
+                      "state": np.stack([obs[i]["state"] for i in live]),
+                      "instruction": [obs[i]["instruction"] for i in live]})
+        for row, i in enumerate(live):
+            for k in range(min(execute, chunks.shape[1])):
+                images.append(obs[i]["image"])
+                states.append(obs[i]["state"])
+                texts.append(obs[i]["instruction"])
+                labels.append(expert_chunk(envs[i], horizon))
+                obs[i], _, terminated, truncated, _ = envs[i].step(chunks[row, k])
+                done[i] = terminated or truncated
+                if done[i]:
+                    break
+        live = [i for i in live if not done[i]]
+    frames = {"image": np.stack(images), "state": np.stack(states), "instruction": texts}
+    return frames, np.stack(labels).astype(np.float32)
 
 
 def chance_success_rate(num_episodes: int, seed: int, max_steps: int = 40) -> float:
