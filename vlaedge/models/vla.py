@@ -11,6 +11,11 @@ action queries; the fusion transformer over [patches, words, state token, querie
 zero-initialised gate. What we measured on the tabletop task (CPU budgets, ~1M parameters): with only
 the patch tokens feeding the fusion, behaviour cloning either ignored the image or memorised the training
 layouts (held-out loss above the state-only level); the keypoint observation path generalises.
+Trained that way, the policies lean on the keypoint path: zeroing `fusion_gate` (dropping the patch
+tokens and the fusion transformer's contribution) moves the default policy's actions by 2-4% of range and
+leaves it at 100/100 closed loop; the trained `small` moves 1-2% and scores 97/100 (vs 98). So pruning
+transformer blocks of these policies costs little accuracy, less than it would in a policy whose
+transformer carries the decision.
 """
 
 from __future__ import annotations
