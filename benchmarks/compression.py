@@ -42,8 +42,9 @@ FP8_NOTE = (
     "export TensorRT-only Q/DQ graphs for Ada/Hopper/Thor GPUs)."
 )
 HOW_TO_READ = (
-    "How to read: every latency comes from one interleaved run (round-robin over the three models, the "
-    "first model rotated each round), so clock changes and other processes hit all three alike. This "
+    "How to read: every latency comes from one interleaved run (turns of 20 timed runs per model after 3 "
+    "untimed ones, the first model rotated each round), so clock changes and other processes hit all three "
+    "alike. This "
     "machine's absolute timings drift by ~40% from minute to minute: only the ratios (speedup, size, drift) "
     "are meaningful, not the milliseconds. Speedup = FP32 median / model median. Drift is the open-loop "
     "error of each ONNX model against the FP32 torch policy on the same evaluation frames and seed, in % of "

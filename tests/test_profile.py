@@ -55,6 +55,29 @@ def test_profile_of_a_bare_onnx_reports_latency_rate_memory_size_and_host(tiny_r
     assert "median" in report.table()
 
 
+def test_interleaving_runs_each_model_in_settled_turns():
+    """Models alternate in turns (BLOCK timed runs after SETTLE untimed ones), not run by run: run by
+    run, the previous model's spinning runtime threads slowed the next one (see _timed_round_robin)."""
+    from vlaedge.profile import BLOCK, SETTLE, _timed_round_robin
+
+    calls = []
+
+    class Fake:
+        def __init__(self, name):
+            self.name = name
+
+        def infer(self, feeds):
+            calls.append(self.name)
+
+    runs = BLOCK + 5
+    samples = _timed_round_robin([Fake("a"), Fake("b")], {}, runs)
+    assert [len(x) for x in samples] == [runs, runs]
+    turn = SETTLE + BLOCK
+    assert calls[:turn] == ["a"] * turn and calls[turn:2 * turn] == ["b"] * turn
+    assert calls[2 * turn:] == ["b"] * (SETTLE + 5) + ["a"] * (SETTLE + 5)  # second round: b first
+    assert len(calls) == 2 * runs + 4 * SETTLE
+
+
 def test_interleaved_comparison_gives_ratios_to_the_first_model(tiny_run, tmp_path):
     copy = tmp_path / "copy.onnx"
     copy.write_bytes(tiny_run.onnx.read_bytes())

@@ -1,8 +1,8 @@
 """Latency profiling: warm-up, then N timed runs; percentiles, control rate, memory, file size, host.
 
-Several models are timed interleaved in one run (round-robin, with the starting model rotated every
-round) so that clock changes, thermal throttling and other processes affect them alike; the report gives
-each model's ratio to the first.
+Several models are timed interleaved in one run (in turns of 20 runs after 3 untimed ones, the starting
+model rotated every round) so that clock changes, thermal throttling and other processes affect them
+alike; the report gives each model's ratio to the first.
 
 Memory: for each model, the process's resident set (RSS) is measured before the runtime is opened and
 its high-water mark after the warm-up runs. The difference ("peak_rss_delta_mb") is what loading and
@@ -238,19 +238,33 @@ def _open_and_warm(runtime: str, spec, path: Path | None, threads: int | None, f
     return rt, probe.peak()
 
 
+BLOCK = 20  # timed runs of one model before the next model's turn
+SETTLE = 3  # untimed runs at the start of each turn
+
+
 def _timed_round_robin(runtimes: list, feeds: dict, runs: int) -> list[list[float]]:
-    """`runs` timed inferences per runtime, round-robin, rotating which goes first each round."""
+    """`runs` timed inferences per runtime, in turns of `BLOCK` runs, rotating which goes first each round.
+
+    Each turn starts with `SETTLE` untimed runs. Alternating models run by run measured something no
+    robot sees: with several threads, the previous model's idle ONNX Runtime workers still spin on the
+    cores (the trained `small` policy at 2 threads on 2 cores: FP32 median 15-18 ms alternating run by
+    run, 5.4 ms alone, 5.8-6.0 ms in turns of 20-25 after 3-5 settling runs).
+    """
     samples: list[list[float]] = [[] for _ in runtimes]
     n = len(runtimes)
     enabled = gc.isenabled()
     gc.disable()  # a collection inside one timed run would land on whichever model ran then
     try:
-        for r in range(runs):
+        for r in range(-(-runs // BLOCK)):
+            count = min(BLOCK, runs - r * BLOCK)
             for k in range(n):
                 i = (r + k) % n
-                start = time.perf_counter_ns()
-                runtimes[i].infer(feeds)
-                samples[i].append((time.perf_counter_ns() - start) / 1e6)
+                for _ in range(SETTLE if n > 1 else 0):
+                    runtimes[i].infer(feeds)
+                for _ in range(count):
+                    start = time.perf_counter_ns()
+                    runtimes[i].infer(feeds)
+                    samples[i].append((time.perf_counter_ns() - start) / 1e6)
     finally:
         if enabled:
             gc.enable()
