@@ -3,27 +3,17 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
+from cli_runner import run_cli
 
 from vlaedge.artifact import sha256
-from vlaedge.cli import main
 
 ROOT = Path(__file__).resolve().parent.parent
 RECIPES = sorted((ROOT / "recipes").glob("*.yaml"))
 # small calibration / check sizes so every recipe runs in seconds on the nano test policy
 FAST = ["--set", "quantize.num_calib_frames=64", "--set", "export.check_frames=8"]
-
-
-def run_cli(args: list[str], capsys, monkeypatch) -> tuple[int, str]:
-    """Runs `vlaedge ARGS` in-process; returns (exit code, stdout + stderr)."""
-    monkeypatch.setattr(sys, "argv", ["vlaedge", *map(str, args)])
-    with pytest.raises(SystemExit) as exit_info:
-        main()
-    out = capsys.readouterr()
-    return exit_info.value.code or 0, out.out + out.err
 
 
 def leftovers(folder: Path) -> list[str]:

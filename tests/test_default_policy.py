@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from cli_runner import run_cli
 
 from vlaedge.defaults import default_checkpoint
 from vlaedge.models import load_policy
@@ -46,21 +47,9 @@ def test_a_constant_instruction_drops_the_default_policy_to_chance(default_polic
     assert closed_loop(default_policy.act, episodes=100, seed=10_000).rate >= ablated.rate + 0.3
 
 
-def _compress(args, capsys, monkeypatch):
-    import sys
-
-    from vlaedge.cli import main
-
-    monkeypatch.setattr(sys, "argv", ["vlaedge", "compress", *map(str, args)])
-    with pytest.raises(SystemExit) as exit_info:
-        main()
-    out = capsys.readouterr()
-    return exit_info.value.code or 0, out.out + out.err
-
-
 def test_cpu_int8_on_the_default_writes_every_report_and_passes_its_budgets(tmp_path, capsys, monkeypatch):
     args = ["--recipe", ROOT / "recipes/cpu-int8.yaml", "--out", tmp_path / "run"]
-    code, text = _compress(args, capsys, monkeypatch)
+    code, text = run_cli(["compress", *args], capsys, monkeypatch)
     assert code == 0, text
     for name in ("report.json", "report.md", "report.html", "junit.xml", "manifest.json", "model.onnx"):
         assert (tmp_path / "run" / name).is_file(), name
@@ -69,7 +58,7 @@ def test_cpu_int8_on_the_default_writes_every_report_and_passes_its_budgets(tmp_
 
 def test_a_broken_calibration_is_caught_by_the_gate_with_the_failing_dims(tmp_path, capsys, monkeypatch):
     """One calibration frame clips the activation ranges: drift ~17% of range, success 99% -> ~10%."""
-    code, text = _compress(["--recipe", ROOT / "recipes/cpu-int8.yaml", "--out", tmp_path / "run",
+    code, text = run_cli(["compress", "--recipe", ROOT / "recipes/cpu-int8.yaml", "--out", tmp_path / "run",
                             "--set", "quantize.num_calib_frames=1"], capsys, monkeypatch)
     assert code == 1, text
     assert "max_drift_mean_pct" in text and "over budget: dx, dy, gripper" in text

@@ -4,11 +4,11 @@ budgets, strict budgets files, and exit codes 0/1/2 through `vlaedge verify` / `
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from cli_runner import run_cli
 
 from vlaedge.closedloop import ClosedLoopReport, SuccessRate
 from vlaedge.drift import action_drift
@@ -190,16 +190,6 @@ def test_a_recipe_with_a_success_budget_but_no_closed_loop_is_refused_at_load():
 
 
 # --- exit codes through the CLI -------------------------------------------------------------------------
-
-
-def run_cli(args, capsys, monkeypatch):
-    from vlaedge.cli import main
-
-    monkeypatch.setattr(sys, "argv", ["vlaedge", *map(str, args)])
-    with pytest.raises(SystemExit) as e:
-        main()
-    out = capsys.readouterr()
-    return e.value.code or 0, out.out + out.err
 
 
 def _broken_onnx(src, dst, gripper_offset: float):

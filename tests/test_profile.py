@@ -10,6 +10,7 @@ import types
 
 import numpy as np
 import pytest
+from cli_runner import run_cli
 
 from vlaedge.errors import VlaedgeError
 from vlaedge.profile import LatencyStats, graph_spec, model_file_bytes, profile, synth_feeds
@@ -143,16 +144,6 @@ def test_jetson_device_state_and_power_are_recorded_when_the_module_exists(tiny_
     report = profile([tiny_run.onnx], **FAST)
     assert report.device["nvpmodel"] == "MAXN" and report.device["warnings"] == ["clocks not locked"]
     assert report.power == {"VDD_IN_mw_mean": 7100.0} and calls == ["enter", "exit"]
-
-
-def run_cli(args, capsys, monkeypatch):
-    from vlaedge.cli import main
-
-    monkeypatch.setattr(sys, "argv", ["vlaedge", *map(str, args)])
-    with pytest.raises(SystemExit) as e:
-        main()
-    out = capsys.readouterr()
-    return e.value.code or 0, out.out + out.err
 
 
 def test_profile_command_writes_profile_json_with_checkpoint_feeds(tiny_run, tmp_path, capsys, monkeypatch):
