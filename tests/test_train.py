@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from vlaedge.models.reference import ReferencePolicy
@@ -35,8 +36,9 @@ def test_a_saturated_wrong_gripper_still_gets_a_gradient():
     assert torch.tanh(bias.detach()[2]).item() == -1.0  # really saturated
 
 
-def test_dagger_rounds_add_on_policy_frames():
-    common = {"size": "nano", "head": "chunk", "episodes": 6, "steps": 8, "batch_size": 8, "image_size": 32,
+@pytest.mark.parametrize("head", ["tokens", "chunk", "flow"])
+def test_dagger_rounds_add_on_policy_frames(head):
+    common = {"size": "nano", "head": head, "episodes": 6, "steps": 8, "batch_size": 8, "image_size": 32,
               "camera_size": 32, "threads": 1}
     _, plain = train_policy(TrainConfig(**common, dagger_rounds=0), progress=False)
     _, dagger = train_policy(TrainConfig(**common, dagger_rounds=2, dagger_episodes=3), progress=False)
