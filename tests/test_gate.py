@@ -217,32 +217,18 @@ def budgets_file(tmp_path):
     return path
 
 
+def run_verify(tiny_run, model, out, capsys, monkeypatch, *options) -> tuple[int, str]:
+    """`vlaedge verify MODEL` against the tiny run's checkpoint and data, into `out`."""
+    args = ["verify", model, "--checkpoint", tiny_run.checkpoint, "--data", tiny_run.data, "--out", out]
+    return run_cli([*args, *options], capsys, monkeypatch)
+
+
 def test_verify_and_gate_exit_0_on_a_faithful_candidate(
     tiny_run, tmp_path, budgets_file, capsys, monkeypatch
 ):
     out = tmp_path / "v"
-    code, text = run_cli(
-        [
-            "verify",
-            tiny_run.onnx,
-            "--checkpoint",
-            tiny_run.checkpoint,
-            "--data",
-            tiny_run.data,
-            "--out",
-            out,
-            "--budgets",
-            budgets_file,
-            "--frames",
-            16,
-            "--runs",
-            10,
-            "--threads",
-            1,
-        ],
-        capsys,
-        monkeypatch,
-    )
+    options = ["--budgets", budgets_file, "--frames", 16, "--runs", 10, "--threads", 1]
+    code, text = run_verify(tiny_run, tiny_run.onnx, out, capsys, monkeypatch, *options)
     assert code == 0, text
     assert {"report.json", "report.md", "report.html", "junit.xml", "manifest.json"} <= {
         p.name for p in out.iterdir()
@@ -263,25 +249,8 @@ def test_a_broken_candidate_exits_1_naming_the_failing_dimension(
     broken = _broken_onnx(tiny_run.onnx, tmp_path / "broken.onnx", 0.3)
     out = tmp_path / "v"
     budgets_file.write_text("max_drift_mean_pct: 10.0\nmax_drift_per_dim_pct: {dx: 1.0, gripper: 1.0}\n")
-    code, text = run_cli(
-        [
-            "verify",
-            broken,
-            "--checkpoint",
-            tiny_run.checkpoint,
-            "--data",
-            tiny_run.data,
-            "--out",
-            out,
-            "--budgets",
-            budgets_file,
-            "--frames",
-            16,
-            "--no-profile",
-        ],
-        capsys,
-        monkeypatch,
-    )
+    options = ["--budgets", budgets_file, "--frames", 16, "--no-profile"]
+    code, text = run_verify(tiny_run, broken, out, capsys, monkeypatch, *options)
     assert code == 1, text
     assert "gate failed" in text and "max_drift_per_dim_pct[gripper] fail" in text and "Traceback" not in text
     assert "max_drift_per_dim_pct[dx] fail" not in text  # only the broken dimension is named
@@ -296,23 +265,7 @@ def test_gate_cannot_run_exits_2_in_one_line(tiny_run, tmp_path, budgets_file, c
     from vlaedge.models.reference import ReferencePolicy
 
     out = tmp_path / "v"
-    code, _ = run_cli(
-        [
-            "verify",
-            tiny_run.onnx,
-            "--checkpoint",
-            tiny_run.checkpoint,
-            "--data",
-            tiny_run.data,
-            "--out",
-            out,
-            "--frames",
-            8,
-            "--no-profile",
-        ],
-        capsys,
-        monkeypatch,
-    )
+    code, _ = run_verify(tiny_run, tiny_run.onnx, out, capsys, monkeypatch, "--frames", 8, "--no-profile")
     assert code == 0
     other = ReferencePolicy.build("nano", "chunk", image_size=32).save(tmp_path / "other")
     typo = tmp_path / "typo.yaml"
@@ -344,23 +297,7 @@ def test_gate_refuses_a_report_copied_into_another_run_directory(
     tiny_run, tmp_path, budgets_file, capsys, monkeypatch
 ):
     out = tmp_path / "v"
-    run_cli(
-        [
-            "verify",
-            tiny_run.onnx,
-            "--checkpoint",
-            tiny_run.checkpoint,
-            "--data",
-            tiny_run.data,
-            "--out",
-            out,
-            "--frames",
-            8,
-            "--no-profile",
-        ],
-        capsys,
-        monkeypatch,
-    )
+    run_verify(tiny_run, tiny_run.onnx, out, capsys, monkeypatch, "--frames", 8, "--no-profile")
     manifest = json.loads((out / "manifest.json").read_text())
     manifest["inputs"]["checkpoint"]["sha256"] = "f" * 64
     (out / "manifest.json").write_text(json.dumps(manifest))
