@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml constraints.txt
 demo: setup
 	$(BIN)/vlaedge info
 	$(BIN)/vlaedge rollout --episodes 100
-	$(BIN)/vlaedge compress --recipe recipes/cpu-int8.yaml --out runs/demo --force
+	$(BIN)/vlaedge compress --recipe cpu-int8 --out runs/demo --force
 	@echo "reports: runs/demo/report.md runs/demo/report.html runs/demo/junit.xml"
 
 test: setup test-deps

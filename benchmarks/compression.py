@@ -2,8 +2,8 @@
 
 Compresses a trained policy with recipes/cpu-int8.yaml and recipes/cpu-pruned-int8.yaml (timing each
 `compress` call), then times the FP32 ONNX, the INT8 ONNX and the pruned+INT8 ONNX in one interleaved run
-(`vlaedge.profile`, batch 1) and measures each one's open-loop drift against the FP32 torch policy on the
-evaluation split (`vlaedge.drift`). The targets of issue 3 are printed next to the measured values; they
+(vlaedge.check.profile, batch 1) and measures each one's open-loop drift against the FP32 torch policy on the
+evaluation split (`vlaedge.check.drift`). The targets of issue 3 are printed next to the measured values; they
 are reported, not asserted. FP8 is not measured: ONNX Runtime CPU has no FP8 kernels.
 
 Run:  .venv/bin/python benchmarks/compression.py --checkpoint checkpoints/small
@@ -24,8 +24,8 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-from vlaedge.compress import load_inputs
 from vlaedge.errors import VlaedgeError
+from vlaedge.pipeline import load_inputs
 
 ROOT = Path(__file__).resolve().parent.parent
 RECIPES = {
@@ -82,7 +82,7 @@ def command_line() -> str:
 
 def run_compress(name: str, args: argparse.Namespace, work: Path) -> dict:
     """One `compress` call with its recipe, timed; returns the output paths, wall time and stages."""
-    from vlaedge.compress import compress
+    from vlaedge.pipeline import compress
     from vlaedge.recipe import load_recipe
 
     recipe = load_recipe(RECIPES[name])
@@ -111,8 +111,8 @@ def _log(message: str) -> None:
 
 def measure_drift(inputs, models: dict[str, Path], threads: int, eval_frames: int) -> dict:
     """Open-loop drift of each ONNX model against the FP32 torch policy on the evaluation split."""
+    from vlaedge.check.drift import open_loop_drift
     from vlaedge.data import sample_frames
-    from vlaedge.drift import open_loop_drift
     from vlaedge.runtimes import open_runtime
 
     n = min(eval_frames, inputs.evaluation.num_frames)
@@ -128,7 +128,7 @@ def measure_drift(inputs, models: dict[str, Path], threads: int, eval_frames: in
 
 def measure_latency(inputs, models: dict[str, Path], args: argparse.Namespace):
     """One interleaved `profile` run, batch 1, FP32 first (the baseline of the ratios)."""
-    from vlaedge.profile import profile
+    from vlaedge.check.profile import profile
 
     feeds = inputs.policy.make_inputs(inputs.evaluation.frames([0]), seed=0)
     print(f"== profile: {args.runs} runs x {len(models)} models interleaved, {args.threads} threads")

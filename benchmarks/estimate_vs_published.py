@@ -18,7 +18,7 @@ from pathlib import Path
 
 from onnx import TensorProto, helper
 
-from vlaedge.estimate import COMPUTE_EFFICIENCY, MEMORY_EFFICIENCY, estimate
+from vlaedge.deploy.estimate import COMPUTE_EFFICIENCY, MEMORY_EFFICIENCY, estimate
 
 OUT = Path(__file__).parent / "results" / "estimate_vs_published.md"
 F = TensorProto.FLOAT

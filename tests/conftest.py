@@ -32,7 +32,7 @@ def frames():
 def trained_checkpoint():
     """`trained_checkpoint(head)` -> the checkpoint directory of a nano policy trained briefly on the
     tabletop task (32x32 camera), trained at first use and cached."""
-    from vlaedge.train import TrainConfig, train_policy
+    from vlaedge.sim.train import TrainConfig, train_policy
 
     def get(head: str = "chunk") -> Path:
         path = CACHE / f"nano32-{head}-v{CACHE_VERSION}"
@@ -75,8 +75,8 @@ def tiny_run(tmp_path_factory):
     Returns a namespace with `policy`, `checkpoint`, `onnx`, `data`, `dataset`."""
     from types import SimpleNamespace
 
+    from vlaedge.compress.export import export_onnx
     from vlaedge.data import EpisodeDataset, save_npz
-    from vlaedge.export import export_onnx
     from vlaedge.models.reference import ReferencePolicy
     from vlaedge.recipe import ExportConfig
     from vlaedge.sim import record_episodes

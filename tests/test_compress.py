@@ -56,12 +56,12 @@ def test_existing_output_is_refused_without_force_and_replaced_with_it(tmp_path,
 
 
 def test_interrupted_compress_leaves_nothing_behind(tmp_path, trained_checkpoint, capsys, monkeypatch):
-    import vlaedge.quantize
+    import vlaedge.compress.quantize
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(vlaedge.quantize, "quantize", interrupted)
+    monkeypatch.setattr(vlaedge.compress.quantize, "quantize", interrupted)
     out = tmp_path / "run"
     code, text = run_cli(["compress", trained_checkpoint("chunk"), "--recipe", ROOT / "recipes/cpu-int8.yaml",
                           "--out", out, *FAST], capsys, monkeypatch)

@@ -1,7 +1,9 @@
-"""Datasets: LeRobot v3 and .npz round trips, the PNG codec, the episode split and user-facing errors."""
+"""Datasets: LeRobot v3 and .npz round trips, PNG image columns (Pillow), the episode split and user-facing
+errors."""
 
 from __future__ import annotations
 
+import io
 import json
 import struct
 import zlib
@@ -11,8 +13,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from PIL import Image
 
-import vlaedge.lerobot as lerobot
+import vlaedge.data.lerobot as lerobot
 from vlaedge.data import (
     Episode,
     EpisodeDataset,
@@ -22,9 +25,9 @@ from vlaedge.data import (
     save_npz,
     split_episodes,
 )
+from vlaedge.data.images import decode_images, encode_png
+from vlaedge.data.lerobot import save_lerobot
 from vlaedge.errors import VlaedgeError
-from vlaedge.lerobot import save_lerobot
-from vlaedge.png import PngError, decode_png, decode_pngs, encode_png
 
 INSTRUCTIONS = ["pick up the red cube", "open the drawer", "push the button"]
 
@@ -126,7 +129,7 @@ def test_interrupted_save_leaves_no_dataset(tmp_path: Path, monkeypatch: pytest.
     assert [p.name for p in tmp_path.iterdir()] == ["lerobot"]
 
 
-# --- PNG codec ----------------------------------------------------------------------------------------------
+# --- PNG image columns ----------------------------------------------------------------------------------
 
 
 def reference_png(pixels: np.ndarray, filters: list[int]) -> bytes:
@@ -161,12 +164,17 @@ def reference_png(pixels: np.ndarray, filters: list[int]) -> bytes:
     )
 
 
+def as_rgb(pixels: np.ndarray) -> np.ndarray:
+    """What an image column yields: gray repeated over three channels, alpha dropped."""
+    return np.repeat(pixels, 3, axis=2) if pixels.shape[2] == 1 else pixels[:, :, :3]
+
+
 @pytest.mark.parametrize("channels", [1, 3, 4])
 @pytest.mark.parametrize("kind", [0, 1, 2, 3, 4, "mixed"])
 def test_png_decodes_every_filter_type(channels: int, kind: int | str) -> None:
     pixels = np.random.default_rng(channels).integers(0, 256, (9, 7, channels), dtype=np.uint8)
     filters = [i % 5 for i in range(9)] if kind == "mixed" else [kind] * 9
-    assert np.array_equal(decode_png(reference_png(pixels, filters)), pixels)
+    assert np.array_equal(decode_images([reference_png(pixels, filters)], "test")[0], as_rgb(pixels))
 
 
 def test_png_round_trip() -> None:
@@ -174,27 +182,37 @@ def test_png_round_trip() -> None:
     smooth = np.cumsum(rng.integers(0, 3, (13, 17, 3)), axis=1).astype(np.uint8)
     noisy = rng.integers(0, 256, (13, 17, 3), dtype=np.uint8)
     for image in (smooth, noisy, np.zeros((1, 1, 3), np.uint8)):
-        for kind in (None, 0, 1, 2, 3, 4):
-            assert np.array_equal(decode_png(encode_png(image, filter_type=kind)), image)
-    batch = [encode_png(img, filter_type=k) for img, k in [(smooth, 4), (noisy, None), (smooth[:5], 3)]]
-    for out, img in zip(decode_pngs(batch), [smooth, noisy, smooth[:5]], strict=True):
-        assert np.array_equal(out, img)
+        blob = encode_png(image)
+        assert blob.startswith(b"\x89PNG\r\n\x1a\n")  # the column holds PNG files, as LeRobot writes them
+        assert np.array_equal(decode_images([blob], "test")[0], image)
+    batch = [encode_png(img) for img in (smooth, noisy)]
+    assert np.array_equal(decode_images(batch, "test"), np.stack([smooth, noisy]))
+    with pytest.raises(ValueError, match="uint8"):
+        encode_png(noisy.astype(np.float32))
 
 
 def test_png_rejects_what_it_cannot_decode() -> None:
-    good = encode_png(np.zeros((4, 4, 3), np.uint8))
-    sixteen_bit = good[:16] + struct.pack(">IIBBBBB", 4, 4, 16, 2, 0, 0, 0)
-    cases = {
-        "bad signature": b"GIF89a" + good[6:],
-        "truncated": good[:-20],
-        "bad CRC": good[:-5] + b"\x00" + good[-4:],
-        "16-bit RGB": sixteen_bit + struct.pack(">I", zlib.crc32(sixteen_bit[12:])) + good[33:],
-    }
-    for message, blob in cases.items():
-        with pytest.raises(PngError, match=message):
-            decode_png(blob)
-    with pytest.raises(PngError, match="image 1: .*truncated"):
-        decode_pngs([good, good[:-20]])
+    good = encode_png(np.random.default_rng(0).integers(0, 256, (16, 16, 3), dtype=np.uint8))
+    bad_crc = bytearray(good)
+    bad_crc[-16] ^= 0xFF  # the last byte of the IDAT chunk's CRC (IEND, 12 bytes, follows it)
+    depth = io.BytesIO()  # a 16-bit gray PNG (Pillow mode I;16), as a depth camera writes
+    Image.fromarray(np.full((4, 4), 40000, np.uint16)).save(depth, format="PNG")
+    cases = [
+        ("cannot decode", b"GIF89a" + good[6:]),  # not an image at all
+        ("cannot decode", good[: len(good) // 2]),  # truncated
+        ("cannot decode", bytes(bad_crc)),  # bad CRC
+        ("not 8 bits", depth.getvalue()),
+    ]
+    for message, blob in cases:
+        with pytest.raises(VlaedgeError, match=f"where: frame 0: .*{message}") as e:
+            decode_images([blob], "where")
+        assert "\n" not in e.value.message and "8-bit" in e.value.hint
+    with pytest.raises(VlaedgeError, match="frame 1: cannot decode"):
+        decode_images([good, good[: len(good) // 2]], "where")
+    with pytest.raises(VlaedgeError, match="frame 1 has no embedded image bytes"):
+        decode_images([good, None], "where")
+    with pytest.raises(VlaedgeError, match="different sizes"):
+        decode_images([good, encode_png(np.zeros((5, 16, 3), np.uint8))], "where")
 
 
 # --- split and frames ---------------------------------------------------------------------------------------

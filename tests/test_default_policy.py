@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 from cli_runner import run_cli
 
+from vlaedge.check.verify import closed_loop
 from vlaedge.defaults import default_checkpoint
 from vlaedge.models import load_policy
 from vlaedge.sim import chance_success_rate
-from vlaedge.verify import closed_loop
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -17,12 +17,13 @@ from onnx import helper as h
 from onnx import numpy_helper as nh
 from onnx import save
 
-from vlaedge._trt_build import layer_issues
 from vlaedge.artifact import sha256
-from vlaedge.engine import build_engine, check_plan_compatible, detect_precision, write_plan_sidecar
+from vlaedge.deploy.engine import build_engine, detect_precision
+from vlaedge.deploy.trt_build import layer_issues
 from vlaedge.errors import VlaedgeError
 from vlaedge.info import tensorrt_version
 from vlaedge.recipe import EngineConfig, load_recipe
+from vlaedge.runtimes.plan import check_plan_compatible, write_plan_sidecar
 
 ROOT = Path(__file__).resolve().parent.parent
 ENGINE_RECIPES = sorted(
@@ -261,7 +262,7 @@ def test_layer_issues_from_inspector_json():
 
 @pytest.mark.skipif(tensorrt_version() is not None, reason="TensorRT is installed here")
 def test_trt_runtime_without_tensorrt_is_a_clear_error(onnx_model):
-    from vlaedge.profile import graph_spec
+    from vlaedge.check.profile import graph_spec
     from vlaedge.runtimes import open_runtime
 
     spec = graph_spec(onnx_model)
@@ -277,7 +278,7 @@ def test_python_api_build_and_run(
 ):  # pragma: no cover - not run on this project's machines
     if not _has_gpu():
         pytest.skip("needs a CUDA GPU")
-    from vlaedge.profile import graph_spec, synth_feeds
+    from vlaedge.check.profile import graph_spec, synth_feeds
     from vlaedge.runtimes import open_runtime
 
     result = build_engine(onnx_model, EngineConfig(max_batch=2), "x86-ampere", None, tmp_path)

@@ -8,8 +8,8 @@ from onnx import TensorProto as T
 from onnx import helper as h
 from onnx import numpy_helper as nh
 
+from vlaedge.deploy.estimate import COMPUTE_EFFICIENCY, MEMORY_EFFICIENCY, RUNTIME_OVERHEAD_MB, estimate
 from vlaedge.errors import VlaedgeError
-from vlaedge.estimate import COMPUTE_EFFICIENCY, MEMORY_EFFICIENCY, RUNTIME_OVERHEAD_MB, estimate
 from vlaedge.targets import get_target
 
 

@@ -10,14 +10,14 @@ import numpy as np
 import pytest
 from cli_runner import run_cli
 
-from vlaedge.closedloop import ClosedLoopReport, SuccessRate
-from vlaedge.drift import action_drift
+from vlaedge.check.closedloop import ClosedLoopReport, SuccessRate
+from vlaedge.check.drift import action_drift
+from vlaedge.check.gate import gate
+from vlaedge.check.profile import LatencyStats, ModelProfile, ProfileReport
+from vlaedge.check.report import SCHEMA
 from vlaedge.errors import VlaedgeError
-from vlaedge.gate import gate
 from vlaedge.models.base import ActionSpec
-from vlaedge.profile import LatencyStats, ModelProfile, ProfileReport
 from vlaedge.recipe import Budgets, load_budgets, load_recipe
-from vlaedge.report import SCHEMA
 
 SPEC = ActionSpec(("dx", "dy", "gripper"), (-1.0, -1.0, -1.0), (1.0, 1.0, 1.0), (2,), chunk=4)
 
@@ -36,7 +36,7 @@ def make_report(
 ) -> dict:
     """A report.json dict: drift of `offset` (env units, range 2), optional closed loop
     ((ref successes, cand successes, episodes, min_episodes)) and a profile with constant latency."""
-    from vlaedge.report import build_report
+    from vlaedge.check.report import build_report
 
     rng = np.random.default_rng(0)
     ref = rng.uniform(-0.5, 0.5, (40, 4, 3)).astype(np.float32)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from vlaedge._jetson import (
+from vlaedge.deploy.jetson import (
     PowerMonitor,
     is_jetson,
     parse_jetson_clocks_show,

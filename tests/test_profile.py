@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from cli_runner import run_cli
 
+from vlaedge.check.profile import LatencyStats, graph_spec, model_file_bytes, profile, synth_feeds
 from vlaedge.errors import VlaedgeError
-from vlaedge.profile import LatencyStats, graph_spec, model_file_bytes, profile, synth_feeds
 
 FAST = {"runs": 12, "warmup": 2, "threads": 1}
 
@@ -59,7 +59,7 @@ def test_profile_of_a_bare_onnx_reports_latency_rate_memory_size_and_host(tiny_r
 def test_interleaving_runs_each_model_in_settled_turns():
     """Models alternate in turns (BLOCK timed runs after SETTLE untimed ones), not run by run: run by
     run, the previous model's spinning runtime threads slowed the next one (see _timed_round_robin)."""
-    from vlaedge.profile import BLOCK, SETTLE, _timed_round_robin
+    from vlaedge.check.profile import BLOCK, SETTLE, _timed_round_robin
 
     calls = []
 
@@ -119,8 +119,8 @@ def test_bad_inputs_are_user_errors(tmp_path, tiny_run):
 
 
 def test_jetson_device_state_and_power_are_recorded_when_the_module_exists(tiny_run, monkeypatch):
-    fake = types.ModuleType("vlaedge._jetson")
-    fake.__spec__ = importlib.machinery.ModuleSpec("vlaedge._jetson", None)
+    fake = types.ModuleType("vlaedge.deploy.jetson")
+    fake.__spec__ = importlib.machinery.ModuleSpec("vlaedge.deploy.jetson", None)
     calls = []
 
     class PowerMonitor:
@@ -140,7 +140,7 @@ def test_jetson_device_state_and_power_are_recorded_when_the_module_exists(tiny_
         "warnings": ["clocks not locked"],
     }
     fake.PowerMonitor = PowerMonitor
-    monkeypatch.setitem(sys.modules, "vlaedge._jetson", fake)
+    monkeypatch.setitem(sys.modules, "vlaedge.deploy.jetson", fake)
     report = profile([tiny_run.onnx], **FAST)
     assert report.device["nvpmodel"] == "MAXN" and report.device["warnings"] == ["clocks not locked"]
     assert report.power == {"VDD_IN_mw_mean": 7100.0} and calls == ["enter", "exit"]
@@ -178,7 +178,7 @@ def test_profile_command_writes_profile_json_with_checkpoint_feeds(tiny_run, tmp
 
 def test_profile_command_remote_delegates_to_vlaedge_remote(tiny_run, tmp_path, capsys, monkeypatch):
     seen = {}
-    fake = types.ModuleType("vlaedge.remote")
+    fake = types.ModuleType("vlaedge.deploy.remote")
 
     def profile_remote(**kwargs):
         seen.update(kwargs)
@@ -188,7 +188,7 @@ def test_profile_command_remote_delegates_to_vlaedge_remote(tiny_run, tmp_path, 
         return path
 
     fake.profile_remote = profile_remote
-    monkeypatch.setitem(sys.modules, "vlaedge.remote", fake)
+    monkeypatch.setitem(sys.modules, "vlaedge.deploy.remote", fake)
     code, text = run_cli(
         [
             "profile",

@@ -11,12 +11,12 @@ import json
 import numpy as np
 import pytest
 
-from vlaedge import _prune_ops
+from vlaedge.compress import prune_ops as _prune_ops
+from vlaedge.compress.prune import prune
 from vlaedge.errors import VlaedgeError
 from vlaedge.models import load_policy
 from vlaedge.models.reference import ReferencePolicy
 from vlaedge.models.vla import count_parameters
-from vlaedge.prune import prune
 from vlaedge.recipe import PruneConfig, RecoverConfig
 
 torch = pytest.importorskip("torch")
@@ -104,7 +104,7 @@ def test_block_removal_keeps_every_stack():
 
 
 def test_pruned_policy_saves_reloads_and_exports(tmp_path):
-    from vlaedge.export import export_onnx
+    from vlaedge.compress.export import export_onnx
 
     policy = _fresh("flow")
     result = prune(policy, PruneConfig(method="structured", heads=0.5, mlp=0.25, blocks=1, num_frames=8),

@@ -12,9 +12,9 @@ import json
 import numpy as np
 import pytest
 
+from vlaedge.compress.quantize import check_calibration, quantize
 from vlaedge.errors import VlaedgeError
 from vlaedge.models.reference import ReferencePolicy
-from vlaedge.quantize import check_calibration, quantize
 from vlaedge.recipe import QuantizeConfig
 from vlaedge.targets import get_target
 
@@ -162,7 +162,7 @@ def test_refuses_a_policy_that_is_already_quantized(int8_tokens, frame_sets):
 
 
 def _export(policy, path):
-    from vlaedge.export import export_onnx
+    from vlaedge.compress.export import export_onnx
 
     export_onnx(policy, path)
     return path
@@ -214,7 +214,7 @@ def test_onnxruntime_decisions_follow_keep_patterns_and_skip_layernorm(ort_chunk
 
 
 def test_node_names_map_back_to_modules():
-    from vlaedge._quant_report import node_modules
+    from vlaedge.compress.quant_report import node_modules
 
     modules = ["", "vision_tower", "vision_tower.blocks", "vision_tower.blocks.0",
                "vision_tower.blocks.0.attn", "vision_tower.blocks.0.attn.q_proj",

@@ -20,10 +20,10 @@ from onnx import helper as h
 from onnx import numpy_helper as nh
 from onnx import save
 
-from vlaedge.engine import build_engine
+from vlaedge.deploy.engine import build_engine
+from vlaedge.deploy.remote import profile_remote
 from vlaedge.errors import VlaedgeError
 from vlaedge.recipe import EngineConfig
-from vlaedge.remote import profile_remote
 
 ROOT = Path(__file__).resolve().parent.parent
 SSHD = Path("/usr/sbin/sshd")

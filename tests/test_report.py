@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 from test_gate import make_report, run_cli
 
+from vlaedge.check.gate import gate
+from vlaedge.check.report import FILES, SCHEMA, load_report, render_junit, write_reports
 from vlaedge.errors import VlaedgeError
-from vlaedge.gate import gate
 from vlaedge.recipe import Budgets
-from vlaedge.report import FILES, SCHEMA, load_report, render_junit, write_reports
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -98,7 +98,7 @@ def test_junit_xml_parses_with_correct_counts_and_carries_measured_vs_allowed():
 
 def test_markdown_is_a_step_summary_with_the_verdict_and_tables():
     report = gated(make_report(offset=(0.0, 0.0, 0.06)), Budgets(max_drift_per_dim_pct={"gripper": 1.0}))
-    from vlaedge.report import render_markdown
+    from vlaedge.check.report import render_markdown
 
     md = render_markdown(report)
     assert md.startswith("# vlaedge report: ❌ 1 budget(s) not met")
@@ -121,7 +121,7 @@ def test_html_has_well_formed_inline_svg_plots_with_budget_lines():
             "candidate": [[0.12, 0.2, -1.0]] * 5,
         }
     ]
-    from vlaedge._report_html import render_html
+    from vlaedge.check.report_html import render_html
 
     page = render_html(report)
     svgs = re.findall(r"<svg .*?</svg>", page, flags=re.S)

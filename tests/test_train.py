@@ -8,7 +8,7 @@ import torch
 
 from vlaedge.models.reference import ReferencePolicy
 from vlaedge.sim import VOCABULARY
-from vlaedge.train import TrainConfig, _loss, train_policy
+from vlaedge.sim.train import TrainConfig, _loss, train_policy
 
 
 def _saturated_gripper_batch(policy: ReferencePolicy) -> dict:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from vlaedge.closedloop import (
+from vlaedge.check.closedloop import (
     ClosedLoopReport,
     SuccessRate,
     closed_loop,
@@ -14,7 +14,7 @@ from vlaedge.closedloop import (
     newcombe_interval,
     wilson_interval,
 )
-from vlaedge.drift import action_drift, check_candidate_inputs, open_loop_drift
+from vlaedge.check.drift import action_drift, check_candidate_inputs, open_loop_drift
 from vlaedge.errors import VlaedgeError
 from vlaedge.models.base import ActionSpec
 from vlaedge.runtimes.base import Runtime

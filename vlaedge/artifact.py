@@ -1,6 +1,8 @@
 """The output directory: written to a temporary sibling and moved into place only when complete, with
 a manifest.json recording inputs and outputs (sha256), the resolved recipe, versions, timings and the
-calibration/evaluation split. A directory without a complete manifest is never left at the output path."""
+calibration/evaluation split. A directory without a complete manifest is never left at the output path.
+`resolve_model` turns what a user points verify/profile/gate at (an .onnx, a run directory, a checkpoint)
+into the model and what its run's manifest says about it."""
 
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ import re
 import shutil
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from vlaedge.errors import VlaedgeError
@@ -102,3 +105,44 @@ def read_manifest(directory: str | Path) -> dict:
     except json.JSONDecodeError as e:
         raise VlaedgeError(f"output: {path} is not valid JSON ({e})",
                            "re-run the command that wrote it") from e
+
+
+@dataclass
+class Resolved:
+    """A candidate model and what its run directory (if any) says about it."""
+
+    model: Path | None  # an .onnx file, a checkpoint directory (runtime torch), or None
+    manifest: dict | None  # the run directory's manifest.json, when `model` came from one
+    checkpoint: Path | None  # the FP32 reference: explicit, else the manifest's (when it still exists)
+    data: Path | None  # the episodes: explicit, else the manifest's (when they still exist)
+
+
+def resolve_model(path: Path | None, checkpoint: Path | None = None, data: Path | None = None) -> Resolved:
+    """An .onnx file, a compress output directory (its model.onnx), a checkpoint directory or None.
+
+    Explicit `checkpoint` / `data` win over the run directory's manifest.
+
+    Raises:
+        VlaedgeError: `path` does not exist, or its manifest is unreadable.
+    """
+    if path is None:
+        return Resolved(None, None, checkpoint, data)
+    path = Path(path)
+    if path.is_dir() and (path / MANIFEST).is_file():
+        manifest = read_manifest(path)
+        inputs = manifest.get("inputs", {})
+        ckpt = checkpoint or _existing(inputs.get("checkpoint", {}).get("path"))
+        return Resolved(
+            path / "model.onnx", manifest, ckpt, data or _existing(inputs.get("data", {}).get("path"))
+        )
+    if path.is_dir() and (path / "config.json").is_file():  # a checkpoint (runtime torch)
+        return Resolved(path, None, checkpoint, data)
+    if not path.is_file():
+        raise VlaedgeError(
+            f"model: {path} does not exist", "pass an .onnx file or a 'vlaedge compress' output directory"
+        )
+    return Resolved(path, None, checkpoint, data)
+
+
+def _existing(value: str | None) -> Path | None:
+    return Path(value) if value and Path(value).exists() else None

@@ -49,7 +49,7 @@ def record(
     force: Annotated[bool, typer.Option(help="Replace an existing output.")] = False,
 ) -> None:
     """Record scripted-expert episodes of the built-in tabletop task as a dataset."""
-    from vlaedge.record import record_dataset
+    from vlaedge.sim.record import record_dataset
 
     path, ds = record_dataset(out, episodes, seed, image_size, fmt, force)
     ok = sum(bool(e.success) for e in ds.episodes)
@@ -75,8 +75,8 @@ def train(
     eval_episodes: Annotated[int, typer.Option(help="Held-out closed-loop episodes after training.")] = 100,
 ) -> None:
     """Train a reference VLA on the tabletop task (this is how the default policy was made)."""
-    from vlaedge.train import TrainConfig, constant_instruction, train_policy
-    from vlaedge.verify import closed_loop
+    from vlaedge.check.verify import closed_loop
+    from vlaedge.sim.train import TrainConfig, constant_instruction, train_policy
 
     cfg = TrainConfig(size=size, head=head, episodes=episodes, steps=steps, image_size=image_size, seed=seed,
                       threads=threads, ignore_instruction=ignore_instruction, dagger_rounds=dagger_rounds,
@@ -98,9 +98,9 @@ def rollout(
     allow_pickle: AllowPickle = False,
 ) -> None:
     """Closed-loop success of a policy on the built-in tabletop task."""
+    from vlaedge.check.verify import closed_loop
     from vlaedge.defaults import default_checkpoint
     from vlaedge.models import load_policy
-    from vlaedge.verify import closed_loop
 
     path = checkpoint or default_checkpoint()
     policy = load_policy(path, allow_pickle)
@@ -108,7 +108,8 @@ def rollout(
     _echo(f"{policy.name} ({path}): closed-loop success {result}")
 
 
-RecipeOpt = Annotated[Path, typer.Option("--recipe", "-r", help="Recipe YAML (see recipes/).")]
+RecipeOpt = Annotated[str, typer.Option(
+    "--recipe", "-r", help="A recipe YAML file, or a shipped recipe by name (see 'vlaedge recipes').")]
 DataOpt = Annotated[Path | None, typer.Option(
     "--data", "-d", help="Episodes: LeRobot v3 dataset root or .npz folder. Default: calibration/tabletop.")]
 OutOpt = Annotated[Path, typer.Option("--out", "-o", help="Output directory (written atomically).")]
@@ -117,17 +118,18 @@ SetOpt = Annotated[list[str] | None, typer.Option(
     "--set", help="Override a recipe field, e.g. --set quantize.num_calib_frames=64 (repeatable).")]
 
 
-def _recipe(path: Path, overrides: list[str] | None):
+def _recipe(path: str | Path, overrides: list[str] | None):
     from vlaedge.recipe import load_recipe
 
     return load_recipe(path, overrides or [])
 
 
-def _only_stage(path: Path, overrides: list[str] | None, stage: str, example: str):
+def _only_stage(path: str | Path, overrides: list[str] | None, stage: str, example: str):
     """The recipe with every stage but `stage` (and the export it needs) removed."""
     r = _recipe(path, overrides)
     if getattr(r, stage) is None:
-        raise VlaedgeError(f"recipe: {path} has no {stage} section", f"add one, e.g. from {example}")
+        raise VlaedgeError(f"recipe: {path} has no {stage} section",
+                           f"add one, e.g. from the shipped recipe {example}")
     others = {"prune", "quantize", "engine", "verify", "budgets"} - {stage}
     return r.model_copy(update=dict.fromkeys(others))
 
@@ -135,7 +137,7 @@ def _only_stage(path: Path, overrides: list[str] | None, stage: str, example: st
 @app.command()
 def compress(
     checkpoint: CheckpointArg = None,
-    recipe: RecipeOpt = Path("recipes/cpu-int8.yaml"),
+    recipe: RecipeOpt = "cpu-int8",
     data: DataOpt = None,
     out: OutOpt = Path("runs/compressed"),
     force: ForceOpt = False,
@@ -143,7 +145,7 @@ def compress(
     allow_pickle: AllowPickle = False,
 ) -> None:
     """Prune, quantize and export a policy as the recipe says, into one output directory."""
-    from vlaedge.compress import compress as run
+    from vlaedge.pipeline import compress as run
 
     result = run(_recipe(recipe, overrides), out, checkpoint, data, force, allow_pickle, log=_echo)
     _echo(f"wrote {result.out} (manifest.json lists every file with its sha256)")
@@ -156,7 +158,7 @@ def compress(
 @app.command()
 def prune(
     checkpoint: CheckpointArg = None,
-    recipe: RecipeOpt = Path("recipes/cpu-pruned-int8.yaml"),
+    recipe: RecipeOpt = "cpu-pruned-int8",
     data: DataOpt = None,
     out: OutOpt = Path("runs/pruned"),
     force: ForceOpt = False,
@@ -164,9 +166,9 @@ def prune(
     allow_pickle: AllowPickle = False,
 ) -> None:
     """Only the prune stage: writes the pruned checkpoint (and its manifest) to --out."""
-    from vlaedge.compress import compress as run
+    from vlaedge.pipeline import compress as run
 
-    r = _only_stage(recipe, overrides, "prune", "recipes/cpu-pruned-int8.yaml")
+    r = _only_stage(recipe, overrides, "prune", "cpu-pruned-int8")
     result = run(r, out, checkpoint, data, force, allow_pickle, log=_echo)
     _echo(f"wrote {result.out}/pruned (load it like any checkpoint)")
 
@@ -174,7 +176,7 @@ def prune(
 @app.command()
 def quantize(
     checkpoint: CheckpointArg = None,
-    recipe: RecipeOpt = Path("recipes/cpu-int8.yaml"),
+    recipe: RecipeOpt = "cpu-int8",
     data: DataOpt = None,
     out: OutOpt = Path("runs/quantized"),
     force: ForceOpt = False,
@@ -182,9 +184,9 @@ def quantize(
     allow_pickle: AllowPickle = False,
 ) -> None:
     """Only quantize (and the export it needs): writes the quantized ONNX to --out/model.onnx."""
-    from vlaedge.compress import compress as run
+    from vlaedge.pipeline import compress as run
 
-    r = _only_stage(recipe, overrides, "quantize", "recipes/cpu-int8.yaml")
+    r = _only_stage(recipe, overrides, "quantize", "cpu-int8")
     result = run(r, out, checkpoint, data, force, allow_pickle, log=_echo)
     _echo(f"wrote {result.out}/model.onnx")
 
@@ -198,8 +200,8 @@ def export(
     allow_pickle: AllowPickle = False,
 ) -> None:
     """Only export: the FP32 policy to ONNX, checked against torch in ONNX Runtime."""
+    from vlaedge.compress.export import export_onnx
     from vlaedge.defaults import default_checkpoint
-    from vlaedge.export import export_onnx
     from vlaedge.models import load_policy
     from vlaedge.recipe import ExportConfig
 
@@ -227,6 +229,24 @@ def targets() -> None:
     console.print(table)
 
 
+@app.command()
+def recipes() -> None:
+    """List the shipped recipes: pass one by name to --recipe, or copy its file and edit it."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from vlaedge.recipe import load_recipe, shipped_recipes
+
+    table = Table("name", "target", "stages", "description", "file")
+    for name, path in shipped_recipes().items():
+        r = load_recipe(path)
+        stages = [s for s in ("prune", "quantize", "export", "engine", "verify", "budgets") if getattr(r, s)]
+        table.add_row(name, r.target, ", ".join(stages), r.description or "", str(path))
+    console = Console()
+    console.width = max(console.width, 190)  # all columns readable, also when piped (rich assumes 80)
+    console.print(table)
+
+
 ModelArg = Annotated[Path, typer.Argument(help="An .onnx file or a 'vlaedge compress' output directory.")]
 BudgetsOpt = Annotated[Path | None, typer.Option(
     "--budgets", "-b", help="Budgets YAML (fields at the top level, under budgets:, or a recipe).")]
@@ -245,7 +265,8 @@ def verify(
     data: DataOpt = None,
     out: OutOpt = Path("runs/verify"),
     recipe: Annotated[Path | None, typer.Option(
-        "--recipe", "-r", help="Take verify settings, budgets and target from this recipe.")] = None,
+        "--recipe", "-r",
+        help="Take verify settings, budgets and target from this recipe (file or shipped name).")] = None,
     budgets: BudgetsOpt = None,
     frames: Annotated[int | None, typer.Option(help="Open-loop evaluation frames (eval_frames).")] = None,
     episodes: Annotated[int | None, typer.Option(help="Closed-loop episodes per policy (0: none).")] = None,
@@ -331,14 +352,15 @@ def gate(
 def engine(
     model: Annotated[Path, typer.Argument(help="The exported (Q/DQ) ONNX, or a compress output directory.")],
     recipe: Annotated[Path | None, typer.Option(
-        "--recipe", "-r", help="Take the engine section, precision and target from this recipe.")] = None,
+        "--recipe", "-r",
+        help="Take the engine section, precision and target from this recipe (file or name).")] = None,
     target: Annotated[str | None, typer.Option(help="Target (default: the recipe's).")] = None,
     out: Annotated[Path | None, typer.Option(
         "--out", "-o", help="Directory to write engine/ into (default: the model's directory).")] = None,
     overrides: SetOpt = None,
 ) -> None:
     """TensorRT engine: a plan here if TensorRT and a GPU are present; always an on-device build bundle."""
-    from vlaedge.engine import build_engine, detect_precision
+    from vlaedge.deploy.engine import build_engine, detect_precision
     from vlaedge.recipe import EngineConfig
 
     onnx_path = model / "model.onnx" if model.is_dir() else model
@@ -363,7 +385,7 @@ def estimate(
     """Roofline latency and memory estimate of MODEL on a target (no device needed; see its limits)."""
     import json
 
-    from vlaedge.estimate import estimate as run
+    from vlaedge.deploy.estimate import estimate as run
 
     result = run(model, target, batch, precision)
     _echo(result.table(top))

@@ -1,25 +1,17 @@
-"""The verify / profile / gate commands behind the CLI: resolve what the user pointed at, call the verb,
-write the files. Kept out of cli.py so the CLI stays a thin adapter."""
+"""The verify / profile / gate commands behind the CLI: resolve what the user pointed at (an .onnx, a run
+directory, a checkpoint), call one verb, write its files. They string no stages together (that is
+`vlaedge.pipeline`); kept out of cli.py so the CLI stays a thin adapter."""
 
 from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
-from vlaedge._resolve import evaluation_split, fingerprint, resolve_model
+from vlaedge.artifact import resolve_model, sha256
 from vlaedge.errors import VlaedgeError
 
 PROFILE_SCHEMA = "vlaedge.profile/1"
-
-
-@dataclass
-class VerifyRun:
-    """What `run_verify` did: the report dict and the gate verdict (None without budgets)."""
-
-    report: dict
-    gate: object | None
 
 
 def run_verify(
@@ -35,15 +27,15 @@ def run_verify(
     force: bool = False,
     allow_pickle: bool = False,
     log: Callable[[str], None] = print,
-) -> VerifyRun:
-    """`vlaedge verify`: loads the reference, the data split and the candidate, verifies, gates (with
-    budgets), writes report.json/md/html (+ junit.xml) atomically into `out`."""
-    from vlaedge.artifact import OutputDir
-    from vlaedge.data import load_dataset
-    from vlaedge.defaults import default_checkpoint, default_dataset
-    from vlaedge.models import load_policy
+):
+    """`vlaedge verify`: settles the verify settings (recipe, budgets file, command-line overrides) and
+    runs `vlaedge.pipeline.verify_run`, which writes report.json/md/html (+ junit.xml) into `out`.
+
+    Returns:
+        A `vlaedge.pipeline.VerifyRun` (the report dict and the gate verdict, None without budgets).
+    """
+    from vlaedge.pipeline import verify_run
     from vlaedge.recipe import VerifyConfig, load_budgets, load_recipe
-    from vlaedge.verify import verify
 
     resolved = resolve_model(model, checkpoint, data)
     config, budget_cfg = VerifyConfig(), None
@@ -60,34 +52,7 @@ def run_verify(
             "an .onnx file",
             "pass --runtime torch, or the exported .onnx file",
         )
-    ckpt = resolved.checkpoint or default_checkpoint()
-    with OutputDir(out, force) as od:
-        policy = load_policy(ckpt, allow_pickle)
-        dataset = load_dataset(resolved.data or default_dataset())
-        _, evaluation = evaluation_split(dataset, resolved.manifest, 0)
-        sha = fingerprint(ckpt)
-        od.record_input("checkpoint", ckpt)
-        result = verify(policy, resolved.model, evaluation, config, sha, ckpt, target, run_profile, log)
-        verdict = None
-        if budget_cfg is not None:
-            verdict = _gate_report(result.report, budget_cfg, target)
-        _write(result.report, od.path)
-        od.commit()
-    return VerifyRun(result.report, verdict)
-
-
-def _gate_report(report: dict, budgets, target: str | None):
-    from vlaedge.gate import gate
-
-    verdict = gate(report, budgets, target)
-    report["gate"] = verdict.to_dict()
-    return verdict
-
-
-def _write(report: dict, folder: Path) -> list[Path]:
-    from vlaedge.report import write_reports
-
-    return write_reports(report, folder)
+    return verify_run(resolved, config, budget_cfg, target, out, force, allow_pickle, run_profile, log)
 
 
 def run_gate(
@@ -99,9 +64,9 @@ def run_gate(
     out: Path | None = None,
 ):
     """`vlaedge gate`: checks the report belongs to the run/checkpoint, judges it, optionally writes files."""
-    from vlaedge.gate import gate
+    from vlaedge.check.gate import gate
+    from vlaedge.check.report import load_report
     from vlaedge.recipe import load_budgets
-    from vlaedge.report import load_report
 
     budgets = load_budgets(budgets_path)  # a typo fails before anything else
     report = load_report(report_path)
@@ -111,10 +76,12 @@ def run_gate(
         _check_against_manifest(report, manifest_path)
     if profile_json:
         report["profile"] = load_profile(profile_json)
-    verdict = gate(report, budgets, target, fingerprint(checkpoint) if checkpoint else None)
+    verdict = gate(report, budgets, target, sha256(checkpoint) if checkpoint else None)
     report["gate"] = verdict.to_dict()
     if out:
-        _write(report, Path(out))
+        from vlaedge.check.report import write_reports
+
+        write_reports(report, Path(out))
     return verdict
 
 
@@ -176,7 +143,7 @@ def run_profile(
 ) -> tuple[Path, str]:
     """`vlaedge profile`: returns (profile.json path, printable table)."""
     if remote:
-        from vlaedge.remote import profile_remote
+        from vlaedge.deploy.remote import profile_remote
 
         path = profile_remote(
             host=remote,
@@ -188,7 +155,7 @@ def run_profile(
             out=Path(out),
         )
         return Path(path), ""
-    from vlaedge.profile import profile
+    from vlaedge.check.profile import profile
 
     resolved = resolve_model(model, checkpoint, data)
     policy, feeds, fps = _policy_feeds(resolved, allow_pickle)
@@ -211,7 +178,7 @@ def _policy_feeds(resolved, allow_pickle: bool):
     (None, None, None) otherwise (feeds are then synthesized from the graph)."""
     if resolved.checkpoint is None:
         return None, None, None
-    from vlaedge.data import load_dataset
+    from vlaedge.data import load_dataset, split_as_recorded
     from vlaedge.defaults import DEFAULT_DATASET
     from vlaedge.models import load_policy
 
@@ -222,67 +189,5 @@ def _policy_feeds(resolved, allow_pickle: bool):
     if source is None:
         return policy, policy.example_inputs(1), None
     dataset = load_dataset(source)
-    calibration, _ = evaluation_split(dataset, resolved.manifest, 0)
+    calibration, _ = split_as_recorded(dataset, (resolved.manifest or {}).get("split"))
     return policy, policy.make_inputs(calibration.frames([0])), dataset.fps
-
-
-def verify_into(od, recipe, target: str, inputs, log: Callable[[str], None] = print):
-    """`vlaedge compress`'s verify -> profile -> gate stage: the original FP32 policy against the run's
-    model.onnx on the evaluation split; writes the reports into the staging directory and records the
-    stage in the manifest. Returns the gate verdict (None without budgets)."""
-    import time
-
-    from vlaedge.recipe import VerifyConfig
-    from vlaedge.verify import verify
-
-    start = time.perf_counter()
-    config = recipe.verify or VerifyConfig()
-    model = od.path / "model.onnx"
-    skipped = _unrunnable_here(recipe, config, inputs.policy, model)
-    if skipped:
-        log(f"verify: skipped: {skipped}")
-        od.record_stage("verify", time.perf_counter() - start, skipped=skipped)
-        return None
-    sha = od.manifest["inputs"]["checkpoint"]["sha256"]
-    result = verify(
-        inputs.policy, model, inputs.evaluation, config, sha, inputs.checkpoint, target, True, log
-    )
-    result.report["candidate"]["model"] = "model.onnx"  # relative: the staging directory is renamed
-    for entry in (result.report.get("profile") or {}).get("models", []):
-        entry["model"] = "model.onnx"
-    verdict = _gate_report(result.report, recipe.budgets, target) if recipe.budgets else None
-    _write(result.report, od.path)
-    drift = result.drift
-    details = {
-        "frames": drift.frames,
-        "drift_mean_pct": drift.mean_pct,
-        "drift_p99_pct": drift.p99_pct,
-        "reports": ["report.json", "report.md", "report.html"]
-        + (["junit.xml"] if verdict is not None else []),
-    }
-    if result.profile is not None:
-        details["latency_p99_ms"] = result.profile.models[0].latency.p99_ms
-    od.record_stage("verify", time.perf_counter() - start, **details)
-    if verdict is not None:
-        od.manifest["gate"] = {"passed": verdict.passed, "failed": [c.name for c in verdict.failures]}
-    return verdict
-
-
-TENSORRT_ONLY = ("fp8", "int4-weight-only")  # exports ONNX Runtime may not load (TensorRT custom ops)
-
-
-def _unrunnable_here(recipe, config, policy, model: Path) -> str | None:
-    """Why the candidate cannot be verified here (a TensorRT-only graph on ONNX Runtime), or None."""
-    from vlaedge.runtimes import open_runtime
-
-    precision = recipe.quantize.precision if recipe.quantize else None
-    if precision not in TENSORRT_ONLY or not config.runtime.startswith("ort-"):
-        return None
-    try:
-        open_runtime(config.runtime, policy, model, 1).close()
-    except VlaedgeError as e:
-        return (
-            f"{config.runtime} cannot run this {precision} graph ({e.message[:120]}); verify the engine on "
-            "the device: vlaedge verify RUN_DIR --runtime ort-trt"
-        )
-    return None

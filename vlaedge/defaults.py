@@ -8,7 +8,7 @@ from vlaedge.errors import VlaedgeError
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 DEFAULT_CHECKPOINT = PACKAGE_DIR / "assets" / "default_policy"
-DEFAULT_DATASET = PACKAGE_DIR.parent / "calibration" / "tabletop"
+DEFAULT_DATASET = PACKAGE_DIR / "assets" / "calibration" / "tabletop"
 
 
 def default_checkpoint() -> Path:
@@ -21,8 +21,9 @@ def default_checkpoint() -> Path:
 
 
 def default_dataset() -> Path:
-    """The sample tabletop dataset committed in the repository's calibration/ folder."""
+    """The sample tabletop dataset that ships inside the package (60 expert episodes, LeRobot v3)."""
     if not (DEFAULT_DATASET / "meta" / "info.json").is_file():
-        raise VlaedgeError(f"default dataset: {DEFAULT_DATASET} is missing (it ships with the git checkout)",
-                           "pass --data with your own episodes, or record some with 'vlaedge record'")
+        raise VlaedgeError(f"default dataset: {DEFAULT_DATASET} is missing (it ships inside the package)",
+                           "reinstall vlaedge, pass --data with your own episodes, or record some with "
+                           f"'vlaedge record {DEFAULT_DATASET} --episodes 60 --seed 0'")
     return DEFAULT_DATASET

@@ -127,7 +127,7 @@ class TargetBudgets(Section):
 
 
 class Budgets(Section):
-    """Release budgets, judged by `vlaedge.gate`; a missing field is not checked.
+    """Release budgets, judged by `vlaedge.check.gate`; a missing field is not checked.
 
     Drift is in % of each action dimension's range (`action_spec.high - low`). `max_success_drop` passes
     only when the candidate's Wilson 95% lower bound is at least the reference's rate minus the drop,
@@ -153,7 +153,7 @@ class Budgets(Section):
     max_latency_p99_ms: float | None = Field(None, gt=0, description="p99 inference latency (ms)")
     min_rate_hz: float | None = Field(None, gt=0, description="inferences/s at the median latency")
     max_memory_mb: float | None = Field(
-        None, gt=0, description="peak RSS added by the model, MB (vlaedge.profile)")
+        None, gt=0, description="peak RSS added by the model, MB (vlaedge.check.profile)")
     max_file_size_mb: float | None = Field(None, gt=0, description="model file plus external data, MB")
     targets: dict[str, TargetBudgets] = Field(
         {}, description="target name -> latency/rate/memory budgets there")
@@ -200,11 +200,42 @@ class Recipe(Section):
         return self
 
 
+RECIPES_DIR = Path(__file__).resolve().parent / "recipes"  # the recipes that ship inside the package
+
+
+def shipped_recipes() -> dict[str, Path]:
+    """The recipes that ship with vlaedge, by name (the file stem, e.g. ``cpu-int8``)."""
+    return {p.stem: p for p in sorted(RECIPES_DIR.glob("*.yaml"))}
+
+
+def recipe_path(name_or_path: str | Path) -> Path:
+    """The recipe file for a path or a shipped recipe's name.
+
+    An existing file is taken as given; a bare name (``cpu-int8`` or ``cpu-int8.yaml``, no folder) that is
+    not a file here names a shipped recipe (`shipped_recipes`).
+
+    Raises:
+        VlaedgeError: neither a file nor a shipped recipe; the message lists the shipped names.
+    """
+    path = Path(name_or_path)
+    if path.is_file():
+        return path
+    shipped = shipped_recipes()
+    name = path.name.removesuffix(".yaml")
+    if path.parent == Path(".") and name in shipped:
+        return shipped[name]
+    what = "does not exist" if path.parent != Path(".") else "is neither a file here nor a shipped recipe"
+    raise VlaedgeError(
+        f"recipe: {path} {what}",
+        f"pass a recipe file or a shipped recipe's name ({', '.join(shipped)}; see 'vlaedge recipes')",
+    )
+
+
 def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Recipe:
     """Loads and validates a recipe file.
 
     Args:
-        path: the YAML file.
+        path: the YAML file, or a shipped recipe's name (`recipe_path`).
         overrides: `section.field=value` strings applied before validation (values parsed as YAML),
             e.g. `["quantize.num_calib_frames=64"]`.
 
@@ -216,12 +247,13 @@ def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
             cannot run, as `path.to.field: message`.
 
     Example:
-        >>> recipe = load_recipe("recipes/cpu-int8.yaml", ["quantize.algorithm=entropy"])
+        >>> recipe = load_recipe("cpu-int8", ["quantize.algorithm=entropy"])
     """
-    path = Path(path)
-    raw = _read_yaml(path, "recipe", "see recipes/ for the shipped recipes")
+    path = recipe_path(path)
+    raw = _read_yaml(path, "recipe", "'vlaedge recipes' lists the shipped recipes")
     if not isinstance(raw, dict):
-        raise VlaedgeError(f"recipe: {path} must be a mapping of sections", "see recipes/cpu-int8.yaml")
+        raise VlaedgeError(f"recipe: {path} must be a mapping of sections",
+                           f"start from a shipped recipe, e.g. {RECIPES_DIR / 'cpu-int8.yaml'}")
     for item in overrides:
         _apply_override(raw, item)
     return validate_recipe(raw, str(path))
@@ -250,6 +282,9 @@ def load_budgets(path: str | Path) -> Budgets:
         1.0
     """
     path = Path(path)
+    shipped = path.parent == Path(".") and path.name.removesuffix(".yaml") in shipped_recipes()
+    if shipped and not path.is_file():
+        path = recipe_path(path)  # a shipped recipe's budgets, by name
     raw = _read_yaml(path, "budgets", "pass a budgets YAML file or a recipe")
     if isinstance(raw, dict) and "target" in raw:  # a recipe
         budgets = load_recipe(path).budgets

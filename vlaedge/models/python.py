@@ -31,6 +31,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from vlaedge.errors import VlaedgeError
 from vlaedge.models.base import ActionSpec, Policy, TensorSpec
 from vlaedge.models.checkpoint import check_state_dict, load_weights, write_checkpoint
+from vlaedge.models.reference import resize_nearest
 from vlaedge.models.tokenizer import WordTokenizer
 
 FAMILY = "python"
@@ -100,9 +101,7 @@ class PythonPolicy(Policy):
         for spec, i in zip(self.input_spec, self.spec.inputs, strict=True):
             shape = spec.concrete_shape(batch)
             if i.source == "image":
-                from vlaedge.models.reference import _resize
-
-                value = _resize(np.asarray(frames["image"]), shape[-1]).transpose(0, 3, 1, 2)
+                value = resize_nearest(np.asarray(frames["image"]), shape[-1]).transpose(0, 3, 1, 2)
             elif i.source == "state":
                 value = np.asarray(frames["state"]).reshape(shape)
             elif i.source == "instruction":

@@ -56,7 +56,7 @@ class ReferencePolicy(Policy):
             raise VlaedgeError(f"frames: image has shape {images.shape} {images.dtype}, "
                                "expected uint8 [B,H,W,3]", "store camera frames as RGB uint8")
         feeds = {
-            "image": np.ascontiguousarray(_resize(images, c.image_size).transpose(0, 3, 1, 2)),
+            "image": np.ascontiguousarray(resize_nearest(images, c.image_size).transpose(0, 3, 1, 2)),
             "instruction_ids": self.tokenizer.encode(list(frames["instruction"])),
             "state": np.asarray(frames["state"], np.float32).reshape(len(images), c.state_dim),
         }
@@ -109,7 +109,7 @@ class ReferencePolicy(Policy):
         return policy
 
 
-def _resize(images: np.ndarray, size: int) -> np.ndarray:
+def resize_nearest(images: np.ndarray, size: int) -> np.ndarray:
     """Nearest-neighbour resize of uint8 [B,h,w,3] to [B,size,size,3] (identity when it fits)."""
     height, width = images.shape[1:3]
     if height == size and width == size:

@@ -2,7 +2,7 @@
 from a CUDA graph per input-shape set where capture works.
 
 The model path is the bundle's `model.onnx` (the plan is `model.plan` next to it) or the `.plan` itself.
-Before loading, `vlaedge.engine.check_plan_compatible` compares the plan's sidecar (TensorRT version,
+Before loading, `vlaedge.runtimes.plan.check_plan_compatible` compares the plan's sidecar (TensorRT version,
 compute capability) with this machine. Device buffers, the stream and the graphs are torch CUDA objects
 (torch is a vlaedge dependency; on a Jetson, install NVIDIA's JetPack torch wheel, which has CUDA).
 
@@ -57,7 +57,7 @@ class TrtRuntime(Runtime):
         output_names: tuple[str, ...],
         cuda_graphs: bool = True,
     ):
-        from vlaedge.engine import check_plan_compatible, plan_for
+        from vlaedge.runtimes.plan import check_plan_compatible, plan_for
 
         trt = _import_tensorrt()
         import torch

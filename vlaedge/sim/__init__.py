@@ -1,4 +1,9 @@
-"""The built-in tabletop pick-and-place task: environment, renderer, instructions and scripted expert."""
+"""The built-in tabletop pick-and-place task: environment, renderer, instructions and scripted expert.
+
+Two verbs exist for this task only and live here too: `record.record_dataset` (expert episodes as a
+LeRobot v3 or .npz dataset; how the calibration sample was made) and `train.train_policy` (behaviour
+cloning + DAgger of a reference VLA; how the default policy was made). They are not re-exported here, so
+importing the task does not import torch training code."""
 
 from vlaedge.sim.expert import (
     ScriptedExpert,

@@ -1,9 +1,9 @@
 """Verification: does a (compressed) policy still act like the original, and how fast does it run?
 
 `verify` runs the FP32 reference and a candidate (any runtime) on the evaluation split with identical
-inputs and noise (open-loop drift, `vlaedge.drift`), optionally in an environment for N seeded episodes
-each (closed loop, `vlaedge.closedloop`), and profiles the candidate (`vlaedge.profile`). The result
-carries a `report.json`-ready dict (`vlaedge.report`); budgets are judged by `vlaedge.gate`.
+inputs and noise (open-loop drift, `vlaedge.check.drift`), optionally in an environment for N seeded episodes
+each (closed loop, `closedloop`), and profiles the candidate (`profile`). The result
+carries a `report.json`-ready dict (`vlaedge.check.report`); budgets are judged by `vlaedge.check.gate`.
 """
 
 from __future__ import annotations
@@ -14,18 +14,18 @@ from pathlib import Path
 
 import numpy as np
 
-from vlaedge.closedloop import (
+from vlaedge.check.closedloop import (
     ClosedLoopReport,
     SuccessRate,
     closed_loop,
     compare_closed_loop,
     wilson_interval,
 )
+from vlaedge.check.drift import DriftReport, open_loop_drift
+from vlaedge.check.profile import ProfileReport
 from vlaedge.data import EpisodeDataset, sample_frames
-from vlaedge.drift import DriftReport, open_loop_drift
 from vlaedge.errors import VlaedgeError
 from vlaedge.models.base import Policy
-from vlaedge.profile import ProfileReport
 from vlaedge.recipe import VerifyConfig
 
 __all__ = [
@@ -104,7 +104,7 @@ def verify(
         >>> result = verify(policy, "runs/cpu-int8/model.onnx", evaluation, VerifyConfig(eval_frames=256))
         >>> print(result.summary())
     """
-    from vlaedge.report import build_report
+    from vlaedge.check.report import build_report
 
     candidate = _open_candidate(policy, model, config)
     notes = []
@@ -206,7 +206,7 @@ def _traces(policy: Policy, candidate, evaluation: EpisodeDataset, config: Verif
 def _profile(
     policy: Policy, candidate, model, evaluation: EpisodeDataset, config: VerifyConfig
 ) -> ProfileReport:
-    from vlaedge.profile import profile
+    from vlaedge.check.profile import profile
 
     frames = evaluation.frames([0])
     feeds = policy.make_inputs(frames, seed=config.seed)

@@ -188,7 +188,7 @@ class ClosedLoopReport:
 
     Truthy only when conclusive (at least `min_episodes` episodes) and the candidate is not significantly
     worse (the 95% interval of the drop includes zero or lies below it). The budget `max_success_drop`
-    is judged by `vlaedge.gate`.
+    is judged by `vlaedge.check.gate`.
     """
 
     env: str

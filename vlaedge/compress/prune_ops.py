@@ -1,5 +1,5 @@
-"""Torch internals of `vlaedge.prune`: batched forwards, importance statistics, head/channel surgery,
-distillation and 2:4 masks. Private: the API is `vlaedge.prune.prune`."""
+"""Torch internals of `vlaedge.compress.prune`: batched forwards, importance statistics, head/channel surgery,
+distillation and 2:4 masks. Private: the API is `vlaedge.compress.prune.prune`."""
 
 from __future__ import annotations
 

@@ -10,17 +10,17 @@ import html
 
 import numpy as np
 
+from vlaedge.check.report_markdown import render_markdown, title
+
 W, H, PAD = 560, 220, 40  # plot size and margin, px
 REF, CAND, BUDGET, BAR2 = "#1f77b4", "#d62728", "#2ca02c", "#ff7f0e"
 
 
 def render_html(report: dict) -> str:
     """The whole report.html page for a report dict."""
-    from vlaedge.report import render_markdown
-
     gate = report.get("gate") or {}
     budgets = {c["name"]: c["allowed"] for c in gate.get("checks", [])}
-    parts = [f"<h1>{_esc(render_markdown(report).splitlines()[0].lstrip('# '))}</h1>"]
+    parts = [f"<h1>{_esc(title(report))}</h1>"]
     if gate:
         parts.append(_gate_table(gate))
     if report.get("drift"):

@@ -1,5 +1,11 @@
-"""The pipeline: load -> split -> prune -> quantize -> export (-> engine, verify, profile, gate),
-run from a recipe into an output directory that appears only when complete."""
+"""The pipeline: the only module that strings stages together.
+
+`compress` runs a recipe: load -> split -> prune -> quantize -> export (-> engine, verify, profile, gate)
+into an output directory that appears only when complete. `verify_run` is the verify command's chain
+(load the reference and the evaluation split -> verify -> gate -> reports). The stages themselves live in
+the wings below: `vlaedge.compress` (prune, quantize, export), `vlaedge.deploy` (engine) and
+`vlaedge.check` (verify, profile, gate, report); nothing below imports this module.
+"""
 
 from __future__ import annotations
 
@@ -10,15 +16,24 @@ from pathlib import Path
 
 import numpy as np
 
-from vlaedge.artifact import OutputDir
-from vlaedge.data import EpisodeDataset, load_dataset, sample_frames, split_episodes
+from vlaedge.artifact import OutputDir, Resolved, sha256
+from vlaedge.check.report import write_reports
+from vlaedge.data import (
+    EVAL_FRACTION,
+    EpisodeDataset,
+    load_dataset,
+    sample_frames,
+    split_as_recorded,
+    split_episodes,
+)
+from vlaedge.defaults import default_checkpoint, default_dataset
 from vlaedge.errors import VlaedgeError
 from vlaedge.models import Policy, load_policy
-from vlaedge.recipe import ExportConfig, Recipe
+from vlaedge.recipe import Budgets, ExportConfig, Recipe, VerifyConfig
 from vlaedge.targets import get_target
 
 CALIBRATION_BATCH = 32
-EVAL_FRACTION = 0.5
+TENSORRT_ONLY = ("fp8", "int4-weight-only")  # exports ONNX Runtime may not load (TensorRT custom ops)
 
 
 @dataclass
@@ -40,7 +55,7 @@ class CompressResult:
     out: Path
     manifest: dict
     summaries: list[str] = field(default_factory=list)
-    gate: object | None = None  # vlaedge.gate.GateResult when the recipe has budgets (falsy: violated)
+    gate: object | None = None  # vlaedge.check.gate.GateResult when the recipe has budgets (falsy: violated)
 
     def __bool__(self) -> bool:
         return True
@@ -50,8 +65,6 @@ def load_inputs(checkpoint: Path | None, data: Path | None, allow_pickle: bool =
                 seed: int = 0) -> Inputs:
     """Loads the policy (default: the embedded one) and the dataset (default: calibration/), split by
     episode into calibration and evaluation halves."""
-    from vlaedge.defaults import default_checkpoint, default_dataset
-
     checkpoint = Path(checkpoint) if checkpoint else default_checkpoint()
     data = Path(data) if data else default_dataset()
     policy = load_policy(checkpoint, allow_pickle)
@@ -118,16 +131,14 @@ def compress(recipe: Recipe, out: str | Path, checkpoint: Path | None = None, da
             _run_engine(od, recipe, target, summaries, log)
         verdict = None
         if recipe.verify or recipe.budgets:  # reports are written before commit, so the manifest lists them
-            from vlaedge.commands import verify_into
-
-            verdict = verify_into(od, recipe, target.name, inputs, log)
+            verdict = _run_verify(od, recipe, target.name, inputs, log)
         od.commit()
     return CompressResult(Path(out), od.manifest, summaries, verdict)
 
 
 def _run_engine(od: OutputDir, recipe: Recipe, target, summaries: list[str], log) -> None:
     """The on-device build bundle always; a TensorRT plan too where TensorRT and a GPU are present."""
-    from vlaedge.engine import build_engine
+    from vlaedge.deploy.engine import build_engine
 
     start = time.perf_counter()
     result = build_engine(od.path / "model.onnx", recipe.engine, target,
@@ -138,7 +149,7 @@ def _run_engine(od: OutputDir, recipe: Recipe, target, summaries: list[str], log
 
 
 def _run_prune(od: OutputDir, recipe: Recipe, inputs: Inputs, summaries: list[str], log) -> Policy:
-    from vlaedge.prune import prune
+    from vlaedge.compress.prune import prune
 
     log(f"prune: {recipe.prune.method} on {recipe.prune.num_frames} calibration frames")
     start = time.perf_counter()
@@ -153,7 +164,7 @@ def _run_prune(od: OutputDir, recipe: Recipe, inputs: Inputs, summaries: list[st
 
 def _run_quantize_and_export(od: OutputDir, recipe: Recipe, target, inputs: Inputs, policy: Policy,
                              summaries: list[str], log) -> None:
-    from vlaedge.export import export_onnx
+    from vlaedge.compress.export import export_onnx
 
     export_cfg = recipe.export or ExportConfig()
     q = recipe.quantize
@@ -165,7 +176,7 @@ def _run_quantize_and_export(od: OutputDir, recipe: Recipe, target, inputs: Inpu
     log(fp32.summary())
     if not q:
         return
-    from vlaedge.quantize import quantize
+    from vlaedge.compress.quantize import quantize
 
     log(f"quantize: {q.precision} ({q.algorithm}) on {q.num_calib_frames} calibration frames "
         f"for {target.name}")
@@ -175,7 +186,7 @@ def _run_quantize_and_export(od: OutputDir, recipe: Recipe, target, inputs: Inpu
     if target.runtime == "onnxruntime":
         result = quantize(policy, q, feeds, target, fp32_onnx=od.path / "model_fp32.onnx", out_onnx=final)
         od.record_stage("quantize", time.perf_counter() - start, **_details(result))
-        from vlaedge.export import check_against_torch
+        from vlaedge.compress.export import check_against_torch
 
         exported = check_against_torch(inputs.policy if not recipe.prune else policy, final, check,
                                        export_cfg.max_check_error)
@@ -192,6 +203,62 @@ def _run_quantize_and_export(od: OutputDir, recipe: Recipe, target, inputs: Inpu
     log(result.summary())
 
 
+def _run_verify(od: OutputDir, recipe: Recipe, target: str, inputs: Inputs, log) -> object | None:
+    """`vlaedge compress`'s verify -> profile -> gate stage: the original FP32 policy against the run's
+    model.onnx on the evaluation split; writes the reports into the staging directory and records the
+    stage in the manifest. Returns the gate verdict (None without budgets)."""
+    from vlaedge.check.verify import verify
+
+    start = time.perf_counter()
+    config = recipe.verify or VerifyConfig()
+    model = od.path / "model.onnx"
+    skipped = _unrunnable_here(recipe, config, inputs.policy, model)
+    if skipped:
+        log(f"verify: skipped: {skipped}")
+        od.record_stage("verify", time.perf_counter() - start, skipped=skipped)
+        return None
+    sha = od.manifest["inputs"]["checkpoint"]["sha256"]
+    result = verify(
+        inputs.policy, model, inputs.evaluation, config, sha, inputs.checkpoint, target, True, log
+    )
+    result.report["candidate"]["model"] = "model.onnx"  # relative: the staging directory is renamed
+    for entry in (result.report.get("profile") or {}).get("models", []):
+        entry["model"] = "model.onnx"
+    verdict = gate_into(result.report, recipe.budgets, target) if recipe.budgets else None
+    write_reports(result.report, od.path)
+    drift = result.drift
+    details = {
+        "frames": drift.frames,
+        "drift_mean_pct": drift.mean_pct,
+        "drift_p99_pct": drift.p99_pct,
+        "reports": ["report.json", "report.md", "report.html"]
+        + (["junit.xml"] if verdict is not None else []),
+    }
+    if result.profile is not None:
+        details["latency_p99_ms"] = result.profile.models[0].latency.p99_ms
+    od.record_stage("verify", time.perf_counter() - start, **details)
+    if verdict is not None:
+        od.manifest["gate"] = {"passed": verdict.passed, "failed": [c.name for c in verdict.failures]}
+    return verdict
+
+
+def _unrunnable_here(recipe, config, policy, model: Path) -> str | None:
+    """Why the candidate cannot be verified here (a TensorRT-only graph on ONNX Runtime), or None."""
+    from vlaedge.runtimes import open_runtime
+
+    precision = recipe.quantize.precision if recipe.quantize else None
+    if precision not in TENSORRT_ONLY or not config.runtime.startswith("ort-"):
+        return None
+    try:
+        open_runtime(config.runtime, policy, model, 1).close()
+    except VlaedgeError as e:
+        return (
+            f"{config.runtime} cannot run this {precision} graph ({e.message[:120]}); verify the engine on "
+            "the device: vlaedge verify RUN_DIR --runtime ort-trt"
+        )
+    return None
+
+
 def _details(result) -> dict:
     """A stage result's dict for the manifest, without the `seconds` that record_stage takes itself."""
     return {k: v for k, v in result.to_dict().items() if k != "seconds"}
@@ -202,3 +269,53 @@ def _versions() -> dict:
 
     info = collect_info()
     return {k: info[k] for k in ("vlaedge", "python", "torch", "onnx", "onnxruntime", "modelopt", "tensorrt")}
+
+
+@dataclass
+class VerifyRun:
+    """What `verify_run` did: the report dict and the gate verdict (None without budgets)."""
+
+    report: dict
+    gate: object | None  # vlaedge.check.gate.GateResult (falsy: a budget violated)
+
+
+def verify_run(resolved: Resolved, config: VerifyConfig, budgets: Budgets | None, target: str | None,
+               out: str | Path, force: bool = False, allow_pickle: bool = False, run_profile: bool = True,
+               log=print) -> VerifyRun:
+    """The verify command's chain: the FP32 reference and the evaluation split (the run's recorded one when
+    `resolved` came from a run directory) -> `vlaedge.check.verify.verify` -> gate (with budgets) ->
+    report.json/md/html (+ junit.xml), written atomically into `out`.
+
+    Args:
+        resolved: the candidate and its run's manifest (`vlaedge.artifact.resolve_model`).
+        config: verify settings (frames, runtime, closed loop, profile).
+        budgets: judged when given.
+        target: deployment target name (selects per-target budgets), or None.
+        out: the output directory; refused if it exists unless `force`.
+
+    Raises:
+        VlaedgeError: any bad input; nothing is left at `out` then.
+    """
+    from vlaedge.check.verify import verify
+
+    ckpt = resolved.checkpoint or default_checkpoint()
+    with OutputDir(out, force) as od:
+        policy = load_policy(ckpt, allow_pickle)
+        dataset = load_dataset(resolved.data or default_dataset())
+        _, evaluation = split_as_recorded(dataset, (resolved.manifest or {}).get("split"))
+        od.record_input("checkpoint", ckpt)
+        result = verify(policy, resolved.model, evaluation, config, sha256(ckpt), ckpt, target, run_profile,
+                        log)
+        verdict = gate_into(result.report, budgets, target) if budgets is not None else None
+        write_reports(result.report, od.path)
+        od.commit()
+    return VerifyRun(result.report, verdict)
+
+
+def gate_into(report: dict, budgets: Budgets, target: str | None):
+    """Judges `report` against `budgets` and records the verdict in its ``gate`` section."""
+    from vlaedge.check.gate import gate
+
+    verdict = gate(report, budgets, target)
+    report["gate"] = verdict.to_dict()
+    return verdict

@@ -31,7 +31,7 @@ from typing import Literal
 import numpy as np
 import torch
 
-from vlaedge import _prune_ops as ops
+from vlaedge.compress import prune_ops as ops
 from vlaedge.errors import VlaedgeError
 from vlaedge.models.base import Policy
 from vlaedge.models.reference import ReferencePolicy

@@ -1,7 +1,7 @@
-"""Episode datasets: the LeRobot v3 layout and plain .npz, split by episode.
+"""The episode dataset model (`Episode`, `EpisodeDataset`), the .npz layout, and the split by episode.
 
-`load_dataset` reads either layout (LeRobot via `vlaedge.lerobot`) into an `EpisodeDataset`, validated
-once; `vlaedge.lerobot.save_lerobot` and `save_npz` write them atomically. `split_episodes` makes the
+`vlaedge.data.load_dataset` reads a dataset into an `EpisodeDataset`, validated once (`check_episode`);
+`save_npz` (here) and `vlaedge.data.lerobot.save_lerobot` write them atomically. `split_episodes` makes the
 calibration/evaluation split by episode, and `sample_frames` / `iter_frames` produce the frame batches a
 policy adapter consumes.
 """
@@ -29,7 +29,8 @@ FrameBatch = dict[str, Any]
 """A batch of B frames: ``image`` uint8 [B, H, W, 3], ``state`` float32 [B, S], ``action`` float32 [B, A],
 ``instruction`` list[str], ``episode`` int64 [B] (`Episode.index`) and ``frame`` int64 [B] (within it)."""
 
-_DATA_HINT = "point --data at a LeRobot v3 dataset root, a folder of .npz episodes or one .npz file"
+EVAL_FRACTION = 0.5  # share of episodes in the evaluation split (recorded in every manifest)
+DATA_HINT = "point --data at a LeRobot v3 dataset root, a folder of .npz episodes or one .npz file"
 
 
 @dataclass
@@ -80,7 +81,7 @@ class EpisodeDataset:
 
     def __post_init__(self) -> None:
         self.episodes = [
-            _check_episode(ep, f"dataset: {self.source}: episode {ep.index}") for ep in self.episodes
+            check_episode(ep, f"dataset: {self.source}: episode {ep.index}") for ep in self.episodes
         ]
         _check_dataset(self)
 
@@ -112,9 +113,9 @@ class EpisodeDataset:
             raise VlaedgeError(
                 f"dataset: {source} holds no episodes", "record or convert at least one episode"
             )
-        first = _check_episode(episodes[0], f"dataset: {source}: episode {episodes[0].index}")
-        action_names = action_names or _default_names("action", first.action.shape[1])
-        state_names = state_names or _default_names("state", first.state.shape[1])
+        first = check_episode(episodes[0], f"dataset: {source}: episode {episodes[0].index}")
+        action_names = action_names or default_names("action", first.action.shape[1])
+        state_names = state_names or default_names("state", first.state.shape[1])
         return cls(list(episodes), fps, action_names, state_names, source)
 
     @property
@@ -158,45 +159,6 @@ class EpisodeDataset:
         }
 
 
-def load_dataset(path: str | Path, image_key: str | None = None) -> EpisodeDataset:
-    """Load a LeRobot v3.0 dataset root, a folder of .npz episodes or one .npz episode.
-
-    A LeRobot root is recognised by ``meta/info.json``; its images must be embedded PNGs (feature dtype
-    "image"), not videos. The .npz layout is the one `save_npz` writes.
-
-    Args:
-        path: the dataset root, folder or file.
-        image_key: LeRobot camera feature to use, e.g. ``"observation.images.top"``; default: the first
-            ``observation.image(s)`` feature in info.json. Ignored for .npz.
-
-    Returns:
-        The validated dataset, episodes sorted by index.
-
-    Raises:
-        VlaedgeError: the path is missing or not a dataset, a file is truncated or corrupt, a column is
-            missing, lengths disagree, images are not uint8 RGB, or state/action hold NaN/Inf.
-
-    Example:
-        >>> ds = load_dataset("datasets/pick_cube")  # doctest: +SKIP
-        >>> ds.num_frames, ds.action_low()  # doctest: +SKIP
-    """
-    path = Path(path)
-    if not path.exists():
-        raise VlaedgeError(f"dataset: {path} does not exist", _DATA_HINT)
-    if path.is_file():
-        if path.suffix != ".npz":
-            raise VlaedgeError(f"dataset: {path} is a file but not a .npz episode", _DATA_HINT)
-        return _load_npz([path], str(path))
-    if (path / "meta" / "info.json").is_file():
-        from vlaedge.lerobot import load_lerobot
-
-        return load_lerobot(path, image_key)
-    files = sorted(path.glob("*.npz"))
-    if not files:
-        raise VlaedgeError(f"dataset: {path} has no meta/info.json and no .npz files", _DATA_HINT)
-    return _load_npz(files, str(path))
-
-
 def save_npz(dataset: EpisodeDataset, path: str | Path, overwrite: bool = False) -> Path:
     """Write a dataset as a folder with one compressed .npz file per episode.
 
@@ -218,7 +180,7 @@ def save_npz(dataset: EpisodeDataset, path: str | Path, overwrite: bool = False)
         VlaedgeError: `path` exists and is not empty while `overwrite` is False.
     """
     path = Path(path)
-    with _atomic_dir(path, overwrite) as tmp:
+    with atomic_dir(path, overwrite) as tmp:
         for i, ep in enumerate(dataset.episodes):
             arrays = {"images": ep.images, "state": ep.state, "action": ep.action}
             arrays |= {"instruction": np.array(ep.instruction), "fps": np.array(dataset.fps)}
@@ -231,7 +193,7 @@ def save_npz(dataset: EpisodeDataset, path: str | Path, overwrite: bool = False)
 
 
 def split_episodes(
-    dataset: EpisodeDataset, eval_fraction: float = 0.5, seed: int = 0
+    dataset: EpisodeDataset, eval_fraction: float = EVAL_FRACTION, seed: int = 0
 ) -> tuple[EpisodeDataset, EpisodeDataset]:
     """Split by episode into calibration and evaluation parts; no episode (so no frame) is in both.
 
@@ -263,6 +225,34 @@ def split_episodes(
     calib = [ep for ep, e in zip(dataset.episodes, is_eval, strict=True) if not e]
     evals = [ep for ep, e in zip(dataset.episodes, is_eval, strict=True) if e]
     return dataclasses.replace(dataset, episodes=calib), dataclasses.replace(dataset, episodes=evals)
+
+
+def split_as_recorded(
+    dataset: EpisodeDataset, split: dict | None, seed: int = 0
+) -> tuple[EpisodeDataset, EpisodeDataset]:
+    """(calibration, evaluation) as a run's manifest recorded them, else a fresh `split_episodes`.
+
+    Args:
+        dataset: the dataset the run was compressed with.
+        split: the manifest's ``split`` section (``evaluation_episodes``: episode indices), or None.
+        seed: seed of the fresh split when nothing is recorded (compress uses 0).
+
+    Raises:
+        VlaedgeError: the dataset lacks an episode of the recorded evaluation split, or has no other.
+    """
+    wanted = set((split or {}).get("evaluation_episodes") or [])
+    if not wanted:
+        return split_episodes(dataset, EVAL_FRACTION, seed)
+    evaluation = [ep for ep in dataset.episodes if ep.index in wanted]
+    calibration = [ep for ep in dataset.episodes if ep.index not in wanted]
+    if len(evaluation) != len(wanted) or not calibration:
+        raise VlaedgeError(
+            f"data: {dataset.source} lacks the run's evaluation episodes "
+            f"{sorted(wanted - {ep.index for ep in evaluation})[:5]}",
+            "pass the dataset the run was compressed with (--data)",
+        )
+    return (dataclasses.replace(dataset, episodes=calibration),
+            dataclasses.replace(dataset, episodes=evaluation))
 
 
 def iter_frames(dataset: EpisodeDataset, batch_size: int = 32) -> Iterator[FrameBatch]:
@@ -310,7 +300,7 @@ def sample_frames(dataset: EpisodeDataset, n: int, seed: int = 0) -> FrameBatch:
 # --- validation ---------------------------------------------------------------------------------------
 
 
-def _check_episode(ep: Episode, where: str) -> Episode:
+def check_episode(ep: Episode, where: str) -> Episode:
     """Check one episode's arrays; return it with float32 state and action. `where` names it in errors."""
     images = ep.images
     if (
@@ -330,7 +320,7 @@ def _check_episode(ep: Episode, where: str) -> Episode:
             np.issubdtype(value.dtype, np.floating) or np.issubdtype(value.dtype, np.integer)
         ):
             raise VlaedgeError(
-                f"{where}: {name} is {value.dtype} {value.shape}, expected float [N, D]", _DATA_HINT
+                f"{where}: {name} is {value.dtype} {value.shape}, expected float [N, D]", DATA_HINT
             )
         arrays[name] = value.astype(np.float32, copy=False)
         bad = np.argwhere(~np.isfinite(arrays[name]))
@@ -347,7 +337,7 @@ def _check_episode(ep: Episode, where: str) -> Episode:
         )
     if not isinstance(ep.instruction, str):
         raise VlaedgeError(
-            f"{where}: instruction is {type(ep.instruction).__name__}, expected str", _DATA_HINT
+            f"{where}: instruction is {type(ep.instruction).__name__}, expected str", DATA_HINT
         )
     return dataclasses.replace(ep, **arrays)
 
@@ -383,18 +373,18 @@ def _check_dataset(ds: EpisodeDataset) -> None:
     for kind, names, dim in (("action", ds.action_names, shape[2]), ("state", ds.state_names, shape[1])):
         if len(names) != dim:
             raise VlaedgeError(
-                f"dataset: {ds.source} has {len(names)} {kind} names for {dim} dims", _DATA_HINT
+                f"dataset: {ds.source} has {len(names)} {kind} names for {dim} dims", DATA_HINT
             )
 
 
-def _default_names(prefix: str, dim: int) -> list[str]:
+def default_names(prefix: str, dim: int) -> list[str]:
     return [f"{prefix}_{i}" for i in range(dim)]
 
 
 # --- npz and file helpers ---------------------------------------------------------------------------------
 
 
-def _load_npz(files: list[Path], source: str) -> EpisodeDataset:
+def load_npz(files: list[Path], source: str) -> EpisodeDataset:
     episodes, first_meta = [], []
     for i, path in enumerate(files):
         arrays = _read_npz(path)
@@ -420,10 +410,10 @@ def _load_npz(files: list[Path], source: str) -> EpisodeDataset:
         ep = Episode(
             str(instruction), arrays["images"], arrays["state"], arrays["action"], index=i, success=success
         )
-        episodes.append(_check_episode(ep, f"dataset: {path}"))
+        episodes.append(check_episode(ep, f"dataset: {path}"))
     fps, state_names, action_names = first_meta
-    action_names = action_names or _default_names("action", episodes[0].action.shape[1])
-    state_names = state_names or _default_names("state", episodes[0].state.shape[1])
+    action_names = action_names or default_names("action", episodes[0].action.shape[1])
+    state_names = state_names or default_names("state", episodes[0].state.shape[1])
     return EpisodeDataset(episodes, float(fps), action_names, state_names, source)
 
 
@@ -439,7 +429,7 @@ def _read_npz(path: Path) -> dict[str, np.ndarray]:
 
 
 @contextmanager
-def _atomic_dir(root: Path, overwrite: bool) -> Iterator[Path]:
+def atomic_dir(root: Path, overwrite: bool) -> Iterator[Path]:
     """Yield a fresh folder next to `root`; when the block succeeds, rename it to `root`; else delete it."""
     if root.exists() and not overwrite and not (root.is_dir() and not any(root.iterdir())):
         raise VlaedgeError(f"dataset: {root} already exists", "pick a new path or pass overwrite=True")

@@ -198,7 +198,7 @@ def ssh_error(host: str, stderr: str) -> VlaedgeError:
 
 
 def _remote_build(ssh: Ssh, run_dir: str) -> None:
-    from vlaedge._bundle import TRTEXEC_MISSING_EXIT
+    from vlaedge.deploy.bundle import TRTEXEC_MISSING_EXIT
 
     res = subprocess.run(
         [*ssh.base, "--", ssh.host, f"cd {run_dir} && bash build.sh"],
@@ -224,7 +224,8 @@ def _remote_build(ssh: Ssh, run_dir: str) -> None:
 
 def _payload(model: Path, runtime: str) -> tuple[list[tuple[Path, str]], str]:
     """(local file, name in the run dir) pairs to copy, and the model path to profile there."""
-    from vlaedge.engine import ENGINE_DIR, ONNX_NAME, external_data
+    from vlaedge.deploy.engine import external_data
+    from vlaedge.runtimes.plan import ENGINE_DIR, ONNX_NAME
 
     for bundle in (model, model / ENGINE_DIR, model.parent, model.parent / ENGINE_DIR):
         if (

@@ -1,6 +1,6 @@
 """What quantization did, module by module (ModelOpt) or node by node (ONNX Runtime), and why.
 
-Private helper of `vlaedge.quantize`: the result objects, the matching of the recipe's `keep` patterns,
+Helper of `quantize` (this wing only): the result objects, the matching of the recipe's `keep` patterns,
 the mapping from ONNX node names to torch module names, and the per-module / per-node decisions read
 back from the quantized model (never from what we asked for).
 
@@ -52,7 +52,7 @@ class QuantDecision:
 
 @dataclass
 class QuantizeResult:
-    """What `vlaedge.quantize.quantize` did: truthy when something was quantized.
+    """What `vlaedge.compress.quantize.quantize` did: truthy when something was quantized.
 
     Attributes:
         path: "modelopt" (fake-quantized torch module, for TensorRT) or "onnxruntime" (QDQ ONNX file).

@@ -1,6 +1,6 @@
 """The LeRobot v3.0 dataset layout: `meta/info.json`, `meta/tasks.parquet`, `meta/episodes/**.parquet`
-and `data/**.parquet` with images embedded as PNG. `vlaedge.data.load_dataset` reads it through
-`load_lerobot`; `save_lerobot` writes it atomically.
+and `data/**.parquet` with images embedded as PNG (decoded with Pillow, `vlaedge.data.images`).
+`vlaedge.data.load_dataset` reads it through `load_lerobot`; `save_lerobot` writes it atomically.
 """
 
 from __future__ import annotations
@@ -14,16 +14,16 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from vlaedge.data import (
-    _DATA_HINT,
+from vlaedge.data.episodes import (
+    DATA_HINT,
     Episode,
     EpisodeDataset,
-    _atomic_dir,
-    _check_episode,
-    _default_names,
+    atomic_dir,
+    check_episode,
+    default_names,
 )
+from vlaedge.data.images import decode_images, encode_png
 from vlaedge.errors import VlaedgeError
-from vlaedge.png import PngError, decode_pngs, encode_png
 
 _DATA_COLUMNS = ["observation.state", "action", "episode_index", "frame_index", "task_index"]
 
@@ -55,7 +55,7 @@ def save_lerobot(
     """
     root = Path(root)
     tasks = list(dict.fromkeys(ep.instruction for ep in dataset.episodes))
-    with _atomic_dir(root, overwrite) as tmp:
+    with atomic_dir(root, overwrite) as tmp:
         _write_parquet(_data_table(dataset, image_key, tasks), tmp / "data/chunk-000/file-000.parquet")
         _write_parquet(_tasks_table(tasks), tmp / "meta/tasks.parquet")
         _write_parquet(_episodes_table(dataset), tmp / "meta/episodes/chunk-000/file-000.parquet")
@@ -197,9 +197,9 @@ def _episodes_in_file(path: Path, key: str, tasks: dict[int, str]) -> list[Episo
             raise VlaedgeError(
                 f"{where}: task_index {task} is not in meta/tasks.parquet", "re-export the dataset"
             )
-        images = _decode_frames([blobs[r] for r in rows], where)
+        images = decode_images([blobs[r] for r in rows], where)
         ep = Episode(tasks[task], images, state[rows], action[rows], index=int(index))
-        episodes.append(_check_episode(ep, where))
+        episodes.append(check_episode(ep, where))
     return episodes
 
 
@@ -211,7 +211,7 @@ def _matrix(table: pa.Table, name: str, path: Path) -> np.ndarray:
         return col.to_numpy(zero_copy_only=False).astype(np.float32)[:, None]
     is_list = pa.types.is_list(kind) or pa.types.is_large_list(kind) or pa.types.is_fixed_size_list(kind)
     if not is_list or not (pa.types.is_floating(kind.value_type) or pa.types.is_integer(kind.value_type)):
-        raise VlaedgeError(f"dataset: {path}: column {name} is {kind}, expected a list of floats", _DATA_HINT)
+        raise VlaedgeError(f"dataset: {path}: column {name} is {kind}, expected a list of floats", DATA_HINT)
     lengths = pc.list_value_length(col).to_numpy(zero_copy_only=False)
     if col.null_count or (lengths != lengths[0]).any():
         raise VlaedgeError(
@@ -221,33 +221,13 @@ def _matrix(table: pa.Table, name: str, path: Path) -> np.ndarray:
     return col.flatten().to_numpy(zero_copy_only=False).astype(np.float32).reshape(len(col), -1)
 
 
-def _decode_frames(blobs: list[bytes | None], where: str) -> np.ndarray:
-    """Decode one episode's PNG frames to uint8 [N, H, W, 3] (gray is repeated, alpha dropped)."""
-    if None in blobs:
-        raise VlaedgeError(
-            f"{where}: frame {blobs.index(None)} has no embedded image bytes", "embed the images"
-        )
-    try:
-        frames = decode_pngs(blobs)
-    except PngError as exc:
-        raise VlaedgeError(
-            f"{where}: {exc}", "the camera column must hold 8-bit PNGs; re-encode it"
-        ) from None
-    rgb = [np.repeat(f, 3, axis=2) if f.shape[2] == 1 else f[:, :, :3] for f in frames]
-    if len({f.shape for f in rgb}) > 1:
-        raise VlaedgeError(
-            f"{where}: frames have different sizes {sorted({f.shape for f in rgb})}", "resize them"
-        )
-    return np.stack(rgb)
-
-
 def _feature_names(feature: dict | None, dim: int, prefix: str) -> list[str]:
     names = (feature or {}).get("names")
     if isinstance(names, dict):  # LeRobot v2 style: {"motors": [...]}
         names = [n for group in names.values() for n in group]
     if isinstance(names, list) and len(names) == dim and all(isinstance(n, str) for n in names):
         return names
-    return _default_names(prefix, dim)
+    return default_names(prefix, dim)
 
 
 
@@ -262,7 +242,7 @@ def _read_parquet(path: Path, columns: list[str], optional: Sequence[str] = ()) 
         ) from None
     missing = [c for c in columns if c not in names]
     if missing:
-        raise VlaedgeError(f"dataset: {path} lacks column(s) {missing}; it has {names}", _DATA_HINT)
+        raise VlaedgeError(f"dataset: {path} lacks column(s) {missing}; it has {names}", DATA_HINT)
     try:
         return pfile.read(columns=[*columns, *(c for c in optional if c in names)])
     except (pa.ArrowException, OSError) as exc:

@@ -10,7 +10,7 @@
 - ONNX Runtime (cpu target): `onnxruntime.quantization.quantize_static` of the exported FP32 ONNX: QDQ,
   uint8 activations, int8 (per-channel) weights, MatMul/Gemm/Conv only (FACTS: ~1.45x faster on CPU; int8
   activations are 2.5x slower; quantize_dynamic fails on shared weights). Keep patterns are mapped from
-  module names to node names (see `vlaedge._quant_report.node_modules`); normalisation nodes are excluded.
+  module names to node names (see `quant_report.node_modules`); normalisation nodes are excluded.
 
 Both paths check the calibration feeds first and report every module / node with why it was or was not
 quantized (`QuantizeResult.decisions`).
@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from vlaedge._quant_report import (
+from vlaedge.compress.quant_report import (
     QuantDecision,
     QuantizeResult,
     confirm_onnx,
@@ -354,7 +354,7 @@ def _quiet_root_logger():
 
 class _FeedReader:
     """An onnxruntime.quantization.CalibrationDataReader over feed batches (duck-typed: ORT only calls
-    get_next, and importing its base class would import onnxruntime with vlaedge.quantize)."""
+    get_next, and importing its base class would import onnxruntime with vlaedge.compress.quantize)."""
 
     def __init__(self, batches: list[dict[str, np.ndarray]]):
         self._batches = iter(batches)
@@ -369,7 +369,8 @@ def _check_keep_reached(config: QuantizeConfig, decisions: list[QuantDecision]) 
         if not any(d.reason == f"kept by recipe pattern '{pattern}'" for d in decisions):
             raise VlaedgeError(f"quantize.keep: pattern {pattern!r} matches modules but no quantizable ONNX "
                                "node (node names could not be mapped to module names)",
-                               "export with vlaedge.export (legacy exporter names), or drop the pattern")
+                               "export with vlaedge.compress.export (legacy exporter names), "
+                               "or drop the pattern")
 
 
 def _fit_batch(model, batches: list[dict[str, np.ndarray]], path: Path) -> list[dict[str, np.ndarray]]:

@@ -86,7 +86,7 @@ def gate(
     """Judges a report against budgets.
 
     Args:
-        report: a loaded report.json (`vlaedge.report.load_report`).
+        report: a loaded report.json (`vlaedge.check.report.load_report`).
         budgets: the budgets (`vlaedge.recipe.load_budgets`, or a recipe's `budgets`).
         target: the target whose `budgets.targets` entry applies; default: the report's target.
         policy_sha256: the fingerprint the report must carry (e.g. of the run's checkpoint).

@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from vlaedge.data import EpisodeDataset, save_npz
+from vlaedge.data.lerobot import save_lerobot
 from vlaedge.errors import VlaedgeError
-from vlaedge.lerobot import save_lerobot
 
 FORMATS = ("lerobot", "npz")
 

@@ -1,14 +1,13 @@
-"""The bundle's shell scripts (build.sh, profile.sh) and file names; see `vlaedge.engine`."""
+"""The bundle's shell scripts (build.sh, profile.sh) and file names; see `vlaedge.deploy.engine`."""
 
 from __future__ import annotations
 
 import shlex
 
+from vlaedge.runtimes.plan import ONNX_NAME, PLAN_NAME, SIDECAR_SUFFIX
 from vlaedge.targets import Target
 
-ENGINE_DIR = "engine"
-ONNX_NAME, PLAN_NAME, CACHE_NAME, LAYERS_NAME = "model.onnx", "model.plan", "timing.cache", "layers.json"
-SIDECAR_SUFFIX = ".json"  # model.plan -> model.plan.json
+CACHE_NAME, LAYERS_NAME = "timing.cache", "layers.json"
 TRTEXEC_MISSING_EXIT = 3  # build.sh's exit status when TensorRT (trtexec) is absent on the device
 
 

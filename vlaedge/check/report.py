@@ -1,5 +1,6 @@
 """Reports: report.json (versioned schema), report.md (a GitHub step summary), junit.xml (one test case
-per budget) and report.html (inline SVG plots, no plotting library).
+per budget) and report.html (inline SVG plots, no plotting library); the Markdown and HTML renderers live in
+`report_markdown` and `report_html`.
 
 report.json schema "vlaedge.report/1" (top-level keys; sections absent from a run are null):
   schema, created, vlaedge           version stamp
@@ -7,11 +8,11 @@ report.json schema "vlaedge.report/1" (top-level keys; sections absent from a ru
   policy     {name, checkpoint, sha256, action_names, action_low, action_high, gripper_dims, chunk}
   candidate  {model, runtime, sha256, file_bytes}
   data       {source, evaluation_episodes, frames, fps}
-  drift      `vlaedge.drift.DriftReport` as a dict
-  closed_loop `vlaedge.closedloop.ClosedLoopReport` as a dict
-  profile    `vlaedge.profile.ProfileReport` as a dict (models[0] is the candidate)
+  drift      `vlaedge.check.drift.DriftReport` as a dict
+  closed_loop `vlaedge.check.closedloop.ClosedLoopReport` as a dict
+  profile    `vlaedge.check.profile.ProfileReport` as a dict (models[0] is the candidate)
   traces     [{episode, instruction, reference [[A]...], candidate [[A]...]}] first action per frame
-  gate       `vlaedge.gate.GateResult` as a dict, or null when no budgets were given
+  gate       `vlaedge.check.gate.GateResult` as a dict, or null when no budgets were given
   notes      [str]
 """
 
@@ -22,6 +23,8 @@ import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
+from vlaedge.check.report_html import render_html
+from vlaedge.check.report_markdown import format_number, render_markdown
 from vlaedge.errors import VlaedgeError
 
 SCHEMA = "vlaedge.report/1"
@@ -52,7 +55,7 @@ def build_report(
     model = Path(candidate_model) if candidate_model else None
     file_bytes = None
     if model is not None and model.is_file():
-        from vlaedge.profile import model_file_bytes
+        from vlaedge.check.profile import model_file_bytes
 
         file_bytes = model_file_bytes(model)
     return {
@@ -137,8 +140,6 @@ def write_reports(report: dict, out: str | Path) -> list[Path]:
     Returns:
         The written paths.
     """
-    from vlaedge._report_html import render_html
-
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     written = []
@@ -167,136 +168,6 @@ def _jsonable(value):
     raise TypeError(f"{type(value).__name__} is not JSON serializable")
 
 
-STATUS_MARK = {
-    "pass": "✅ pass",
-    "fail": "❌ fail",
-    "inconclusive": "⚠️ inconclusive",
-    "skipped": "➖ skipped",
-}
-
-
-def render_markdown(report: dict) -> str:
-    """report.md: verdict, budgets table, drift per dimension, closed loop, latency, host."""
-    gate, policy, cand = report.get("gate"), report["policy"], report["candidate"]
-    if gate:
-        verdict = "✅ all budgets met" if gate["passed"] else f"❌ {gate['failed']} budget(s) not met"
-    else:
-        verdict = "no budgets given"
-    lines = [
-        f"# vlaedge report: {verdict}",
-        "",
-        f"- policy: `{policy.get('name')}` sha256 `{(policy.get('sha256') or '?')[:12]}`",
-        f"- candidate: `{cand.get('model')}` on `{cand.get('runtime')}`"
-        + (f", {cand['file_bytes'] / 1e6:.2f} MB" if cand.get("file_bytes") else ""),
-        f"- target: `{report.get('target')}`",
-        "",
-    ]
-    if gate:
-        lines += [
-            "## Budgets",
-            "",
-            "| budget | measured | allowed | status | detail |",
-            "|---|---|---|---|---|",
-        ]
-        for c in gate["checks"]:
-            lines.append(
-                f"| `{c['name']}` | {_num(c['measured'])} | {c['op']} {_num(c['allowed'])} {c['unit']} | "
-                f"{STATUS_MARK[c['status']]} | {c['detail']} |"
-            )
-        lines.append("")
-    lines += _drift_md(report.get("drift"), policy)
-    lines += _closed_loop_md(report.get("closed_loop"))
-    lines += _profile_md(report.get("profile"))
-    lines += [f"> {n}" for n in report.get("notes", [])]
-    return "\n".join(lines).rstrip() + "\n"
-
-
-def _drift_md(drift: dict | None, policy: dict) -> list[str]:
-    if not drift:
-        return []
-    lines = [
-        f"## Open-loop drift ({drift['frames']} evaluation frames, % of action range)",
-        "",
-        "| dim | mean | p99 | max | token agreement | gripper flips |",
-        "|---|---|---|---|---|---|",
-    ]
-    for d in drift["per_dim"]:
-        lines.append(
-            f"| {d['name']} | {d['mean_pct']:.3f} | {d['p99_pct']:.3f} | {d['max_pct']:.3f} | "
-            f"{_pct(d['token_agreement'])} | {_pct(d['gripper_flip_rate'])} |"
-        )
-    lines.append(
-        f"| **all** | {drift['mean_pct']:.3f} | {drift['p99_pct']:.3f} | {drift['max_pct']:.3f} | "
-        f"{_pct(drift['token_agreement'])} | {_pct(drift['gripper_flip_rate'])} |"
-    )
-    steps = ", ".join(f"{v:.3f}" for v in drift["step_mean_pct"])
-    lines += [
-        "",
-        f"Chunk cosine similarity: mean {drift['cosine_mean']:.4f}, min {drift['cosine_min']:.4f}. "
-        f"Mean error per chunk step: {steps}.",
-    ]
-    if drift.get("nonfinite"):
-        lines.append(f"**{drift['nonfinite']} non-finite candidate action values** (counted as 100% error).")
-    return lines + [""]
-
-
-def _closed_loop_md(loop: dict | None) -> list[str]:
-    if not loop:
-        return []
-    r, c = loop["reference"], loop["candidate"]
-    lo, hi = loop["drop_interval"]
-    lines = [
-        f"## Closed loop ({loop['env']}, {c['episodes']} episodes each, seeds from {loop['seed']})",
-        "",
-        f"- reference: {r['successes']}/{r['episodes']} = {r['rate']:.1%} "
-        f"(95% CI {r['interval'][0]:.1%}-{r['interval'][1]:.1%})",
-        f"- candidate: {c['successes']}/{c['episodes']} = {c['rate']:.1%} "
-        f"(95% CI {c['interval'][0]:.1%}-{c['interval'][1]:.1%})",
-        f"- drop: {loop['drop']:+.1%} (95% CI {lo:+.1%} to {hi:+.1%})",
-    ]
-    if loop["status"] == "inconclusive":
-        lines.append(f"- **inconclusive**: fewer than min_episodes={loop['min_episodes']} episodes")
-    return lines + [""]
-
-
-def _profile_md(prof: dict | None) -> list[str]:
-    if not prof:
-        return []
-    lines = [
-        "## Latency (batch 1)",
-        "",
-        "| model | runtime | median ms | p90 ms | p99 ms | max ms | inferences/s "
-        "| actions/s | peak RSS MB | file MB |",
-        "|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for m in prof["models"]:
-        lat, rate = m["latency"], m["rate"]
-        lines.append(
-            f"| `{Path(m['model']).name}` | {m['runtime']} | {lat['median_ms']:.2f} | {lat['p90_ms']:.2f} | "
-            f"{lat['p99_ms']:.2f} | {lat['max_ms']:.2f} | {rate['inferences_per_s']:.1f} | "
-            f"{rate['actions_per_s']:.1f} | {m['memory']['peak_rss_delta_mb']:.1f} | "
-            f"{m['file_bytes'] / 1e6:.2f} |"
-        )
-    host = prof.get("host") or {}
-    versions = ", ".join(f"{k} {v}" for k, v in (host.get("versions") or {}).items() if v)
-    lines += [
-        "",
-        f"{prof['runs']} timed runs after {prof['warmup']} warm-up; threads {prof['threads'] or 'default'}; "
-        f"{host.get('cpu')} ({host.get('cores')} cores), {host.get('os')}; {versions}.",
-    ]
-    margin = prof["models"][0]["rate"].get("realtime_margin")
-    if margin:
-        r = prof["models"][0]["rate"]
-        lines.append(
-            f"A chunk of {r['chunk']} actions lasts {r['chunk'] / r['control_hz'] * 1000:.0f} ms at "
-            f"{r['control_hz']:g} Hz: {margin:.1f}x the p99 latency."
-        )
-    for key in ("device", "power"):
-        if prof.get(key):
-            lines.append(f"{key}: `{json.dumps(prof[key], default=str)}`")
-    return lines + [""]
-
-
 def render_junit(report: dict) -> str:
     """junit.xml: one test case per budget; failures carry measured vs allowed."""
     gate = report["gate"]
@@ -315,7 +186,8 @@ def render_junit(report: dict) -> str:
             time="0",
         )
         text = (
-            f"measured {_num(c['measured'])} {c['unit']}, allowed {c['op']} {_num(c['allowed'])} {c['unit']}"
+            f"measured {format_number(c['measured'])} {c['unit']}, "
+            f"allowed {c['op']} {format_number(c['allowed'])} {c['unit']}"
         )
         if c["status"] in ("fail", "inconclusive"):
             kind = "BudgetViolated" if c["status"] == "fail" else "Inconclusive"
@@ -327,15 +199,3 @@ def render_junit(report: dict) -> str:
             ET.SubElement(case, "system-out").text = text
     ET.indent(root)
     return '<?xml version="1.0" encoding="utf-8"?>\n' + ET.tostring(root, encoding="unicode") + "\n"
-
-
-def _num(value) -> str:
-    if value is None:
-        return "n/a"
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    return str(value)
-
-
-def _pct(value) -> str:
-    return "" if value is None else f"{value:.2%}"

@@ -1,4 +1,4 @@
-"""The TensorRT Python API build behind `vlaedge.engine.build_engine`, and the layer-placement check.
+"""The TensorRT Python API build behind `vlaedge.deploy.engine.build_engine`, and the layer-placement check.
 
 Written against the documented TensorRT 10.x Python API (JetPack 6.x ships 10.3): Builder,
 NetworkDefinitionCreationFlag.STRONGLY_TYPED, OnnxParser.parse_from_file, IBuilderConfig (precision
@@ -18,7 +18,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from vlaedge.deploy.bundle import CACHE_NAME, LAYERS_NAME
 from vlaedge.errors import VlaedgeError
+from vlaedge.runtimes.plan import PLAN_NAME, gpu_compute_capability
 
 _GEMM_HINTS = ("conv", "matrixmultiply", "gemm", "fullyconnected")
 _OPAQUE_HINTS = ("myelin", "foreignnode")  # fused subgraphs: per-layer precision not reported
@@ -34,15 +36,13 @@ class BuiltPlan:
 
 
 def build_plan(onnx_path: Path, settings: Any, out_dir: Path) -> BuiltPlan:
-    """Builds `out_dir/model.plan` from the ONNX with `settings` (a `vlaedge.engine.BuildSettings`), updates
-    the timing cache, writes the layer information JSON, and returns the layer issues.
+    """Builds `out_dir/model.plan` from the ONNX with `settings` (an `engine.BuildSettings`), updates the
+    timing cache, writes the layer information JSON, and returns the layer issues.
 
     Raises:
         VlaedgeError: the ONNX parser or the builder failed (the first errors are quoted).
     """
     import tensorrt as trt
-
-    from vlaedge.engine import CACHE_NAME, LAYERS_NAME, PLAN_NAME, _gpu_compute_capability
 
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
@@ -74,7 +74,7 @@ def build_plan(onnx_path: Path, settings: Any, out_dir: Path) -> BuiltPlan:
     (out_dir / LAYERS_NAME).write_text(info_text)
     issues = [f"{name}: cannot run on DLA, falls back to the GPU" for name in dla_rejected]
     issues += layer_issues(json.loads(info_text), settings.intended, settings.dla_core is not None)
-    return BuiltPlan(trt.__version__, _gpu_compute_capability(), issues)
+    return BuiltPlan(trt.__version__, gpu_compute_capability(), issues)
 
 
 def _builder_config(trt: Any, builder: Any, network: Any, s: Any, strong: bool) -> Any:

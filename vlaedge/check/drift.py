@@ -35,7 +35,7 @@ class DriftReport:
     """Reference vs candidate actions on the same inputs.
 
     Truthy when every candidate action is finite and, if `tolerance_pct` is set, no dimension's mean
-    error exceeds it. Budgets are judged by `vlaedge.gate`, not here.
+    error exceeds it. Budgets are judged by `vlaedge.check.gate`, not here.
     """
 
     frames: int  # evaluation frames compared

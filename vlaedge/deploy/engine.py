@@ -23,8 +23,9 @@ INT8 comes only from the Q/DQ nodes (explicit quantization): there is no calibra
 cache anywhere (TensorRT 10.1 deprecated implicit INT8 calibration, 11 removed it). With TensorRT >= 11
 (precision flags removed) the Python build switches to strong typing.
 
-`check_plan_compatible` reads the sidecar before a plan is loaded and refuses a plan built by another
-TensorRT version or for another compute capability, with the fix (rebuild with build.sh on this device).
+`vlaedge.runtimes.plan.check_plan_compatible` reads the sidecar before a plan is loaded and refuses a plan
+built by another TensorRT version or for another compute capability, with the fix (rebuild with build.sh
+on this device).
 """
 
 from __future__ import annotations
@@ -35,21 +36,12 @@ import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
 
-from vlaedge._bundle import (  # the bundle's file names and scripts
-    CACHE_NAME,
-    ENGINE_DIR,
-    LAYERS_NAME,
-    ONNX_NAME,
-    PLAN_NAME,
-    SIDECAR_SUFFIX,
-    build_script,
-    profile_script,
-)
 from vlaedge.artifact import sha256
+from vlaedge.deploy.bundle import CACHE_NAME, LAYERS_NAME, build_script, profile_script
 from vlaedge.errors import VlaedgeError
 from vlaedge.recipe import EngineConfig
+from vlaedge.runtimes.plan import ENGINE_DIR, ONNX_NAME, PLAN_NAME, gpu_compute_capability, write_plan_sidecar
 from vlaedge.targets import Target, get_target
 
 _STRONG = ("fp8", "int4-weight-only")
@@ -168,7 +160,7 @@ def build_engine(
     result = EngineResult(str(bundle), target.name, asdict(settings), args)
     result.skipped = _why_no_build(config)
     if not result.skipped:
-        from vlaedge._trt_build import build_plan
+        from vlaedge.deploy.trt_build import build_plan
 
         built = build_plan(bundle / ONNX_NAME, settings, bundle)
         write_plan_sidecar(bundle / PLAN_NAME, built.tensorrt, built.compute_capability, target.name)
@@ -351,106 +343,6 @@ def _why_no_build(config: EngineConfig) -> str:
 
     if tensorrt_version() is None:
         return "TensorRT is not importable here"
-    if not _gpu_compute_capability():
+    if not gpu_compute_capability():
         return "no CUDA GPU visible here"
     return ""
-
-
-def _gpu_compute_capability() -> str | None:
-    """'8.7' for the current CUDA device, via torch; None without a GPU."""
-    try:
-        import torch
-    except ImportError:
-        return None
-    if not torch.cuda.is_available():
-        return None
-    major, minor = torch.cuda.get_device_capability()
-    return f"{major}.{minor}"
-
-
-def write_plan_sidecar(
-    plan: Path, tensorrt: str | None, compute_capability: str | None, target: str, built_with: str = "python"
-) -> Path:
-    """Writes `<plan>.json` next to the plan: the TensorRT version and compute capability it is for."""
-    side = plan.with_name(plan.name + SIDECAR_SUFFIX)
-    side.write_text(
-        json.dumps(
-            {
-                "tensorrt": tensorrt,
-                "compute_capability": compute_capability,
-                "target": target,
-                "built_with": built_with,
-                "plan_sha256": sha256(plan),
-            }
-        )
-        + "\n"
-    )
-    return side
-
-
-def check_plan_compatible(
-    plan: str | Path, tensorrt: str | None = None, compute_capability: str | None = None
-) -> dict[str, Any]:
-    """Refuses a plan built with another TensorRT version or for another GPU, before it is loaded.
-
-    Args:
-        plan: the .plan file; its sidecar `<plan>.json` (from build.sh or build_engine) must exist.
-        tensorrt: the TensorRT version here (default: the importable one).
-        compute_capability: this GPU's, e.g. "8.7" (default: the current CUDA device's).
-
-    Returns:
-        The sidecar's content.
-
-    Raises:
-        VlaedgeError: missing plan or sidecar, or a TensorRT / compute capability mismatch.
-    """
-    plan = Path(plan)
-    side = plan.with_name(plan.name + SIDECAR_SUFFIX)
-    rebuild = f"rebuild it on this device: {plan.parent / 'build.sh'}"
-    if not plan.is_file():
-        raise VlaedgeError(
-            f"trt: no engine plan at {plan}", f"build it on this device: {plan.parent / 'build.sh'}"
-        )
-    try:
-        meta = json.loads(side.read_text())
-    except (OSError, ValueError) as e:
-        raise VlaedgeError(
-            f"trt: {side} is missing or unreadable ({e.__class__.__name__}); without it the "
-            "plan's TensorRT version and GPU are unknown",
-            rebuild,
-        ) from e
-    if tensorrt is None:
-        from vlaedge.info import tensorrt_version
-
-        tensorrt = tensorrt_version()
-    compute_capability = compute_capability or _gpu_compute_capability()
-    built, here = _version3(meta.get("tensorrt")), _version3(tensorrt)
-    if not built or not here or built != here:
-        raise VlaedgeError(
-            f"trt: {plan.name} was built with TensorRT {meta.get('tensorrt') or 'unknown'}, "
-            f"this machine has {tensorrt or 'none'}; plans load only in the same version",
-            rebuild,
-        )
-    if not meta.get("compute_capability") or meta["compute_capability"] != compute_capability:
-        raise VlaedgeError(
-            f"trt: {plan.name} was built for compute capability "
-            f"{meta.get('compute_capability') or 'unknown'}, this GPU is {compute_capability or 'absent'}",
-            rebuild,
-        )
-    return meta
-
-
-def _version3(version: str | None) -> tuple[str, ...] | None:
-    """'10.3.0.30' -> ('10', '3', '0'); plans are tied to major.minor.patch."""
-    if not version:
-        return None
-    parts = version.strip().split(".")
-    return tuple((parts + ["0", "0"])[:3])
-
-
-def plan_for(model: str | Path) -> Path:
-    """The plan for a model path: itself for .plan/.engine, else model.plan next to the .onnx."""
-    model = Path(model)
-    if model.is_dir():
-        model = model / ENGINE_DIR / ONNX_NAME if (model / ENGINE_DIR).is_dir() else model / ONNX_NAME
-    return model if model.suffix in (".plan", ".engine") else model.with_suffix(".plan")

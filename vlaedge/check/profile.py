@@ -11,7 +11,7 @@ Linux the high-water mark is reset first (`/proc/self/clear_refs`), so the figur
 that is not possible, the growth of the process's lifetime peak (`getrusage`) is reported instead, a
 lower bound ("method" says which). It does not include GPU memory.
 
-On a Jetson, `vlaedge._jetson` (when installed) adds the power mode, clocks and their warnings under
+On a Jetson, `vlaedge.deploy.jetson` (when installed) adds the power mode, clocks and their warnings under
 "device" and tegrastats power under "power".
 """
 
@@ -28,7 +28,7 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from vlaedge._host import MemoryProbe, host_info
+from vlaedge.check.host import MemoryProbe, host_info
 from vlaedge.errors import VlaedgeError
 from vlaedge.models.base import BATCH, TensorSpec
 
@@ -84,7 +84,7 @@ class ProfileReport:
     interleaved: bool
     host: dict
     comparisons: list[dict] = field(default_factory=list)  # each model vs the first: latency ratios
-    device: dict | None = None  # Jetson power mode and clocks (vlaedge._jetson)
+    device: dict | None = None  # Jetson power mode and clocks (vlaedge.deploy.jetson)
     power: dict | None = None  # Jetson tegrastats power summary
 
     def __bool__(self) -> bool:
@@ -364,10 +364,10 @@ def _chunk_from_outputs(outputs: dict[str, np.ndarray]) -> int:
 
 
 def _jetson_module():
-    """`vlaedge._jetson` when it exists (written for Jetson devices), else None."""
-    if importlib.util.find_spec("vlaedge._jetson") is None:
+    """`vlaedge.deploy.jetson` when it exists (written for Jetson devices), else None."""
+    if importlib.util.find_spec("vlaedge.deploy.jetson") is None:
         return None
-    return importlib.import_module("vlaedge._jetson")
+    return importlib.import_module("vlaedge.deploy.jetson")
 
 
 def _short(path: str) -> str:

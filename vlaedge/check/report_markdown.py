@@ -1,0 +1,156 @@
+"""report.md: a Markdown report that reads well as a GitHub step summary (verdict, budgets, drift, closed
+loop, latency); report.html embeds it too."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+STATUS_MARK = {
+    "pass": "✅ pass",
+    "fail": "❌ fail",
+    "inconclusive": "⚠️ inconclusive",
+    "skipped": "➖ skipped",
+}
+
+
+def title(report: dict) -> str:
+    """The verdict line both reports open with, e.g. "vlaedge report: ✅ all budgets met"."""
+    gate = report.get("gate")
+    if gate:
+        verdict = "✅ all budgets met" if gate["passed"] else f"❌ {gate['failed']} budget(s) not met"
+    else:
+        verdict = "no budgets given"
+    return f"vlaedge report: {verdict}"
+
+
+def render_markdown(report: dict) -> str:
+    """report.md: verdict, budgets table, drift per dimension, closed loop, latency, host."""
+    gate, policy, cand = report.get("gate"), report["policy"], report["candidate"]
+    lines = [
+        f"# {title(report)}",
+        "",
+        f"- policy: `{policy.get('name')}` sha256 `{(policy.get('sha256') or '?')[:12]}`",
+        f"- candidate: `{cand.get('model')}` on `{cand.get('runtime')}`"
+        + (f", {cand['file_bytes'] / 1e6:.2f} MB" if cand.get("file_bytes") else ""),
+        f"- target: `{report.get('target')}`",
+        "",
+    ]
+    if gate:
+        lines += [
+            "## Budgets",
+            "",
+            "| budget | measured | allowed | status | detail |",
+            "|---|---|---|---|---|",
+        ]
+        for c in gate["checks"]:
+            lines.append(
+                f"| `{c['name']}` | {format_number(c['measured'])} | "
+                f"{c['op']} {format_number(c['allowed'])} {c['unit']} | "
+                f"{STATUS_MARK[c['status']]} | {c['detail']} |"
+            )
+        lines.append("")
+    lines += _drift_md(report.get("drift"), policy)
+    lines += _closed_loop_md(report.get("closed_loop"))
+    lines += _profile_md(report.get("profile"))
+    lines += [f"> {n}" for n in report.get("notes", [])]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def _drift_md(drift: dict | None, policy: dict) -> list[str]:
+    if not drift:
+        return []
+    lines = [
+        f"## Open-loop drift ({drift['frames']} evaluation frames, % of action range)",
+        "",
+        "| dim | mean | p99 | max | token agreement | gripper flips |",
+        "|---|---|---|---|---|---|",
+    ]
+    for d in drift["per_dim"]:
+        lines.append(
+            f"| {d['name']} | {d['mean_pct']:.3f} | {d['p99_pct']:.3f} | {d['max_pct']:.3f} | "
+            f"{_pct(d['token_agreement'])} | {_pct(d['gripper_flip_rate'])} |"
+        )
+    lines.append(
+        f"| **all** | {drift['mean_pct']:.3f} | {drift['p99_pct']:.3f} | {drift['max_pct']:.3f} | "
+        f"{_pct(drift['token_agreement'])} | {_pct(drift['gripper_flip_rate'])} |"
+    )
+    steps = ", ".join(f"{v:.3f}" for v in drift["step_mean_pct"])
+    lines += [
+        "",
+        f"Chunk cosine similarity: mean {drift['cosine_mean']:.4f}, min {drift['cosine_min']:.4f}. "
+        f"Mean error per chunk step: {steps}.",
+    ]
+    if drift.get("nonfinite"):
+        lines.append(f"**{drift['nonfinite']} non-finite candidate action values** (counted as 100% error).")
+    return lines + [""]
+
+
+def _closed_loop_md(loop: dict | None) -> list[str]:
+    if not loop:
+        return []
+    r, c = loop["reference"], loop["candidate"]
+    lo, hi = loop["drop_interval"]
+    lines = [
+        f"## Closed loop ({loop['env']}, {c['episodes']} episodes each, seeds from {loop['seed']})",
+        "",
+        f"- reference: {r['successes']}/{r['episodes']} = {r['rate']:.1%} "
+        f"(95% CI {r['interval'][0]:.1%}-{r['interval'][1]:.1%})",
+        f"- candidate: {c['successes']}/{c['episodes']} = {c['rate']:.1%} "
+        f"(95% CI {c['interval'][0]:.1%}-{c['interval'][1]:.1%})",
+        f"- drop: {loop['drop']:+.1%} (95% CI {lo:+.1%} to {hi:+.1%})",
+    ]
+    if loop["status"] == "inconclusive":
+        lines.append(f"- **inconclusive**: fewer than min_episodes={loop['min_episodes']} episodes")
+    return lines + [""]
+
+
+def _profile_md(prof: dict | None) -> list[str]:
+    if not prof:
+        return []
+    lines = [
+        "## Latency (batch 1)",
+        "",
+        "| model | runtime | median ms | p90 ms | p99 ms | max ms | inferences/s "
+        "| actions/s | peak RSS MB | file MB |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for m in prof["models"]:
+        lat, rate = m["latency"], m["rate"]
+        lines.append(
+            f"| `{Path(m['model']).name}` | {m['runtime']} | {lat['median_ms']:.2f} | {lat['p90_ms']:.2f} | "
+            f"{lat['p99_ms']:.2f} | {lat['max_ms']:.2f} | {rate['inferences_per_s']:.1f} | "
+            f"{rate['actions_per_s']:.1f} | {m['memory']['peak_rss_delta_mb']:.1f} | "
+            f"{m['file_bytes'] / 1e6:.2f} |"
+        )
+    host = prof.get("host") or {}
+    versions = ", ".join(f"{k} {v}" for k, v in (host.get("versions") or {}).items() if v)
+    lines += [
+        "",
+        f"{prof['runs']} timed runs after {prof['warmup']} warm-up; threads {prof['threads'] or 'default'}; "
+        f"{host.get('cpu')} ({host.get('cores')} cores), {host.get('os')}; {versions}.",
+    ]
+    margin = prof["models"][0]["rate"].get("realtime_margin")
+    if margin:
+        r = prof["models"][0]["rate"]
+        lines.append(
+            f"A chunk of {r['chunk']} actions lasts {r['chunk'] / r['control_hz'] * 1000:.0f} ms at "
+            f"{r['control_hz']:g} Hz: {margin:.1f}x the p99 latency."
+        )
+    for key in ("device", "power"):
+        if prof.get(key):
+            lines.append(f"{key}: `{json.dumps(prof[key], default=str)}`")
+    return lines + [""]
+
+
+def format_number(value) -> str:
+    """A measured or allowed value for a table cell: 4 significant digits, "n/a" for None."""
+    if value is None:
+        return "n/a"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def _pct(value) -> str:
+    return "" if value is None else f"{value:.2%}"
