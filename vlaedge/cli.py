@@ -1,23 +1,27 @@
 """The `vlaedge` command line. Each command is a thin adapter over one library verb; errors are mapped
-to exit codes in one place (`main`): 0 ok, 1 a budget violated, 2 could not run."""
+to exit codes in one place (`main`, through `vlaedge.errors.describe`): 0 ok, 1 a budget violated or a
+check inconclusive, 2 could not run. No traceback reaches the user without `--debug`."""
 
 from __future__ import annotations
 
+import os
 import sys
+import traceback
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from vlaedge.errors import GateFailed, VlaedgeError
+from vlaedge.errors import GateFailed, VlaedgeError, describe
 
 app = typer.Typer(
     name="vlaedge",
     help="Compress, export, profile and gate Vision-Language-Action policies for NVIDIA Jetson.",
     no_args_is_help=True,
-    pretty_exceptions_show_locals=False,
+    pretty_exceptions_enable=False,  # `main` maps every exception to one line; --debug shows tracebacks
     add_completion=False,
 )
+_debug = False  # set by --debug (or VLAEDGE_DEBUG=1): print the traceback of an unexpected error
 
 CheckpointArg = Annotated[Path | None, typer.Argument(
     help="Checkpoint directory (config.json + model.safetensors). Default: the embedded default policy.")]
@@ -28,6 +32,16 @@ Seed = Annotated[int, typer.Option(help="Random seed.")]
 
 def _echo(text: str) -> None:
     typer.echo(text)
+
+
+@app.callback()
+def _options(
+    debug: Annotated[bool, typer.Option(
+        "--debug", help="Show the traceback of an unexpected error (also: VLAEDGE_DEBUG=1).")] = False,
+) -> None:
+    """Compress, export, profile and gate Vision-Language-Action policies for NVIDIA Jetson."""
+    global _debug
+    _debug = _debug or debug
 
 
 @app.command()
@@ -396,20 +410,18 @@ def estimate(
 
 
 def main() -> None:
-    """Console entry point: runs the app and maps errors to exit codes."""
+    """Console entry point: runs the app and maps every exception to an exit code and one line."""
+    global _debug
+    _debug = os.environ.get("VLAEDGE_DEBUG", "") not in ("", "0")
     try:
-        app()  # usage errors exit 2 inside; success exits 0
-    except VlaedgeError as e:
-        typer.secho(f"error: {e.message}", err=True, fg="red")
-        if e.hint:
-            typer.echo(f"  fix: {e.hint}", err=True)
-        sys.exit(e.exit_code)
-    except GateFailed as e:
-        typer.secho(f"gate failed: {e}", err=True, fg="red")
-        sys.exit(e.exit_code)
-    except KeyboardInterrupt:
-        typer.echo("interrupted", err=True)
-        sys.exit(130)
+        app()  # usage errors exit 2 inside; Ctrl-C exits 130; success exits 0
+    except Exception as e:  # noqa: BLE001 (the one error boundary: nothing else may print a traceback)
+        if _debug:
+            traceback.print_exc()
+        code, lines = describe(e)
+        for i, line in enumerate(lines):
+            typer.secho(line, err=True, fg="red" if i == 0 else None)
+        sys.exit(code)
 
 
 if __name__ == "__main__":

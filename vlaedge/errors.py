@@ -1,10 +1,18 @@
-"""User-facing errors.
+"""User-facing errors and the exit-code contract.
 
-A `VlaedgeError` is a problem with the user's input or environment: the CLI prints its one-line message
-(and hint) without a traceback and exits 2. Anything else is a bug in vlaedge and keeps its traceback.
+Exit codes: 0 done (every budget met), 1 a budget was violated or a check was inconclusive
+(`GateFailed`), 2 the command could not run. A `VlaedgeError` is a problem with the user's input or
+environment: the CLI prints its message and fix without a traceback. An `OSError` that reaches the CLI
+(a full disk, a read-only folder, a path that cannot be written) is the environment's too. Anything
+else is a bug in vlaedge: one line says so, and `--debug` (or VLAEDGE_DEBUG=1) shows the traceback.
+`describe` turns any of them into the exit code and the lines to print.
 """
 
 from __future__ import annotations
+
+import re
+
+MAX_LINE = 400  # characters of one printed message: a value quoted in an error never floods the terminal
 
 
 class VlaedgeError(Exception):
@@ -28,3 +36,29 @@ class GateFailed(Exception):
     """A budget was violated: the gate ran fine and said no (exit code 1)."""
 
     exit_code = 1
+
+
+def one_line(text: object, limit: int = MAX_LINE) -> str:
+    """`text` on one line (whitespace runs collapsed), cut to `limit` characters with an ellipsis."""
+    flat = re.sub(r"\s+", " ", str(text)).strip()
+    return flat if len(flat) <= limit else flat[: limit - 3] + "..."
+
+
+def describe(exc: BaseException) -> tuple[int, list[str]]:
+    """The exit code and the lines the CLI prints for the exception that ended a command.
+
+    Returns:
+        (2, ["error: ...", "  fix: ..."]) for a `VlaedgeError` or an `OSError`, (1, ["gate failed: ..."])
+        for `GateFailed`, and (2, ["internal error: Type: message (rerun with --debug ...)"]) otherwise.
+    """
+    if isinstance(exc, VlaedgeError):
+        return exc.exit_code, [f"error: {one_line(exc.message)}"] + ([f"  fix: {one_line(exc.hint)}"]
+                                                                     if exc.hint else [])
+    if isinstance(exc, GateFailed):
+        return exc.exit_code, [f"gate failed: {one_line(exc)}"]
+    if isinstance(exc, OSError):
+        where = f": {exc.filename}" if exc.filename else ""
+        return 2, [f"error: {one_line(exc.strerror or exc)}{where}",
+                   "  fix: check that the path exists and is writable, and that the disk has free space"]
+    return 2, [f"internal error: {type(exc).__name__}: {one_line(exc, 200)} "
+               "(rerun with --debug for the traceback)"]
