@@ -1,5 +1,7 @@
 """Engine bundle: trtexec flags per recipe, build.sh run against a stand-in trtexec, plan-compatibility
-checks, the layer-placement report, and the trt runtime's errors where TensorRT is missing."""
+checks, the layer-placement report, the Python API build against a fake tensorrt module (tests/trt_fakes.py:
+inspector context, timing cache, DLA settings; issue 17), and the trt runtime's errors where TensorRT is
+missing."""
 
 from __future__ import annotations
 
@@ -16,9 +18,12 @@ from onnx import TensorProto as T
 from onnx import helper as h
 from onnx import numpy_helper as nh
 from onnx import save
+from trt_fakes import FakeTensorRT
 
 from vlaedge.artifact import sha256
-from vlaedge.deploy.engine import build_engine, detect_precision
+from vlaedge.deploy import engine as engine_module
+from vlaedge.deploy import trt_build
+from vlaedge.deploy.engine import build_engine, build_settings, detect_precision
 from vlaedge.deploy.trt_build import layer_issues
 from vlaedge.errors import VlaedgeError
 from vlaedge.info import tensorrt_version
@@ -129,7 +134,9 @@ def test_bundle_trtexec_flags_follow_the_recipe(recipe, onnx_model, tmp_path):
         "--timingCacheFile=timing.cache",
         "--profilingVerbosity=detailed",
         "--exportLayerInfo=layers.json",
+        f"--shapes='{IMAGE}':1x3x8x8,state:1x4",  # layer info from an inference context at the opt shapes
     } <= set(args)
+    assert "--skipInference" not in args  # it would export layer info without a context: no formats
     assert not any("calib" in a.lower() for a in args)  # Q/DQ only: no implicit INT8 calibration, ever
     assert shlex.join(args) in (bundle / "build.sh").read_text()
     assert "--runtime trt" in (bundle / "profile.sh").read_text()
@@ -148,6 +155,24 @@ def test_dla_override_adds_dla_flags(onnx_model, tmp_path):
     assert "--useDLACore=1" in args and "--allowGPUFallback" in args
     over.append("engine.gpu_fallback=false")
     assert "--allowGPUFallback" not in _build("orin-int8.yaml", onnx_model, tmp_path, over).trtexec
+
+
+def test_dla_build_sh_for_a_dynamic_batch_onnx_records_the_core(onnx_model, tmp_path, fake_trtexec):
+    # the ONNX's batch is dynamic; DLA needs static shapes, so the recipe pins min = opt = max
+    over = ["engine.dla_core=1", "engine.min_batch=2", "engine.opt_batch=2", "engine.max_batch=2"]
+    result = _build("orin-int8.yaml", onnx_model, tmp_path, over)
+    args = result.trtexec
+    assert {"--useDLACore=1", "--allowGPUFallback", "--int8", "--fp16", "--exportLayerInfo=layers.json",
+            f"--optShapes='{IMAGE}':2x3x8x8,state:2x4", f"--shapes='{IMAGE}':2x3x8x8,state:2x4"} <= set(args)
+    assert "--skipInference" not in args
+    bundle = Path(result.bundle)
+    env = {**os.environ, "PATH": f"{fake_trtexec}{os.pathsep}{os.environ['PATH']}"}
+    run = subprocess.run(
+        ["bash", str(bundle / "build.sh")], env=env, capture_output=True, text=True, timeout=30
+    )
+    assert run.returncode == 0, run.stderr
+    assert json.loads((bundle / "argv.json").read_text()) == args
+    assert check_plan_compatible(bundle / "model.plan", "10.3.0", "8.7")["dla_core"] == 1
 
 
 def test_unquantized_model_builds_fp16_and_cpu_target_is_refused(onnx_model, tmp_path):
@@ -175,7 +200,7 @@ def test_build_sh_runs_trtexec_with_exactly_these_args_and_writes_the_sidecar(
         and side["compute_capability"] == "8.7"
         and side["target"] == "agx-orin-64gb"
     )
-    assert side["plan_sha256"] == sha256(bundle / "model.plan")
+    assert side["plan_sha256"] == sha256(bundle / "model.plan") and side["dla_core"] is None
     assert check_plan_compatible(bundle / "model.plan", "10.3.0.30", "8.7")["built_with"] == "trtexec"
 
 
@@ -206,6 +231,13 @@ def test_plan_compatibility_errors(tmp_path):
         check_plan_compatible(plan, "", "8.7")
     with pytest.raises(VlaedgeError, match="built for compute capability 8.7, this GPU is 9.0"):
         check_plan_compatible(plan, "10.3.0", "9.0")
+    side = plan.with_name("model.plan.json")
+    old = {k: v for k, v in json.loads(side.read_text()).items() if k != "dla_core"}
+    side.write_text(json.dumps(old))  # a sidecar from before the DLA core was recorded
+    with pytest.raises(VlaedgeError, match="records no valid DLA core"):
+        check_plan_compatible(plan, "10.3.0", "8.7")
+    write_plan_sidecar(plan, "10.3.0.30", "8.7", "agx-orin-64gb", dla_core=1)
+    assert check_plan_compatible(plan, "10.3.0", "8.7")["dla_core"] == 1
     with pytest.raises(VlaedgeError, match="this GPU is absent"):
         check_plan_compatible(plan, "10.3.0", None) if not _has_gpu() else pytest.skip("GPU here")
 
@@ -258,6 +290,96 @@ def test_layer_issues_from_inspector_json():
         for i in layer_issues(info, "int8", dla=True)
     )
     assert "names only" in layer_issues({"Layers": ["a", "b"]}, "int8")[0]
+
+
+def test_layer_issues_say_when_formats_are_missing():
+    na = [{"Name": "t", "Format/Datatype": "N/A"}]
+    info = {"Layers": [{"Name": "fc", "LayerType": "CaskGemmMatrixMultiply", "Inputs": na, "Outputs": na},
+                       {"Name": "conv", "LayerType": "CaskConvolution", "Inputs": [], "Outputs": []}]}
+    issues = layer_issues(info, "int8")
+    assert len(issues) == 1 and issues[0].startswith("2 convolution/matrix-multiply layer(s) with no format")
+    assert "precision unknown" in issues[0]
+    bf16 = [{"Name": "t", "Format/Datatype": "Row major linear BFloat16 format"}]
+    info = {"Layers": [{"Name": "fc", "LayerType": "CaskGemmMatrixMultiply", "Inputs": bf16, "Outputs": []}]}
+    assert layer_issues(info, "fp16") == ["fc (CaskGemmMatrixMultiply) runs in bf16, intended fp16"]
+
+
+@pytest.fixture
+def fake_trt(monkeypatch):
+    """Installs a fake tensorrt module (keyword arguments: see FakeTensorRT) and lets build_engine build."""
+
+    def install(**kwargs) -> FakeTensorRT:
+        trt = FakeTensorRT(**kwargs)
+        monkeypatch.setitem(sys.modules, "tensorrt", trt)
+        monkeypatch.setattr(engine_module, "_why_no_build", lambda config: "")
+        monkeypatch.setattr(trt_build, "gpu_compute_capability", lambda: "8.7")
+        return trt
+
+    return install
+
+
+def test_python_build_inspects_layers_with_a_context_at_the_opt_shapes(onnx_model, tmp_path, fake_trt):
+    trt = fake_trt()
+    result = _build("orin-int8.yaml", onnx_model, tmp_path, ["engine.opt_batch=2"])
+    assert ("inspect", {IMAGE: (2, 3, 8, 8), "state": (2, 4)}) in trt.calls
+    assert result.issues == ["fc (CaskGemmMatrixMultiply) runs in fp16, intended int8"]  # not silently []
+    layers = json.loads((Path(result.bundle) / "layers.json").read_text())
+    assert layers["Layers"][0]["Inputs"][0]["Format/Datatype"] != "N/A"
+    side = json.loads((Path(result.bundle) / "model.plan.json").read_text())
+    assert side["built_with"] == "python" and side["dla_core"] is None and side["compute_capability"] == "8.7"
+
+
+def test_python_build_reuses_the_timing_cache_across_rebuilds(onnx_model, tmp_path, fake_trt):
+    trt = fake_trt()
+    first = _build("orin-int8.yaml", onnx_model, tmp_path)
+    cache = (Path(first.bundle) / "timing.cache").read_bytes()
+    second = _build("orin-int8.yaml", onnx_model, tmp_path)  # replaces engine/, keeps its timing cache
+    caches = [c for c in trt.calls if c[0] == "create_timing_cache"]
+    assert caches == [("create_timing_cache", b""), ("create_timing_cache", cache)]
+    assert not first.notes and second.notes == [f"timing cache: reused timing.cache ({len(cache)} bytes)"]
+    assert "timing.cache" in json.loads((Path(second.bundle) / "manifest.json").read_text())["files"]
+
+
+def test_python_build_checks_that_tensorrt_takes_the_timing_cache(onnx_model, tmp_path, fake_trt):
+    fake_trt()
+    _build("orin-int8.yaml", onnx_model, tmp_path)
+    fake_trt(accept_cache=lambda data: False)
+    with pytest.raises(VlaedgeError, match="refused the timing cache"):
+        _build("orin-int8.yaml", onnx_model, tmp_path)
+    fake_trt(accept_cache=lambda data: not data)  # e.g. the cache came from another GPU
+    result = _build("orin-int8.yaml", onnx_model, tmp_path)
+    assert result.notes == [
+        "timing cache: timing.cache refused (another GPU or TensorRT version): started empty"
+    ]
+
+
+def test_python_dla_build_matches_trtexec_and_records_the_core(onnx_model, tmp_path, fake_trt):
+    trt = fake_trt(dla_cores=2)
+    f = trt.BuilderFlag
+    result = _build("orin-int8.yaml", onnx_model, tmp_path, ["engine.dla_core=1", "engine.max_batch=1"])
+    flags = sorted({f.INT8, f.FP16, f.PREFER_PRECISION_CONSTRAINTS, f.GPU_FALLBACK})
+    assert ("build", flags, 1, 1) in trt.calls
+    assert ("deserialize", 1) in trt.calls  # the inspector's engine loads on the plan's DLA core
+    assert check_plan_compatible(result.plan, "10.3.0", "8.7")["dla_core"] == 1
+    over = ["engine.dla_core=0", "engine.max_batch=1", "engine.gpu_fallback=false"]
+    _build("orin-int8.yaml", onnx_model, tmp_path, over)
+    assert ("build", sorted({f.INT8, f.FP16, f.PREFER_PRECISION_CONSTRAINTS, f.DIRECT_IO}), 1, 0) in trt.calls
+
+
+def test_python_build_notes_deprecated_flags_from_tensorrt_10_12(onnx_model, tmp_path, fake_trt):
+    fake_trt(version="10.13.3.9")
+    result = _build("orin-int8.yaml", onnx_model, tmp_path)
+    assert any("deprecates the INT8/FP16 builder flags" in n for n in result.notes)
+    assert "deprecates" in result.summary()
+    assert json.loads((Path(result.bundle) / "manifest.json").read_text())["notes"] == result.notes
+    fake_trt(version="10.3.0")
+    assert not any("deprecates" in n for n in _build("orin-int8.yaml", onnx_model, tmp_path).notes)
+
+
+def test_weight_only_int8_expects_fp16_activations():
+    shapes = {"x": (None, 4)}
+    assert build_settings(EngineConfig(), "int8-weight-only", shapes).intended == "fp16"
+    assert build_settings(EngineConfig(), "int8", shapes).intended == "int8"
 
 
 @pytest.mark.skipif(tensorrt_version() is not None, reason="TensorRT is installed here")

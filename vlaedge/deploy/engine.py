@@ -5,8 +5,11 @@ Engines are specific to the GPU model and the TensorRT version, so the real buil
 
 - `model.onnx` (+ its external data files): the explicit Q/DQ ONNX;
 - `build.sh`: `trtexec` with the same settings as the Python build (precision / strong typing, the batch
-  optimization profile, timing cache, 2:4 sparsity, DLA with GPU fallback, layer info export); after the
-  build it writes the plan's sidecar `model.plan.json` (TensorRT version, compute capability);
+  optimization profile, timing cache, 2:4 sparsity, DLA with GPU fallback, layer info export after one
+  inference at the opt shapes, so the layer formats are shown); after the build it writes the plan's
+  sidecar `model.plan.json` (TensorRT version, compute capability, DLA core);
+- `timing.cache`: carried over from the bundle this one replaces (TensorRT's kernel timings: a rebuild on
+  the same GPU and TensorRT version is faster; TensorRT refuses a cache from another);
 - `profile.sh`: `vlaedge profile model.onnx --runtime trt` on the device;
 - `manifest.json`: sha256 of every file, the target, the settings, and the TensorRT version and compute
   capability of a plan built here (if any).
@@ -16,12 +19,15 @@ Precision, from the recipe's `quantize.precision` (TensorRT 10.x, JetPack 6.x sh
 | quantize          | network        | trtexec flags       | why                                            |
 | ----------------- | -------------- | ------------------- | ---------------------------------------------- |
 | (none)            | weakly typed   | --fp16              | FP16 tensor cores for an FP32 export            |
-| int8, int8-w-only | weakly typed   | --int8 --fp16       | Q/DQ nodes fix the INT8 layers; FP16 elsewhere |
+| int8              | weakly typed   | --int8 --fp16       | Q/DQ nodes fix the INT8 layers; FP16 elsewhere |
+| int8-weight-only  | weakly typed   | --int8 --fp16       | INT8 weights, FP16 activations (GEMM I/O fp16) |
 | fp8, int4-w-only  | strongly typed | --stronglyTyped     | types come from the Q/DQ graph itself          |
 
 INT8 comes only from the Q/DQ nodes (explicit quantization): there is no calibrator and no calibration
-cache anywhere (TensorRT 10.1 deprecated implicit INT8 calibration, 11 removed it). With TensorRT >= 11
-(precision flags removed) the Python build switches to strong typing.
+cache anywhere (TensorRT 10.1 deprecated implicit INT8 calibration, 11 removed it). TensorRT 10.12
+deprecated the FP16/INT8 flags (Thor's 10.13 still takes them; the build notes say so); with TensorRT >= 11
+(flags removed) the Python build switches to strong typing. trtexec's `--int8` on an ONNX without Q/DQ
+nodes makes trtexec invent placeholder scales; vlaedge only passes `--int8` for a quantized (Q/DQ) export.
 
 `vlaedge.runtimes.plan.check_plan_compatible` reads the sidecar before a plan is loaded and refuses a plan
 built by another TensorRT version or for another compute capability, with the fix (rebuild with build.sh
@@ -64,8 +70,9 @@ class BuildSettings:
 
     @property
     def intended(self) -> str:
-        """The precision the GEMM/conv layers should run in."""
-        if self.precision in _INT8:
+        """The precision the GEMM/conv layers should run in, as the inspector shows their I/O formats
+        (weight-only INT8: INT8 weights, FP16 activations)."""
+        if self.precision == "int8":
             return "int8"
         if self.precision == "fp8":
             return "fp8"
@@ -85,6 +92,7 @@ class EngineResult:
     compute_capability: str | None = None
     skipped: str = ""  # why no plan was built here
     issues: list[str] = field(default_factory=list)  # layers not in the intended precision / device
+    notes: list[str] = field(default_factory=list)  # build facts (timing cache reuse, deprecated flags)
     seconds: float = 0.0
 
     def __bool__(self) -> bool:
@@ -103,6 +111,7 @@ class EngineResult:
         lines = [head, "  " + shlex.join(["trtexec", *self.trtexec])]
         if self.skipped:
             lines.append(f"  no plan built here: {self.skipped}")
+        lines += [f"  note: {n}" for n in self.notes]
         lines += [f"  layer: {i}" for i in self.issues[:20]]
         if len(self.issues) > 20:
             lines.append(f"  ... {len(self.issues) - 20} more in layers.json")
@@ -124,7 +133,8 @@ def build_engine(
         config: the recipe's engine section.
         target: the target (or its name); must run TensorRT.
         precision: the recipe's `quantize.precision`, or None for an unquantized export.
-        out_dir: the output directory; `engine/` is created inside it (replaced if present).
+        out_dir: the output directory; `engine/` is created inside it (replaced if present; its
+            timing.cache is kept).
 
     Returns:
         The `EngineResult`: bundle path, trtexec arguments, and the plan with its layer issues if built.
@@ -148,12 +158,16 @@ def build_engine(
         raise VlaedgeError(f"engine: {onnx_path} does not exist", "export the model first (vlaedge compress)")
     settings = build_settings(config, precision, onnx_input_shapes(onnx_path))
     bundle = Path(out_dir) / ENGINE_DIR
+    cache = bundle / CACHE_NAME
+    timings = cache.read_bytes() if cache.is_file() else None  # TensorRT's timings outlive the bundle
     if bundle.exists():
         shutil.rmtree(bundle)
     bundle.mkdir(parents=True)
+    if timings:
+        cache.write_bytes(timings)
     copy_onnx(onnx_path, bundle)
     args = trtexec_args(settings)
-    (bundle / "build.sh").write_text(build_script(args, target))
+    (bundle / "build.sh").write_text(build_script(args, target, settings.dla_core))
     (bundle / "profile.sh").write_text(profile_script())
     for script in ("build.sh", "profile.sh"):
         (bundle / script).chmod(0o755)
@@ -163,9 +177,12 @@ def build_engine(
         from vlaedge.deploy.trt_build import build_plan
 
         built = build_plan(bundle / ONNX_NAME, settings, bundle)
-        write_plan_sidecar(bundle / PLAN_NAME, built.tensorrt, built.compute_capability, target.name)
+        write_plan_sidecar(
+            bundle / PLAN_NAME, built.tensorrt, built.compute_capability, target.name, settings.dla_core
+        )
         result.plan, result.tensorrt = str(bundle / PLAN_NAME), built.tensorrt
         result.compute_capability, result.issues = built.compute_capability, built.issues
+        result.notes = built.notes
     write_bundle_manifest(bundle, target, settings, args, result)
     result.seconds = time.perf_counter() - start
     return result
@@ -210,7 +227,12 @@ def build_settings(
 
 
 def trtexec_args(s: BuildSettings) -> list[str]:
-    """The trtexec arguments (without the program) that build the same engine as the Python API path."""
+    """The trtexec arguments (without the program) that build the same engine as the Python API path.
+
+    The layer information is exported after one short inference at the opt shapes (`--shapes`), not with
+    `--skipInference`: without an execution context whose shapes are set, trtexec exports layer info with
+    no formats for dynamic shapes, and the precision check could not be made.
+    """
     args = [f"--onnx={ONNX_NAME}", f"--saveEngine={PLAN_NAME}"]
     args += ["--stronglyTyped"] if s.strongly_typed else [f"--{f}" for f in s.flags]
     if s.sparsity:
@@ -219,8 +241,8 @@ def trtexec_args(s: BuildSettings) -> list[str]:
         args.append(f"--useDLACore={s.dla_core}")
         if s.gpu_fallback:
             args.append("--allowGPUFallback")
-    for i, flag in enumerate(("--minShapes", "--optShapes", "--maxShapes")):
-        if s.shapes:
+    if s.shapes:  # min, opt, max of the profile; --shapes (the inference's) = opt
+        for flag, i in (("--minShapes", 0), ("--optShapes", 1), ("--maxShapes", 2), ("--shapes", 1)):
             spec = ",".join(f"{_shape_name(n)}:{'x'.join(map(str, dims[i]))}" for n, dims in s.shapes.items())
             args.append(f"{flag}={spec}")
     args += [
@@ -228,7 +250,9 @@ def trtexec_args(s: BuildSettings) -> list[str]:
         f"--timingCacheFile={CACHE_NAME}",
         "--profilingVerbosity=detailed",
         f"--exportLayerInfo={LAYERS_NAME}",
-        "--skipInference",
+        "--iterations=1",  # one inference (with its context) so the layer info has formats; no timing
+        "--duration=0",
+        "--warmUp=0",
     ]
     return args
 
@@ -263,6 +287,7 @@ def write_bundle_manifest(
         else None,
         "plan_skipped": result.skipped or None,
         "issues": result.issues,
+        "notes": result.notes,
         "files": files,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }

@@ -3,10 +3,11 @@ check made before one is loaded.
 
 A plan is `model.plan` next to the bundle's `model.onnx` (`plan_for`), with a sidecar `model.plan.json`
 (`write_plan_sidecar`; build.sh writes the same one) holding the TensorRT version, the GPU compute capability,
-the target and the plan's sha256. Plans load only in the TensorRT version (major.minor.patch) and on the
-compute capability they were built for, so `check_plan_compatible` refuses any other before TensorRT is
-asked to deserialize it. Shared by the `trt` runtime (which loads plans) and `vlaedge.deploy` (which
-builds them).
+the DLA core (null: the GPU), the target and the plan's sha256. Plans load only in the TensorRT version
+(major.minor.patch) and on the compute capability they were built for, so `check_plan_compatible` refuses
+any other before TensorRT is asked to deserialize it; the `trt` runtime sets the recorded DLA core before
+it deserializes. Shared by the `trt` runtime (which loads plans) and `vlaedge.deploy` (which builds
+them).
 """
 
 from __future__ import annotations
@@ -37,15 +38,22 @@ def gpu_compute_capability() -> str | None:
 
 
 def write_plan_sidecar(
-    plan: Path, tensorrt: str | None, compute_capability: str | None, target: str, built_with: str = "python"
+    plan: Path,
+    tensorrt: str | None,
+    compute_capability: str | None,
+    target: str,
+    dla_core: int | None = None,
+    built_with: str = "python",
 ) -> Path:
-    """Writes `<plan>.json` next to the plan: the TensorRT version and compute capability it is for."""
+    """Writes `<plan>.json` next to the plan: the TensorRT version, compute capability and DLA core (None:
+    the GPU) it is for."""
     side = plan.with_name(plan.name + SIDECAR_SUFFIX)
     side.write_text(
         json.dumps(
             {
                 "tensorrt": tensorrt,
                 "compute_capability": compute_capability,
+                "dla_core": dla_core,
                 "target": target,
                 "built_with": built_with,
                 "plan_sha256": sha256(plan),
@@ -67,10 +75,12 @@ def check_plan_compatible(
         compute_capability: this GPU's, e.g. "8.7" (default: the current CUDA device's).
 
     Returns:
-        The sidecar's content.
+        The sidecar's content; its "dla_core" (int, or None for the GPU) is what the runtime must set before
+        deserializing.
 
     Raises:
-        VlaedgeError: missing plan or sidecar, or a TensorRT / compute capability mismatch.
+        VlaedgeError: missing plan or sidecar, a sidecar without a valid "dla_core" (written before the DLA
+            core was recorded), or a TensorRT / compute capability mismatch.
     """
     plan = Path(plan)
     side = plan.with_name(plan.name + SIDECAR_SUFFIX)
@@ -87,6 +97,12 @@ def check_plan_compatible(
             "plan's TensorRT version and GPU are unknown",
             rebuild,
         ) from e
+    core = meta.get("dla_core", "missing")
+    if core is not None and (not isinstance(core, int) or isinstance(core, bool) or core < 0):
+        raise VlaedgeError(
+            f"trt: {side.name} records no valid DLA core (dla_core: {core}): the plan's core is unknown",
+            rebuild,
+        )
     if tensorrt is None:
         tensorrt = tensorrt_version()
     compute_capability = compute_capability or gpu_compute_capability()
