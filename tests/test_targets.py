@@ -17,8 +17,9 @@ def test_the_expected_targets_exist():
     assert list(TARGETS) == [
         "orin-nano-4gb", "orin-nano-4gb-super", "orin-nano-8gb", "orin-nano-8gb-super", "orin-nx-8gb",
         "orin-nx-8gb-super", "orin-nx-16gb", "orin-nx-16gb-super", "agx-orin-32gb", "agx-orin-64gb",
+        "agx-orin-64gb-50w", "agx-orin-64gb-30w", "agx-orin-64gb-15w",
         "agx-thor", "thor-t4000", "x86-ampere", "x86-ada", "x86-hopper", "cpu"]
-    assert len(ORIN) == 10
+    assert len(ORIN) == 13
 
 
 @pytest.mark.parametrize("name", list(TARGETS))
@@ -68,7 +69,8 @@ def test_fp8_and_fp4_where_the_hardware_has_them():
 def test_dla_counts():
     dla = {n: t.dla_count for n, t in TARGETS.items() if t.dla_count}
     assert dla == {"orin-nx-8gb": 1, "orin-nx-8gb-super": 1, "orin-nx-16gb": 2, "orin-nx-16gb-super": 2,
-                   "agx-orin-32gb": 2, "agx-orin-64gb": 2}
+                   "agx-orin-32gb": 2, "agx-orin-64gb": 2, "agx-orin-64gb-50w": 2, "agx-orin-64gb-30w": 2,
+                   "agx-orin-64gb-15w": 2}
 
 
 def test_super_mode_raises_clocks_not_memory():
@@ -78,13 +80,38 @@ def test_super_mode_raises_clocks_not_memory():
         assert s.int8_tops > t.int8_tops and s.min_jetpack == "6.2"
 
 
+def test_agx_orin_power_modes_scale_gpu_peaks_by_the_published_tops():
+    maxn = TARGETS["agx-orin-64gb"]
+    for mode, gpu_sparse_tops in (("50w", 109), ("30w", 41), ("15w", 14)):  # DLA README, MAXN = 171
+        t = TARGETS[f"agx-orin-64gb-{mode}"]
+        assert t.int8_tops == pytest.approx(maxn.int8_tops * gpu_sparse_tops / 171, rel=0.01)
+        assert t.fp16_tflops == pytest.approx(t.int8_tops / 2, rel=0.01)
+        assert t.memory_gb == maxn.memory_gb and t.precisions == maxn.precisions
+    assert TARGETS["agx-orin-64gb-30w"].memory_bw_gbs == maxn.memory_bw_gbs  # EMC not capped in 30W
+    assert TARGETS["agx-orin-64gb-15w"].memory_bw_gbs == pytest.approx(204.8 * 2133 / 3199, abs=0.1)
+
+
+@pytest.mark.parametrize("name", GPUS)
+def test_estimate_efficiencies_are_fractions_with_a_source(name):
+    e = TARGETS[name].efficiency
+    assert e is not None and e.source
+    for p in ("fp16", "int8", "fp8", "fp4"):
+        assert 0 < e.compute(p) <= 1
+    assert 0 < e.memory <= 1 and e.kernel_floor_us >= 0 and e.fixed_ms >= 0
+    assert (e.fp8 is not None) == (TARGETS[name].gpu_arch == "Blackwell")
+    assert TARGETS["cpu"].efficiency is None
+
+
 def test_get_target_suggests_the_closest_name():
     assert get_target("agx-orin-64gb").memory_gb == 64
     with pytest.raises(VlaedgeError) as e:
         get_target("agx-orin-64")
     assert e.value.message.startswith("target: unknown target 'agx-orin-64'")
     assert "x86-hopper" in e.value.message  # the known names are listed
-    assert e.value.hint == "did you mean agx-orin-64gb?"
+    assert e.value.hint == "did you mean agx-orin-64gb?"  # not its power modes too
+    with pytest.raises(VlaedgeError) as e:
+        get_target("agx-orin-64gb-30")
+    assert e.value.hint.startswith("did you mean agx-orin-64gb-30w")
     with pytest.raises(VlaedgeError) as e:
         get_target("orin-nano-8gb-supr")
     assert "orin-nano-8gb-super" in e.value.hint

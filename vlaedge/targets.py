@@ -4,7 +4,9 @@ A `Target` is a frozen record of one device (a Jetson module in one power mode, 
 the ONNX Runtime CPU target): its runtime, precisions, 2:4 sparsity, DLA cores, memory and dense
 tensor-core peaks, with the source of every figure and how sure we are of it. The figures were taken
 from the project's Jetson research notes and NVIDIA datasheets; they live here as data, so the
-package never reads anything outside itself. Peaks are dense (no 2:4 sparsity), GPU only.
+package never reads anything outside itself. Peaks are dense (no 2:4 sparsity), GPU only. AGX Orin 64GB
+also comes in its lower nvpmodel modes (`agx-orin-64gb-50w`, `-30w`, `-15w`), and every GPU target carries
+the `Efficiency` that `vlaedge estimate` prices kernels with (fitted on published measurements).
 
 `check_recipe_against_target` is called when a recipe loads and refuses what the target cannot run
 (FP8 on Orin, DLA on Orin Nano or Thor, 2:4 on the CPU, ...), naming the field and the alternatives.
@@ -14,13 +16,36 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal, NoReturn
 
 from vlaedge.errors import VlaedgeError
 
 PRECISIONS = ("fp32", "fp16", "bf16", "int8", "fp8", "fp4")
 RUNTIMES = ("torch", "ort-cpu", "ort-cuda", "ort-trt", "trt")  # names known to `vlaedge runtimes`
+
+
+@dataclass(frozen=True)
+class Efficiency:
+    """What share of the datasheet peaks TensorRT reaches at batch 1, and the costs no roofline shows.
+
+    Fitted by `benchmarks/estimate_vs_published.py --fit` on the calibration rows of
+    benchmarks/published/measurements.csv only (held-out rows are never used to choose these).
+    """
+
+    fp16: float  # fraction of the dense FP16/BF16 tensor-core peak reached by GEMM/conv kernels
+    int8: float  # the same for INT8 (W8A8) kernels
+    fp8: float | None  # FP8 (E4M3) kernels; None without FP8
+    fp4: float | None  # NVFP4 kernels; None without FP4
+    memory: float  # fraction of the datasheet DRAM bandwidth reached by streaming kernels
+    kernel_floor_us: float  # no kernel takes less (launch, tail wave, synchronisation), microseconds
+    fixed_ms: float  # per inference: enqueue, input/output binding, stream sync (CUDA-graph-free), ms
+    source: str  # which rows fitted it, and which values are assumed rather than fitted
+
+    def compute(self, precision: str) -> float:
+        """The efficiency of a GEMM computing in `precision` ("w8"/"w4" weight-only run FP16 math)."""
+        value = {"int8": self.int8, "fp8": self.fp8, "fp4": self.fp4}.get(precision, self.fp16)
+        return value if value is not None else self.fp16
 
 
 @dataclass(frozen=True)
@@ -55,6 +80,7 @@ class Target:
     tensorrt: str | None  # TensorRT versions that ship for it
     source: str  # where the figures come from
     confidence: str  # which figures are official, derived or uncertain
+    efficiency: Efficiency | None = None  # for `vlaedge estimate`; None: no estimate (cpu)
 
     @property
     def label(self) -> str:
@@ -105,17 +131,52 @@ _AMPERE = frozenset({"fp32", "fp16", "bf16", "int8"})
 _FP8 = _AMPERE | {"fp8"}
 
 
+# --- estimate efficiencies (fitted on benchmarks/published calibration rows; see Efficiency) ----------
+_FIT = "fitted by benchmarks/estimate_vs_published.py --fit on the 'calib' rows of benchmarks/published"
+ORIN_EFFICIENCY = Efficiency(
+    fp16=0.42, int8=0.58, fp8=None, fp4=None, memory=0.735, kernel_floor_us=3.5, fixed_ms=0.15,
+    source=f"{_FIT}: Orin rows (MLPerf v3.1 AGX Orin, Orin Nano LLM table, GR00T/FlashRT AGX Orin)")
+THOR_EFFICIENCY = Efficiency(
+    fp16=0.2, int8=0.2, fp8=0.2, fp4=0.2, memory=0.895, kernel_floor_us=3.5, fixed_ms=0.15,
+    source=f"{_FIT}: Thor rows (TensorRT Edge-LLM, FlashRT); one compute efficiency for every precision (no "
+           "calibration row separates them); floor and fixed cost shared with Orin")
+X86_EFFICIENCY = replace(ORIN_EFFICIENCY, source="NOT fitted: no x86 row in benchmarks/published; the Orin "
+                         "values are assumed (datacenter GPUs differ: treat as a rough bound)")
+
+
 def _orin(**kw: Any) -> Target:
+    eff = THOR_EFFICIENCY if kw.get("gpu_arch") == "Blackwell" else ORIN_EFFICIENCY
     return Target(**{"kind": "jetson", "runtime": "tensorrt", "gpu_arch": "Ampere",
                      "compute_capability": "8.7", "precisions": _AMPERE, "weight_only": _WO,
                      "sparsity_2_4": True, "fp8_tflops": None, "fp4_tflops": None, "dla_count": 0,
-                     "dla_int8_tops": 0.0, **kw})
+                     "dla_int8_tops": 0.0, "efficiency": eff, **kw})
 
 
 def _gpu(**kw: Any) -> Target:
     return Target(**{"kind": "x86-gpu", "runtime": "tensorrt", "weight_only": _WO, "sparsity_2_4": True,
                      "dla_count": 0, "dla_int8_tops": 0.0, "fp4_tflops": None, "min_jetpack": None,
-                     "tensorrt": "TensorRT 10.x for x86 from NVIDIA", **kw})
+                     "tensorrt": "TensorRT 10.x for x86 from NVIDIA", "efficiency": X86_EFFICIENCY, **kw})
+
+
+# AGX Orin 64GB power modes (nvpmodel). GPU TOPS per mode: NVIDIA's DLA README (sparse INT8 GPU 171 / 109 /
+# 41 / 14 TOPS at MAXN / 50W / 30W / 15W); clocks: the L4T nvpmodel configuration of the full AGX Orin
+# module (GPU max 816 / 612 / 408 MHz, TPC mask 0 / 240 / 248 = 8 / 4 / 3 of 8 TPCs online, EMC cap none /
+# none / 2133 MHz of 3199 MHz, so DRAM bandwidth is unchanged except in 15W).
+_NVPMODEL = ("L4T nvpmodel_p3701_0000.conf as copied at https://github.com/LineageOS/android_device_nvidia_"
+             "concord/blob/0a7ce0b3cb5f72b34f1f3eab1456572991f13cc2/nvpmodel/nvpmodel_p3701_0000.conf")
+_AGX_MODES = (("50w", "50W", 109 / 171, 1.0), ("30w", "30W", 41 / 171, 1.0),
+              ("15w", "15W", 14 / 171, 2133 / 3199))
+
+
+def _power_mode(base: Target, suffix: str, mode: str, compute: float, memory: float) -> Target:
+    """`base` in a lower nvpmodel mode: tensor peaks scaled by `compute`, DRAM bandwidth by `memory`."""
+    return replace(
+        base, name=f"{base.name}-{suffix}", description=f"{base.description.split(',')[0]}, nvpmodel {mode}",
+        fp16_tflops=round(base.fp16_tflops * compute, 2), int8_tops=round(base.int8_tops * compute, 1),
+        fp32_tflops=round(base.fp32_tflops * compute, 2), memory_bw_gbs=round(base.memory_bw_gbs * memory, 1),
+        power_modes=(mode,), source=f"{_DLA_README}; {_NVPMODEL}; {base.source}",
+        confidence=f"GPU TOPS ratio {compute:.3f} of MAXN official (DLA README); bandwidth ratio "
+                   f"{memory:.3f} from the EMC cap; efficiencies fitted at MAXN (lower modes: unverified)")
 
 
 _TABLE = (
@@ -218,7 +279,9 @@ _TABLE = (
                   "ORT on a 2-core AVX512-VNNI CPU; ModelOpt Q/DQ, FP8 Q/DQ and 2:4 give no CPU speedup",
            confidence="measured on one machine; peaks depend on the host CPU and are not tabulated"),
 )
-TARGETS: dict[str, Target] = {t.name: t for t in _TABLE}
+_AGX64 = next(t for t in _TABLE if t.name == "agx-orin-64gb")
+_MODES = tuple(_power_mode(_AGX64, *m) for m in _AGX_MODES)
+TARGETS: dict[str, Target] = {t.name: t for t in _TABLE[:10] + _MODES + _TABLE[10:]}
 
 
 def get_target(name: str) -> Target:
@@ -247,9 +310,11 @@ def _closest(name: str) -> list[str]:
             return 1.0
         return max(difflib.SequenceMatcher(None, name, c).ratio() for c in (t, t[:len(name)]))
 
+    modes = {t.name: _AGX64.name for t in _MODES}  # a power mode is suggested only without its base
     ranked = sorted(TARGETS, key=score, reverse=True)
     best = score(ranked[0])
-    return [t for t in ranked[:3] if score(t) >= max(0.5, best - 0.05)]
+    close = [t for t in ranked if score(t) >= max(0.5, best - 0.05)]
+    return [t for t in close if modes.get(t) not in close][:3]
 
 
 def _names(pred: Callable[[Target], bool]) -> str:

@@ -1,28 +1,28 @@
 """Latency and memory estimate of an ONNX graph on a target, before you own the hardware.
 
-A per-operator roofline: each op takes max(FLOPs / (peak x COMPUTE_EFFICIENCY), bytes / (bandwidth x
-MEMORY_EFFICIENCY)) at the precision it will run in, and the ops add up (one at a time, batch from the
-graph's inputs). What it counts:
+A fusion-aware, calibrated roofline:
 
-- FLOPs: MatMul / Gemm / Conv as 2 x multiply-accumulates (bias adds count one per output); other
-  compute ops one FLOP per output element (they are memory-bound anyway). Shape-only ops (Reshape,
-  Transpose, Shape, Q/DQ, ...) cost nothing: TensorRT folds or fuses them.
-- Precision (Q/DQ-aware): a MatMul/Gemm/Conv whose activation and weight inputs both come from
-  DequantizeLinear of 8-bit integers runs at the target's INT8 peak (FP8 inputs: FP8 peak); weight-only
-  Q/DQ (int8/int4 weights, float activations) runs at the FP16 peak with narrow weight bytes. Everything
-  else runs at `default_precision` (fp16: what the engine build allows for the rest; bf16 the same speed).
-- Bytes: every input and output of the op at its precision: a tensor read through DequantizeLinear counts
-  at its quantized width, a tensor written only into QuantizeLinear at 1 byte (the quantize fuses into its
-  producer), weights stored as float in a modelopt Q/DQ export count at the quantized width (TensorRT
-  quantizes them at build time).
-- Memory: weights at their deployed width + the peak of live activations (tensors freed after their last
-  consumer, in graph order) + RUNTIME_OVERHEAD_MB for the CUDA context and TensorRT; fits when the total
-  is at most USABLE_MEMORY_FRACTION of the device memory (Jetson memory is shared with the OS and CPU).
+1. Shapes (`estimate_shapes`): `input_shapes` overrides, a dynamic first axis = `batch`, symbolic shape
+   inference; any tensor a costed op touches whose shape is still unknown is refused, naming it (with
+   `allow_unknown_dims` the unknown dimensions are taken as 1 and listed in `warnings`).
+2. Kernels (`estimate_fusion`): ops are grouped the way TensorRT fuses them (GEMM/conv epilogues,
+   normalizations as one memory pass, attention as one kernel); a kernel's bytes are the tensors crossing
+   its boundary, at the width they are stored in (Q/DQ-aware: int8/fp8/int4/fp4 through DequantizeLinear,
+   1 byte into QuantizeLinear, float weights of a modelopt Q/DQ export at their quantized width).
+3. Time: each kernel takes max(tensor FLOPs (N and K rounded up to whole tensor-core tiles, TILE) /
+   (peak[precision] x efficiency[precision]), CUDA-core FLOPs / FP32 peak,
+   bytes / (bandwidth x memory efficiency), kernel floor); the latency
+   is their sum plus a fixed per-inference cost. The efficiencies, floor and fixed cost are per target
+   family (`vlaedge.targets.Efficiency`), fitted on published Jetson/Thor measurements (calibration rows of
+   benchmarks/published/measurements.csv); benchmarks/results/estimate_vs_published.md has the held-out
+   error.
+4. Memory: weights at their deployed width + the peak of live activations (graph order) +
+   RUNTIME_OVERHEAD_MB; fits when at most USABLE_MEMORY_FRACTION of the device memory.
 
-What it cannot tell: kernel fusion (real engines fuse pointwise chains and attention, so memory-bound
-op sums run high), tactic choice, launch overhead, DVFS and power-mode clocks, DLA placement, sparsity,
-host-side time and copies. Compare with a measurement before you decide; see
-benchmarks/results/estimate_vs_published.md for how far it was from published Jetson numbers.
+What it cannot see: tactic choice and wave quantization, kernels TensorRT writes that are better or worse
+than the roofline (hand-written engines such as FlashRT run ~2x faster than TensorRT on pi0.5), DVFS and
+thermal throttling (clocks are the power mode's maximum), DLA placement, 2:4 sparsity, host-side work
+(pre/post-processing, tokenization, Python), copies, and parts of a pipeline that do not run in TensorRT.
 """
 
 from __future__ import annotations
@@ -31,54 +31,27 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from vlaedge.deploy.estimate_fusion import Kernel, fuse
+from vlaedge.deploy.estimate_shapes import Graph, load_model, parse_input_shapes
 from vlaedge.errors import VlaedgeError
-from vlaedge.targets import Target, get_target
+from vlaedge.targets import Efficiency, Target, get_target
 
-COMPUTE_EFFICIENCY = 0.5  # fraction of the dense tensor-core peak a TensorRT GEMM/conv reaches (batch 1)
-MEMORY_EFFICIENCY = 0.7  # fraction of the datasheet DRAM bandwidth reached by streaming kernels
 RUNTIME_OVERHEAD_MB = 600.0  # CUDA context + TensorRT/cuBLAS/cuDNN libraries on JetPack 6 (approximate)
 USABLE_MEMORY_FRACTION = 0.8  # share of the module's memory a model may use (the rest: OS, CPU, camera)
-BYTES = {"fp32": 4.0, "fp16": 2.0, "bf16": 2.0, "fp8": 1.0, "int8": 1.0, "int4": 0.5}
-_GEMMS = ("MatMul", "Gemm", "Conv", "ConvTranspose")
-_FREE = {
-    "Reshape",
-    "Transpose",
-    "Shape",
-    "Squeeze",
-    "Unsqueeze",
-    "Flatten",
-    "Identity",
-    "Constant",
-    "ConstantOfShape",
-    "QuantizeLinear",
-    "DequantizeLinear",
-    "Gather",
-    "Slice",
-    "Concat",
-    "Split",
-    "Expand",
-    "Range",
-    "Cast",
-    "Dropout",
-    "Size",
-    "NonZero",
-    "Unique",
-}
-_8BIT_INT, _FP8 = {2, 3}, {17, 18, 19, 20}  # onnx.TensorProto: UINT8, INT8; FLOAT8* types
-_INT4 = {21, 22}  # UINT4, INT4
 
 
 @dataclass
-class OpEstimate:
-    """One operator's share of the estimate."""
+class KernelEstimate:
+    """One fused kernel's share of the estimate."""
 
-    name: str
-    op_type: str
-    precision: str  # what it computes in: int8, fp8, fp16, fp32, or "w8"/"w4" weight-only (fp16 math)
-    flops: float
-    bytes: float
+    name: str  # the first node's name
+    kind: str  # gemm, conv, attention, norm, pointwise or other
+    ops: str  # the fused op types, e.g. "MatMul+Add+Relu"
+    precision: str  # int8, fp8, fp4, fp16, bf16, fp32, or "w8"/"w4" weight-only (fp16 math)
+    flops: float  # tensor-core FLOPs
+    bytes: float  # DRAM bytes read + written
     ms: float
-    bound: str  # "compute" or "memory"
+    bound: str  # "compute", "memory" or "floor" (the per-kernel minimum)
 
 
 @dataclass
@@ -88,8 +61,9 @@ class Estimate:
     target: str
     batch: int
     default_precision: str
-    ops: list[OpEstimate]
-    latency_ms: float
+    kernels: list[KernelEstimate]
+    latency_ms: float  # fixed_ms + the kernels' sum
+    fixed_ms: float
     flops: float
     bytes_moved: float
     weights_bytes: float
@@ -98,6 +72,7 @@ class Estimate:
     memory_bytes: float
     fits: bool
     assumptions: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)  # e.g. dimensions taken as 1
 
     def __bool__(self) -> bool:
         return self.fits
@@ -106,282 +81,198 @@ class Estimate:
         return asdict(self)
 
     def table(self, top: int = 15) -> str:
-        """The slowest `top` ops, by type totals, and the verdict, as text."""
-        rows = [f"{'op':<44} {'type':<14} {'prec':<5} {'GFLOP':>8} {'MB':>8} {'ms':>8} bound"]
-        for op in sorted(self.ops, key=lambda o: -o.ms)[:top]:
+        """The slowest `top` kernels, totals by kind, and the verdict, as text."""
+        rows = [f"{'kernel':<34} {'ops':<30} {'prec':<5} {'GFLOP':>8} {'MB':>8} {'ms':>8} bound"]
+        for k in sorted(self.kernels, key=lambda o: -o.ms)[:top]:
             rows.append(
-                f"{op.name[:44]:<44} {op.op_type:<14} {op.precision:<5} {op.flops / 1e9:>8.3f} "
-                f"{op.bytes / 1e6:>8.2f} {op.ms:>8.4f} {op.bound}"
+                f"{k.name[:34]:<34} {k.ops[:30]:<30} {k.precision:<5} {k.flops / 1e9:>8.3f} "
+                f"{k.bytes / 1e6:>8.2f} {k.ms:>8.4f} {k.bound}"
             )
-        by_type: dict[str, float] = {}
-        for op in self.ops:
-            by_type[op.op_type] = by_type.get(op.op_type, 0.0) + op.ms
+        by_kind: dict[str, list[float]] = {}
+        for k in self.kernels:
+            by_kind.setdefault(k.kind, []).append(k.ms)
         rows.append(
-            "by type: "
-            + ", ".join(f"{k} {v:.3f} ms" for k, v in sorted(by_type.items(), key=lambda kv: -kv[1])[:8])
+            "by kind: "
+            + ", ".join(
+                f"{kind} {len(v)} x = {sum(v):.3f} ms"
+                for kind, v in sorted(by_kind.items(), key=lambda kv: -sum(kv[1]))
+            )
         )
         gb = 1024**3
         rows.append(
             f"estimated latency {self.latency_ms:.3f} ms at batch {self.batch} on {self.target} "
-            f"({self.flops / 1e9:.2f} GFLOP, {self.bytes_moved / 1e6:.1f} MB moved)"
+            f"({len(self.kernels)} kernels + {self.fixed_ms:.2f} ms fixed; {self.flops / 1e9:.2f} GFLOP, "
+            f"{self.bytes_moved / 1e6:.1f} MB moved)"
         )
         rows.append(
             f"memory: weights {self.weights_bytes / 1e6:.1f} MB + peak activations "
             f"{self.peak_activation_bytes / 1e6:.1f} MB + runtime {self.overhead_bytes / 1e6:.0f} MB = "
             f"{self.memory_bytes / gb:.2f} GiB: {'fits' if self.fits else 'DOES NOT FIT'}"
         )
+        rows.extend(self.warnings)
         return "\n".join(rows)
 
 
 def estimate(
-    onnx_path: str | Path | Any, target: Target | str, batch: int = 1, default_precision: str = "fp16"
+    onnx_path: str | Path | Any,
+    target: Target | str,
+    batch: int = 1,
+    default_precision: str = "fp16",
+    input_shapes: dict[str, tuple[int, ...]] | list[str] | None = None,
+    allow_unknown_dims: bool = False,
 ) -> Estimate:
-    """Roofline latency and memory estimate of an ONNX graph on a target (see the module docstring).
+    """Fusion-aware roofline latency and memory estimate of an ONNX graph on a target (module docstring).
 
     Args:
         onnx_path: the .onnx file (external data is not read: shapes suffice), or an `onnx.ModelProto`.
-        target: a TensorRT target (or its name) with tabulated peaks and bandwidth.
-        batch: the value of dynamic batch dimensions (other dynamic dimensions become 1).
+        target: a TensorRT target (or its name) with tabulated peaks, bandwidth and efficiencies.
+        batch: the value of a dynamic first dimension of the graph inputs.
         default_precision: what non-quantized ops run in ("fp16", "bf16" or "fp32").
+        input_shapes: input name -> full shape, e.g. {"image": (1, 3, 224, 224)}, or CLI-style strings
+            ["image=1x3x224x224"]; wins over `batch`.
+        allow_unknown_dims: take dimensions shape inference cannot resolve as 1 (listed in `warnings`)
+            instead of refusing.
 
     Returns:
-        The `Estimate` (per-op breakdown, total latency, memory and the fits verdict).
+        The `Estimate` (per-kernel breakdown, total latency, memory and the fits verdict).
 
     Raises:
-        VlaedgeError: a target without peaks (cpu), an unreadable graph, or an unknown precision.
+        VlaedgeError: a target without peaks (cpu), an unreadable graph, an unknown precision, a bad
+            override, or unknown dimensions (naming the tensors) without `allow_unknown_dims`.
 
     Example:
         >>> print(estimate("runs/orin-int8/model.onnx", "agx-orin-64gb").table())
     """
     target = get_target(target) if isinstance(target, str) else target
-    if target.fp16_tflops is None or target.memory_bw_gbs is None:
+    if target.fp16_tflops is None or target.memory_bw_gbs is None or target.efficiency is None:
         raise VlaedgeError(
             f"estimate: {target.name} has no tabulated peaks or bandwidth",
             "estimate for a GPU target (vlaedge targets), or measure with vlaedge profile",
         )
     if default_precision not in ("fp16", "bf16", "fp32"):
         raise VlaedgeError(f"estimate: default precision {default_precision!r}", "use fp16, bf16 or fp32")
-    graph = _Graph(_load(onnx_path, batch))
-    ops = [op for node in graph.nodes if (op := _op_estimate(node, graph, target, default_precision))]
+    shapes = parse_input_shapes(input_shapes) if isinstance(input_shapes, list) else input_shapes or {}
+    model, warnings = load_model(onnx_path, batch, shapes, allow_unknown_dims)
+    graph = Graph(model)
+    kernels = fuse(graph, default_precision)
+    warnings += _check_unknown(graph, kernels, allow_unknown_dims)
+    priced = price(kernels, target)
     weights = sum(graph.weight_bytes(name, default_precision) for name in graph.init_dims)
     peak_act = _peak_activations(graph, default_precision)
     overhead = RUNTIME_OVERHEAD_MB * 1e6
     total = weights + peak_act + overhead
     capacity = (target.memory_gb or 0) * 1024**3 * USABLE_MEMORY_FRACTION
-    assumptions = [
-        f"compute efficiency {COMPUTE_EFFICIENCY} of dense peaks, memory efficiency {MEMORY_EFFICIENCY} "
-        f"of {target.memory_bw_gbs} GB/s",
-        f"non-quantized ops in {default_precision}",
-        "no fusion, no launch overhead, clocks at the power mode's maximum (jetson_clocks)",
-        f"runtime overhead {RUNTIME_OVERHEAD_MB:.0f} MB; usable memory {USABLE_MEMORY_FRACTION:.0%} of "
-        f"{target.memory_gb} GB",
-    ]
+    eff = target.efficiency
     return Estimate(
         target.name,
         batch,
         default_precision,
-        ops,
-        sum(o.ms for o in ops),
-        sum(o.flops for o in ops),
-        sum(o.bytes for o in ops),
+        priced,
+        eff.fixed_ms + sum(k.ms for k in priced),
+        eff.fixed_ms,
+        sum(k.flops for k in priced),
+        sum(k.bytes for k in priced),
         weights,
         peak_act,
         overhead,
         total,
         total <= capacity,
-        assumptions,
+        _assumptions(target, default_precision),
+        warnings,
     )
 
 
-def _load(source: Any, batch: int) -> Any:
-    import onnx
+def price(
+    kernels: list[Kernel], target: Target, efficiency: Efficiency | None = None
+) -> list[KernelEstimate]:
+    """Each kernel's time on `target` (see the module docstring, step 3).
 
-    if isinstance(source, onnx.ModelProto):
-        model = onnx.ModelProto()
-        model.CopyFrom(source)
-    else:
-        try:
-            model = onnx.load(str(source), load_external_data=False)
-        except (OSError, ValueError) as e:
-            raise VlaedgeError(f"estimate: cannot read {source} as ONNX ({e})", "pass an .onnx file") from e
-    for value in model.graph.input:
-        for k, dim in enumerate(value.type.tensor_type.shape.dim):
-            if not dim.HasField("dim_value"):
-                dim.dim_value = batch if k == 0 else 1
-    try:
-        return onnx.shape_inference.infer_shapes(model, data_prop=True)
-    except onnx.shape_inference.InferenceError as e:
+    Args:
+        kernels: from `estimate_fusion.fuse`.
+        target: the device (peaks and bandwidth).
+        efficiency: overrides `target.efficiency` (the calibration fit tries candidates with it).
+    """
+    eff = efficiency or target.efficiency
+    peaks = {
+        "int8": target.int8_tops,
+        "fp8": target.fp8_tflops,
+        "fp4": target.fp4_tflops,
+        "fp32": target.fp32_tflops,
+    }
+    bandwidth = target.memory_bw_gbs * 1e9 * eff.memory
+    out = []
+    for k in kernels:
+        peak = peaks.get(k.precision) or target.fp16_tflops
+        times = {
+            "compute": max(
+                (k.tile_flops or k.flops) / (peak * 1e12 * eff.compute(k.precision)),
+                k.other_flops / ((target.fp32_tflops or target.fp16_tflops) * 1e12),
+            ),
+            "memory": k.bytes / bandwidth,
+            "floor": eff.kernel_floor_us * 1e-6,
+        }
+        bound = max(times, key=times.get)
+        out.append(
+            KernelEstimate(
+                k.name,
+                k.kind,
+                "+".join(dict.fromkeys(k.op_types)),
+                k.precision,
+                k.flops,
+                k.bytes,
+                times[bound] * 1e3,
+                bound,
+            )
+        )
+    return out
+
+
+def _check_unknown(g: Graph, kernels: list[Kernel], allow: bool) -> list[str]:
+    touched = [
+        t for k in kernels for n in k.nodes for t in (*n.input, *n.output) if t and t not in g.init_dims
+    ]
+    missing = list(dict.fromkeys(g.missing(touched)))
+    if not missing:
+        return []
+    shown = ", ".join(missing[:6]) + (f" and {len(missing) - 6} more" if len(missing) > 6 else "")
+    if not allow:
         raise VlaedgeError(
-            f"estimate: ONNX shape inference failed: {str(e)[:200]}", "check the export"
-        ) from e
+            f"estimate: shape inference left {len(missing)} tensors with unknown dimensions: {shown}",
+            "pass --input-shape NAME=1x3x224x224 for the inputs, re-export with static shapes, or "
+            "--allow-unknown-dims to take them as 1 (the estimate is then too low)",
+        )
+    return [f"WARNING: {len(missing)} tensors with unknown dimensions taken as 1 (estimate too low): {shown}"]
 
 
-class _Graph:
-    """Shapes, element types, producers and consumers of an ONNX graph after shape inference."""
-
-    def __init__(self, model: Any):
-        g = model.graph
-        self.nodes = list(g.node)
-        self.dims: dict[str, tuple[int, ...]] = {}
-        self.elem: dict[str, int] = {}
-        for v in (*g.input, *g.value_info, *g.output):
-            t = v.type.tensor_type
-            self.elem[v.name] = t.elem_type
-            if t.HasField("shape"):
-                self.dims[v.name] = tuple(
-                    max(d.dim_value, 1) if d.HasField("dim_value") else 1 for d in t.shape.dim
-                )
-        self.init_dims = {i.name: tuple(i.dims) for i in g.initializer}
-        for i in g.initializer:
-            self.dims[i.name], self.elem[i.name] = tuple(i.dims), i.data_type
-        self.producer = {out: n for n in self.nodes for out in n.output}
-        self.consumers: dict[str, list[Any]] = {}
-        for n in self.nodes:
-            for name in n.input:
-                self.consumers.setdefault(name, []).append(n)
-        self.outputs = {o.name for o in g.output}
-
-    def numel(self, name: str) -> int:
-        n = 1
-        for d in self.dims.get(name, ()):
-            n *= d
-        return n
-
-    def quantized_width(self, name: str) -> str | None:
-        """'int8' / 'fp8' / 'int4' when `name` is a DequantizeLinear output (what it was stored as)."""
-        node = self.producer.get(name)
-        if node is None or node.op_type != "DequantizeLinear":
-            return None
-        elem = self.elem.get(node.input[0])
-        if elem is None and len(node.input) > 2:  # fall back on the zero point's type
-            elem = self.elem.get(node.input[2])
-        if elem in _8BIT_INT or elem is None:  # QuantizeLinear without zero point emits uint8
-            return "int8"
-        return "fp8" if elem in _FP8 else "int4" if elem in _INT4 else None
-
-    def is_weight(self, name: str) -> bool:
-        """An initializer, or a DQ(Q(initializer)) / DQ(initializer) chain."""
-        seen = name
-        for _ in range(3):
-            if seen in self.init_dims:
-                return True
-            node = self.producer.get(seen)
-            if node is None or node.op_type not in (
-                "DequantizeLinear",
-                "QuantizeLinear",
-                "Transpose",
-                "Cast",
-            ):
-                return False
-            seen = node.input[0]
-        return False
-
-    def tensor_bytes(self, name: str, default: str) -> float:
-        """Bytes of a tensor as read by its consumer: the quantized width through DQ, else the default."""
-        width = self.quantized_width(name)
-        if width is None:
-            users = self.consumers.get(name, [])
-            if users and all(u.op_type == "QuantizeLinear" for u in users) and name not in self.outputs:
-                width = "int8"  # the quantize fuses into the producer's output
-        if width is None and name in self.init_dims and self.elem.get(name) in _8BIT_INT | _FP8 | _INT4:
-            width = "int4" if self.elem[name] in _INT4 else "int8"
-        return self.numel(name) * BYTES[width or default]
-
-    def weight_bytes(self, name: str, default: str) -> float:
-        """Deployed size of an initializer: quantized width where a Q/DQ chain consumes it."""
-        users = self.consumers.get(name, [])
-        if not users or all(
-            u.op_type in ("Shape", "Reshape", "Expand") and u.input[0] != name for u in users
-        ):
-            return 0.0  # shape constants
-        for u in users:
-            if u.op_type == "QuantizeLinear" and u.input[0] == name:
-                dq = [c for c in self.consumers.get(u.output[0], []) if c.op_type == "DequantizeLinear"]
-                if dq:
-                    return self.numel(name) * BYTES[self.quantized_width(dq[0].output[0]) or "int8"]
-            if u.op_type in ("QuantizeLinear", "DequantizeLinear") and u.input[0] != name:
-                return 0.0  # scales and zero points: negligible, folded
-        if self.elem.get(name) in _8BIT_INT | _FP8:
-            return float(self.numel(name))
-        if self.elem.get(name) in _INT4:
-            return self.numel(name) * 0.5
-        if self.elem.get(name) in (6, 7, 9):  # int32, int64, bool: indices and masks
-            return self.numel(name) * (8 if self.elem[name] == 7 else 4 if self.elem[name] == 6 else 1)
-        return self.numel(name) * BYTES[default]
+def _assumptions(t: Target, default: str) -> list[str]:
+    e = t.efficiency
+    return [
+        f"compute efficiency fp16 {e.fp16} / int8 {e.int8} / fp8 {e.fp8} / fp4 {e.fp4} of dense peaks; "
+        "memory "
+        f"efficiency {e.memory} of {t.memory_bw_gbs} GB/s; kernel floor {e.kernel_floor_us} us; fixed "
+        f"{e.fixed_ms} ms per inference ({e.source})",
+        f"non-quantized ops in {default}; TensorRT-style fusion (epilogues, normalizations, attention)",
+        f"clocks at the maximum of {t.description.split(', ', 1)[-1]} (jetson_clocks); no host time",
+        f"runtime overhead {RUNTIME_OVERHEAD_MB:.0f} MB; usable memory {USABLE_MEMORY_FRACTION:.0%} of "
+        f"{t.memory_gb} GB",
+    ]
 
 
-def _op_estimate(node: Any, g: _Graph, t: Target, default: str) -> OpEstimate | None:
-    if node.op_type in _FREE:
-        return None
-    out = node.output[0]
-    inputs = [n for n in node.input if n]
-    flops, precision = float(g.numel(out)), default
-    if node.op_type in _GEMMS and len(inputs) >= 2:
-        flops = _gemm_flops(node, g)
-        a, w = g.quantized_width(inputs[0]), g.quantized_width(inputs[1])
-        if a is not None and a == w and a in ("int8", "fp8"):
-            precision = a
-        elif w in ("int8", "int4") and a is None:
-            precision = "w8" if w == "int8" else "w4"
-    nbytes = sum(g.tensor_bytes(n, default) for n in inputs if not _is_param(n, node, g))
-    nbytes += sum(g.tensor_bytes(o, default) for o in node.output if o)
-    peak = {"int8": t.int8_tops, "fp8": t.fp8_tflops, "fp32": t.fp32_tflops}.get(precision, t.fp16_tflops)
-    if node.op_type not in _GEMMS:
-        peak = t.fp32_tflops or t.fp16_tflops  # CUDA cores, not tensor cores
-    compute_s = flops / ((peak or t.fp16_tflops) * 1e12 * COMPUTE_EFFICIENCY)
-    memory_s = nbytes / (t.memory_bw_gbs * 1e9 * MEMORY_EFFICIENCY)
-    return OpEstimate(
-        node.name or f"{node.op_type}:{out}",
-        node.op_type,
-        precision,
-        flops,
-        nbytes,
-        max(compute_s, memory_s) * 1e3,
-        "compute" if compute_s >= memory_s else "memory",
-    )
-
-
-def _is_param(name: str, node: Any, g: _Graph) -> bool:
-    """Scales/zero points and shape inputs that are not data (e.g. Reshape's shape, Resize's scales)."""
-    return name in g.init_dims and g.numel(name) <= 1 and node.op_type not in _GEMMS
-
-
-def _gemm_flops(node: Any, g: _Graph) -> float:
-    """2 x MACs (+ one per output for a bias) of MatMul, Gemm, Conv, ConvTranspose."""
-    a, w, out = node.input[0], node.input[1], node.output[0]
-    attrs = {at.name: at for at in node.attribute}
-    if node.op_type == "MatMul":
-        k = g.dims.get(a, (1,))[-1]
-        return 2.0 * g.numel(out) * k
-    if node.op_type == "Gemm":
-        a_dims = g.dims.get(a, (1, 1))
-        k = a_dims[0] if "transA" in attrs and attrs["transA"].i else a_dims[-1]
-        bias = g.numel(out) if len(node.input) > 2 and node.input[2] else 0
-        return 2.0 * g.numel(out) * k + bias
-    w_dims = g.dims.get(w, (1, 1))
-    kernel = 1
-    for d in w_dims[2:]:
-        kernel *= d
-    bias = g.numel(out) if len(node.input) > 2 and node.input[2] else 0
-    if node.op_type == "Conv":  # weight [Cout, Cin/group, k...]
-        return 2.0 * g.numel(out) * w_dims[1] * kernel + bias
-    # ConvTranspose: weight [Cin, Cout/group, k...]; every input element scatters Cout/group x kernel MACs
-    return 2.0 * g.numel(a) * w_dims[1] * kernel + bias
-
-
-def _peak_activations(g: _Graph, default: str) -> float:
+def _peak_activations(g: Graph, default: str) -> float:
     """Peak bytes of live activations, executing nodes in graph order."""
     last_use = {}
     for i, n in enumerate(g.nodes):
         for name in n.input:
             last_use[name] = i
     live: dict[str, float] = {}
-    peak = 0.0
+    peak = now = 0.0
     for i, n in enumerate(g.nodes):
         for o in n.output:
             if o and o not in g.init_dims and n.op_type not in ("Shape", "Constant", "Size"):
                 live[o] = g.tensor_bytes(o, default)
-        peak = max(peak, sum(live.values()))
-        for name in [k for k in live if last_use.get(k, -1) <= i and k not in g.outputs]:
-            del live[name]
+                now += live[o]
+        peak = max(peak, now)
+        for name in n.input:
+            if name in live and last_use.get(name) == i and name not in g.outputs:
+                now -= live.pop(name)
     return peak
