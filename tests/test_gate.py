@@ -241,6 +241,53 @@ def test_verify_and_gate_exit_0_on_a_faithful_candidate(
         monkeypatch,
     )
     assert code == 0 and "gate: PASS" in text
+    # the FP32 reference was exported from the checkpoint and timed interleaved with the candidate
+    base = report["baseline"]
+    assert len(report["profile"]["models"]) == 2 and base["interleaved"]
+    assert base["median_speedup"] == pytest.approx(
+        report["profile"]["models"][1]["latency"]["median_ms"] / report["profile"]["models"][0]["latency"][
+            "median_ms"])
+    assert base["parameter_ratio"] == 1.0 and base["size_ratio"] == pytest.approx(1.0, abs=0.01)
+    assert "(temporary)" in base["model"] and "vs FP32:" in text
+    assert report["profile"]["load"]["cores"] >= 1 and "warnings" in report["profile"]["load"]
+
+
+def with_baseline(report: dict, fp32_ms: float, size_ratio: float = 0.25) -> dict:
+    """`report` with a "baseline" section: the FP32 model at `fp32_ms` vs the candidate's latency."""
+    cand = report["profile"]["models"][0]["latency"]
+    report["baseline"] = {
+        "model": "model_fp32.onnx", "runtime": "ort-cpu", "file_bytes": 12_000_000, "parameters": 1000,
+        "candidate_parameters": 1000, "size_ratio": size_ratio, "parameter_ratio": 1.0,
+        "median_ms": fp32_ms, "p99_ms": fp32_ms * 1.1, "median_speedup": fp32_ms / cand["median_ms"],
+        "p99_speedup": fp32_ms * 1.1 / cand["p99_ms"], "slower": fp32_ms < cand["median_ms"],
+        "interleaved": True,
+    }
+    return report
+
+
+def test_speedup_and_size_ratio_budgets_judge_the_fp32_baseline():
+    budgets = Budgets(min_speedup=1.2, max_size_ratio=0.3)
+    faster = gate(with_baseline(make_report(latency_ms=5.0), fp32_ms=7.5), budgets)  # 1.5x
+    assert statuses(faster) == {"min_speedup": "pass", "max_size_ratio": "pass"}
+    check = faster.checks[0]
+    assert check.measured == pytest.approx(1.5) and check.op == ">=" and "p99 1.650x" in check.detail
+    slow = gate(with_baseline(make_report(latency_ms=5.0), fp32_ms=5.5, size_ratio=0.5), budgets)  # 1.1x
+    assert statuses(slow) == {"min_speedup": "fail", "max_size_ratio": "fail"}
+    assert "min_speedup fail: measured 1.1 x, allowed >= 1.2" in slow.failure_line()
+    with pytest.raises(VlaedgeError, match="needs the report's baseline section"):
+        gate(make_report(), Budgets(min_speedup=1.0))
+    untimed = with_baseline(make_report(), fp32_ms=5.0)
+    untimed["baseline"]["median_speedup"] = None
+    with pytest.raises(VlaedgeError, match="FP32 baseline timed"):
+        gate(untimed, Budgets(min_speedup=1.0))
+
+
+def test_a_candidate_slower_than_fp32_is_called_out_even_when_the_gate_passes():
+    result = gate(with_baseline(make_report(latency_ms=5.0), fp32_ms=4.9), Budgets(max_latency_p99_ms=50))
+    head = result.summary().splitlines()[0]
+    assert result.passed and head.startswith("gate: PASS") and "SLOWER than FP32: 0.98x" in head
+    faster = gate(with_baseline(make_report(latency_ms=5.0), fp32_ms=10.0), Budgets(max_latency_p99_ms=50))
+    assert "2.00x faster" in faster.summary().splitlines()[0] and "SLOWER" not in faster.summary()
 
 
 def test_a_broken_candidate_exits_1_naming_the_failing_dimension(

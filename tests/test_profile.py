@@ -12,7 +12,15 @@ import numpy as np
 import pytest
 from cli_runner import run_cli
 
-from vlaedge.check.profile import LatencyStats, graph_spec, model_file_bytes, profile, synth_feeds
+from vlaedge.check.host import LoadProbe, load_warnings
+from vlaedge.check.profile import (
+    LatencyStats,
+    graph_spec,
+    model_file_bytes,
+    model_parameter_count,
+    profile,
+    synth_feeds,
+)
 from vlaedge.errors import VlaedgeError
 
 FAST = {"runs": 12, "warmup": 2, "threads": 1}
@@ -90,6 +98,52 @@ def test_interleaved_comparison_gives_ratios_to_the_first_model(tiny_run, tmp_pa
         report.models[1].latency.median_ms / report.models[0].latency.median_ms
     )
     assert all(m.latency.runs == 12 for m in report.models)
+
+
+def test_every_profile_records_the_machine_load(tiny_run):
+    report = profile([tiny_run.onnx], policy=tiny_run.policy, **FAST)
+    load = report.load
+    assert load["cores"] >= 1 and load["window_s"] > 0 and isinstance(load["warnings"], list)
+    assert load["busy_others_share"] is None or 0 <= load["busy_others_share"] <= 1
+    assert "machine load: load average" in report.table()
+
+
+def test_load_warnings_name_what_is_high():
+    quiet = {"loadavg_1m_before": 0.5, "cores": 2, "busy_others_share": 0.05, "steal_share": 0.0}
+    assert load_warnings(quiet) == []
+    busy = {"loadavg_1m_before": 5.0, "cores": 2, "busy_others_share": 0.6, "steal_share": 0.2}
+    warnings = load_warnings(busy)
+    assert len(warnings) == 3
+    assert "other processes used 60%" in warnings[0] and "steal 20%" in warnings[1]
+    assert "load average 5.00 on 2 cores" in warnings[2]
+    assert load_warnings({"cores": 2, "busy_others_share": None, "steal_share": None}) == []
+
+
+def test_the_load_probe_sees_this_process_cpu_as_its_own():
+    probe = LoadProbe()
+    x = 0
+    for i in range(3_000_000):  # ~0.2 s of this process's own CPU time
+        x += i
+    load = probe.stop()
+    if load["busy_others_share"] is not None:  # Linux: our own busy loop is not counted as "others"
+        assert load["busy_others_share"] < 0.9
+
+
+def test_parameter_count_counts_a_quantized_weight_once(tmp_path):
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = numpy_helper.from_array(np.zeros((4, 8), np.int8), "w")
+    scale = numpy_helper.from_array(np.ones(8, np.float32), "s")
+    zero = numpy_helper.from_array(np.zeros(8, np.int8), "z")
+    bias = numpy_helper.from_array(np.zeros(8, np.float32), "b")
+    nodes = [helper.make_node("DequantizeLinear", ["w", "s", "z"], ["wf"], axis=1),
+             helper.make_node("MatMul", ["x", "wf"], ["m"]), helper.make_node("Add", ["m", "b"], ["y"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8])],
+                              [w, scale, zero, bias])
+    onnx.save(helper.make_model(graph), tmp_path / "q.onnx")
+    assert model_parameter_count(tmp_path / "q.onnx") == 4 * 8 + 8  # weight + bias, not scale/zero point
 
 
 def test_file_size_includes_external_data(tiny_run, tmp_path):

@@ -213,6 +213,52 @@ def test_onnxruntime_decisions_follow_keep_patterns_and_skip_layernorm(ort_chunk
     assert by_name["/text_embed/Gather"].reason == "op type Gather not quantized"
 
 
+@pytest.mark.parametrize("settings", [
+    {"mode": "dynamic"},
+    {"quantize_attention": True},
+    {"optimize_graph": True},
+    {"mode": "dynamic", "optimize_graph": True, "per_channel": False},
+])
+def test_onnxruntime_variants_quantize_what_they_say_and_stay_close(chunk_policy, ort_chunk, frame_sets,
+                                                                     tmp_path, settings):
+    import onnx
+
+    from vlaedge.runtimes import open_runtime
+
+    fp32, static, feeds = ort_chunk
+    config = QuantizeConfig(precision="int8", num_calib_frames=CALIB, keep=["action_head*"], **settings)
+    result = quantize(chunk_policy, config, _feeds(chunk_policy, frame_sets[0]), CPU, fp32,
+                      tmp_path / "q.onnx")
+    ops = {n.op_type for n in onnx.load(result.output).graph.node}
+    by_name = {d.name: d for d in result.decisions}
+    assert by_name["/vision_tower/blocks.0/attn/q_proj/MatMul"].quantized
+    assert all(not d.quantized for d in result.decisions if d.module.startswith("action_head"))
+    attention = [d for d in result.decisions if d.reason.endswith("activations uint8")
+                 or d.reason == "activations dynamic uint8"]
+    if settings.get("mode") == "dynamic":
+        assert result.algorithm == "dynamic" and "MatMulInteger" in ops and "QuantizeLinear" not in ops
+        assert "activations dynamic uint8" in by_name["/vision_tower/blocks.0/attn/q_proj/MatMul"].reason
+    else:
+        assert "QuantizeLinear" in ops
+    if settings.get("quantize_attention"):  # the score MatMul (no weight) is quantized too
+        assert by_name["/vision_tower/blocks.0/attn/MatMul"].quantized
+    else:
+        assert not by_name["/vision_tower/blocks.0/attn/MatMul"].quantized
+        assert not [d for d in attention if d.reason == "activations uint8"]
+    if settings.get("optimize_graph"):
+        assert "SkipLayerNormalization" in ops and any("fused" in n for n in result.notes)
+    ref = chunk_policy.decode(open_runtime("ort-cpu", chunk_policy, fp32).infer(feeds))
+    cand = chunk_policy.decode(open_runtime("ort-cpu", chunk_policy, result.output).infer(feeds))
+    assert np.abs(ref - cand).mean() < 0.03, np.abs(ref - cand).mean()
+    assert result.output_bytes <= 0.4 * result.fp32_bytes and static
+
+
+def test_onnxruntime_only_settings_are_refused_on_a_tensorrt_target(nano):
+    config = QuantizeConfig(precision="int8", num_calib_frames=4, mode="dynamic")
+    with pytest.raises(VlaedgeError, match="mode: dynamic apply to ONNX Runtime"):
+        quantize(nano, config, [nano.example_inputs(4)], ORIN)
+
+
 def test_node_names_map_back_to_modules():
     from vlaedge.compress.quant_report import node_modules
 

@@ -9,7 +9,7 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
-from test_gate import make_report, run_cli
+from test_gate import make_report, run_cli, with_baseline
 
 from vlaedge.check.gate import gate
 from vlaedge.check.report import FILES, SCHEMA, load_report, render_junit, write_reports
@@ -40,6 +40,7 @@ def test_report_json_has_the_versioned_schema_and_round_trips(tmp_path):
         "drift",
         "closed_loop",
         "profile",
+        "baseline",
         "traces",
         "gate",
         "notes",
@@ -133,6 +134,27 @@ def test_html_has_well_formed_inline_svg_plots_with_budget_lines():
     assert "pick &lt;the&gt; red block" in page and "<polyline" in svgs[3]
 
 
+def test_every_report_shows_the_fp32_baseline_and_calls_out_a_slower_candidate(tmp_path):
+    report = with_baseline(make_report(latency_ms=5.0), fp32_ms=4.0)  # the candidate is 0.8x FP32
+    report["profile"]["load"] = {"loadavg_1m_before": 3.5, "loadavg_1m_after": 3.0, "cores": 2,
+                                 "busy_others_share": 0.4, "steal_share": 0.0, "window_s": 1.0,
+                                 "warnings": ["other processes used 40% of the CPU time while timing"]}
+    report = gated(report, Budgets(max_drift_mean_pct=100))  # the gate passes
+    report["profile"]["models"].append(report["profile"]["models"][0] | {"model": "model_fp32.onnx"})
+    write_reports(report, tmp_path)
+    md = (tmp_path / "report.md").read_text()
+    first = md.splitlines()[0]
+    assert "all budgets met" in first and "slower than FP32 (0.80x median)" in first
+    assert "## Against the FP32 reference ONNX" in md and "| median speedup | 0.800x |" in md
+    assert "| file size | 0.250x |" in md and "other processes 40%" in md and "**warning**" in md
+    page = (tmp_path / "report.html").read_text()
+    assert "SLOWER than FP32: 0.80x" in page and "FP32 median" in page and "warning: other processes" in page
+    suite = ET.parse(tmp_path / "junit.xml").getroot().find("testsuite")
+    props = {p.get("name"): p.get("value") for p in suite.find("properties")}
+    assert props["fp32.median_speedup"] == "0.8000" and props["fp32.slower"] == "true"
+    assert props["fp32.size_ratio"] == "0.2500" and props["load.busy_others_share"] == "0.4"
+
+
 @pytest.mark.slow
 def test_compress_writes_reports_before_commit_and_exits_1_on_a_violated_budget(
     tmp_path, trained_checkpoint, capsys, monkeypatch
@@ -177,6 +199,11 @@ def test_compress_writes_reports_before_commit_and_exits_1_on_a_violated_budget(
     assert report["candidate"]["sha256"] == manifest["outputs"]["model.onnx"]["sha256"]
     assert report["data"]["evaluation_episodes"] == manifest["split"]["evaluation_episodes"]
     assert report["drift"]["frames"] == 48 and report["profile"]["models"][0]["latency"]["runs"] == 20
+    # the run's own FP32 export is the baseline, timed interleaved with model.onnx
+    base = report["baseline"]
+    assert base["model"] == "model_fp32.onnx" and report["profile"]["models"][1]["model"] == "model_fp32.onnx"
+    assert base["size_ratio"] < 0.5 and base["parameter_ratio"] == pytest.approx(1.0, abs=0.01)
+    assert base["median_speedup"] > 0 and "vs FP32:" in text
     # the same report judged by the recipe's own budgets through `vlaedge gate`, from the run directory
     code, text = run_cli(["gate", out, "--budgets", ROOT / "recipes/cpu-int8.yaml"], capsys, monkeypatch)
     assert code in (0, 1) and "max_drift_mean_pct" in text and "max_latency_p99_ms" in text

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+from vlaedge.check.report_markdown import speed_note
 from vlaedge.errors import VlaedgeError
 from vlaedge.recipe import Budgets
 
@@ -39,6 +40,7 @@ class GateResult:
 
     checks: list[Check]
     target: str | None
+    baseline: dict | None = None  # the report's FP32 comparison, called out in the summary line
 
     @property
     def passed(self) -> bool:
@@ -57,6 +59,8 @@ class GateResult:
         }
         head = ", ".join(f"{n} {s}" for s, n in counts.items() if n) or "no budgets"
         lines = [f"gate: {'PASS' if self.passed else 'FAIL'} ({head})"]
+        if self.baseline:  # a candidate slower than FP32 is called out whatever the budgets say
+            lines[0] += f"; vs FP32: {speed_note(self.baseline)}"
         for c in self.checks:
             lines.append(
                 f"  {c.status:<12} {c.name}: measured {_fmt(c.measured)} {c.unit}, allowed {c.op} "
@@ -106,8 +110,8 @@ def gate(
     _check_fingerprint(report, policy_sha256, "the given checkpoint")
     target = target or report.get("target")
     checks = _drift_checks(report, budgets) + _closed_loop_checks(report, budgets)
-    checks += _profile_checks(report, budgets, target)
-    return GateResult(checks, target)
+    checks += _profile_checks(report, budgets, target) + _baseline_checks(report, budgets)
+    return GateResult(checks, target, report.get("baseline"))
 
 
 def _check_fingerprint(report: dict, expected: str | None, what: str) -> None:
@@ -129,6 +133,8 @@ def _need(report: dict, section: str, budget: str) -> dict:
             "drift": "run 'vlaedge verify'",
             "closed_loop": "run 'vlaedge verify --episodes N'",
             "profile": "run 'vlaedge verify' without --no-profile, or pass --profile profile.json",
+            "baseline": "verify an .onnx candidate on an ONNX Runtime runtime (the FP32 reference is "
+            "exported and timed with it)",
         }[section]
         raise VlaedgeError(
             f"gate: budget {budget} needs the report's {section} section, which is empty",
@@ -268,6 +274,23 @@ def _profile_checks(report: dict, b: Budgets, target: str | None) -> list[Check]
                 "model file plus external data",
             )
         )
+    return checks
+
+
+def _baseline_checks(report: dict, b: Budgets) -> list[Check]:
+    checks = []
+    if b.min_speedup is not None:
+        base = _need(report, "baseline", "min_speedup")
+        if base.get("median_speedup") is None:
+            raise VlaedgeError("gate: budget min_speedup needs the FP32 baseline timed, the report has none",
+                               "run 'vlaedge verify' without --no-profile, or remove the budget")
+        detail = (f"p99 {base['p99_speedup']:.3f}x; FP32 median {base['median_ms']:.3f} ms, "
+                  f"interleaved on {base['runtime']}")
+        checks.append(_limit("min_speedup", base["median_speedup"], b.min_speedup, ">=", "x", detail))
+    if b.max_size_ratio is not None:
+        base = _need(report, "baseline", "max_size_ratio")
+        detail = f"FP32 {base['file_bytes'] / 1e6:.2f} MB"
+        checks.append(_limit("max_size_ratio", base["size_ratio"], b.max_size_ratio, "<=", "x", detail))
     return checks
 
 

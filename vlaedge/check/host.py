@@ -8,6 +8,14 @@ that is not possible, the growth of the process's lifetime peak (`getrusage`) is
 bound ("method" says which). GPU memory is not included. Freed heap memory that the allocator reuses
 does not raise RSS, so inside a long process (e.g. `vlaedge compress`) the figure can undercount; a
 fresh `vlaedge profile` process gives the model's footprint.
+
+Load (`LoadProbe`): what else the machine was doing while a profile ran, since a shared CI runner or a
+busy laptop moves absolute latencies by tens of percent (two identical demo runs on a loaded machine: p99
+within and over the same 50 ms budget). Recorded: the 1-minute load average before and after, and from
+the aggregate `cpu` line of `/proc/stat` over the timed window the share of CPU time other processes used
+(busy time minus this process's own CPU time) and the steal share (time a hypervisor gave the vCPUs to
+another guest; Linux only, absent elsewhere). Ratios between models timed interleaved in the same window
+(speedup over FP32) are far less sensitive to load than absolute latencies.
 """
 
 from __future__ import annotations
@@ -16,7 +24,88 @@ import os
 import platform
 import resource
 import sys
+import time
 from pathlib import Path
+
+# Warning thresholds: shares of all cores' time over the timed window, and load average per core.
+BUSY_OTHERS_WARN = 0.25
+STEAL_WARN = 0.05
+LOADAVG_PER_CORE_WARN = 1.0
+
+
+class LoadProbe:
+    """Machine load over a timed window (see the module docstring); `stop()` returns the record."""
+
+    def __init__(self):
+        self.loadavg_before = _loadavg()
+        self.stat_before = _proc_stat()
+        self.own_before = _own_cpu_s()
+        self.wall_before = time.monotonic()
+
+    def stop(self) -> dict:
+        """The load record: load averages, other processes' and steal shares (None where unknown), and
+        warnings when any exceeds its threshold."""
+        after = _proc_stat()
+        cores = os.cpu_count() or 1
+        others = steal = None
+        if self.stat_before and after:
+            total = sum(after) - sum(self.stat_before)
+            if total > 0:
+                hz = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+                idle = (after[3] + after[4]) - (self.stat_before[3] + self.stat_before[4])
+                steal_ticks = after[7] - self.stat_before[7] if len(after) > 7 else 0
+                own = (_own_cpu_s() - self.own_before) * hz
+                others = max(0.0, (total - idle - steal_ticks - own) / total)
+                steal = steal_ticks / total if len(after) > 7 else None
+        record = {
+            "loadavg_1m_before": self.loadavg_before,
+            "loadavg_1m_after": _loadavg(),
+            "cores": cores,
+            "busy_others_share": None if others is None else round(others, 4),
+            "steal_share": None if steal is None else round(steal, 4),
+            "window_s": round(time.monotonic() - self.wall_before, 3),
+            "warnings": [],
+        }
+        record["warnings"] = load_warnings(record)
+        return record
+
+
+def load_warnings(load: dict) -> list[str]:
+    """Human-readable warnings for a load record whose figures exceed the thresholds above."""
+    warnings = []
+    others, steal, avg = load.get("busy_others_share"), load.get("steal_share"), load.get("loadavg_1m_before")
+    if others is not None and others > BUSY_OTHERS_WARN:
+        warnings.append(f"other processes used {others:.0%} of the CPU time while timing (warn above "
+                        f"{BUSY_OTHERS_WARN:.0%}): absolute latencies are inflated, compare ratios")
+    if steal is not None and steal > STEAL_WARN:
+        warnings.append(f"CPU steal {steal:.0%} while timing (warn above {STEAL_WARN:.0%}): the hypervisor "
+                        "gave this VM's cores to others")
+    if avg is not None and avg > LOADAVG_PER_CORE_WARN * load.get("cores", 1):
+        warnings.append(f"load average {avg:.2f} on {load.get('cores')} cores before timing")
+    return warnings
+
+
+def _loadavg() -> float | None:
+    try:
+        return round(os.getloadavg()[0], 2)
+    except (OSError, AttributeError):
+        return None
+
+
+def _proc_stat() -> list[int] | None:
+    """The aggregate `cpu` line of /proc/stat: user nice system idle iowait irq softirq steal ... (ticks)."""
+    try:
+        first = Path("/proc/stat").read_text().splitlines()[0].split()
+    except (OSError, IndexError):
+        return None
+    if first[0] != "cpu":
+        return None
+    return [int(x) for x in first[1:9]]
+
+
+def _own_cpu_s() -> float:
+    t = os.times()
+    return t.user + t.system
 
 
 class MemoryProbe:

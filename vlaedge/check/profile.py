@@ -11,6 +11,9 @@ Linux the high-water mark is reset first (`/proc/self/clear_refs`), so the figur
 that is not possible, the growth of the process's lifetime peak (`getrusage`) is reported instead, a
 lower bound ("method" says which). It does not include GPU memory.
 
+Load: the machine's load over the timed window is recorded under "load" (`vlaedge.check.host.LoadProbe`:
+load average, other processes' share of the CPU, steal), with warnings when it is high.
+
 On a Jetson, `vlaedge.deploy.jetson` (when installed) adds the power mode, clocks and their warnings under
 "device" and tegrastats power under "power".
 """
@@ -28,7 +31,7 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from vlaedge.check.host import MemoryProbe, host_info
+from vlaedge.check.host import LoadProbe, MemoryProbe, host_info
 from vlaedge.errors import VlaedgeError
 from vlaedge.models.base import BATCH, TensorSpec
 
@@ -86,6 +89,7 @@ class ProfileReport:
     comparisons: list[dict] = field(default_factory=list)  # each model vs the first: latency ratios
     device: dict | None = None  # Jetson power mode and clocks (vlaedge.deploy.jetson)
     power: dict | None = None  # Jetson tegrastats power summary
+    load: dict | None = None  # machine load over the timed window (vlaedge.check.host.LoadProbe)
 
     def __bool__(self) -> bool:
         return bool(self.models) and all(np.isfinite(m.latency.p99_ms) for m in self.models)
@@ -113,6 +117,8 @@ class ProfileReport:
             )
         if self.device and self.device.get("warnings"):
             rows.append("device warnings: " + "; ".join(self.device["warnings"]))
+        if self.load:
+            rows.append(load_line(self.load))
         threads = self.threads or "default"
         rows.append(
             f"{self.runs} timed runs after {self.warmup} warm-up, threads {threads}, "
@@ -184,12 +190,14 @@ def profile(
         memory.append(mem)
     chunk = chunk or (policy.action_spec.chunk if policy else _chunk_from_outputs(opened[0].infer(feeds)))
     power = None
+    load = LoadProbe()
     if jetson:
         with jetson.PowerMonitor() as monitor:
             samples = _timed_round_robin(opened, feeds, runs)
         power = monitor.summary()
     else:
         samples = _timed_round_robin(opened, feeds, runs)
+    load_record = load.stop()
     results = []
     for path, rt, mem, times in zip(paths or [None], opened, memory, samples, strict=True):
         lat = LatencyStats.from_samples(times)
@@ -224,7 +232,20 @@ def profile(
         comparisons,
         device,
         power,
+        load_record,
     )
+
+
+def load_line(load: dict) -> str:
+    """One line describing a load record (`LoadProbe.stop`), warnings included."""
+
+    def share(key: str) -> str:
+        return "n/a" if load.get(key) is None else f"{load[key]:.0%}"
+
+    line = (f"machine load: load average {load.get('loadavg_1m_before')} before / "
+            f"{load.get('loadavg_1m_after')} after on {load.get('cores')} cores, other processes "
+            f"{share('busy_others_share')}, steal {share('steal_share')} of CPU time while timing")
+    return line + "".join(f"\nwarning: {w}" for w in load.get("warnings", []))
 
 
 def _open_and_warm(runtime: str, spec, path: Path | None, threads: int | None, feeds: dict, warmup: int):
@@ -304,6 +325,17 @@ def model_file_bytes(path: str | Path) -> int:
     return total + sum(
         (path.parent / loc).stat().st_size for loc in locations if (path.parent / loc).is_file()
     )
+
+
+def model_parameter_count(path: str | Path) -> int:
+    """Parameters stored in an ONNX file: elements of its initializers, without the scales and zero points
+    of Q/DQ nodes (a quantized weight counts once, as its int8 tensor). Pruned models have fewer."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    qdq_params = {name for n in model.graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")
+                  for name in n.input[1:]}
+    return int(sum(int(np.prod(t.dims)) for t in model.graph.initializer if t.name not in qdq_params))
 
 
 def graph_spec(path: str | Path) -> SimpleNamespace:

@@ -10,7 +10,10 @@ report.json schema "vlaedge.report/1" (top-level keys; sections absent from a ru
   data       {source, evaluation_episodes, frames, fps}
   drift      `vlaedge.check.drift.DriftReport` as a dict
   closed_loop `vlaedge.check.closedloop.ClosedLoopReport` as a dict
-  profile    `vlaedge.check.profile.ProfileReport` as a dict (models[0] is the candidate)
+  profile    `vlaedge.check.profile.ProfileReport` as a dict (models[0] is the candidate, models[1] the
+             FP32 reference ONNX when it was timed with it); "load" is the machine's load while timing
+  baseline   the candidate vs the FP32 reference ONNX (`vlaedge.check.verify.baseline_comparison`):
+             median/p99 speedup, size_ratio, parameter_ratio, slower; null when not compared
   traces     [{episode, instruction, reference [[A]...], candidate [[A]...]}] first action per frame
   gate       `vlaedge.check.gate.GateResult` as a dict, or null when no budgets were given
   notes      [str]
@@ -46,6 +49,7 @@ def build_report(
     profile=None,
     traces=None,
     notes=(),
+    baseline=None,
 ) -> dict:
     """Assembles the report.json dict from the measurements (any of which may be None)."""
     from vlaedge import __version__
@@ -90,6 +94,7 @@ def build_report(
         "drift": drift.to_dict() if drift is not None else None,
         "closed_loop": closed_loop.to_dict() if closed_loop is not None else None,
         "profile": profile.to_dict() if profile is not None else None,
+        "baseline": baseline,
         "traces": traces or [],
         "gate": None,
         "notes": list(notes),
@@ -177,6 +182,11 @@ def render_junit(report: dict) -> str:
     counts = {"tests": str(len(checks)), "failures": str(failures), "errors": "0", "skipped": str(skipped)}
     root = ET.Element("testsuites", name="vlaedge", **counts)
     suite = ET.SubElement(root, "testsuite", name="vlaedge.gate", time="0", **counts)
+    properties = _junit_properties(report)
+    if properties:
+        props = ET.SubElement(suite, "properties")
+        for name, value in properties.items():
+            ET.SubElement(props, "property", name=name, value=value)
     for c in checks:
         case = ET.SubElement(
             suite,
@@ -199,3 +209,17 @@ def render_junit(report: dict) -> str:
             ET.SubElement(case, "system-out").text = text
     ET.indent(root)
     return '<?xml version="1.0" encoding="utf-8"?>\n' + ET.tostring(root, encoding="unicode") + "\n"
+
+
+def _junit_properties(report: dict) -> dict[str, str]:
+    """The FP32 comparison and the machine load as JUnit suite properties (CI dashboards chart them)."""
+    out = {}
+    for key in ("median_speedup", "p99_speedup", "size_ratio", "parameter_ratio", "slower"):
+        value = (report.get("baseline") or {}).get(key)
+        if value is not None:
+            out[f"fp32.{key}"] = f"{value:.4f}" if isinstance(value, float) else str(value).lower()
+    load = (report.get("profile") or {}).get("load") or {}
+    for key in ("loadavg_1m_before", "busy_others_share", "steal_share"):
+        if load.get(key) is not None:
+            out[f"load.{key}"] = str(load[key])
+    return out

@@ -1,7 +1,8 @@
 """report.html: a self-contained page with inline SVG plots drawn by hand (no plotting library).
 
 Plots: per-dimension drift bars (mean and p99, with the budget lines), a latency histogram with the p99
-budget line, and reference vs candidate action traces on a few evaluation episodes.
+budget line, and reference vs candidate action traces on a few evaluation episodes; the FP32 comparison
+(latency bars, ratios, load warnings) comes from `report_speed`.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import html
 import numpy as np
 
 from vlaedge.check.report_markdown import render_markdown, title
+from vlaedge.check.report_speed import baseline_html
 
 W, H, PAD = 560, 220, 40  # plot size and margin, px
 REF, CAND, BUDGET, BAR2 = "#1f77b4", "#d62728", "#2ca02c", "#ff7f0e"
@@ -35,6 +37,7 @@ def render_html(report: dict) -> str:
             f"<h2>Latency histogram ({lat['runs']} runs)</h2>",
             latency_histogram(lat["samples_ms"], budgets.get("max_latency_p99_ms"), lat["p99_ms"]),
         ]
+    parts.append(baseline_html(report))  # vlaedge.check.report_speed: the FP32 comparison
     for trace in report.get("traces") or []:
         parts += [
             f"<h2>Action trace: evaluation episode {trace['episode']} "

@@ -21,7 +21,23 @@ def title(report: dict) -> str:
         verdict = "✅ all budgets met" if gate["passed"] else f"❌ {gate['failed']} budget(s) not met"
     else:
         verdict = "no budgets given"
+    base = report.get("baseline") or {}
+    if base.get("slower"):
+        verdict += f"; ⚠️ candidate slower than FP32 ({base['median_speedup']:.2f}x median)"
     return f"vlaedge report: {verdict}"
+
+
+def speed_note(baseline: dict) -> str:
+    """The candidate vs FP32 in one line, e.g. "1.45x faster (median), p99 1.40x; file 0.27x, params 1.00x";
+    a candidate slower than FP32 says so in capitals, whatever any gate says."""
+    sizes = f"file {baseline['size_ratio']:.2f}x"
+    if baseline.get("parameter_ratio") is not None:
+        sizes += f", params {baseline['parameter_ratio']:.2f}x"
+    if baseline.get("median_speedup") is None:
+        return f"speed not measured; {sizes} of FP32"
+    speed = baseline["median_speedup"]
+    head = f"SLOWER than FP32: {speed:.2f}x" if baseline.get("slower") else f"{speed:.2f}x faster"
+    return f"{head} (median), p99 {baseline['p99_speedup']:.2f}x; {sizes} of FP32"
 
 
 def render_markdown(report: dict) -> str:
@@ -53,6 +69,7 @@ def render_markdown(report: dict) -> str:
     lines += _drift_md(report.get("drift"), policy)
     lines += _closed_loop_md(report.get("closed_loop"))
     lines += _profile_md(report.get("profile"))
+    lines += baseline_md(report.get("baseline"))
     lines += [f"> {n}" for n in report.get("notes", [])]
     return "\n".join(lines).rstrip() + "\n"
 
@@ -137,9 +154,36 @@ def _profile_md(prof: dict | None) -> list[str]:
             f"A chunk of {r['chunk']} actions lasts {r['chunk'] / r['control_hz'] * 1000:.0f} ms at "
             f"{r['control_hz']:g} Hz: {margin:.1f}x the p99 latency."
         )
+    load = prof.get("load")
+    if load:
+        from vlaedge.check.profile import load_line
+
+        lines += ["", load_line(load).replace("\nwarning: ", "\n\n**warning**: ")]
     for key in ("device", "power"):
         if prof.get(key):
             lines.append(f"{key}: `{json.dumps(prof[key], default=str)}`")
+    return lines + [""]
+
+
+def baseline_md(base: dict | None) -> list[str]:
+    """The "Against FP32" section: the candidate's speed, size and parameters relative to the FP32 ONNX."""
+    if not base:
+        return []
+    lines = ["## Against the FP32 reference ONNX", "", f"**{speed_note(base)}**", ""]
+    rows = [("file size", f"{base['size_ratio']:.3f}x", f"{base['file_bytes'] / 1e6:.2f} MB FP32")]
+    if base.get("parameter_ratio") is not None:
+        rows.append(("parameters", f"{base['parameter_ratio']:.3f}x",
+                     f"{base['candidate_parameters']:,} vs {base['parameters']:,}"))
+    if base.get("median_speedup") is not None:
+        rows = [
+            ("median speedup", f"{base['median_speedup']:.3f}x", f"FP32 median {base['median_ms']:.3f} ms"),
+            ("p99 speedup", f"{base['p99_speedup']:.3f}x", f"FP32 p99 {base['p99_ms']:.3f} ms"),
+        ] + rows
+    lines += ["| measure | candidate / FP32 | detail |", "|---|---|---|"]
+    lines += [f"| {a} | {b} | {c} |" for a, b, c in rows]
+    if base.get("median_speedup") is not None:
+        lines += ["", f"Speedups are FP32 latency / candidate latency, timed interleaved in one run on "
+                      f"`{base['runtime']}` (above 1: the candidate is faster)."]
     return lines + [""]
 
 

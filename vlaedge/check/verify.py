@@ -2,8 +2,11 @@
 
 `verify` runs the FP32 reference and a candidate (any runtime) on the evaluation split with identical
 inputs and noise (open-loop drift, `vlaedge.check.drift`), optionally in an environment for N seeded episodes
-each (closed loop, `closedloop`), and profiles the candidate (`profile`). The result
-carries a `report.json`-ready dict (`vlaedge.check.report`); budgets are judged by `vlaedge.check.gate`.
+each (closed loop, `closedloop`), and profiles the candidate (`profile`) interleaved with the FP32
+reference ONNX on the same runtime, so every report says whether compression paid off: median and p99
+speedup, file-size ratio and parameter ratio (`baseline_comparison`, the report's "baseline" section).
+The result carries a `report.json`-ready dict (`vlaedge.check.report`); budgets are judged by
+`vlaedge.check.gate`.
 """
 
 from __future__ import annotations
@@ -22,7 +25,8 @@ from vlaedge.check.closedloop import (
     wilson_interval,
 )
 from vlaedge.check.drift import DriftReport, open_loop_drift
-from vlaedge.check.profile import ProfileReport
+from vlaedge.check.profile import ProfileReport, model_file_bytes, model_parameter_count
+from vlaedge.check.report_markdown import speed_note
 from vlaedge.data import EpisodeDataset, sample_frames
 from vlaedge.errors import VlaedgeError
 from vlaedge.models.base import Policy
@@ -33,6 +37,7 @@ __all__ = [
     "DriftReport",
     "SuccessRate",
     "VerifyResult",
+    "baseline_comparison",
     "closed_loop",
     "verify",
     "wilson_interval",
@@ -50,6 +55,7 @@ class VerifyResult:
     profile: ProfileReport | None
     report: dict  # the report.json content (schema vlaedge.report/1), without a gate section
     notes: list[str] = field(default_factory=list)
+    baseline: dict | None = None  # the candidate vs the FP32 reference ONNX (`baseline_comparison`)
 
     def __bool__(self) -> bool:
         return bool(self.drift) and (self.closed_loop is None or bool(self.closed_loop))
@@ -64,6 +70,8 @@ class VerifyResult:
                 f"latency ({m.runtime}, {self.profile.runs} runs): median {m.latency.median_ms:.2f} ms, "
                 f"p99 {m.latency.p99_ms:.2f} ms, {m.rate['inferences_per_s']:.1f} inferences/s"
             )
+        if self.baseline is not None:
+            lines.append(f"vs FP32 ONNX: {speed_note(self.baseline)}")
         return "\n".join(lines + self.notes)
 
 
@@ -77,6 +85,7 @@ def verify(
     target: str | None = None,
     run_profile: bool = True,
     log: Callable[[str], None] = print,
+    baseline: str | Path | None = None,
 ) -> VerifyResult:
     """Compares a candidate with the FP32 reference policy and profiles it.
 
@@ -92,6 +101,10 @@ def verify(
         target: the deployment target name, for the record and per-target budgets.
         run_profile: also profile the candidate (batch 1, `config.profile_runs` runs).
         log: where progress lines go.
+        baseline: the FP32 reference exported to ONNX (`model_fp32.onnx` of a compress run, or an export
+            of the checkpoint). With an .onnx candidate on an ONNX Runtime runtime it is timed interleaved
+            with the candidate in the same profile (models[1]) and compared: speedup, size and parameter
+            ratios in the report's "baseline" section. None: no comparison (noted in the report).
 
     Returns:
         The `VerifyResult` with its report dict.
@@ -135,11 +148,19 @@ def verify(
             max_steps=config.max_steps,
         )
         log(loop.summary())
+    comparable = (baseline is not None and model is not None and config.runtime.startswith("ort-")
+                  and Path(model).suffix == ".onnx")
+    if not comparable:
+        notes.append("note: no FP32 baseline compared (it needs an .onnx candidate on an ONNX Runtime "
+                     "runtime and the reference exported to ONNX)")
     prof = None
     if run_profile:
-        prof = _profile(policy, candidate, model, evaluation, config)
+        prof = _profile(policy, candidate, model, baseline if comparable else None, evaluation, config)
         log(prof.table())
     candidate.close()
+    base = baseline_comparison(model, baseline, prof) if comparable else None
+    if base is not None:
+        log(f"vs FP32 ONNX: {speed_note(base)}")
     report = build_report(
         policy,
         candidate_model=model,
@@ -154,8 +175,49 @@ def verify(
         profile=prof,
         traces=traces,
         notes=notes,
+        baseline=base,
     )
-    return VerifyResult(drift, loop, prof, report, notes)
+    return VerifyResult(drift, loop, prof, report, notes, base)
+
+
+def baseline_comparison(model: str | Path, baseline: str | Path, prof: ProfileReport | None) -> dict:
+    """The candidate against the FP32 reference ONNX: speed (from one interleaved profile, where the
+    candidate is models[0] and the baseline models[1]), file size and stored parameters.
+
+    Args:
+        model: the candidate .onnx file.
+        baseline: the FP32 reference .onnx file.
+        prof: the interleaved profile of both, or None (no latency figures then).
+
+    Returns:
+        The report's "baseline" dict: model, file_bytes, parameters, candidate_parameters, size_ratio and
+        parameter_ratio (candidate / FP32: below 1 is smaller), and with a profile median_ms, p99_ms,
+        median_speedup and p99_speedup (FP32 latency / candidate latency: above 1 is faster) and slower
+        (median speedup below 1).
+    """
+    ref_bytes, cand_bytes = model_file_bytes(baseline), model_file_bytes(model)
+    ref_params, cand_params = model_parameter_count(baseline), model_parameter_count(model)
+    out = {
+        "model": str(baseline),
+        "file_bytes": ref_bytes,
+        "parameters": ref_params,
+        "candidate_parameters": cand_params,
+        "size_ratio": cand_bytes / ref_bytes,
+        "parameter_ratio": cand_params / ref_params if ref_params else None,
+        "runtime": None,
+        "median_ms": None,
+        "p99_ms": None,
+        "median_speedup": None,
+        "p99_speedup": None,
+        "slower": None,
+        "interleaved": False,
+    }
+    if prof is not None and len(prof.models) > 1:
+        cand, ref = prof.models[0].latency, prof.models[1].latency
+        out.update(runtime=prof.models[1].runtime, median_ms=ref.median_ms, p99_ms=ref.p99_ms,
+                   median_speedup=ref.median_ms / cand.median_ms, p99_speedup=ref.p99_ms / cand.p99_ms,
+                   slower=ref.median_ms < cand.median_ms, interleaved=prof.interleaved)
+    return out
 
 
 def _open_candidate(policy: Policy, model, config: VerifyConfig):
@@ -204,7 +266,7 @@ def _traces(policy: Policy, candidate, evaluation: EpisodeDataset, config: Verif
 
 
 def _profile(
-    policy: Policy, candidate, model, evaluation: EpisodeDataset, config: VerifyConfig
+    policy: Policy, candidate, model, baseline, evaluation: EpisodeDataset, config: VerifyConfig
 ) -> ProfileReport:
     from vlaedge.check.profile import profile
 
@@ -224,7 +286,7 @@ def _profile(
             control_hz,
         )
     return profile(
-        [model],
+        [model] + ([baseline] if baseline is not None else []),
         config.runtime,
         feeds,
         policy,

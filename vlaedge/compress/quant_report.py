@@ -253,7 +253,8 @@ def plan_onnx(model, module, config, op_types: tuple[str, ...]) -> tuple[list[Qu
 
     Reported nodes: every node of a quantized op type, every normalisation node, and every other node
     that reads a floating-point weight (an initializer of rank >= 2, e.g. an embedding Gather). Nodes of a
-    quantized op type without a weight input (attention-score MatMuls) are excluded.
+    quantized op type without a weight input (attention-score MatMuls) are excluded unless
+    `config.quantize_attention`.
     """
     from torch import nn
 
@@ -274,7 +275,7 @@ def plan_onnx(model, module, config, op_types: tuple[str, ...]) -> tuple[list[Qu
             reason = LAYERNORM_REASON
         elif node.op_type not in op_types:
             reason = f"op type {node.op_type} not quantized"
-        elif not has_weight and not is_norm:
+        elif not has_weight and not is_norm and not getattr(config, "quantize_attention", False):
             reason = ACTIVATION_MATMUL_REASON
         else:
             reason = ""
@@ -285,14 +286,17 @@ def plan_onnx(model, module, config, op_types: tuple[str, ...]) -> tuple[list[Qu
 
 
 def confirm_onnx(decisions: list[QuantDecision], quantized_model, weight_type: str) -> None:
-    """Sets each decision from the quantized graph: a node is quantized when an input comes from a
-    DequantizeLinear. Nodes ONNX Runtime declined are reported as such."""
+    """Sets each planned decision from the quantized graph: a node is quantized when an input comes from a
+    DequantizeLinear. Nodes ONNX Runtime declined are reported as such; nodes the plan left out stay out
+    (a norm or kept node can read a DequantizeLinear output that belongs to its producer)."""
     graph = quantized_model.graph
     dq_outputs = {o for n in graph.node if n.op_type == "DequantizeLinear" for o in n.output}
     dq_of_weight = {n.output[0] for n in graph.node if n.op_type == "DequantizeLinear"
                     and n.input[0] in {i.name for i in graph.initializer}}
     nodes = {n.name: n for n in graph.node}
     for d in decisions:
+        if not d.quantized:  # excluded or not quantizable: a DQ output reaching it is its producer's
+            continue
         node = nodes.get(d.name)
         actual = node is not None and any(i in dq_outputs for i in node.input)
         if d.quantized and not actual:

@@ -7,10 +7,12 @@
   `*lm_head*`, `*proj_out.*`, ...) are removed so a vision tower named like a real VLA's is quantized;
   and the recipe's `keep` patterns are disabled before calibration (so SmoothQuant/AWQ never rescale
   them). Its class skips (nn.Embedding, BatchNorm, LeakyReLU) stay.
-- ONNX Runtime (cpu target): `onnxruntime.quantization.quantize_static` of the exported FP32 ONNX: QDQ,
-  uint8 activations, int8 (per-channel) weights, MatMul/Gemm/Conv only (FACTS: ~1.45x faster on CPU; int8
-  activations are 2.5x slower; quantize_dynamic fails on shared weights). Keep patterns are mapped from
-  module names to node names (see `quant_report.node_modules`); normalisation nodes are excluded.
+- ONNX Runtime (cpu target, `quantize_ort`): `quantize_static` of the exported FP32 ONNX (QDQ, uint8
+  activations, int8 per-channel weights, MatMul/Gemm/Conv) or `quantize_dynamic` (`mode: dynamic`: int8
+  weights, activations quantized at run time, no calibration), optionally after ONNX Runtime's graph
+  fusion (`optimize_graph`). Which is fastest depends on the model: `vlaedge tune` measures it. Keep
+  patterns are mapped from module names to node names (see `quant_report.node_modules`); normalisation
+  nodes are excluded.
 
 Both paths check the calibration feeds first and report every module / node with why it was or was not
 quantized (`QuantizeResult.decisions`).
@@ -21,8 +23,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import io
-import logging
-import os
 import time
 import warnings
 from pathlib import Path
@@ -32,20 +32,19 @@ import numpy as np
 from vlaedge.compress.quant_report import (
     QuantDecision,
     QuantizeResult,
-    confirm_onnx,
     modelopt_decisions,
-    plan_onnx,
     unmatched_patterns,
 )
+from vlaedge.compress.quantize_ort import ORT_OP_TYPES, inline_shared_weights, ort_config, quantize_onnx
 from vlaedge.errors import VlaedgeError
 from vlaedge.models.base import Policy
 from vlaedge.recipe import QuantizeConfig
 from vlaedge.targets import Target
 
-__all__ = ["quantize", "check_calibration", "QuantizeResult", "QuantDecision", "ORT_OP_TYPES", "CALIB_BATCH"]
+__all__ = ["quantize", "check_calibration", "inline_shared_weights", "QuantizeResult", "QuantDecision",
+           "ORT_OP_TYPES", "CALIB_BATCH"]
 
 CALIB_BATCH = 32  # frames per calibration forward pass
-ORT_OP_TYPES = ("MatMul", "Gemm", "Conv")  # ONNX Runtime path: op types quantized
 # ModelOpt preset per (precision, algorithm).
 _PRESETS = {
     ("int8", "max"): "INT8_DEFAULT_CFG",
@@ -55,7 +54,6 @@ _PRESETS = {
     ("int4-weight-only", "awq"): "INT4_AWQ_CFG",
     ("int4-weight-only", "max"): "INT4_BLOCKWISE_WEIGHT_ONLY_CFG",
 }
-_ORT_CALIBRATORS = {"minmax": "MinMax", "entropy": "Entropy", "percentile": "Percentile"}
 
 
 def quantize(policy: Policy, config: QuantizeConfig, calibration: list[dict[str, np.ndarray]], target: Target,
@@ -92,6 +90,7 @@ def quantize(policy: Policy, config: QuantizeConfig, calibration: list[dict[str,
                            f"module of {policy.name}",
                            f"patterns are fnmatch on module names; top-level modules: {top}")
     if target.runtime == "tensorrt":
+        _refuse_ort_only(config, target)
         import modelopt.torch.quantization  # noqa: F401  (5-9 s once per process: not in `seconds`)
 
         start = time.perf_counter()
@@ -102,9 +101,20 @@ def quantize(policy: Policy, config: QuantizeConfig, calibration: list[dict[str,
         raise VlaedgeError(f"quantize: {target.name} quantizes the exported FP32 ONNX with ONNX Runtime, "
                            f"and fp32_onnx={fp32_onnx} out_onnx={out_onnx}", "export the FP32 model first")
     start = time.perf_counter()
-    result = _onnxruntime(policy, _ort_config(config, target), batches, Path(fp32_onnx), Path(out_onnx))
+    result = quantize_onnx(policy, ort_config(config, target), batches, Path(fp32_onnx), Path(out_onnx))
     result.seconds = time.perf_counter() - start
     return result
+
+
+def _refuse_ort_only(config: QuantizeConfig, target: Target) -> None:
+    """Settings only the ONNX Runtime path has: an error on a TensorRT target, not a silent no-op."""
+    bad = [f"{k}: {getattr(config, k)}" for k, default in (("mode", "static"), ("quantize_attention", False),
+                                                           ("optimize_graph", False))
+           if getattr(config, k) != default]
+    if bad:
+        raise VlaedgeError(f"quantize: {', '.join(bad)} apply to ONNX Runtime (the cpu target) only, "
+                           f"{target.name} quantizes with ModelOpt for TensorRT",
+                           "remove them from the recipe")
 
 
 # --- calibration checks -------------------------------------------------------------------------------
@@ -251,151 +261,3 @@ def modelopt_quantizers(module) -> int:
     from modelopt.torch.quantization.nn import TensorQuantizer
 
     return sum(isinstance(m, TensorQuantizer) for m in module.modules())
-
-
-# --- ONNX Runtime (cpu target) ------------------------------------------------------------------------
-
-
-def _ort_config(config: QuantizeConfig, target: Target) -> QuantizeConfig:
-    """Refuses what ONNX Runtime static quantization cannot do; an unset algorithm becomes minmax (as
-    `vlaedge.targets` does for recipes)."""
-    if config.precision != "int8":
-        raise VlaedgeError(f"quantize.precision: {config.precision} is not supported on {target.name}: ONNX "
-                           "Runtime static quantization is int8 only", "use precision int8")
-    if config.algorithm in _ORT_CALIBRATORS:
-        return config
-    if "algorithm" not in config.model_fields_set:
-        return config.model_copy(update={"algorithm": "minmax"})
-    raise VlaedgeError(f"quantize.algorithm: {config.algorithm} is a ModelOpt (TensorRT) method; "
-                       f"{target.name} calibrates with {', '.join(_ORT_CALIBRATORS)}", "use minmax")
-
-
-def _onnxruntime(policy: Policy, config: QuantizeConfig, batches: list[dict[str, np.ndarray]],
-                 fp32_onnx: Path, out_onnx: Path) -> QuantizeResult:
-    import onnx
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
-
-    model = onnx.load(str(fp32_onnx))
-    inline_shared_weights(model)
-    names = [i.name for i in model.graph.input if i.name not in {t.name for t in model.graph.initializer}]
-    if sorted(names) != sorted(s.name for s in policy.input_spec):
-        raise VlaedgeError(f"quantize: {fp32_onnx} takes inputs {names}, {policy.name} gives "
-                           f"{[s.name for s in policy.input_spec]}", "export the ONNX from this policy")
-    op_types = ORT_OP_TYPES + (("LayerNormalization",) if config.quantize_layernorm else ())
-    decisions, exclude = plan_onnx(model, policy.module, config, op_types)
-    _check_keep_reached(config, decisions)
-    batches = _fit_batch(model, batches, fp32_onnx)
-    out_onnx.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_onnx.with_name(f".{out_onnx.name}.partial")
-    try:
-        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), _quiet_root_logger():
-            warnings.simplefilter("ignore")  # ORT prints calibration progress, logs "consider pre-processing"
-            quantize_static(
-                model, str(tmp), _FeedReader(batches), quant_format=QuantFormat.QDQ,
-                op_types_to_quantize=list(op_types), per_channel=config.per_channel,
-                activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, nodes_to_exclude=exclude,
-                calibrate_method=getattr(CalibrationMethod, _ORT_CALIBRATORS[config.algorithm]))
-        os.replace(tmp, out_onnx)
-    finally:
-        tmp.unlink(missing_ok=True)
-    quantized = onnx.load(str(out_onnx))
-    confirm_onnx(decisions, quantized, "int8 per-channel" if config.per_channel else "int8 per-tensor")
-    int8 = sum(i.data_type == onnx.TensorProto.INT8 and len(i.dims) >= 2 for i in quantized.graph.initializer)
-    drift = _smoke_run(policy, fp32_onnx, out_onnx, batches[0])
-    return QuantizeResult(
-        "onnxruntime", config.precision, config.algorithm, decisions, config.num_calib_frames, 0.0,
-        output=str(out_onnx), fp32_bytes=fp32_onnx.stat().st_size, output_bytes=out_onnx.stat().st_size,
-        int8_weights=int8, output_drift=drift)
-
-
-def inline_shared_weights(model) -> int:
-    """Makes every weight operand of a MatMul/Gemm/Conv an initializer, in place; returns how many changed.
-
-    The legacy exporter writes a weight used by several calls of one module (the flow head's unrolled
-    Euler steps) once, and feeds the later calls through `Identity` nodes; a fixed matrix held in a
-    buffer (the keypoint grid) becomes a `Constant` node. ONNX Runtime's QDQ quantizer treats both as
-    activations (per-tensor uint8 from calibration, FP32 kept in the file), so we wire consumers to the
-    initializer itself and turn such constants into initializers.
-    """
-    from onnx import numpy_helper
-
-    graph = model.graph
-    inits = {i.name for i in graph.initializer}
-    outputs = {o.name for o in graph.output}
-    weight_slots = {n.input[1] for n in graph.node if n.op_type in ORT_OP_TYPES and len(n.input) > 1}
-    alias, drop = {}, []
-    for node in graph.node:
-        if node.op_type == "Identity" and node.input[0] in inits and node.output[0] not in outputs:
-            alias[node.output[0]] = node.input[0]
-            drop.append(node)
-        elif node.op_type == "Constant" and node.output[0] in weight_slots:
-            tensor = numpy_helper.to_array(node.attribute[0].t) if node.attribute[0].name == "value" else None
-            if tensor is not None and tensor.dtype.kind == "f" and tensor.ndim >= 2:
-                graph.initializer.append(numpy_helper.from_array(tensor, node.output[0]))
-                drop.append(node)
-    for node in graph.node:
-        for i, name in enumerate(node.input):
-            if name in alias:
-                node.input[i] = alias[name]
-    for node in drop:
-        graph.node.remove(node)
-    return len(drop)
-
-
-@contextlib.contextmanager
-def _quiet_root_logger():
-    previous = logging.root.manager.disable
-    logging.disable(max(previous, logging.WARNING))
-    try:
-        yield
-    finally:
-        logging.disable(previous)
-
-
-class _FeedReader:
-    """An onnxruntime.quantization.CalibrationDataReader over feed batches (duck-typed: ORT only calls
-    get_next, and importing its base class would import onnxruntime with vlaedge.compress.quantize)."""
-
-    def __init__(self, batches: list[dict[str, np.ndarray]]):
-        self._batches = iter(batches)
-
-    def get_next(self) -> dict[str, np.ndarray] | None:
-        return next(self._batches, None)
-
-
-def _check_keep_reached(config: QuantizeConfig, decisions: list[QuantDecision]) -> None:
-    """A keep pattern that matches torch modules but no ONNX node would silently quantize them."""
-    for pattern in config.keep:
-        if not any(d.reason == f"kept by recipe pattern '{pattern}'" for d in decisions):
-            raise VlaedgeError(f"quantize.keep: pattern {pattern!r} matches modules but no quantizable ONNX "
-                               "node (node names could not be mapped to module names)",
-                               "export with vlaedge.compress.export (legacy exporter names), "
-                               "or drop the pattern")
-
-
-def _fit_batch(model, batches: list[dict[str, np.ndarray]], path: Path) -> list[dict[str, np.ndarray]]:
-    """Re-batches the feeds for an ONNX file exported with a fixed batch size."""
-    dim = model.graph.input[0].type.tensor_type.shape.dim[0]
-    if not dim.HasField("dim_value") or dim.dim_value == len(next(iter(batches[0].values()))):
-        return batches
-    size = dim.dim_value
-    full = {k: np.concatenate([b[k] for b in batches]) for k in batches[0]}
-    total = len(next(iter(full.values())))
-    if total % size:
-        raise VlaedgeError(f"quantize: {path} has a fixed batch of {size} and {total} calibration frames do "
-                           "not divide into it", "export with a dynamic batch (export.dynamic_batch: true)")
-    return [{k: v[s:s + size] for k, v in full.items()} for s in range(0, total, size)]
-
-
-def _smoke_run(policy: Policy, fp32_onnx: Path, out_onnx: Path, feeds: dict[str, np.ndarray]) -> float:
-    """Runs both models on one batch; returns the mean abs output difference. Raises if the quantized
-    graph does not load or returns non-finite values."""
-    from vlaedge.runtimes import open_runtime
-
-    reference = open_runtime("ort-cpu", policy, fp32_onnx).infer(feeds)
-    candidate = open_runtime("ort-cpu", policy, out_onnx).infer(feeds)
-    diffs = [np.abs(candidate[k].astype(np.float64) - reference[k]) for k in policy.output_names]
-    if not all(np.isfinite(c).all() for c in candidate.values()):
-        raise VlaedgeError(f"quantize: the quantized model {out_onnx} returns NaN/Inf",
-                           "try quantize.algorithm entropy or percentile, or keep the failing layers")
-    return float(np.mean([d.mean() for d in diffs]))

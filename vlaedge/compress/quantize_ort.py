@@ -1,0 +1,251 @@
+"""The ONNX Runtime path of `vlaedge.compress.quantize` (cpu target): static QDQ or dynamic quantization
+of the exported FP32 ONNX, optionally after graph fusion.
+
+- `mode: static` (default): `quantize_static`, QDQ format, uint8 activations calibrated on the calibration
+  split, int8 weights (per-channel by default), MatMul/Gemm/Conv only (FACTS: ~1.45x faster on CPU for an
+  11M-parameter VLA; int8 activations are 2.5x slower). Activation x activation (attention) MatMuls are
+  left in FP32 unless `quantize_attention`.
+- `mode: dynamic`: `quantize_dynamic`, int8 weights, activations quantized per run from their own range
+  (no calibration data used; MatMul/Gemm only). On a 6M-parameter OpenVLA-style policy it was faster and
+  far more exact than static QDQ (FACTS.md); on the default policy too (benchmarks/results/tune-default.md).
+- `optimize_graph`: ONNX Runtime's transformer optimizer first (constant folding, LayerNorm/GELU/SkipLayerNorm
+  fusion; node names of MatMuls are kept, so keep patterns still map).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from vlaedge.compress.quant_report import QuantDecision, QuantizeResult, confirm_onnx, kept_by, plan_onnx
+from vlaedge.errors import VlaedgeError
+from vlaedge.models.base import Policy
+from vlaedge.recipe import QuantizeConfig
+from vlaedge.targets import Target
+
+ORT_OP_TYPES = ("MatMul", "Gemm", "Conv")  # static mode: op types quantized
+# dynamic mode: MatMul/Gemm. ONNX Runtime's defaults also make Conv a ConvInteger and quantize the attention
+# MatMuls: on the default policy those defaults ran 1.38x FP32, this (action head kept) 2.42x (2 threads,
+# benchmarks/results/tune-default.md; the two differences were not measured apart)
+DYNAMIC_OP_TYPES = ("MatMul", "Gemm")
+_ORT_CALIBRATORS = {"minmax": "MinMax", "entropy": "Entropy", "percentile": "Percentile"}
+
+
+def ort_config(config: QuantizeConfig, target: Target) -> QuantizeConfig:
+    """Refuses what ONNX Runtime quantization cannot do; an unset algorithm becomes minmax (as
+    `vlaedge.targets` does for recipes)."""
+    if config.precision != "int8":
+        raise VlaedgeError(f"quantize.precision: {config.precision} is not supported on {target.name}: ONNX "
+                           "Runtime static quantization is int8 only", "use precision int8")
+    if config.algorithm in _ORT_CALIBRATORS:
+        return config
+    if "algorithm" not in config.model_fields_set:
+        return config.model_copy(update={"algorithm": "minmax"})
+    raise VlaedgeError(f"quantize.algorithm: {config.algorithm} is a ModelOpt (TensorRT) method; "
+                       f"{target.name} calibrates with {', '.join(_ORT_CALIBRATORS)}", "use minmax")
+
+
+def quantize_onnx(policy: Policy, config: QuantizeConfig, batches: list[dict[str, np.ndarray]],
+                  fp32_onnx: Path, out_onnx: Path) -> QuantizeResult:
+    """Quantizes the FP32 ONNX as `config` says (mode, per_channel, algorithm, quantize_attention,
+    optimize_graph, keep) and reads back what was quantized.
+
+    Raises:
+        VlaedgeError: the ONNX takes other inputs than the policy, a keep pattern reaches no node, the
+            quantized graph returns NaN/Inf.
+    """
+    import onnx
+
+    model = onnx.load(str(fp32_onnx))
+    names = [i.name for i in model.graph.input if i.name not in {t.name for t in model.graph.initializer}]
+    if sorted(names) != sorted(s.name for s in policy.input_spec):
+        raise VlaedgeError(f"quantize: {fp32_onnx} takes inputs {names}, {policy.name} gives "
+                           f"{[s.name for s in policy.input_spec]}", "export the ONNX from this policy")
+    notes = []
+    if config.optimize_graph:
+        model, fused = _optimized(fp32_onnx)
+        notes.append(f"graph fused by ONNX Runtime's transformer optimizer first: {fused}")
+    inline_shared_weights(model)
+    dynamic = config.mode == "dynamic"
+    op_types = (DYNAMIC_OP_TYPES if dynamic else ORT_OP_TYPES) + (
+        ("LayerNormalization",) if config.quantize_layernorm and not dynamic else ())
+    decisions, exclude = plan_onnx(model, policy.module, config, op_types)
+    _check_keep_reached(config, decisions)
+    batches = _fit_batch(model, batches, fp32_onnx)
+    out_onnx.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_onnx.with_name(f".{out_onnx.name}.partial")
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), _quiet_root_logger():
+            warnings.simplefilter("ignore")  # ORT prints calibration progress, logs "consider pre-processing"
+            _run_ort_quantizer(model, tmp, config, batches, op_types, exclude)
+        os.replace(tmp, out_onnx)
+    finally:
+        tmp.unlink(missing_ok=True)
+    quantized = onnx.load(str(out_onnx))
+    weights = "int8 per-channel" if config.per_channel else "int8 per-tensor"
+    if dynamic:
+        confirm_dynamic(decisions, quantized, weights)
+        notes.append("dynamic: activations are quantized per run from their own range; calibration frames "
+                     "were checked but not used")
+    else:
+        confirm_onnx(decisions, quantized, weights)
+    int8 = sum(i.data_type == onnx.TensorProto.INT8 and len(i.dims) >= 2 for i in quantized.graph.initializer)
+    drift = _smoke_run(policy, fp32_onnx, out_onnx, batches[0])
+    algorithm = "dynamic" if dynamic else config.algorithm
+    return QuantizeResult(
+        "onnxruntime", config.precision, algorithm, decisions, config.num_calib_frames, 0.0,
+        output=str(out_onnx), fp32_bytes=fp32_onnx.stat().st_size, output_bytes=out_onnx.stat().st_size,
+        int8_weights=int8, output_drift=drift, notes=notes)
+
+
+def _run_ort_quantizer(model, out: Path, config: QuantizeConfig, batches, op_types, exclude) -> None:
+    from onnxruntime.quantization import (
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_dynamic,
+        quantize_static,
+    )
+
+    if config.mode == "dynamic":
+        quantize_dynamic(model, str(out), op_types_to_quantize=list(op_types), per_channel=config.per_channel,
+                         weight_type=QuantType.QInt8, nodes_to_exclude=exclude)
+        return
+    quantize_static(
+        model, str(out), _FeedReader(batches), quant_format=QuantFormat.QDQ,
+        op_types_to_quantize=list(op_types), per_channel=config.per_channel,
+        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, nodes_to_exclude=exclude,
+        calibrate_method=getattr(CalibrationMethod, _ORT_CALIBRATORS[config.algorithm]))
+
+
+def _optimized(fp32_onnx: Path):
+    """The FP32 graph after ONNX Runtime's transformer optimizer (fusion only, no float16), and a short
+    description of what it fused (op counts that changed)."""
+    from collections import Counter
+
+    import onnx
+    from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
+    from onnxruntime.transformers.optimizer import optimize_model
+
+    before = Counter(n.op_type for n in onnx.load(str(fp32_onnx), load_external_data=False).graph.node)
+    with contextlib.redirect_stdout(io.StringIO()), _quiet_root_logger():
+        optimized = optimize_model(str(fp32_onnx), model_type="bert", num_heads=0, hidden_size=0).model
+        # ONNX's shape inference does not know the fused contrib ops (Gelu, SkipLayerNormalization): without
+        # their output types the calibrator records no range for them and quantize_static fails
+        optimized = SymbolicShapeInference.infer_shapes(optimized, auto_merge=True)
+    after = Counter(n.op_type for n in optimized.graph.node)
+    changed = sorted(k for k in set(before) | set(after) if before[k] != after[k])
+    return optimized, ", ".join(f"{k} {before[k]}->{after[k]}" for k in changed[:8]) or "nothing"
+
+
+def confirm_dynamic(decisions: list[QuantDecision], quantized_model, weight_type: str) -> None:
+    """Sets each decision from a `quantize_dynamic` graph: a node is quantized when ONNX Runtime replaced
+    it by an integer MatMul named after it (`<name>_quant`, or `<name>_MatMul_quant` for a Gemm)."""
+    integer = {n.name for n in quantized_model.graph.node
+               if n.op_type in ("MatMulInteger", "DynamicQuantizeMatMul", "ConvInteger")}
+    for d in decisions:
+        actual = f"{d.name}_quant" in integer or f"{d.name}_MatMul_quant" in integer
+        if d.quantized and not actual:
+            d.reason = "not quantized by ONNX Runtime (unsupported pattern)"
+        elif actual:
+            d.reason = f"weights {weight_type}, activations dynamic uint8"
+        d.quantized = actual
+
+
+def inline_shared_weights(model) -> int:
+    """Makes every weight operand of a MatMul/Gemm/Conv an initializer, in place; returns how many changed.
+
+    The legacy exporter writes a weight used by several calls of one module (the flow head's unrolled
+    Euler steps) once, and feeds the later calls through `Identity` nodes; a fixed matrix held in a
+    buffer (the keypoint grid) becomes a `Constant` node. ONNX Runtime's QDQ quantizer treats both as
+    activations (per-tensor uint8 from calibration, FP32 kept in the file), so we wire consumers to the
+    initializer itself and turn such constants into initializers.
+    """
+    from onnx import numpy_helper
+
+    graph = model.graph
+    inits = {i.name for i in graph.initializer}
+    outputs = {o.name for o in graph.output}
+    weight_slots = {n.input[1] for n in graph.node if n.op_type in ORT_OP_TYPES and len(n.input) > 1}
+    alias, drop = {}, []
+    for node in graph.node:
+        if node.op_type == "Identity" and node.input[0] in inits and node.output[0] not in outputs:
+            alias[node.output[0]] = node.input[0]
+            drop.append(node)
+        elif node.op_type == "Constant" and node.output[0] in weight_slots:
+            tensor = numpy_helper.to_array(node.attribute[0].t) if node.attribute[0].name == "value" else None
+            if tensor is not None and tensor.dtype.kind == "f" and tensor.ndim >= 2:
+                graph.initializer.append(numpy_helper.from_array(tensor, node.output[0]))
+                drop.append(node)
+    for node in graph.node:
+        for i, name in enumerate(node.input):
+            if name in alias:
+                node.input[i] = alias[name]
+    for node in drop:
+        graph.node.remove(node)
+    return len(drop)
+
+
+@contextlib.contextmanager
+def _quiet_root_logger():
+    previous = logging.root.manager.disable
+    logging.disable(max(previous, logging.WARNING))
+    try:
+        yield
+    finally:
+        logging.disable(previous)
+
+
+class _FeedReader:
+    """An onnxruntime.quantization.CalibrationDataReader over feed batches (duck-typed: ORT only calls
+    get_next, and importing its base class would import onnxruntime with vlaedge.compress.quantize)."""
+
+    def __init__(self, batches: list[dict[str, np.ndarray]]):
+        self._batches = iter(batches)
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        return next(self._batches, None)
+
+
+def _check_keep_reached(config: QuantizeConfig, decisions: list[QuantDecision]) -> None:
+    """A keep pattern that matches torch modules but no ONNX node would silently quantize them."""
+    for pattern in config.keep:  # an earlier, wider pattern may have claimed the node: match each alone
+        if not any(d.module and kept_by(d.module, [pattern]) for d in decisions):
+            raise VlaedgeError(f"quantize.keep: pattern {pattern!r} matches modules but no quantizable ONNX "
+                               "node (node names could not be mapped to module names)",
+                               "export with vlaedge.compress.export (legacy exporter names), "
+                               "or drop the pattern")
+
+
+def _fit_batch(model, batches: list[dict[str, np.ndarray]], path: Path) -> list[dict[str, np.ndarray]]:
+    """Re-batches the feeds for an ONNX file exported with a fixed batch size."""
+    dim = model.graph.input[0].type.tensor_type.shape.dim[0]
+    if not dim.HasField("dim_value") or dim.dim_value == len(next(iter(batches[0].values()))):
+        return batches
+    size = dim.dim_value
+    full = {k: np.concatenate([b[k] for b in batches]) for k in batches[0]}
+    total = len(next(iter(full.values())))
+    if total % size:
+        raise VlaedgeError(f"quantize: {path} has a fixed batch of {size} and {total} calibration frames do "
+                           "not divide into it", "export with a dynamic batch (export.dynamic_batch: true)")
+    return [{k: v[s:s + size] for k, v in full.items()} for s in range(0, total, size)]
+
+
+def _smoke_run(policy: Policy, fp32_onnx: Path, out_onnx: Path, feeds: dict[str, np.ndarray]) -> float:
+    """Runs both models on one batch; returns the mean abs output difference. Raises if the quantized
+    graph does not load or returns non-finite values."""
+    from vlaedge.runtimes import open_runtime
+
+    reference = open_runtime("ort-cpu", policy, fp32_onnx).infer(feeds)
+    candidate = open_runtime("ort-cpu", policy, out_onnx).infer(feeds)
+    diffs = [np.abs(candidate[k].astype(np.float64) - reference[k]) for k in policy.output_names]
+    if not all(np.isfinite(c).all() for c in candidate.values()):
+        raise VlaedgeError(f"quantize: the quantized model {out_onnx} returns NaN/Inf",
+                           "try quantize.algorithm entropy or percentile, or keep the failing layers")
+    return float(np.mean([d.mean() for d in diffs]))

@@ -1,0 +1,269 @@
+"""The tuner's run: inputs -> FP32 export -> variants (cached) -> sensitivity fallback -> one interleaved
+latency run (or the estimate for TensorRT targets) -> Pareto front, pick, recipe, reports. The steps are
+described in `vlaedge.tune`."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from vlaedge.artifact import sha256
+from vlaedge.data import sample_frames
+from vlaedge.errors import VlaedgeError
+from vlaedge.pipeline import calibration_feeds, load_inputs
+from vlaedge.recipe import ExportConfig, VerifyConfig
+from vlaedge.targets import get_target
+from vlaedge.tune.build import (
+    Measured,
+    build_error,
+    cached,
+    drift_only,
+    measure_fp32,
+    measure_variant,
+    save,
+    variant_key,
+)
+from vlaedge.tune.select import (
+    budget_failures,
+    chosen_recipe,
+    pareto_front,
+    pick,
+    render_html,
+    render_markdown,
+)
+from vlaedge.tune.space import Variant, declared_space
+from vlaedge.tune.work import FrameSet, TuneResult, Work
+
+BUILD_ERRORS = (VlaedgeError, ValueError, RuntimeError)  # ONNX Runtime's quantizers raise the last two
+
+
+def tune(recipe, out: str | Path, checkpoint: Path | None = None, data: Path | None = None,
+         max_minutes: float = 5.0, space: str | dict = "full", search_frames: int = 128,
+         max_fallback: int = 8, recipe_name: str = "recipe", log=print) -> TuneResult:
+    """Explores the variant space for a recipe's target and writes the choice into `out`.
+
+    Args:
+        recipe: the validated recipe; its quantize section is the base every variant changes, its verify
+            section sets frames, seed, threads and runtime, its budgets decide what is acceptable.
+        out: the output directory (created; reused to resume).
+        checkpoint: the FP32 policy; default: the embedded default policy.
+        data: the episodes; default: the calibration sample.
+        max_minutes: time box for building variants (the fallback search included); the latency run and
+            the reports come after it.
+        space: "full", "quick" or {name: QuantizeConfig fields} (see `vlaedge.tune.space`).
+        search_frames: calibration-split frames the search judges drift on.
+        max_fallback: most module groups kept in FP32 by the sensitivity search.
+        recipe_name: how the recipe is named in the report.
+        log: progress lines.
+
+    Returns:
+        The `TuneResult` (rows, the pick and why, the written recipe).
+
+    Raises:
+        VlaedgeError: a recipe without a quantize section, bad inputs (as `vlaedge compress`).
+
+    Example:
+        >>> result = tune(load_recipe("recipes/cpu-int8.yaml"), "runs/tune", max_minutes=5)
+        >>> print(result.summary())
+    """
+    if recipe.quantize is None:
+        raise VlaedgeError("tune: the recipe has no quantize section, there is nothing to tune",
+                           "start from a quantizing recipe, e.g. --recipe cpu-int8")
+    if max_minutes <= 0:
+        raise VlaedgeError(f"tune: --max-minutes {max_minutes}", "give a positive time box, e.g. 5")
+    return run_tune(recipe, Path(out), checkpoint, data, max_minutes, space, search_frames, max_fallback,
+                    recipe_name, log, time.monotonic())
+
+
+def run_tune(recipe, out: Path, checkpoint, data, max_minutes, space, search_frames, max_fallback,
+             recipe_name, log, started) -> TuneResult:
+    deadline = started + max_minutes * 60
+    work, context, notes = _prepare(recipe, out, checkpoint, data, search_frames, log)
+    measured, errors = [measure_fp32(work, work.fp32_onnx)], []
+    timed_out = []
+    for variant in declared_space(work.target.runtime, recipe.quantize.precision, space):
+        if time.monotonic() > deadline:
+            timed_out.append(variant.name)
+            continue
+        row = _build(work, variant, context, log, errors)
+        if row is not None:
+            measured.append(row)
+    sensitivity = []
+    quantized = [m for m in measured if not m.fp32]
+    if quantized and not any(not m.search_failures for m in quantized) and time.monotonic() < deadline:
+        seed = min(quantized, key=lambda m: m.search_drift["mean_pct"])
+        log(f"tune: no variant keeps the drift budgets on the search frames; ranking module groups of "
+            f"{seed.name} by action sensitivity")
+        sensitivity, extra = _fallback(work, seed, context, max_fallback, deadline, log, errors)
+        measured += extra
+    rows = _time_and_judge(work, recipe, measured, log)
+    rows += errors
+    chosen, reason = pick(rows)
+    box = f"time box of {max_minutes:g} min reached: {', '.join(timed_out)} not explored" if timed_out else ""
+    if box:
+        log(f"tune: {box}")
+    return _write(recipe, out, work, rows, chosen, reason, sensitivity, notes, box, recipe_name,
+                  time.monotonic() - started, log)
+
+
+def _prepare(recipe, out: Path, checkpoint, data, search_frames: int, log):
+    from vlaedge.compress.export import export_onnx
+
+    target = get_target(recipe.target)
+    inputs = load_inputs(checkpoint, data, recipe=recipe)  # the recipe's data.map and frame counts
+    config = recipe.verify or VerifyConfig()
+    folder = out / "variants"
+    folder.mkdir(parents=True, exist_ok=True)
+    policy, notes = inputs.policy, []
+    if recipe.prune:
+        from vlaedge.compress.prune import prune
+
+        log(f"tune: prune ({recipe.prune.method}) once; every variant quantizes the pruned policy")
+        feeds = calibration_feeds(inputs.policy, inputs.calibration, recipe.prune.num_frames)
+        policy = prune(inputs.policy, recipe.prune, feeds).policy
+        notes.append("the recipe prunes: variants quantize the pruned policy, drift and speedup are against "
+                     "the unpruned FP32 policy")
+    export_cfg = recipe.export or ExportConfig()
+    check = calibration_feeds(policy, inputs.calibration, export_cfg.check_frames, seed=1)
+    check = {k: np.concatenate([f[k] for f in check]) for k in check[0]}
+    fp32 = folder / "fp32.onnx"
+    export_onnx(inputs.policy, fp32, export_cfg)  # always: a stale file from another checkpoint would lie
+    quant_fp32 = fp32
+    if recipe.prune:
+        quant_fp32 = folder / "pruned_fp32.onnx"
+        export_onnx(policy, quant_fp32, export_cfg, check)
+    n_eval = min(config.eval_frames, inputs.evaluation.num_frames)
+    n_search = min(search_frames, inputs.calibration.num_frames)
+    work = Work(inputs.policy, policy, target, recipe.quantize,
+                 calibration_feeds(policy, inputs.calibration, recipe.quantize.num_calib_frames), check,
+                 export_cfg, quant_fp32, folder, config.threads, drift_only(recipe.budgets),
+                 FrameSet(inputs.policy, sample_frames(inputs.calibration, n_search, config.seed + 7),
+                          config.seed + 7),
+                 FrameSet(inputs.policy, sample_frames(inputs.evaluation, n_eval, config.seed), config.seed),
+                 config.seed)
+    context = {"checkpoint": sha256(inputs.checkpoint), "data": str(inputs.data_path), "eval": n_eval,
+               "search": n_search, "seed": config.seed, "target": target.name,
+               "export": export_cfg.model_dump(mode="json"),
+               "prune": recipe.prune.model_dump(mode="json") if recipe.prune else None}
+    log(f"tune: {inputs.policy.name} for {target.name}: search on {n_search} calibration frames, drift on "
+        f"{n_eval} evaluation frames")
+    return work, context, notes
+
+
+def _build(work, variant: Variant, context: dict, log, errors: list) -> Measured | None:
+    key = variant_key(variant, work.base, context)
+    hit = cached(work.folder, variant.name, key, work.drift_budgets)
+    if hit is not None:
+        log(f"tune: {variant.name}: cached (drift mean {hit.drift['mean_pct']:.3f}%)")
+        return hit
+    try:
+        row = measure_variant(work, variant, key)
+    except BUILD_ERRORS as e:
+        errors.append(build_error(variant, e))
+        log(f"tune: {variant.name}: could not be built ({errors[-1]['error'][:120]})")
+        return None
+    save(work.folder, row)
+    ok = "within" if not row.search_failures else "over"
+    log(f"tune: {variant.name}: drift mean {row.drift['mean_pct']:.3f}% (search "
+        f"{row.search_drift['mean_pct']:.3f}%, {ok} the drift budgets), {row.file_bytes / 1e6:.2f} MB, "
+        f"{row.seconds:.1f} s")
+    return row
+
+
+def _fallback(work, seed: Measured, context, max_fallback: int, deadline: float, log, errors):
+    """Rank seed's module groups by search drift when quantized alone; keep the worst in FP32 one by one."""
+    groups = seed.quantized_groups
+    base = Variant(seed.name, {k: v for k, v in seed.settings.items() if k != "keep"})
+    scores = []
+    for g in groups:
+        if time.monotonic() > deadline:
+            break
+        alone = Variant(f"{seed.name}+only-{g}", base.settings, [o for o in groups if o != g])
+        row = _build(work, alone, context, log, errors)
+        if row is not None:
+            scores.append((g, row.search_drift["mean_pct"]))
+    ranking = sorted(scores, key=lambda s: -s[1])
+    found, kept = [], []
+    for g, _ in ranking[:max_fallback]:
+        if time.monotonic() > deadline:
+            break
+        kept.append(g)
+        row = _build(work, Variant(f"{seed.name}+fp32-{len(kept)}", base.settings, list(kept)), context, log,
+                     errors)
+        if row is None:
+            continue
+        found.append(row)
+        if not row.search_failures:
+            log(f"tune: drift budgets hold with {len(kept)} module group(s) in FP32: {', '.join(kept)}")
+            break
+    return ranking, found
+
+
+def _time_and_judge(work, recipe, measured: list[Measured], log) -> list[dict]:
+    """One interleaved latency run of every built model (cpu) or the estimate (TensorRT); then budgets."""
+    rows = [m.to_dict() for m in measured if "+only-" not in m.name]  # sensitivity probes are not candidates
+    paths = [work.folder.parent / r["model"] for r in rows]
+    config = recipe.verify or VerifyConfig()
+    load = None
+    if work.target.runtime == "onnxruntime":
+        from vlaedge.check.profile import profile
+
+        runtime = config.runtime if config.runtime.startswith("ort-") else "ort-cpu"
+        log(f"tune: timing {len(paths)} models interleaved on {runtime} ({config.profile_runs} runs each, "
+            f"threads {config.threads or 'default'})")
+        prof = profile(paths, runtime, None, work.reference, config.profile_runs, config.profile_warmup,
+                       config.threads)
+        load = prof.load
+        for row, m in zip(rows, prof.models, strict=True):
+            row["median_ms"], row["p99_ms"] = m.latency.median_ms, m.latency.p99_ms
+    else:
+        from vlaedge.deploy.estimate import estimate
+
+        for row, path in zip(rows, paths, strict=True):
+            est = estimate(path, work.target, allow_unknown_dims=True)
+            row["median_ms"] = row["p99_ms"] = est.latency_ms
+    fp32 = rows[0]
+    for row in rows:
+        row["drift_mean_pct"] = row["drift"]["mean_pct"]
+        row["speedup"] = fp32["median_ms"] / row["median_ms"]
+        row["size_ratio"] = row["file_bytes"] / fp32["file_bytes"]
+        row["parameter_ratio"] = row["parameters"] / fp32["parameters"]
+        row["failures"] = budget_failures(row, recipe.budgets, work.target.name)
+    front = set(pareto_front(rows))
+    for row in rows:
+        row["pareto"] = row["name"] in front
+    rows[0]["load"] = load
+    return rows
+
+
+def _write(recipe, out: Path, work, rows, chosen, reason, sensitivity, notes, box, recipe_name, seconds, log):
+    from vlaedge.check.profile import load_line
+
+    load = rows[0].pop("load", None)
+    result = {
+        "schema": "vlaedge.tune/1", "verdict": reason, "chosen": chosen["name"] if chosen else None,
+        "policy": work.reference.name, "target": work.target.name, "recipe": recipe_name,
+        "latency_source": ("one interleaved ONNX Runtime run (batch 1)" if work.target.runtime ==
+                           "onnxruntime" else
+                           f"vlaedge.deploy.estimate roofline for {work.target.name} (no device here)"),
+        "eval_frames": work.evaluation.frames, "search_frames": work.search.frames,
+        "rows": rows, "sensitivity": sensitivity, "notes": notes, "seconds": seconds, "load": load,
+        "load_line": load_line(load) if load else "", "time_box": box,
+        "recipe_out": str(out / "recipe.yaml"),
+    }
+    comment = [f"written by vlaedge tune from {recipe_name}: {reason}"]
+    if chosen and not chosen.get("fp32"):
+        comment.append(f"measured: {chosen['speedup']:.2f}x FP32 median, drift mean "
+                       f"{chosen['drift']['mean_pct']:.3f}% of range, {chosen['size_ratio']:.2f}x the FP32 "
+                       "size")
+    recipe_path = chosen_recipe(recipe, chosen, out / "recipe.yaml", comment)
+    (out / "tune.json").write_text(json.dumps(result, indent=1, default=str) + "\n")
+    (out / "tune.md").write_text(render_markdown(result))
+    budget = recipe.budgets.max_drift_mean_pct if recipe.budgets else None
+    (out / "tune.html").write_text(render_html(result, budget))
+    tuned = TuneResult(out, rows, chosen, reason, recipe_path, sensitivity, notes)
+    log(tuned.summary())
+    return tuned

@@ -1,0 +1,79 @@
+"""The tuner's shared state: what every variant is built from (`Work`) and what a run returns
+(`TuneResult`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+
+@dataclass
+class TuneResult:
+    """What `tune` measured and chose; truthy when some configuration is within every budget."""
+
+    out: Path
+    rows: list[dict]
+    chosen: dict | None  # the picked row (FP32's row when nothing quantized is faster)
+    reason: str
+    recipe: Path
+    sensitivity: list[tuple[str, float]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return self.chosen is not None
+
+    def summary(self) -> str:
+        return f"tune: {self.reason}\nwrote {self.out}/tune.md, tune.html, tune.json and {self.recipe}"
+
+
+@dataclass
+class Work:
+    """What every variant is built from (shared by `build`)."""
+
+    reference: object  # the FP32 policy (drift reference)
+    policy: object  # the policy quantized (the reference, or its pruned copy)
+    target: object
+    base: object  # the recipe's QuantizeConfig
+    calib_feeds: list
+    check_feeds: dict
+    export_cfg: object
+    fp32_onnx: Path
+    folder: Path
+    threads: int | None
+    drift_budgets: object
+    search: FrameSet  # drift frames of the calibration split
+    evaluation: FrameSet  # of the evaluation split
+    seed: int
+
+    def drift(self, runtime):
+        """(drift on the search frames, drift on the evaluation frames) of a candidate runtime."""
+        return self.search.drift(runtime), self.evaluation.drift(runtime)
+
+
+class FrameSet:
+    """Frames with their feeds and the FP32 reference's actions computed once (the reference is the same
+    for every variant), judged the way `vlaedge.check.drift.open_loop_drift` does (same feeds per batch of
+    `BATCH_SIZE` frames and seed, so the figures equal verify's)."""
+
+    def __init__(self, policy, frames: dict, seed: int):
+        from vlaedge.check.drift import BATCH_SIZE
+
+        self.policy, self.frames = policy, len(frames["instruction"])
+        self.feeds = [policy.make_inputs({k: v[s:s + BATCH_SIZE] for k, v in frames.items()}, seed=seed + s)
+                      for s in range(0, self.frames, BATCH_SIZE)]
+        outs = [policy.run_torch(f) for f in self.feeds]
+        self.names = list(outs[0])
+        self.actions = np.concatenate([policy.decode(o) for o in outs])
+        tokens = "action_logits" in outs[0]
+        self.logits = np.concatenate([o["action_logits"] for o in outs]) if tokens else None
+
+    def drift(self, runtime):
+        from vlaedge.check.drift import action_drift, check_candidate_inputs
+
+        check_candidate_inputs(self.policy, runtime)
+        outs = [runtime.infer(f) for f in self.feeds]
+        cand = np.concatenate([self.policy.decode({k: o[k] for k in self.names}) for o in outs])
+        logits = np.concatenate([o["action_logits"] for o in outs]) if self.logits is not None else None
+        return action_drift(self.actions, cand, self.policy.action_spec, self.logits, logits)
