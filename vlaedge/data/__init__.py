@@ -2,7 +2,9 @@
 
 The public verb is `load_dataset` (a LeRobot v3 dataset root, a folder of .npz episodes or one .npz file ->
 a validated `EpisodeDataset`). `episodes` holds the dataset model, the .npz layout and the split by
-episode (`split_episodes`, `sample_frames`); `lerobot` reads and writes the LeRobot v3 layout.
+episode (`split_episodes`, `sample_frames`); `lerobot` reads and `lerobot_write` writes the LeRobot v3
+layout, `images` decodes PNG cameras and `video` mp4 cameras (PyAV, lazily, by seeking); `summary` is
+what `vlaedge data` prints and the frame-count check `compress` runs before any stage.
 """
 
 from __future__ import annotations
@@ -16,13 +18,12 @@ from vlaedge.data.episodes import (
     EpisodeDataset,
     FrameBatch,
     iter_frames,
-    load_npz,
     sample_frames,
-    save_npz,
     split_as_recorded,
     split_episodes,
 )
 from vlaedge.data.lerobot import load_lerobot, save_lerobot
+from vlaedge.data.npz import load_npz, save_npz
 from vlaedge.errors import VlaedgeError
 
 __all__ = [
@@ -43,20 +44,23 @@ __all__ = [
 def load_dataset(path: str | Path, image_key: str | None = None) -> EpisodeDataset:
     """Load a LeRobot v3.0 dataset root, a folder of .npz episodes or one .npz episode.
 
-    A LeRobot root is recognised by ``meta/info.json``; its images must be embedded PNGs (feature dtype
-    "image"), not videos. The .npz layout is the one `save_npz` writes.
+    A LeRobot root is recognised by ``meta/info.json``; every camera is loaded (PNG images in parquet
+    are decoded now, mp4 video cameras lazily when frames are read). The .npz layout is the one
+    `save_npz` writes.
 
     Args:
         path: the dataset root, folder or file.
-        image_key: LeRobot camera feature to use, e.g. ``"observation.images.top"``; default: the first
-            ``observation.image(s)`` feature in info.json. Ignored for .npz.
+        image_key: LeRobot camera to put first (`Episode.images`, the frame batches' ``image``), e.g.
+            ``"observation.images.top"``; default: the first ``observation.image(s)`` feature in info.json.
+            Ignored for .npz.
 
     Returns:
         The validated dataset, episodes sorted by index.
 
     Raises:
         VlaedgeError: the path is missing or not a dataset, a file is truncated or corrupt, a column is
-            missing, lengths disagree, images are not uint8 RGB, or state/action hold NaN/Inf.
+            missing, lengths disagree, images are not uint8 RGB, a video camera is not located in
+            meta/episodes, or state/action hold NaN/Inf.
 
     Example:
         >>> ds = load_dataset("datasets/pick_cube")  # doctest: +SKIP

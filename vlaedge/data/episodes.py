@@ -1,9 +1,9 @@
-"""The episode dataset model (`Episode`, `EpisodeDataset`), the .npz layout, and the split by episode.
+"""The episode dataset model (`Episode`, `EpisodeDataset`) and the split by episode.
 
 `vlaedge.data.load_dataset` reads a dataset into an `EpisodeDataset`, validated once (`check_episode`);
-`save_npz` (here) and `vlaedge.data.lerobot.save_lerobot` write them atomically. `split_episodes` makes the
-calibration/evaluation split by episode, and `sample_frames` / `iter_frames` produce the frame batches a
-policy adapter consumes.
+`vlaedge.data.npz.save_npz` and `vlaedge.data.lerobot.save_lerobot` write them atomically (`atomic_dir`).
+`split_episodes` makes the calibration/evaluation split by episode, and `sample_frames` / `iter_frames`
+produce the frame batches a policy adapter consumes.
 """
 
 from __future__ import annotations
@@ -13,8 +13,6 @@ import numbers
 import os
 import shutil
 import uuid
-import zipfile
-import zlib
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -26,8 +24,11 @@ import numpy as np
 from vlaedge.errors import VlaedgeError
 
 FrameBatch = dict[str, Any]
-"""A batch of B frames: ``image`` uint8 [B, H, W, 3], ``state`` float32 [B, S], ``action`` float32 [B, A],
-``instruction`` list[str], ``episode`` int64 [B] (`Episode.index`) and ``frame`` int64 [B] (within it)."""
+"""A batch of B frames: ``image`` uint8 [B, H, W, 3] (the first camera), ``state`` float32 [B, S],
+``action`` float32 [B, A], ``instruction`` list[str], ``episode`` int64 [B] (`Episode.index`) and
+``frame`` int64 [B] (within it); plus every camera under its dataset key (e.g.
+``observation.images.cam_high``, uint8 [B, H, W, 3]) and the LeRobot names of the others
+(``observation.state``, ``action``, ``task``), which is what a policy spec's ``feature`` names."""
 
 EVAL_FRACTION = 0.5  # share of episodes in the evaluation split (recorded in every manifest)
 DATA_HINT = "point --data at a LeRobot v3 dataset root, a folder of .npz episodes or one .npz file"
@@ -35,15 +36,18 @@ DATA_HINT = "point --data at a LeRobot v3 dataset root, a folder of .npz episode
 
 @dataclass
 class Episode:
-    """One recorded episode: N frames of one camera, proprio state and the action taken.
+    """One recorded episode: N frames of one or more cameras, proprio state and the action taken.
 
     Attributes:
         instruction: the language instruction, one per episode.
-        images: uint8 [N, H, W, 3] camera frames (HWC, RGB).
+        images: uint8 [N, H, W, 3] frames of the first camera (HWC, RGB): an array, or a lazily decoded
+            `vlaedge.data.video.VideoFrames`.
         state: float32 [N, S] proprio state.
         action: float32 [N, A] action labels, in the environment's units.
         index: episode index within its dataset.
         success: whether the episode reached its goal (None when unknown).
+        cameras: every camera by its dataset key (``observation.images.cam_high``), each like `images`;
+            empty for a one-camera dataset without keys (.npz, the simulator).
     """
 
     instruction: str
@@ -53,6 +57,7 @@ class Episode:
     index: int = 0
     success: bool | None = None
     extra: dict = field(default_factory=dict)
+    cameras: dict = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.action)
@@ -78,6 +83,8 @@ class EpisodeDataset:
     action_names: list[str]
     state_names: list[str]
     source: str = "<memory>"
+    features: dict = field(default_factory=dict)  # LeRobot info.json features (+ "storage" for cameras)
+    stats: dict = field(default_factory=dict)  # meta/stats.json: feature -> {mean, std, min, max, count}
 
     def __post_init__(self) -> None:
         self.episodes = [
@@ -149,47 +156,36 @@ class EpisodeDataset:
         owner = np.searchsorted(starts, idx, side="right") - 1
         frame = idx - starts[owner]
         eps = [self.episodes[i] for i in owner]
-        return {
-            "image": np.stack([ep.images[f] for ep, f in zip(eps, frame, strict=True)]),
+        cameras = {key: _gather(self.episodes, owner, frame, lambda ep, key=key: ep.cameras[key])
+                   for key in self.camera_keys}
+        batch = {
+            "image": next(iter(cameras.values()), None)
+            if cameras else _gather(self.episodes, owner, frame, lambda ep: ep.images),
             "state": np.stack([ep.state[f] for ep, f in zip(eps, frame, strict=True)]),
             "action": np.stack([ep.action[f] for ep, f in zip(eps, frame, strict=True)]),
             "instruction": [ep.instruction for ep in eps],
             "episode": np.array([ep.index for ep in eps], dtype=np.int64),
             "frame": frame,
         }
+        batch |= cameras | {"observation.state": batch["state"], "task": batch["instruction"]}
+        return batch
+
+    @property
+    def camera_keys(self) -> list[str]:
+        """The dataset keys of the cameras (``observation.images.*``); [] for unnamed one-camera data."""
+        return list(self.episodes[0].cameras)
 
 
-def save_npz(dataset: EpisodeDataset, path: str | Path, overwrite: bool = False) -> Path:
-    """Write a dataset as a folder with one compressed .npz file per episode.
-
-    Layout: ``path/episode_000000.npz``, ``episode_000001.npz``, ... (episodes renumbered 0..n-1 in
-    order), each with ``images`` uint8 [N, H, W, 3], ``state`` float32 [N, S], ``action`` float32 [N, A],
-    ``instruction`` (0-d str), ``fps`` (0-d float), ``state_names`` / ``action_names`` (1-d str) and
-    ``success`` (0-d bool, only when known). `load_dataset` requires the first four and ``fps``.
-    The folder is written next to `path` and renamed into place, like `save_lerobot`.
-
-    Args:
-        dataset: the episodes to write.
-        path: the folder to create.
-        overwrite: replace `path` if it exists.
-
-    Returns:
-        `path` as a Path.
-
-    Raises:
-        VlaedgeError: `path` exists and is not empty while `overwrite` is False.
-    """
-    path = Path(path)
-    with atomic_dir(path, overwrite) as tmp:
-        for i, ep in enumerate(dataset.episodes):
-            arrays = {"images": ep.images, "state": ep.state, "action": ep.action}
-            arrays |= {"instruction": np.array(ep.instruction), "fps": np.array(dataset.fps)}
-            arrays |= {"state_names": np.array(dataset.state_names, dtype=str)}
-            arrays |= {"action_names": np.array(dataset.action_names, dtype=str)}
-            if ep.success is not None:
-                arrays["success"] = np.array(ep.success)
-            np.savez_compressed(tmp / f"episode_{i:06d}.npz", **arrays)
-    return path
+def _gather(episodes: list[Episode], owner: np.ndarray, frame: np.ndarray, camera) -> np.ndarray:
+    """Frames `frame` of episodes `owner` from one camera, uint8 [B, H, W, 3]; one `take` per episode for
+    video cameras (decoded together, in order), plain indexing for arrays."""
+    first = camera(episodes[owner[0]])
+    out = np.empty((len(owner), *first.shape[1:]), np.uint8)
+    for e in np.unique(owner):
+        rows = np.flatnonzero(owner == e)
+        source = camera(episodes[e])
+        out[rows] = source[frame[rows]] if isinstance(source, np.ndarray) else source.take(frame[rows])
+    return out
 
 
 def split_episodes(
@@ -303,16 +299,19 @@ def sample_frames(dataset: EpisodeDataset, n: int, seed: int = 0) -> FrameBatch:
 def check_episode(ep: Episode, where: str) -> Episode:
     """Check one episode's arrays; return it with float32 state and action. `where` names it in errors."""
     images = ep.images
-    if (
-        not isinstance(images, np.ndarray)
-        or images.dtype != np.uint8
-        or images.ndim != 4
-        or images.shape[3] != 3
-    ):
-        got = f"{images.dtype} {images.shape}" if isinstance(images, np.ndarray) else type(images).__name__
-        raise VlaedgeError(
-            f"{where}: images are {got}, expected uint8 [N, H, W, 3]", "store RGB frames as uint8"
-        )
+    for key, frames in {"images": images, **ep.cameras}.items():
+        if (
+            not hasattr(frames, "shape")
+            or frames.dtype != np.uint8
+            or frames.ndim != 4
+            or frames.shape[3] != 3
+            or len(frames) != len(images)
+        ):
+            got = f"{frames.dtype} {frames.shape}" if hasattr(frames, "shape") else type(frames).__name__
+            raise VlaedgeError(
+                f"{where}: {key} are {got}, expected uint8 [{len(images)}, H, W, 3]",
+                "store RGB frames as uint8, the same number for every camera",
+            )
     arrays = {}
     for name in ("state", "action"):
         value = np.asarray(getattr(ep, name))
@@ -355,7 +354,7 @@ def _check_dataset(ds: EpisodeDataset) -> None:
         )
     ds.fps = float(ds.fps)
     first = ds.episodes[0]
-    shape = (first.images.shape[1:], first.state.shape[1], first.action.shape[1])
+    shape = (first.images.shape[1:], first.state.shape[1], first.action.shape[1], _cameras(first))
     seen: set[int] = set()
     for ep in ds.episodes:
         if ep.index in seen:
@@ -363,10 +362,11 @@ def _check_dataset(ds: EpisodeDataset) -> None:
                 f"dataset: {ds.source} has episode index {ep.index} twice", "renumber the episodes"
             )
         seen.add(ep.index)
-        got = (ep.images.shape[1:], ep.state.shape[1], ep.action.shape[1])
+        got = (ep.images.shape[1:], ep.state.shape[1], ep.action.shape[1], _cameras(ep))
         if got != shape:
             raise VlaedgeError(
-                f"dataset: {ds.source}: episode {ep.index} has (image HWC, state dim, action dim) {got}, "
+                f"dataset: {ds.source}: episode {ep.index} has (image HWC, state dim, action dim, cameras) "
+                f"{got}, "
                 f"episode {first.index} has {shape}",
                 "all episodes need the same camera resolution, state and action layout",
             )
@@ -377,55 +377,15 @@ def _check_dataset(ds: EpisodeDataset) -> None:
             )
 
 
+def _cameras(ep: Episode) -> list[tuple[str, tuple]]:
+    return [(key, tuple(frames.shape[1:])) for key, frames in ep.cameras.items()]
+
+
 def default_names(prefix: str, dim: int) -> list[str]:
     return [f"{prefix}_{i}" for i in range(dim)]
 
 
-# --- npz and file helpers ---------------------------------------------------------------------------------
-
-
-def load_npz(files: list[Path], source: str) -> EpisodeDataset:
-    episodes, first_meta = [], []
-    for i, path in enumerate(files):
-        arrays = _read_npz(path)
-        missing = [k for k in ("images", "state", "action", "instruction", "fps") if k not in arrays]
-        if missing:
-            raise VlaedgeError(
-                f"dataset: {path} lacks array(s) {missing}; it has {sorted(arrays)}",
-                "write them with vlaedge.data.save_npz (fps: the control rate in Hz, e.g. np.array(10.0))",
-            )
-        instruction = arrays["instruction"]
-        if instruction.ndim != 0 or instruction.dtype.kind != "U":
-            raise VlaedgeError(
-                f"dataset: {path}: instruction is {instruction.dtype} {instruction.shape}",
-                "store it as a 0-d string array, np.array('pick up the cube')",
-            )
-        meta = [arrays[k].tolist() if k in arrays else None for k in ("fps", "state_names", "action_names")]
-        if first_meta and meta != first_meta:
-            raise VlaedgeError(
-                f"dataset: {path} has fps/names {meta}, {files[0]} has {first_meta}", "make them agree"
-            )
-        first_meta = meta
-        success = bool(arrays["success"]) if "success" in arrays else None
-        ep = Episode(
-            str(instruction), arrays["images"], arrays["state"], arrays["action"], index=i, success=success
-        )
-        episodes.append(check_episode(ep, f"dataset: {path}"))
-    fps, state_names, action_names = first_meta
-    action_names = action_names or default_names("action", episodes[0].action.shape[1])
-    state_names = state_names or default_names("state", episodes[0].state.shape[1])
-    return EpisodeDataset(episodes, float(fps), action_names, state_names, source)
-
-
-def _read_npz(path: Path) -> dict[str, np.ndarray]:
-    try:
-        with np.load(path, allow_pickle=False) as npz:
-            return {name: npz[name] for name in npz.files}
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
-        raise VlaedgeError(
-            f"dataset: {path} is not a readable .npz ({type(exc).__name__}: {exc})",
-            "it is truncated or corrupt, or holds object arrays; re-export it with vlaedge.data.save_npz",
-        ) from None
+# --- file helpers ---------------------------------------------------------------------------------
 
 
 @contextmanager

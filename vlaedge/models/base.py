@@ -2,7 +2,9 @@
 
 The rest of the pipeline (quantize, export, verify, profile) only sees a `Policy`: a torch module, the
 named inputs it takes (`input_spec`), the named outputs it returns, how dataset frames become inputs
-(`make_inputs`) and how outputs become actions in the environment's units (`decode`).
+(`make_inputs`) and how outputs become actions in the environment's units (`decode`). Which dataset
+feature feeds which input (`data_inputs`) is resolved against a dataset and checked once by
+`vlaedge.models.preprocess.bind_data`, which stores the result in `bound` / `bound_stats`.
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ import numpy as np
 
 if TYPE_CHECKING:
     import torch
+
+    from vlaedge.models.preprocess import DataInput
 
 BATCH = "B"  # the symbolic batch dimension in shapes
 
@@ -81,6 +85,20 @@ class Policy(ABC):
     output_names: tuple[str, ...]
     action_spec: ActionSpec
     name: str = "policy"
+    bound: dict | None = None  # input name -> the DataInput `bind_data` resolved (None: not bound yet)
+    bound_stats: dict | None = None  # input name -> normalisation statistics taken at binding
+    dataset_action_units: str = "env"  # recorded actions are in the env's units ("normalised": [-1, 1])
+
+    def data_inputs(self) -> list[DataInput]:
+        """Which dataset feature feeds each model input, and how, before any ``data.map`` override."""
+        return []
+
+    def fed(self, name: str) -> tuple[DataInput, dict | None]:
+        """The bound (else the policy's own) `DataInput` of input `name` and its statistics."""
+        if self.bound and name in self.bound:
+            return self.bound[name], (self.bound_stats or {}).get(name)
+        spec = next(d for d in self.data_inputs() if d.input == name)
+        return spec, spec.stats
 
     @abstractmethod
     def make_inputs(self, frames: dict, seed: int = 0) -> dict[str, np.ndarray]:

@@ -13,8 +13,13 @@ Example config.json (weights, if any, in model.safetensors beside it)::
      "actions": {"names": ["x", "y", "z", "grip"], "low": [-1, -1, -1, 0], "high": [1, 1, 1, 1],
                  "gripper_dims": [3], "chunk": 8, "decode": "continuous"}}
 
-`source` says which frame field feeds an input: `image` (HWC frames become CHW and are resized),
-`state`, `instruction` (token ids from the tokenizer) or `noise` (standard normal, seeded).
+`source` says what kind of input it is: `image`, `state`, `instruction` (token ids from the tokenizer),
+`instruction_mask` (1 on tokens, 0 on padding) or `noise` (standard normal, seeded); `feature` names the
+dataset feature that feeds it (default: the first camera, `observation.state`, `task`), and `layout`,
+`normalize` and `stats` its preprocessing (`vlaedge.models.preprocess`; the recipe's `data.map` overrides
+`feature`). `tokenizer` is `{"vocab": [...]}` (the word tokenizer) or `{"file": "tokenizer.json"}` (a
+Hugging Face tokenizer.json or a SentencePiece .model in the checkpoint folder, with `padding` and
+`truncation` "right" or "left").
 `decode` is `continuous` (outputs already in [low, high], or in [-1, 1] with `normalised: true`) or
 `tokens` (logits [B, T, A, bins] over [low, high]).
 """
@@ -22,17 +27,18 @@ Example config.json (weights, if any, in model.safetensors beside it)::
 from __future__ import annotations
 
 import importlib
+import shutil
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
 from vlaedge.errors import VlaedgeError
 from vlaedge.models.base import ActionSpec, Policy, TensorSpec
 from vlaedge.models.checkpoint import check_state_dict, load_weights, write_checkpoint
-from vlaedge.models.reference import resize_nearest
-from vlaedge.models.tokenizer import WordTokenizer
+from vlaedge.models.preprocess import DataInput, frame_field, image_feed, vector_feed
+from vlaedge.models.tokenizer import PAD, FileTokenizer, WordTokenizer
 
 FAMILY = "python"
 
@@ -41,17 +47,44 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+class StatsSpec(_Strict):
+    """Normalisation statistics stored with the checkpoint (they win over the dataset's stats.json)."""
+
+    mean: list[float] | None = None
+    std: list[float] | None = None
+    min: list[float] | None = None
+    max: list[float] | None = None
+
+
 class InputSpec(_Strict):
     name: str  # model argument / ONNX input name, in call order
     shape: list[int | Literal["B"]]  # "B" marks the batch dimension
     dtype: Literal["uint8", "int64", "int32", "float32", "float16"] = "float32"
-    low: float = -1.0  # valid range, used for example inputs
+    low: float = -1.0  # valid range: float images are scaled to it, example inputs drawn from it
     high: float = 1.0
-    source: Literal["image", "state", "instruction", "noise"]  # which frame field feeds it
+    source: Literal["image", "state", "instruction", "instruction_mask", "noise"]  # what kind of input
+    # The dataset feature that feeds it, e.g. "observation.images.cam_high"; default: the first camera
+    # ("image"), "observation.state" or "task" by `source`. The recipe's data.map overrides it.
+    feature: str | None = None
+    layout: Literal["CHW", "HWC"] = "CHW"  # images: channels first or last
+    normalize: Literal["none", "mean_std", "min_max"] = "none"  # images: mean/std in [0, 1] pixel units
+    stats: StatsSpec | None = None  # default: the dataset's meta/stats.json for `feature`
 
 
 class TokenizerSpec(_Strict):
-    vocab: list[str]  # known words; ids start at 2 (0 pad, 1 unknown)
+    vocab: list[str] | None = None  # the built-in word tokenizer: known words; ids start at 2 (0 pad, 1 unk)
+    file: str | None = None  # or a file in the checkpoint folder: "tokenizer.json" or a SentencePiece .model
+    padding: Literal["right", "left"] = "right"  # where pad ids go (file tokenizers)
+    truncation: Literal["right", "left"] = "right"  # which end is cut past the input's length
+    pad_id: int | None = None  # default: the tokenizer's pad token, else 0
+    add_special_tokens: bool = True  # BOS/EOS as the tokenizer defines them
+
+    @model_validator(mode="after")
+    def _one_kind(self):
+        if (self.vocab is None) == (self.file is None):
+            raise ValueError("give exactly one of 'vocab' (word tokenizer) or 'file' (tokenizer.json or "
+                             "a SentencePiece .model)")
+        return self
 
 
 class ActionsSpec(_Strict):
@@ -63,6 +96,8 @@ class ActionsSpec(_Strict):
     decode: Literal["continuous", "tokens"] = "continuous"
     normalised: bool = False  # continuous outputs are in [-1, 1] rather than [low, high]
     output: str | None = None  # which output holds the actions (default: the first)
+    feature: str = "action"  # the dataset feature holding the recorded actions
+    dataset_units: Literal["env", "normalised"] = "env"  # recorded actions in [low, high] or in [-1, 1]
 
 
 class PythonPolicySpec(_Strict):
@@ -78,8 +113,8 @@ class PythonPolicySpec(_Strict):
 class PythonPolicy(Policy):
     """A user's torch module behind the adapter protocol, described by a `PythonPolicySpec`."""
 
-    def __init__(self, spec: PythonPolicySpec, module=None):
-        self.spec = spec
+    def __init__(self, spec: PythonPolicySpec, module=None, root: Path | None = None):
+        self.spec, self.root = spec, root
         self.module = module if module is not None else _call_factory(spec)
         self.name = spec.factory
         self.input_spec = tuple(TensorSpec(i.name, tuple(i.shape), i.dtype, i.low, i.high)
@@ -88,28 +123,50 @@ class PythonPolicy(Policy):
         a = spec.actions
         self.action_spec = ActionSpec(tuple(a.names), tuple(a.low), tuple(a.high), tuple(a.gripper_dims),
                                       a.chunk)
-        text = [i for i in spec.inputs if i.source == "instruction"]
-        if text and spec.tokenizer is None:
-            raise VlaedgeError(f"policy spec: input {text[0].name!r} reads the instruction but no "
-                               "tokenizer is given", 'add "tokenizer": {"vocab": [...]} to config.json')
-        self.tokenizer = WordTokenizer(spec.tokenizer.vocab, int(text[0].shape[-1])) if text else None
+        self.dataset_action_units = a.dataset_units
+        self.tokenizer = _tokenizer(spec, root)
+
+    def data_inputs(self) -> list[DataInput]:
+        default = {"image": "image", "state": "observation.state", "noise": "noise"}
+        return [DataInput(i.name, i.source, i.feature or default.get(i.source, "task"), i.layout, i.normalize,
+                          i.stats.model_dump(exclude_none=True) if i.stats else None)
+                for i in self.spec.inputs]
 
     def make_inputs(self, frames: dict, seed: int = 0) -> dict[str, np.ndarray]:
+        """Frames -> feeds, each input from its (bound) dataset feature, preprocessed as its spec says
+        (see `vlaedge.models.preprocess`).
+
+        Raises:
+            VlaedgeError: a feature missing from `frames`, or a normalised input whose statistics are not
+                in config.json while the policy is not bound to a dataset (`bind_data`).
+        """
         rng = np.random.default_rng(seed)
         batch = len(frames["instruction"])
         feeds = {}
-        for spec, i in zip(self.input_spec, self.spec.inputs, strict=True):
+        for spec in self.input_spec:
+            d, stats = self.fed(spec.name)
             shape = spec.concrete_shape(batch)
-            if i.source == "image":
-                value = resize_nearest(np.asarray(frames["image"]), shape[-1]).transpose(0, 3, 1, 2)
-            elif i.source == "state":
-                value = np.asarray(frames["state"]).reshape(shape)
-            elif i.source == "instruction":
-                value = self.tokenizer.encode(list(frames["instruction"]))
-            else:
+            if d.source == "noise":
                 value = rng.standard_normal(shape)
+            elif d.source in ("instruction", "instruction_mask"):
+                ids, mask = self._tokens(list(frame_field(frames, d.feature, d.source)))
+                value = ids if d.source == "instruction" else mask
+            else:
+                if d.normalize != "none" and not stats:
+                    raise VlaedgeError(f"inputs: {spec.name!r} is normalised ({d.normalize}) but has no "
+                                       "statistics", "add them to config.json (stats) or pass --data with "
+                                       "a dataset whose meta/stats.json has them")
+                values = frame_field(frames, d.feature, d.source)
+                value = (image_feed(values, shape, spec.dtype, spec.low, spec.high, d, stats)
+                         if d.source == "image" else vector_feed(values, shape, spec.dtype, d, stats))
             feeds[spec.name] = np.ascontiguousarray(value, dtype=spec.dtype)
         return feeds
+
+    def _tokens(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        if isinstance(self.tokenizer, FileTokenizer):
+            return self.tokenizer.encode_with_mask(texts)
+        ids = self.tokenizer.encode(texts)
+        return ids, (ids != PAD).astype(np.int64)
 
     def decode(self, outputs: dict[str, np.ndarray]) -> np.ndarray:
         a = self.spec.actions
@@ -125,7 +182,10 @@ class PythonPolicy(Policy):
         return (low + unit * (high - low)).astype(np.float32).reshape(len(out), a.chunk, len(a.names))
 
     def save(self, path: str | Path) -> Path:
-        return write_checkpoint(Path(path), self.spec.model_dump(), self.module.state_dict())
+        out = write_checkpoint(Path(path), self.spec.model_dump(exclude_none=True), self.module.state_dict())
+        if isinstance(self.tokenizer, FileTokenizer):
+            shutil.copyfile(self.tokenizer.path, out / self.spec.tokenizer.file)
+        return out
 
     @classmethod
     def from_checkpoint(cls, checkpoint: Path, raw: dict, allow_pickle: bool = False) -> PythonPolicy:
@@ -137,13 +197,32 @@ class PythonPolicy(Policy):
             raise VlaedgeError(f"policy spec: {checkpoint}/config.json: {where}: {err['msg']}",
                                "see the PythonPolicy docstring in vlaedge/models/python.py for the "
                                "format") from e
-        policy = cls(spec)
+        policy = cls(spec, root=checkpoint)
         has_weights = checkpoint.is_dir() and any(
             p.name == "model.safetensors" or p.suffix in (".pt", ".pth") for p in checkpoint.iterdir())
         if has_weights:
             check_state_dict(policy.module, load_weights(checkpoint, allow_pickle), checkpoint)
         policy.module.eval()
         return policy
+
+
+def _tokenizer(spec: PythonPolicySpec, root: Path | None) -> WordTokenizer | FileTokenizer | None:
+    """The instruction tokenizer the spec declares (None when no input reads the instruction)."""
+    text = [i for i in spec.inputs if i.source in ("instruction", "instruction_mask")]
+    if not text:
+        return None
+    t = spec.tokenizer
+    if t is None:
+        raise VlaedgeError(f"policy spec: input {text[0].name!r} reads the instruction but no tokenizer is "
+                           "given", 'add "tokenizer": {"file": "tokenizer.json"} or {"vocab": [...]} to '
+                           "config.json")
+    if t.vocab is not None:
+        return WordTokenizer(t.vocab, int(text[0].shape[-1]))
+    if root is None or Path(t.file).is_absolute() or ".." in Path(t.file).parts:
+        raise VlaedgeError(f"policy spec: tokenizer.file {t.file!r} must be a file in the checkpoint folder",
+                           "ship it next to config.json and load the policy with load_policy(CHECKPOINT)")
+    return FileTokenizer(root / t.file, int(text[0].shape[-1]), t.padding, t.truncation, t.pad_id,
+                         t.add_special_tokens)
 
 
 def _call_factory(spec: PythonPolicySpec):

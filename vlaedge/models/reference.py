@@ -9,6 +9,7 @@ import numpy as np
 from vlaedge.errors import VlaedgeError
 from vlaedge.models.base import BATCH, ActionSpec, Policy, TensorSpec
 from vlaedge.models.checkpoint import check_state_dict, load_weights, write_checkpoint
+from vlaedge.models.preprocess import DataInput, frame_field, resize_nearest
 from vlaedge.models.tokenizer import WordTokenizer
 from vlaedge.models.vla import SIZES, ReferenceVLA, VLAConfig
 
@@ -49,16 +50,23 @@ class ReferencePolicy(Policy):
             raise VlaedgeError(f"size: {size!r} is not a reference size", f"use one of {', '.join(SIZES)}")
         return cls(VLAConfig(head=head, **{**SIZES[size], **overrides}))
 
+    def data_inputs(self) -> list[DataInput]:
+        return [DataInput("image", "image", "image"), DataInput("instruction_ids", "instruction", "task"),
+                DataInput("state", "state", "observation.state")]
+
     def make_inputs(self, frames: dict, seed: int = 0) -> dict[str, np.ndarray]:
-        images = np.asarray(frames["image"])
+        image, text, state = (self.fed(name)[0] for name in ("image", "instruction_ids", "state"))
+        images = np.asarray(frame_field(frames, image.feature, "image"))
         c = self.config
         if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8:
             raise VlaedgeError(f"frames: image has shape {images.shape} {images.dtype}, "
                                "expected uint8 [B,H,W,3]", "store camera frames as RGB uint8")
         feeds = {
-            "image": np.ascontiguousarray(resize_nearest(images, c.image_size).transpose(0, 3, 1, 2)),
-            "instruction_ids": self.tokenizer.encode(list(frames["instruction"])),
-            "state": np.asarray(frames["state"], np.float32).reshape(len(images), c.state_dim),
+            "image": np.ascontiguousarray(resize_nearest(images, c.image_size, c.image_size)
+                                          .transpose(0, 3, 1, 2)),
+            "instruction_ids": self.tokenizer.encode(list(frame_field(frames, text.feature, "instruction"))),
+            "state": np.asarray(frame_field(frames, state.feature, "state"), np.float32)
+            .reshape(len(images), c.state_dim),
         }
         if c.head == "flow":
             rng = np.random.default_rng(seed)
@@ -108,12 +116,3 @@ class ReferencePolicy(Policy):
         policy.module.eval()
         return policy
 
-
-def resize_nearest(images: np.ndarray, size: int) -> np.ndarray:
-    """Nearest-neighbour resize of uint8 [B,h,w,3] to [B,size,size,3] (identity when it fits)."""
-    height, width = images.shape[1:3]
-    if height == size and width == size:
-        return images
-    rows = (np.arange(size) * height // size).astype(np.intp)
-    cols = (np.arange(size) * width // size).astype(np.intp)
-    return images[:, rows][:, :, cols]

@@ -1,0 +1,105 @@
+"""What a dataset holds, for `vlaedge data DATASET` (`summarize`) and the up-front count check of `compress`
+(`check_counts`): episodes, frames, fps, features with shapes/dtypes, cameras and how they are stored,
+task strings and stats.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import numpy as np
+
+from vlaedge.data.episodes import EpisodeDataset
+from vlaedge.errors import VlaedgeError
+
+_COUNTERS = {"timestamp", "frame_index", "episode_index", "index", "task_index"}
+
+
+def summarize(dataset: EpisodeDataset) -> str:
+    """A dataset's contents as text: counts, every feature (shape, dtype, storage), cameras, tasks, stats.
+
+    Args:
+        dataset: a loaded dataset (`vlaedge.data.load_dataset`).
+
+    Returns:
+        Lines of text, as `vlaedge data` prints them.
+
+    Example:
+        >>> print(summarize(load_dataset("datasets/aloha_sim")))  # doctest: +SKIP
+    """
+    lengths = [len(ep) for ep in dataset.episodes]
+    lines = [
+        f"dataset: {dataset.source}",
+        f"episodes: {len(lengths)}, frames: {sum(lengths)} (per episode {min(lengths)}-{max(lengths)}, "
+        f"mean {np.mean(lengths):.1f}), fps: {dataset.fps:g}",
+        "features:",
+    ]
+    ep = dataset.episodes[0]
+    cameras = dict(ep.cameras) or {"image": ep.images}
+    features = dict(dataset.features) or {
+        "image": {"dtype": "image", "shape": list(ep.images.shape[1:]), "storage": "npz"},
+        "observation.state": {"dtype": "float32", "shape": [ep.state.shape[1]]},
+        "action": {"dtype": "float32", "shape": [ep.action.shape[1]]},
+    }
+    for key, info in features.items():
+        if key in _COUNTERS:
+            continue
+        vector = key in ("observation.state", "action")
+        role = "camera" if key in cameras else "vector" if vector else "not loaded"
+        storage = f", {info['storage']}" if "storage" in info else ""
+        names = info.get("names")
+        named = f", names {names[:4]}{'...' if len(names) > 4 else ''}" if isinstance(names, list) and (
+            role == "vector") else ""
+        lines.append(f"  {key}: {info.get('dtype')} {list(info.get('shape') or [])} ({role}{storage}{named})")
+    lines.append(f"cameras: {', '.join(cameras)} (the first one is the default image input)")
+    tasks = Counter(e.instruction for e in dataset.episodes)
+    lines.append(f"tasks: {len(tasks)}")
+    lines += [f"  {task!r}: {n} episode{'s' * (n != 1)}" for task, n in tasks.most_common(10)]
+    if len(tasks) > 10:
+        lines.append(f"  ... and {len(tasks) - 10} more")
+    lines.append("stats:" if dataset.stats else "stats: none (no meta/stats.json); computed from the frames:")
+    lines += _stats_lines(dataset)
+    return "\n".join(lines)
+
+
+def _stats_lines(dataset: EpisodeDataset) -> list[str]:
+    out = []
+    for key, values in (("observation.state", [e.state for e in dataset.episodes]),
+                        ("action", [e.action for e in dataset.episodes])):
+        given = dataset.stats.get(key) or {}
+        v = np.concatenate(values)
+        stats = {k: np.asarray(given[k], np.float64).reshape(-1) for k in ("mean", "std", "min", "max")
+                 if k in given} or {"mean": v.mean(0), "std": v.std(0), "min": v.min(0), "max": v.max(0)}
+        for name, x in stats.items():
+            shown = ", ".join(f"{a:.3g}" for a in x[:8]) + (", ..." if len(x) > 8 else "")
+            out.append(f"  {key}.{name}: [{shown}]")
+    for key in dataset.camera_keys:
+        given = dataset.stats.get(key) or {}
+        if "mean" in given:
+            mean = np.asarray(given["mean"], np.float64).reshape(-1)
+            std = np.asarray(given.get("std", [np.nan] * 3), np.float64).reshape(-1)
+            out.append(f"  {key}: mean RGB {np.round(mean, 3).tolist()}, std {np.round(std, 3).tolist()} "
+                       "(pixels in [0, 1])")
+    return out
+
+
+def check_counts(dataset: EpisodeDataset, calibration: EpisodeDataset, needs: dict[str, int]) -> None:
+    """Check, before any stage runs, that the calibration split has the frames each recipe field asks for.
+
+    Args:
+        dataset: the whole dataset (named in the message).
+        calibration: its calibration split.
+        needs: recipe field -> frames it needs, e.g. ``{"quantize.num_calib_frames": 256}``.
+
+    Raises:
+        VlaedgeError: one line naming the field, the frames it needs and the frames the split has.
+    """
+    have = calibration.num_frames
+    short = {k: n for k, n in needs.items() if n > have}
+    if short:
+        field, n = max(short.items(), key=lambda kv: kv[1])
+        raise VlaedgeError(
+            f"data: {field}={n}, the calibration split of {dataset.source} has {have} frames "
+            f"({len(calibration.episodes)} of {len(dataset.episodes)} episodes)",
+            f"lower it (--set {field}={have}) or add episodes",
+        )
