@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: setup demo test test-deps lint lock clean
+.PHONY: setup demo test test-deps setup-jetson jetson-venv lint lock clean
 
 setup: $(STAMP)
 
@@ -26,9 +26,20 @@ demo: setup
 test: setup test-deps
 	$(BIN)/pytest
 
-# System packages some tests use: openssh-server (tests/test_remote.py starts its own sshd on 127.0.0.1).
-# Installed only as root with apt-get; otherwise that test skips with the reason.
+# System packages some tests use: openssh-server (tests/test_remote.py starts its own sshd on 127.0.0.1), and
+# gcc + binutils (tests/test_trt_api.py compiles stub libraries for the real TensorRT bindings, fetched here
+# once into .cache/trt-bindings). Installed only as root with apt-get; otherwise those tests skip with the reason.
 test-deps:
+	@if command -v gcc >/dev/null 2>&1 && command -v readelf >/dev/null 2>&1; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	  export DEBIAN_FRONTEND=noninteractive; \
+	  apt-get install -y -q --no-install-recommends gcc libc6-dev binutils >/dev/null 2>&1 || \
+	  { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q --no-install-recommends gcc libc6-dev binutils >/dev/null 2>&1; } || \
+	  echo "test-deps: could not install gcc/binutils: tests/test_trt_api.py will skip its bindings checks"; \
+	else echo "test-deps: not root or no apt-get: no gcc, tests/test_trt_api.py will skip its bindings checks"; fi
+	@if [ -x $(BIN)/python ]; then for v in 10.3 10.13; do \
+	  $(BIN)/python tests/trt_api/bindings.py --install $$v || echo "test-deps: tests/test_trt_api.py will skip $$v"; \
+	done; fi
 	@if [ -x /usr/sbin/sshd ]; then :; \
 	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
 	  export DEBIAN_FRONTEND=noninteractive; \
@@ -36,6 +47,26 @@ test-deps:
 	  { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q --no-install-recommends openssh-server >/dev/null 2>&1; } || \
 	  echo "test-deps: could not install openssh-server: tests/test_remote.py will skip"; \
 	else echo "test-deps: not root or no apt-get: openssh-server not installed, tests/test_remote.py will skip"; fi
+
+# On a Jetson (JetPack 6.x): a venv that keeps JetPack's CUDA torch (NVIDIA's wheel) and TensorRT (apt's
+# python3-libnvinfer), seen through --system-site-packages. pip gets torch pinned to the installed version
+# (jetpack-pins.txt), so it can never replace it with the registry's torch (no CUDA on aarch64); the repo's
+# constraints.txt (an x86 Python 3.11 lock) is not used. Then: JETSON_VENV/bin/vlaedge device-check RUN_DIR.
+JETSON_VENV ?= .venv-jetson
+JETSON_PINS = $(JETSON_VENV)/jetpack-pins.txt
+JETSON_NEEDS = $(PYTHON) cannot import torch and tensorrt: install JetPack's (sudo apt install nvidia-jetpack) \
+  and NVIDIA's torch wheel for it first
+
+setup-jetson: jetson-venv
+	$(JETSON_VENV)/bin/pip install --quiet -c $(JETSON_PINS) -e ".[dev]"
+	$(JETSON_VENV)/bin/python -c "import torch, tensorrt; print('torch', torch.__version__, 'CUDA', \
+	  torch.cuda.is_available(), 'TensorRT', tensorrt.__version__); assert torch.cuda.is_available()"
+
+jetson-venv:
+	@$(PYTHON) -c "import torch, tensorrt" 2>/dev/null || { echo "setup-jetson: $(JETSON_NEEDS)" >&2; exit 2; }
+	$(PYTHON) -m venv --system-site-packages $(JETSON_VENV)
+	$(JETSON_VENV)/bin/python -c "import torch; print('torch==' + torch.__version__)" > $(JETSON_PINS)
+	@echo "setup-jetson: pinned $$(cat $(JETSON_PINS)) (JetPack's) in $(JETSON_PINS)"
 
 lint: setup
 	$(BIN)/ruff check vlaedge tests benchmarks

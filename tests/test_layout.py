@@ -16,7 +16,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "vlaedge"
 LAYERS = (
     {"cli"},
     {"commands"},
-    {"pipeline"},
+    {"pipeline", "tune", "device_check"},  # tune: the variant search, built on the pipeline's helpers
     {"compress", "check", "deploy"},  # the stage wings: never import one another
     {"recipe", "targets", "defaults", "models", "runtimes", "data", "sim"},
     {"artifact", "info"},

@@ -202,7 +202,7 @@ def test_readme_lists_every_shipped_recipe():
 
 def test_every_recipe_field_has_a_meaning_in_pipeline_order():
     sections = dict(_sections(Recipe, ""))
-    assert list(sections) == ["", "prune", "prune.recover", "quantize", "export", "engine", "verify",
+    assert list(sections) == ["", "data", "prune", "prune.recover", "quantize", "export", "engine", "verify",
                               "budgets", "budgets.targets.<name>"]
     for path, model in sections.items():
         for name, field in model.model_fields.items():

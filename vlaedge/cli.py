@@ -54,6 +54,36 @@ def info() -> None:
 
 
 @app.command()
+def data(
+    dataset: Annotated[Path, typer.Argument(help="LeRobot v3 dataset root, .npz folder or .npz file.")],
+    checkpoint: Annotated[Path | None, typer.Option(
+        "--checkpoint", "-c", help="Also check the dataset against this policy's inputs and actions.",
+    )] = None,
+    mapping: Annotated[list[str] | None, typer.Option(
+        "--map", help="INPUT=FEATURE, as the recipe's data.map (repeatable).")] = None,
+    allow_pickle: AllowPickle = False,
+) -> None:
+    """Episodes, frames, fps, features, cameras, tasks and stats of a dataset (and its fit to a policy)."""
+    from vlaedge.data import load_dataset
+    from vlaedge.data.summary import summarize
+
+    ds = load_dataset(dataset)
+    _echo(summarize(ds))
+    if checkpoint is not None:
+        from vlaedge.models import load_policy
+        from vlaedge.models.preprocess import bind_data
+
+        pairs = [m.partition("=") for m in mapping or []]
+        if any(not sep or not k or not v for k, sep, v in pairs):
+            raise VlaedgeError(f"--map: {mapping} must be INPUT=FEATURE",
+                               "e.g. --map rgb=observation.images.cam_high")
+        binding = bind_data(load_policy(checkpoint, allow_pickle), ds, {k: v for k, _, v in pairs})
+        _echo(f"policy {checkpoint}: every input fits")
+        for line in binding.lines():
+            _echo(line)
+
+
+@app.command()
 def record(
     out: Annotated[Path, typer.Argument(help="Output dataset directory (LeRobot v3) or folder of .npz.")],
     episodes: Annotated[int, typer.Option(help="Episodes to record.")] = 50,
@@ -167,6 +197,31 @@ def compress(
         _echo(result.gate.summary())
         if not result.gate:
             raise GateFailed(result.gate.failure_line())
+
+
+@app.command()
+def tune(
+    checkpoint: CheckpointArg = None,
+    recipe: RecipeOpt = "cpu-int8",
+    data: DataOpt = None,
+    out: Annotated[Path, typer.Option("--out", "-o", help=(
+        "Output directory. An existing one is resumed: variants whose inputs did not change are reused."
+    ))] = Path("runs/tune"),
+    max_minutes: Annotated[float, typer.Option(help="Time box for building variants, in minutes.")] = 5.0,
+    space: Annotated[str, typer.Option(help="Variant space: full or quick (vlaedge.tune.space).")] = "full",
+    overrides: SetOpt = None,
+) -> None:
+    """Measure quantization variants, pick the fastest within every budget, write a recipe reproducing it."""
+    from vlaedge.tune import tune as run
+    from vlaedge.tune.space import SPACES
+
+    if space not in SPACES:
+        raise VlaedgeError(f"tune: --space {space!r} is not a variant space",
+                           f"use one of {', '.join(SPACES)}")
+    result = run(_recipe(recipe, overrides), out, checkpoint, data, max_minutes, space,
+                 recipe_name=str(recipe), log=_echo)
+    if not result:
+        raise GateFailed(f"tune: {result.reason}")
 
 
 @app.command()
@@ -387,21 +442,44 @@ def engine(
     _echo(result.summary())
 
 
+@app.command("device-check")
+def device_check(
+    run_dir: Annotated[Path, typer.Argument(help="A 'vlaedge compress' output directory (TensorRT recipe).")],
+    frames: Annotated[int, typer.Option(help="Evaluation frames compared with ONNX Runtime.")] = 64,
+    runs: Annotated[int, typer.Option(help="Timed runs of the plan.")] = 200,
+    warmup: Annotated[int, typer.Option(help="Untimed warm-up runs.")] = 20,
+    builder: Annotated[str, typer.Option(help="python (TensorRT API) or trtexec (build.sh).")] = "python",
+) -> None:
+    """On the device: build RUN_DIR's TensorRT plan, compare it with ONNX Runtime, profile it, one summary."""
+    from vlaedge.device_check import REPORT_NAME
+    from vlaedge.device_check import device_check as run
+
+    result = run(run_dir, frames, runs, warmup, builder, log=_echo)
+    _echo(result.summary())
+    _echo(f"wrote {run_dir / REPORT_NAME}")
+
+
 @app.command()
 def estimate(
     model: Annotated[Path, typer.Argument(help="The ONNX model (external data is not needed).")],
     target: Annotated[str, typer.Option(help="A TensorRT target; see vlaedge targets.")],
     batch: Annotated[int, typer.Option(help="Batch size for dynamic batch dimensions.")] = 1,
     precision: Annotated[str, typer.Option(help="Non-quantized ops in: fp16, bf16, fp32.")] = "fp16",
-    top: Annotated[int, typer.Option(help="Slowest ops to list.")] = 15,
+    top: Annotated[int, typer.Option(help="Slowest kernels to list.")] = 15,
     json_out: Annotated[Path | None, typer.Option("--json", help="Also write the estimate here.")] = None,
+    input_shape: Annotated[
+        list[str] | None, typer.Option(help="Fix an input's shape, e.g. image=1x3x224x224 (repeatable).")
+    ] = None,
+    allow_unknown_dims: Annotated[
+        bool, typer.Option(help="Take dims shape inference cannot resolve as 1 (warns) instead of refusing.")
+    ] = False,
 ) -> None:
-    """Roofline latency and memory estimate of MODEL on a target (no device needed; see its limits)."""
+    """Fusion-aware, calibrated roofline latency and memory estimate of MODEL on a target (no device)."""
     import json
 
     from vlaedge.deploy.estimate import estimate as run
 
-    result = run(model, target, batch, precision)
+    result = run(model, target, batch, precision, input_shape or [], allow_unknown_dims)
     _echo(result.table(top))
     _echo("assumptions: " + "; ".join(result.assumptions))
     if json_out:

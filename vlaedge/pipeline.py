@@ -10,6 +10,7 @@ the wings below: `vlaedge.compress` (prune, quantize, export), `vlaedge.deploy` 
 from __future__ import annotations
 
 import copy
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,9 +27,11 @@ from vlaedge.data import (
     split_as_recorded,
     split_episodes,
 )
+from vlaedge.data.summary import check_counts
 from vlaedge.defaults import default_checkpoint, default_dataset
 from vlaedge.errors import VlaedgeError
 from vlaedge.models import Policy, load_policy
+from vlaedge.models.preprocess import DataBinding, bind_data
 from vlaedge.recipe import Budgets, ExportConfig, Recipe, VerifyConfig
 from vlaedge.targets import get_target
 
@@ -46,6 +49,7 @@ class Inputs:
     calibration: EpisodeDataset
     evaluation: EpisodeDataset
     data_path: Path
+    binding: DataBinding | None = None  # which dataset feature feeds which input (printed, in the manifest)
 
 
 @dataclass
@@ -62,15 +66,25 @@ class CompressResult:
 
 
 def load_inputs(checkpoint: Path | None, data: Path | None, allow_pickle: bool = False,
-                seed: int = 0) -> Inputs:
+                seed: int = 0, recipe: Recipe | None = None) -> Inputs:
     """Loads the policy (default: the embedded one) and the dataset (default: calibration/), split by
-    episode into calibration and evaluation halves."""
+    episode into calibration and evaluation halves, and checks them against each other and the recipe
+    before any stage runs: the features the policy reads (with the recipe's ``data.map``), their shapes,
+    dims and statistics (`bind_data`), and the frames the recipe's stages need (`check_counts`)."""
     checkpoint = Path(checkpoint) if checkpoint else default_checkpoint()
     data = Path(data) if data else default_dataset()
     policy = load_policy(checkpoint, allow_pickle)
     dataset = load_dataset(data)
+    binding = bind_data(policy, dataset, recipe.data.map if recipe and recipe.data else None)
     calibration, evaluation = split_episodes(dataset, EVAL_FRACTION, seed)
-    return Inputs(policy, checkpoint, dataset, calibration, evaluation, data)
+    if recipe is not None:
+        needs = {"export.check_frames": (recipe.export or ExportConfig()).check_frames}
+        if recipe.quantize:
+            needs["quantize.num_calib_frames"] = recipe.quantize.num_calib_frames
+        if recipe.prune:
+            needs["prune.num_frames"] = recipe.prune.num_frames
+        check_counts(dataset, calibration, needs)
+    return Inputs(policy, checkpoint, dataset, calibration, evaluation, data, binding)
 
 
 def calibration_feeds(policy: Policy, calibration: EpisodeDataset, n: int, seed: int = 0) -> list[dict]:
@@ -115,9 +129,12 @@ def compress(recipe: Recipe, out: str | Path, checkpoint: Path | None = None, da
     """
     target = get_target(recipe.target)
     with OutputDir(out, force) as od:
-        inputs = load_inputs(checkpoint, data, allow_pickle)
+        inputs = load_inputs(checkpoint, data, allow_pickle, recipe=recipe)
+        for line in inputs.binding.lines():
+            log(line)
         od.record_input("checkpoint", inputs.checkpoint)
         od.record_input("data", inputs.data_path)
+        od.manifest["data"] = inputs.binding.to_dict()
         od.manifest.update(recipe=recipe.model_dump(mode="json"), target=target.name, versions=_versions(),
                            split={"calibration_episodes": inputs.calibration.episode_indices,
                                   "evaluation_episodes": inputs.evaluation.episode_indices,
@@ -218,12 +235,17 @@ def _run_verify(od: OutputDir, recipe: Recipe, target: str, inputs: Inputs, log)
         od.record_stage("verify", time.perf_counter() - start, skipped=skipped)
         return None
     sha = od.manifest["inputs"]["checkpoint"]["sha256"]
-    result = verify(
-        inputs.policy, model, inputs.evaluation, config, sha, inputs.checkpoint, target, True, log
-    )
+    own_fp32 = od.path / "model_fp32.onnx" if recipe.quantize and not recipe.prune else None
+    with tempfile.TemporaryDirectory(prefix="vlaedge-fp32-") as tmp:
+        baseline = fp32_baseline(inputs.policy, model, config, own_fp32, Path(tmp), log)
+        result = verify(inputs.policy, model, inputs.evaluation, config, sha, inputs.checkpoint, target, True,
+                        log, baseline)
     result.report["candidate"]["model"] = "model.onnx"  # relative: the staging directory is renamed
-    for entry in (result.report.get("profile") or {}).get("models", []):
-        entry["model"] = "model.onnx"
+    names = ["model.onnx", "model_fp32.onnx" if baseline == own_fp32 else "reference_fp32.onnx (temporary)"]
+    for entry, name in zip((result.report.get("profile") or {}).get("models", []), names, strict=False):
+        entry["model"] = name
+    if result.report.get("baseline"):
+        result.report["baseline"]["model"] = names[1]
     verdict = gate_into(result.report, recipe.budgets, target) if recipe.budgets else None
     write_reports(result.report, od.path)
     drift = result.drift
@@ -302,14 +324,41 @@ def verify_run(resolved: Resolved, config: VerifyConfig, budgets: Budgets | None
     with OutputDir(out, force) as od:
         policy = load_policy(ckpt, allow_pickle)
         dataset = load_dataset(resolved.data or default_dataset())
+        bind_data(policy, dataset, ((resolved.manifest or {}).get("data") or {}).get("map"))
         _, evaluation = split_as_recorded(dataset, (resolved.manifest or {}).get("split"))
         od.record_input("checkpoint", ckpt)
-        result = verify(policy, resolved.model, evaluation, config, sha256(ckpt), ckpt, target, run_profile,
-                        log)
+        manifest = resolved.manifest or {}
+        own_fp32 = None
+        if resolved.model is not None and manifest and not (manifest.get("recipe") or {}).get("prune"):
+            own_fp32 = Path(resolved.model).with_name("model_fp32.onnx")  # the run's own FP32 export
+        with tempfile.TemporaryDirectory(prefix="vlaedge-fp32-") as tmp:
+            baseline = fp32_baseline(policy, resolved.model, config, own_fp32, Path(tmp), log)
+            result = verify(policy, resolved.model, evaluation, config, sha256(ckpt), ckpt, target,
+                            run_profile, log, baseline)
+        if baseline is not None and baseline != own_fp32:  # the temporary export is gone: say what it was
+            label = f"FP32 export of {ckpt} (temporary)"
+            result.report["baseline"]["model"] = label
+            if result.report.get("profile"):
+                result.report["profile"]["models"][1]["model"] = label
         verdict = gate_into(result.report, budgets, target) if budgets is not None else None
         write_reports(result.report, od.path)
         od.commit()
     return VerifyRun(result.report, verdict)
+
+
+def fp32_baseline(policy: Policy, model: Path | None, config: VerifyConfig, own: Path | None, tmp: Path,
+                  log=print) -> Path | None:
+    """The FP32 reference ONNX a candidate is timed against: the run's own `model_fp32.onnx` (`own`, when it
+    exists) or the reference policy exported into `tmp`; None when there is nothing to compare (no .onnx
+    candidate, or a runtime that is not ONNX Runtime)."""
+    if model is None or Path(model).suffix != ".onnx" or not config.runtime.startswith("ort-"):
+        return None
+    if own is not None and own.is_file():
+        return own
+    from vlaedge.compress.export import export_onnx
+
+    log("verify: exporting the FP32 reference to ONNX, to time the candidate against it")
+    return Path(export_onnx(policy, tmp / "reference_fp32.onnx").path)
 
 
 def gate_into(report: dict, budgets: Budgets, target: str | None):

@@ -68,6 +68,13 @@ class QuantizeConfig(Section):
     quantize_layernorm: bool = Field(
         False, description="true reproduces the ModelOpt-default bug (FACTS.md): keep false")
     per_channel: bool = Field(True, description="per-output-channel weight scales")
+    mode: Literal["static", "dynamic"] = Field(
+        "static", description="cpu target: static (QDQ, activation ranges calibrated) or dynamic (ONNX "
+        "Runtime quantize_dynamic: activations quantized per run, no calibration)")
+    quantize_attention: bool = Field(
+        False, description="cpu target: also quantize activation x activation (attention) MatMuls")
+    optimize_graph: bool = Field(
+        False, description="cpu target: fuse the FP32 graph with ONNX Runtime's transformer optimizer first")
 
 
 class ExportConfig(Section):
@@ -132,7 +139,9 @@ class Budgets(Section):
     Drift is in % of each action dimension's range (`action_spec.high - low`). `max_success_drop` passes
     only when the candidate's Wilson 95% lower bound is at least the reference's rate minus the drop,
     fails when its upper bound is below that, and is inconclusive (never a pass) in between or below
-    `verify.min_episodes`. `min_rate_hz` is inferences per second at the median latency.
+    `verify.min_episodes`. `min_rate_hz` is inferences per second at the median latency. `min_speedup` and
+    `max_size_ratio` compare the candidate with the FP32 reference exported to ONNX and timed interleaved
+    with it (the report's "baseline" section).
     """
 
     max_drift_mean_pct: float | None = Field(
@@ -155,6 +164,11 @@ class Budgets(Section):
     max_memory_mb: float | None = Field(
         None, gt=0, description="peak RSS added by the model, MB (vlaedge.check.profile)")
     max_file_size_mb: float | None = Field(None, gt=0, description="model file plus external data, MB")
+    min_speedup: float | None = Field(
+        None, gt=0, description="FP32 median latency / candidate median latency, timed interleaved on the "
+        "verify runtime (stable on shared runners, unlike absolute latency)")
+    max_size_ratio: float | None = Field(
+        None, gt=0, description="candidate file size / FP32 reference ONNX file size")
     targets: dict[str, TargetBudgets] = Field(
         {}, description="target name -> latency/rate/memory budgets there")
     policy_sha256: str | None = Field(
@@ -172,11 +186,22 @@ class Budgets(Section):
         return self
 
 
+class DataConfig(Section):
+    """Which dataset feature feeds which model input, overriding the policy's own mapping (its config.json)
+    without editing the checkpoint; e.g. `map: {rgb: observation.images.cam_left_wrist}` or on the command
+    line `--set data.map.rgb=observation.images.cam_left_wrist`. The key `action` names the dataset's action
+    feature. Every mapped feature is checked against the dataset before any stage runs."""
+
+    map: dict[str, str] = Field(
+        {}, description="model input name (or `action`) -> dataset feature (`observation.images.cam_high`)")
+
+
 class Recipe(Section):
     """A whole recipe. `target` is required; every other section is optional and skips its stage."""
 
     target: str = Field(description="a name from `vlaedge targets`")
     description: str = Field("", description="free text: what the recipe is for")
+    data: DataConfig | None = Field(None, description="dataset feature -> model input mapping")
     prune: PruneConfig | None = Field(None, description="pruning or 2:4 sparsity")
     quantize: QuantizeConfig | None = Field(None, description="post-training quantization")
     export: ExportConfig | None = Field(None, description="ONNX export")
