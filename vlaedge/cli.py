@@ -27,6 +27,9 @@ CheckpointArg = Annotated[Path | None, typer.Argument(
     help="Checkpoint directory (config.json + model.safetensors). Default: the embedded default policy.")]
 AllowPickle = Annotated[bool, typer.Option(
     "--allow-pickle", help="Accept .pt/.pth weights. Unpickling runs code: only for files you trust.")]
+TrustCode = Annotated[bool, typer.Option(
+    "--trust-code", help="Let a 'python' checkpoint import and call the factory its config.json names "
+    "(that runs the checkpoint's code): only for checkpoints you trust.")]
 Seed = Annotated[int, typer.Option(help="Random seed.")]
 
 
@@ -110,6 +113,7 @@ def rollout(
     episodes: Annotated[int, typer.Option(help="Closed-loop episodes.")] = 100,
     seed: Annotated[int, typer.Option(help="First episode seed (held-out seeds start at 10000).")] = 10_000,
     allow_pickle: AllowPickle = False,
+    trust_code: TrustCode = False,
 ) -> None:
     """Closed-loop success of a policy on the built-in tabletop task."""
     from vlaedge.check.verify import closed_loop
@@ -117,7 +121,7 @@ def rollout(
     from vlaedge.models import load_policy
 
     path = checkpoint or default_checkpoint()
-    policy = load_policy(path, allow_pickle)
+    policy = load_policy(path, allow_pickle, trust_code)
     result = closed_loop(policy.act, episodes, seed)
     _echo(f"{policy.name} ({path}): closed-loop success {result}")
 
@@ -157,11 +161,13 @@ def compress(
     force: ForceOpt = False,
     overrides: SetOpt = None,
     allow_pickle: AllowPickle = False,
+    trust_code: TrustCode = False,
 ) -> None:
     """Prune, quantize and export a policy as the recipe says, into one output directory."""
     from vlaedge.pipeline import compress as run
 
-    result = run(_recipe(recipe, overrides), out, checkpoint, data, force, allow_pickle, log=_echo)
+    result = run(_recipe(recipe, overrides), out, checkpoint, data, force, allow_pickle, log=_echo,
+                 trust_code=trust_code)
     _echo(f"wrote {result.out} (manifest.json lists every file with its sha256)")
     if result.gate is not None:
         _echo(result.gate.summary())
@@ -178,12 +184,13 @@ def prune(
     force: ForceOpt = False,
     overrides: SetOpt = None,
     allow_pickle: AllowPickle = False,
+    trust_code: TrustCode = False,
 ) -> None:
     """Only the prune stage: writes the pruned checkpoint (and its manifest) to --out."""
     from vlaedge.pipeline import compress as run
 
     r = _only_stage(recipe, overrides, "prune", "cpu-pruned-int8")
-    result = run(r, out, checkpoint, data, force, allow_pickle, log=_echo)
+    result = run(r, out, checkpoint, data, force, allow_pickle, log=_echo, trust_code=trust_code)
     _echo(f"wrote {result.out}/pruned (load it like any checkpoint)")
 
 
@@ -196,12 +203,13 @@ def quantize(
     force: ForceOpt = False,
     overrides: SetOpt = None,
     allow_pickle: AllowPickle = False,
+    trust_code: TrustCode = False,
 ) -> None:
     """Only quantize (and the export it needs): writes the quantized ONNX to --out/model.onnx."""
     from vlaedge.pipeline import compress as run
 
     r = _only_stage(recipe, overrides, "quantize", "cpu-int8")
-    result = run(r, out, checkpoint, data, force, allow_pickle, log=_echo)
+    result = run(r, out, checkpoint, data, force, allow_pickle, log=_echo, trust_code=trust_code)
     _echo(f"wrote {result.out}/model.onnx")
 
 
@@ -212,6 +220,7 @@ def export(
     opset: Annotated[int, typer.Option(help="ONNX opset.")] = 17,
     force: ForceOpt = False,
     allow_pickle: AllowPickle = False,
+    trust_code: TrustCode = False,
 ) -> None:
     """Only export: the FP32 policy to ONNX, checked against torch in ONNX Runtime."""
     from vlaedge.compress.export import export_onnx
@@ -219,9 +228,15 @@ def export(
     from vlaedge.models import load_policy
     from vlaedge.recipe import ExportConfig
 
+    if out.exists() and not out.is_file():
+        raise VlaedgeError(f"output: {out} exists and is not a regular file", "pass the .onnx file to write")
     if out.exists() and not force:
         raise VlaedgeError(f"output: {out} already exists", "pass --force to replace it")
-    policy = load_policy(checkpoint or default_checkpoint(), allow_pickle)
+    source = Path(checkpoint or default_checkpoint()).resolve()
+    if source == out.resolve() or source in out.resolve().parents:
+        raise VlaedgeError(f"output: {out} lies inside the checkpoint {source}",
+                           "write the .onnx outside the checkpoint folder")
+    policy = load_policy(source, allow_pickle, trust_code)
     result = export_onnx(policy, out, ExportConfig(opset=opset), policy.example_inputs(batch=8))
     _echo(result.summary())
 
@@ -293,6 +308,7 @@ def verify(
     target: Annotated[str | None, typer.Option(help="Target name for per-target budgets.")] = None,
     force: ForceOpt = False,
     allow_pickle: AllowPickle = False,
+    trust_code: TrustCode = False,
 ) -> None:
     """Reference vs candidate: open-loop drift, optional closed loop, latency; writes the reports to --out."""
     from vlaedge.commands import run_verify
@@ -301,7 +317,7 @@ def verify(
                 "min_episodes": min_episodes, "env": env, "env_adapter": env_adapter, "profile_runs": runs,
                 "threads": threads}
     result = run_verify(model, checkpoint, data, out, recipe, budgets, settings, not no_profile, target,
-                        force, allow_pickle, log=_echo)
+                        force, allow_pickle, log=_echo, trust_code=trust_code)
     junit = ", junit.xml" if result.gate is not None else ""
     _echo(f"wrote {out}/report.json, report.md, report.html{junit}")
     if result.gate is not None:
@@ -326,13 +342,15 @@ def profile(
     remote: Annotated[str | None, typer.Option(help="Profile on user@host over SSH instead.")] = None,
     data: DataOpt = None,
     control_hz: Annotated[float | None, typer.Option(help="Robot control rate (default: data fps).")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Replace an existing --out folder.")] = False,
     allow_pickle: AllowPickle = False,
+    trust_code: TrustCode = False,
 ) -> None:
     """Latency percentiles, control rate, peak memory and file size of MODEL; writes DIR/profile.json."""
     from vlaedge.commands import run_profile
 
     path, table = run_profile(model, checkpoint, runtime, runs, warmup, threads, compare or [], out, remote,
-                              data, control_hz, allow_pickle)
+                              data, control_hz, allow_pickle, force, trust_code)
     if table:
         _echo(table)
     _echo(f"wrote {path}")
@@ -350,11 +368,12 @@ def gate(
     )] = None,
     out: Annotated[Path | None, typer.Option(
         "--out", "-o", help="Write report.json/md/html and junit.xml with the verdict here.")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Replace an existing --out folder.")] = False,
 ) -> None:
     """Judge a report against budgets: exit 0 all met, 1 a budget violated, 2 could not run."""
     from vlaedge.commands import run_gate
 
-    result = run_gate(report, budgets, checkpoint, target, profile_json, out)
+    result = run_gate(report, budgets, checkpoint, target, profile_json, out, force)
     _echo(result.summary())
     if out:
         _echo(f"wrote {out}/report.json, report.md, report.html, junit.xml")
@@ -377,7 +396,10 @@ def engine(
     from vlaedge.deploy.engine import build_engine, detect_precision
     from vlaedge.recipe import EngineConfig
 
+    from vlaedge.onnx_file import read_onnx
+
     onnx_path = model / "model.onnx" if model.is_dir() else model
+    read_onnx(onnx_path, "engine")  # a truncated or foreign file is one line, before any work
     r = _recipe(recipe, overrides) if recipe else None
     if r is None and target is None:
         raise VlaedgeError("engine: no target", "pass --target (e.g. agx-orin-64gb) or --recipe")
@@ -400,7 +422,9 @@ def estimate(
     import json
 
     from vlaedge.deploy.estimate import estimate as run
+    from vlaedge.onnx_file import read_onnx
 
+    read_onnx(model, "estimate")  # a truncated or foreign file is one line, before any work
     result = run(model, target, batch, precision)
     _echo(result.table(top))
     _echo("assumptions: " + "; ".join(result.assumptions))
