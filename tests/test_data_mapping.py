@@ -128,14 +128,14 @@ def test_missing_stats_and_short_splits_are_refused(tmp_path: Path, img2: Path) 
         bind_data(policy_of(camera_spec(normalize="mean_std")), load_dataset(root))
     ck = policy_of(camera_spec()).save(tmp_path / "ck")
     with pytest.raises(VlaedgeError, match=r"quantize.num_calib_frames=256, the calibration split .* \d+ "):
-        load_inputs(ck, img2, recipe=load_recipe("cpu-int8"))
+        load_inputs(ck, img2, recipe=load_recipe("cpu-int8"), trust_code=True)
 
 
 E2E = [arg for item in ("quantize.num_calib_frames=32", "quantize.keep=[head]",
                         "verify.closed_loop_episodes=0", "budgets.max_success_drop=null",
                         "budgets.max_drift_per_dim_p99_pct={}",
                         "verify.eval_frames=48", "verify.profile_runs=20", "verify.profile_warmup=2")
-       for arg in ("--set", item)]
+       for arg in ("--set", item)] + ["--trust-code"]  # the test policies are python checkpoints
 
 
 @pytest.mark.parametrize("case", ["img2", "aloha", "video"])
@@ -174,10 +174,11 @@ def test_data_command_prints_what_to_check_before_calibrating(tmp_path: Path, im
     assert f"{CAMERAS[1]}: image [64, 64, 3] (camera, image in parquet)" in text
     assert "'pick up the red block': 4 episodes" in text and "action.mean: [" in text
     ck = policy_of(camera_spec(action_dim=5)).save(tmp_path / "ck")
-    code, text = run_cli(["data", img2, "--checkpoint", ck], capsys, monkeypatch)
+    code, text = run_cli(["data", img2, "--checkpoint", ck, "--trust-code"], capsys, monkeypatch)
     assert code == 2 and "actions have 5" in text
     ck = policy_of(camera_spec(cameras=CAMERAS[:1])).save(tmp_path / "ck1")
-    code, text = run_cli(["data", img2, "-c", ck, "--map", f"high={CAMERAS[1]}"], capsys, monkeypatch)
+    code, text = run_cli(["data", img2, "-c", ck, "--map", f"high={CAMERAS[1]}", "--trust-code"], capsys,
+                         monkeypatch)
     assert code == 0 and f"data: high <- {CAMERAS[1]}" in text
 
 
@@ -196,5 +197,5 @@ def test_shared_cases_fit_a_policy_of_their_shape(case: str, spec: dict) -> None
 
 def test_a_saved_policy_keeps_its_mapping(tmp_path: Path, img2: Path) -> None:
     ck = policy_of(camera_spec(cameras=(CAMERAS[1], CAMERAS[0]))).save(tmp_path / "ck")
-    policy = load_policy(ck)
+    policy = load_policy(ck, trust_code=True)
     assert bind_data(policy, load_dataset(img2)).cameras == [CAMERAS[1], CAMERAS[0]]

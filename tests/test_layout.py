@@ -19,7 +19,7 @@ LAYERS = (
     {"pipeline", "tune", "device_check"},  # tune: the variant search, built on the pipeline's helpers
     {"compress", "check", "deploy"},  # the stage wings: never import one another
     {"recipe", "targets", "defaults", "models", "runtimes", "data", "sim"},
-    {"artifact", "info"},
+    {"artifact", "info", "safe_yaml", "onnx_file"},
     {"errors", ""},  # "" is vlaedge/__init__.py (the version)
 )
 WINGS = LAYERS[3]

@@ -33,7 +33,7 @@ def test_factory_policy_round_trip(tmp_path, frames):
     assert actions.shape == (2, 2, 3)
     assert actions[..., :2].min() >= -2 and actions[..., 2].min() >= 0 and actions[..., 2].max() <= 1
     policy.save(tmp_path / "ck")
-    loaded = load_policy(tmp_path / "ck")
+    loaded = load_policy(tmp_path / "ck", trust_code=True)
     assert isinstance(loaded, PythonPolicy)
     assert np.array_equal(loaded.act(frames), actions)
 
@@ -46,11 +46,11 @@ def _write(tmp_path, spec):
 def test_spec_typo_is_reported(tmp_path):
     spec = {**SPEC, "factroy": "x"}
     with pytest.raises(VlaedgeError, match="factroy: Extra inputs are not permitted"):
-        load_policy(_write(tmp_path, spec))
+        load_policy(_write(tmp_path, spec), trust_code=True)
 
 
 def test_bad_factory(tmp_path):
     with pytest.raises(VlaedgeError, match="cannot import 'no_such_pkg.mod'"):
-        load_policy(_write(tmp_path, {**SPEC, "factory": "no_such_pkg.mod:build"}))
+        load_policy(_write(tmp_path, {**SPEC, "factory": "no_such_pkg.mod:build"}), trust_code=True)
     with pytest.raises(VlaedgeError, match="not of the form"):
-        load_policy(_write(tmp_path, {**SPEC, "factory": "toy_policy"}))
+        load_policy(_write(tmp_path, {**SPEC, "factory": "toy_policy"}), trust_code=True)

@@ -6,6 +6,8 @@ into the model and what its run's manifest says about it."""
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import os
@@ -38,21 +40,35 @@ def sha256(path: Path) -> str:
 class OutputDir:
     """A staging directory that becomes `final` on `commit()`.
 
-    Use as a context manager: an exception (or Ctrl-C) inside the block deletes the staging directory,
-    so `final` is either the complete previous content or the complete new one.
+    Use as a context manager: leaving the block without `commit()` (an exception, Ctrl-C) deletes the
+    staging directory (and any parent folder it had to create), so `final` is either the complete
+    previous content or the complete new one. While it is open a lock (`.NAME.lock` beside `final`)
+    refuses a second run on the same output; staging folders left by killed earlier runs are removed
+    then. Everything is checked before anything is created.
 
     Args:
         final: the output directory.
-        force: replace an existing `final`.
+        force: replace an existing `final` (a directory; never a file, a device, `.`, `/`, the folder you
+            are in or one above it).
+        protect: input paths (checkpoint, dataset) that `final` must not be, contain or lie inside.
+
+    Raises:
+        VlaedgeError: any of the refusals above, or another run holding the lock.
     """
 
-    def __init__(self, final: str | Path, force: bool = False):
+    def __init__(self, final: str | Path, force: bool = False, protect: tuple[Path | None, ...] = ()):
         self.final = Path(final)
-        if self.final.exists() and not force:
-            raise VlaedgeError(f"output: {self.final} already exists",
-                               "pass --force to replace it, or choose another --out")
+        check_output(self.final, force, protect)
+        self._created = _missing_parents(self.final.parent)
         self.final.parent.mkdir(parents=True, exist_ok=True)
-        self.path = Path(tempfile.mkdtemp(prefix=f".{self.final.name}.partial-", dir=self.final.parent))
+        self._lock = _lock(self.final)
+        try:
+            _remove_stale(self.final)
+            self.path = Path(tempfile.mkdtemp(prefix=f".{self.final.name}.partial-", dir=self.final.parent))
+            os.chmod(self.path, 0o777 & ~_umask())  # mkdtemp makes it 0700; the output gets the umask
+        except BaseException:
+            self._release(failed=True)
+            raise
         self.manifest: dict = {"schema_version": SCHEMA_VERSION,
                                "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                                "inputs": {}, "outputs": {}, "stages": {}}
@@ -61,14 +77,28 @@ class OutputDir:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is not None:
+        committed = not self.path.exists()  # commit() moved it into place
+        if not committed:
             shutil.rmtree(self.path, ignore_errors=True)
+        self._release(failed=not committed)
+
+    def _release(self, failed: bool) -> None:
+        lock_path, handle = self._lock
+        with contextlib.suppress(OSError):
+            lock_path.unlink()
+        handle.close()
+        if failed:  # leave no empty parent folders behind a refused or failed run
+            for folder in self._created:
+                with contextlib.suppress(OSError):
+                    folder.rmdir()
 
     def record_input(self, name: str, path: Path) -> None:
         self.manifest["inputs"][name] = {"path": str(path), "sha256": sha256(Path(path))}
 
     def record_stage(self, name: str, seconds: float, **details) -> None:
-        self.manifest["stages"][name] = {"seconds": round(seconds, 3), **details}
+        """Records a stage's timing and details; paths inside the staging folder are given as final paths."""
+        staged = json.loads(json.dumps(details, default=str).replace(str(self.path), str(self.final)))
+        self.manifest["stages"][name] = {"seconds": round(seconds, 3), **staged}
 
     def commit(self) -> Path:
         """Hashes every output, writes manifest.json last, then moves the directory into place."""
@@ -83,7 +113,70 @@ class OutputDir:
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(self.path, self.final)
+        self._created = []
         return self.final
+
+
+def check_output(final: Path, force: bool, protect: tuple[Path | None, ...] = ()) -> None:
+    """Refuses an output directory that must not be written, before any work is done.
+
+    Raises:
+        VlaedgeError: `final` exists and `force` is not set; it is a file or device; it is `.`, `/`, the
+            current folder or one above it; it is, contains or lies inside a `protect` path.
+    """
+    resolved = final.resolve()
+    here = Path.cwd().resolve()
+    if resolved == Path(resolved.anchor) or resolved == here or resolved in here.parents:
+        what = "/" if resolved == Path(resolved.anchor) else "the folder you are in or one above it"
+        raise VlaedgeError(f"output: {final} is {what}; replacing it would delete what is there",
+                           "choose a new folder, e.g. --out runs/NAME")
+    for item in protect:
+        if item is None:
+            continue
+        item = Path(item).resolve()
+        if resolved == item or resolved in item.parents or item in resolved.parents:
+            raise VlaedgeError(f"output: {final} is, contains or lies inside the input {item}",
+                               "write the output to a folder of its own, e.g. --out runs/NAME")
+    if final.is_symlink() or (final.exists() and not final.is_dir()):
+        raise VlaedgeError(f"output: {final} exists and is not a directory", "choose another --out")
+    if final.exists() and not force:
+        raise VlaedgeError(f"output: {final} already exists",
+                           "pass --force to replace it, or choose another --out")
+
+
+def _missing_parents(folder: Path) -> list[Path]:
+    """The folders `mkdir(parents=True)` would create for `folder`, deepest first."""
+    missing = []
+    while not folder.exists() and folder != folder.parent:
+        missing.append(folder)
+        folder = folder.parent
+    return missing
+
+
+def _lock(final: Path):
+    """An exclusive, non-blocking lock beside `final`: (lock path, open handle)."""
+    path = final.with_name(f".{final.name}.lock")
+    handle = path.open("a")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        raise VlaedgeError(f"output: another vlaedge run is writing {final} right now",
+                           "wait for it to finish, or choose another --out") from None
+    return path, handle
+
+
+def _remove_stale(final: Path) -> None:
+    """Staging folders of earlier runs on `final` that were killed: nobody else holds the lock."""
+    for pattern in (f".{final.name}.partial-*", f".{final.name}.old-*"):
+        for stale in final.parent.glob(pattern):
+            shutil.rmtree(stale, ignore_errors=True)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def final_path(path: str | Path) -> Path:

@@ -27,6 +27,9 @@ CheckpointArg = Annotated[Path | None, typer.Argument(
     help="Checkpoint directory (config.json + model.safetensors). Default: the embedded default policy.")]
 AllowPickle = Annotated[bool, typer.Option(
     "--allow-pickle", help="Accept .pt/.pth weights. Unpickling runs code: only for files you trust.")]
+TrustCode = Annotated[bool, typer.Option(
+    "--trust-code", help="Let a 'python' checkpoint import and call the factory its config.json names "
+    "(that runs the checkpoint's code): only for checkpoints you trust.")]
 Seed = Annotated[int, typer.Option(help="Random seed.")]
 
 
@@ -62,6 +65,7 @@ def data(
     mapping: Annotated[list[str] | None, typer.Option(
         "--map", help="INPUT=FEATURE, as the recipe's data.map (repeatable).")] = None,
     allow_pickle: AllowPickle = False,
+    trust_code: TrustCode = False,
 ) -> None:
     """Episodes, frames, fps, features, cameras, tasks and stats of a dataset (and its fit to a policy)."""
     from vlaedge.data import load_dataset
@@ -77,7 +81,8 @@ def data(
         if any(not sep or not k or not v for k, sep, v in pairs):
             raise VlaedgeError(f"--map: {mapping} must be INPUT=FEATURE",
                                "e.g. --map rgb=observation.images.cam_high")
-        binding = bind_data(load_policy(checkpoint, allow_pickle), ds, {k: v for k, _, v in pairs})
+        policy = load_policy(checkpoint, allow_pickle, trust_code)
+        binding = bind_data(policy, ds, {k: v for k, _, v in pairs})
         _echo(f"policy {checkpoint}: every input fits")
         for line in binding.lines():
             _echo(line)
@@ -140,6 +145,7 @@ def rollout(
     episodes: Annotated[int, typer.Option(help="Closed-loop episodes.")] = 100,
     seed: Annotated[int, typer.Option(help="First episode seed (held-out seeds start at 10000).")] = 10_000,
     allow_pickle: AllowPickle = False,
+    trust_code: TrustCode = False,
 ) -> None:
     """Closed-loop success of a policy on the built-in tabletop task."""
     from vlaedge.check.verify import closed_loop
@@ -147,7 +153,7 @@ def rollout(
     from vlaedge.models import load_policy
 
     path = checkpoint or default_checkpoint()
-    policy = load_policy(path, allow_pickle)
+    policy = load_policy(path, allow_pickle, trust_code)
     result = closed_loop(policy.act, episodes, seed)
     _echo(f"{policy.name} ({path}): closed-loop success {result}")
 
@@ -187,11 +193,13 @@ def compress(
     force: ForceOpt = False,
     overrides: SetOpt = None,
     allow_pickle: AllowPickle = False,
+    trust_code: TrustCode = False,
 ) -> None:
     """Prune, quantize and export a policy as the recipe says, into one output directory."""
     from vlaedge.pipeline import compress as run
 
-    result = run(_recipe(recipe, overrides), out, checkpoint, data, force, allow_pickle, log=_echo)
+    result = run(_recipe(recipe, overrides), out, checkpoint, data, force, allow_pickle, log=_echo,
+                 trust_code=trust_code)
     _echo(f"wrote {result.out} (manifest.json lists every file with its sha256)")
     if result.gate is not None:
         _echo(result.gate.summary())
@@ -210,6 +218,7 @@ def tune(
     max_minutes: Annotated[float, typer.Option(help="Time box for building variants, in minutes.")] = 5.0,
     space: Annotated[str, typer.Option(help="Variant space: full or quick (vlaedge.tune.space).")] = "full",
     overrides: SetOpt = None,
+    trust_code: TrustCode = False,
 ) -> None:
     """Measure quantization variants, pick the fastest within every budget, write a recipe reproducing it."""
     from vlaedge.tune import tune as run
@@ -219,7 +228,7 @@ def tune(
         raise VlaedgeError(f"tune: --space {space!r} is not a variant space",
                            f"use one of {', '.join(SPACES)}")
     result = run(_recipe(recipe, overrides), out, checkpoint, data, max_minutes, space,
-                 recipe_name=str(recipe), log=_echo)
+                 recipe_name=str(recipe), log=_echo, trust_code=trust_code)
     if not result:
         raise GateFailed(f"tune: {result.reason}")
 
@@ -233,12 +242,13 @@ def prune(
     force: ForceOpt = False,
     overrides: SetOpt = None,
     allow_pickle: AllowPickle = False,
+    trust_code: TrustCode = False,
 ) -> None:
     """Only the prune stage: writes the pruned checkpoint (and its manifest) to --out."""
     from vlaedge.pipeline import compress as run
 
     r = _only_stage(recipe, overrides, "prune", "cpu-pruned-int8")
-    result = run(r, out, checkpoint, data, force, allow_pickle, log=_echo)
+    result = run(r, out, checkpoint, data, force, allow_pickle, log=_echo, trust_code=trust_code)
     _echo(f"wrote {result.out}/pruned (load it like any checkpoint)")
 
 
@@ -251,12 +261,13 @@ def quantize(
     force: ForceOpt = False,
     overrides: SetOpt = None,
     allow_pickle: AllowPickle = False,
+    trust_code: TrustCode = False,
 ) -> None:
     """Only quantize (and the export it needs): writes the quantized ONNX to --out/model.onnx."""
     from vlaedge.pipeline import compress as run
 
     r = _only_stage(recipe, overrides, "quantize", "cpu-int8")
-    result = run(r, out, checkpoint, data, force, allow_pickle, log=_echo)
+    result = run(r, out, checkpoint, data, force, allow_pickle, log=_echo, trust_code=trust_code)
     _echo(f"wrote {result.out}/model.onnx")
 
 
@@ -267,6 +278,7 @@ def export(
     opset: Annotated[int, typer.Option(help="ONNX opset.")] = 17,
     force: ForceOpt = False,
     allow_pickle: AllowPickle = False,
+    trust_code: TrustCode = False,
 ) -> None:
     """Only export: the FP32 policy to ONNX, checked against torch in ONNX Runtime."""
     from vlaedge.compress.export import export_onnx
@@ -274,9 +286,15 @@ def export(
     from vlaedge.models import load_policy
     from vlaedge.recipe import ExportConfig
 
+    if out.exists() and not out.is_file():
+        raise VlaedgeError(f"output: {out} exists and is not a regular file", "pass the .onnx file to write")
     if out.exists() and not force:
         raise VlaedgeError(f"output: {out} already exists", "pass --force to replace it")
-    policy = load_policy(checkpoint or default_checkpoint(), allow_pickle)
+    source = Path(checkpoint or default_checkpoint()).resolve()
+    if source == out.resolve() or source in out.resolve().parents:
+        raise VlaedgeError(f"output: {out} lies inside the checkpoint {source}",
+                           "write the .onnx outside the checkpoint folder")
+    policy = load_policy(source, allow_pickle, trust_code)
     result = export_onnx(policy, out, ExportConfig(opset=opset), policy.example_inputs(batch=8))
     _echo(result.summary())
 
@@ -348,6 +366,7 @@ def verify(
     target: Annotated[str | None, typer.Option(help="Target name for per-target budgets.")] = None,
     force: ForceOpt = False,
     allow_pickle: AllowPickle = False,
+    trust_code: TrustCode = False,
 ) -> None:
     """Reference vs candidate: open-loop drift, optional closed loop, latency; writes the reports to --out."""
     from vlaedge.commands import run_verify
@@ -356,7 +375,7 @@ def verify(
                 "min_episodes": min_episodes, "env": env, "env_adapter": env_adapter, "profile_runs": runs,
                 "threads": threads}
     result = run_verify(model, checkpoint, data, out, recipe, budgets, settings, not no_profile, target,
-                        force, allow_pickle, log=_echo)
+                        force, allow_pickle, log=_echo, trust_code=trust_code)
     junit = ", junit.xml" if result.gate is not None else ""
     _echo(f"wrote {out}/report.json, report.md, report.html{junit}")
     if result.gate is not None:
@@ -381,13 +400,15 @@ def profile(
     remote: Annotated[str | None, typer.Option(help="Profile on user@host over SSH instead.")] = None,
     data: DataOpt = None,
     control_hz: Annotated[float | None, typer.Option(help="Robot control rate (default: data fps).")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Replace an existing --out folder.")] = False,
     allow_pickle: AllowPickle = False,
+    trust_code: TrustCode = False,
 ) -> None:
     """Latency percentiles, control rate, peak memory and file size of MODEL; writes DIR/profile.json."""
     from vlaedge.commands import run_profile
 
     path, table = run_profile(model, checkpoint, runtime, runs, warmup, threads, compare or [], out, remote,
-                              data, control_hz, allow_pickle)
+                              data, control_hz, allow_pickle, force, trust_code)
     if table:
         _echo(table)
     _echo(f"wrote {path}")
@@ -405,11 +426,12 @@ def gate(
     )] = None,
     out: Annotated[Path | None, typer.Option(
         "--out", "-o", help="Write report.json/md/html and junit.xml with the verdict here.")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Replace an existing --out folder.")] = False,
 ) -> None:
     """Judge a report against budgets: exit 0 all met, 1 a budget violated, 2 could not run."""
     from vlaedge.commands import run_gate
 
-    result = run_gate(report, budgets, checkpoint, target, profile_json, out)
+    result = run_gate(report, budgets, checkpoint, target, profile_json, out, force)
     _echo(result.summary())
     if out:
         _echo(f"wrote {out}/report.json, report.md, report.html, junit.xml")
@@ -430,9 +452,11 @@ def engine(
 ) -> None:
     """TensorRT engine: a plan here if TensorRT and a GPU are present; always an on-device build bundle."""
     from vlaedge.deploy.engine import build_engine, detect_precision
+    from vlaedge.onnx_file import read_onnx
     from vlaedge.recipe import EngineConfig
 
     onnx_path = model / "model.onnx" if model.is_dir() else model
+    read_onnx(onnx_path, "engine")  # a truncated or foreign file is one line, before any work
     r = _recipe(recipe, overrides) if recipe else None
     if r is None and target is None:
         raise VlaedgeError("engine: no target", "pass --target (e.g. agx-orin-64gb) or --recipe")
@@ -449,12 +473,13 @@ def device_check(
     runs: Annotated[int, typer.Option(help="Timed runs of the plan.")] = 200,
     warmup: Annotated[int, typer.Option(help="Untimed warm-up runs.")] = 20,
     builder: Annotated[str, typer.Option(help="python (TensorRT API) or trtexec (build.sh).")] = "python",
+    trust_code: TrustCode = False,
 ) -> None:
     """On the device: build RUN_DIR's TensorRT plan, compare it with ONNX Runtime, profile it, one summary."""
     from vlaedge.device_check import REPORT_NAME
     from vlaedge.device_check import device_check as run
 
-    result = run(run_dir, frames, runs, warmup, builder, log=_echo)
+    result = run(run_dir, frames, runs, warmup, builder, log=_echo, trust_code=trust_code)
     _echo(result.summary())
     _echo(f"wrote {run_dir / REPORT_NAME}")
 
@@ -478,7 +503,9 @@ def estimate(
     import json
 
     from vlaedge.deploy.estimate import estimate as run
+    from vlaedge.onnx_file import read_onnx
 
+    read_onnx(model, "estimate")  # a truncated or foreign file is one line, before any work
     result = run(model, target, batch, precision, input_shape or [], allow_unknown_dims)
     _echo(result.table(top))
     _echo("assumptions: " + "; ".join(result.assumptions))

@@ -8,7 +8,7 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
-from vlaedge.artifact import resolve_model, sha256
+from vlaedge.artifact import OutputDir, check_output, resolve_model, sha256
 from vlaedge.errors import VlaedgeError
 
 PROFILE_SCHEMA = "vlaedge.profile/1"
@@ -27,6 +27,7 @@ def run_verify(
     force: bool = False,
     allow_pickle: bool = False,
     log: Callable[[str], None] = print,
+    trust_code: bool = False,
 ):
     """`vlaedge verify`: settles the verify settings (recipe, budgets file, command-line overrides) and
     runs `vlaedge.pipeline.verify_run`, which writes report.json/md/html (+ junit.xml) into `out`.
@@ -34,8 +35,10 @@ def run_verify(
     Returns:
         A `vlaedge.pipeline.VerifyRun` (the report dict and the gate verdict, None without budgets).
     """
+    from pydantic import ValidationError
+
     from vlaedge.pipeline import verify_run
-    from vlaedge.recipe import VerifyConfig, load_budgets, load_recipe
+    from vlaedge.recipe import VerifyConfig, format_validation_error, load_budgets, load_recipe
 
     resolved = resolve_model(model, checkpoint, data)
     config, budget_cfg = VerifyConfig(), None
@@ -45,14 +48,19 @@ def run_verify(
     if budgets:
         budget_cfg = load_budgets(budgets)
     overrides = {k: v for k, v in settings.items() if v is not None}
-    config = VerifyConfig.model_validate({**config.model_dump(), **overrides})
+    try:
+        config = VerifyConfig.model_validate({**config.model_dump(), **overrides})
+    except ValidationError as e:
+        raise VlaedgeError(f"verify: {format_validation_error(e, VerifyConfig)}",
+                           "see 'vlaedge verify --help' for the valid range") from None
     if resolved.model is not None and resolved.model.is_dir() and config.runtime != "torch":
         raise VlaedgeError(
             f"verify: {resolved.model} is a checkpoint directory, runtime {config.runtime} needs "
             "an .onnx file",
             "pass --runtime torch, or the exported .onnx file",
         )
-    return verify_run(resolved, config, budget_cfg, target, out, force, allow_pickle, run_profile, log)
+    return verify_run(resolved, config, budget_cfg, target, out, force, allow_pickle, run_profile, log,
+                      trust_code)
 
 
 def run_gate(
@@ -62,6 +70,7 @@ def run_gate(
     target: str | None = None,
     profile_json: Path | None = None,
     out: Path | None = None,
+    force: bool = False,
 ):
     """`vlaedge gate`: checks the report belongs to the run/checkpoint, judges it, optionally writes files."""
     from vlaedge.check.gate import gate
@@ -69,6 +78,10 @@ def run_gate(
     from vlaedge.recipe import load_budgets
 
     budgets = load_budgets(budgets_path)  # a typo fails before anything else
+    report_file = Path(report_path) / "report.json" if Path(report_path).is_dir() else Path(report_path)
+    if out:
+        refuse_run_directory(Path(out), "gate")
+        check_output(Path(out), force, protect=(report_file,))
     report = load_report(report_path)
     folder = report_path if Path(report_path).is_dir() else Path(report_path).parent
     manifest_path = folder / "manifest.json"
@@ -81,7 +94,9 @@ def run_gate(
     if out:
         from vlaedge.check.report import write_reports
 
-        write_reports(report, Path(out))
+        with OutputDir(out, force, protect=(report_file,)) as od:
+            write_reports(report, od.path)
+            od.commit()
     return verdict
 
 
@@ -114,8 +129,8 @@ def load_profile(path: Path) -> dict:
     """Reads a profile.json written by `vlaedge profile` (locally or pulled from a device)."""
     path = Path(path)
     try:
-        data = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as e:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, RecursionError, json.JSONDecodeError) as e:
         raise VlaedgeError(
             f"profile: cannot read {path} ({e})", "pass the profile.json 'vlaedge profile' wrote"
         ) from e
@@ -124,7 +139,9 @@ def load_profile(path: Path) -> dict:
             f"profile: {path} is not a {PROFILE_SCHEMA} document",
             "pass the profile.json 'vlaedge profile' wrote",
         )
-    return {k: v for k, v in data.items() if k != "schema"}
+    from vlaedge.check.report_schema import Profile, validate
+
+    return validate({k: v for k, v in data.items() if k != "schema"}, Profile, f"profile: {path}")
 
 
 def run_profile(
@@ -140,8 +157,12 @@ def run_profile(
     data: Path | None = None,
     control_hz: float | None = None,
     allow_pickle: bool = False,
+    force: bool = False,
+    trust_code: bool = False,
 ) -> tuple[Path, str]:
     """`vlaedge profile`: returns (profile.json path, printable table)."""
+    refuse_run_directory(Path(out), "profile")
+    check_output(Path(out), force, protect=tuple(Path(m) for m in [model, *compare] if Path(m).is_file()))
     if remote:
         from vlaedge.deploy.remote import profile_remote
 
@@ -158,22 +179,36 @@ def run_profile(
     from vlaedge.check.profile import profile
 
     resolved = resolve_model(model, checkpoint, data)
-    policy, feeds, fps = _policy_feeds(resolved, allow_pickle)
+    policy, feeds, fps = _policy_feeds(resolved, allow_pickle, trust_code)
     models = [] if resolved.model is None or resolved.model.is_dir() else [resolved.model]
     if runtime == "torch" and resolved.model is not None and resolved.model.is_dir():
         from vlaedge.models import load_policy
 
-        policy = load_policy(resolved.model, allow_pickle)
+        policy = load_policy(resolved.model, allow_pickle, trust_code)
     report = profile(
         models + [Path(c) for c in compare], runtime, feeds, policy, runs, warmup, threads, control_hz or fps
     )
-    Path(out).mkdir(parents=True, exist_ok=True)
-    path = Path(out) / "profile.json"
-    path.write_text(json.dumps({"schema": PROFILE_SCHEMA, **report.to_dict()}, indent=2) + "\n")
-    return path, report.table()
+    with OutputDir(out, force) as od:
+        (od.path / "profile.json").write_text(
+            json.dumps({"schema": PROFILE_SCHEMA, **report.to_dict()}, indent=2, allow_nan=False) + "\n")
+        od.commit()
+    return Path(out) / "profile.json", report.table()
 
 
-def _policy_feeds(resolved, allow_pickle: bool):
+def refuse_run_directory(out: Path, command: str) -> None:
+    """`out` must not be a folder whose manifest.json lists files: rewriting them breaks their sha256.
+
+    Raises:
+        VlaedgeError: `out` holds a manifest.json.
+    """
+    if (out / "manifest.json").is_file():
+        raise VlaedgeError(
+            f"{command}: {out} is a run directory; its manifest.json lists files with their sha256, "
+            "which writing there would invalidate",
+            f"write to a folder of its own, e.g. --out {out / command}")
+
+
+def _policy_feeds(resolved, allow_pickle: bool, trust_code: bool = False):
     """(policy, batch-1 feeds, fps): from make_inputs on one calibration frame when a checkpoint is known;
     (None, None, None) otherwise (feeds are then synthesized from the graph)."""
     if resolved.checkpoint is None:
@@ -182,7 +217,7 @@ def _policy_feeds(resolved, allow_pickle: bool):
     from vlaedge.defaults import DEFAULT_DATASET
     from vlaedge.models import load_policy
 
-    policy = load_policy(resolved.checkpoint, allow_pickle)
+    policy = load_policy(resolved.checkpoint, allow_pickle, trust_code)
     source = resolved.data or (
         DEFAULT_DATASET if (DEFAULT_DATASET / "meta" / "info.json").is_file() else None
     )

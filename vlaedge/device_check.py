@@ -100,7 +100,7 @@ def preflight() -> tuple[str, str]:
 
 
 def device_check(run_dir: str | Path, frames: int = 64, runs: int = 200, warmup: int = 20,
-                 builder: str = "python", seed: int = 0, log=print) -> DeviceCheck:
+                 builder: str = "python", seed: int = 0, log=print, trust_code: bool = False) -> DeviceCheck:
     """Builds RUN_DIR's plan here, compares it with ONNX Runtime on the evaluation frames, profiles it.
 
     Args:
@@ -133,7 +133,7 @@ def device_check(run_dir: str | Path, frames: int = 64, runs: int = 200, warmup:
     log(f"device-check: building the {recipe.target} plan with {builder}")
     check = _build(run_dir, recipe, builder, trt_version, capability)
     onnx = run_dir / "engine" / "model.onnx"
-    policy, evaluation = _reference(resolved)
+    policy, evaluation = _reference(resolved, trust_code)
     batch = _batch(check.plan, recipe)
     from vlaedge.data import sample_frames
     from vlaedge.runtimes import open_runtime
@@ -217,13 +217,13 @@ def _run_build_sh(bundle: Path, settings: dict) -> list[str]:
     return layer_issues(json.loads((bundle / "layers.json").read_text()), s.intended, s.dla_core is not None)
 
 
-def _reference(resolved):
+def _reference(resolved, trust_code: bool = False):
     """The run's policy (for make_inputs / decode) and its recorded evaluation split."""
     from vlaedge.data import load_dataset, split_as_recorded
     from vlaedge.defaults import default_checkpoint, default_dataset
     from vlaedge.models import load_policy
 
-    policy = load_policy(resolved.checkpoint or default_checkpoint())
+    policy = load_policy(resolved.checkpoint or default_checkpoint(), trust_code=trust_code)
     dataset = load_dataset(resolved.data or default_dataset())
     _, evaluation = split_as_recorded(dataset, resolved.manifest.get("split"))
     return policy, evaluation

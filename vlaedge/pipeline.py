@@ -66,14 +66,15 @@ class CompressResult:
 
 
 def load_inputs(checkpoint: Path | None, data: Path | None, allow_pickle: bool = False,
-                seed: int = 0, recipe: Recipe | None = None) -> Inputs:
-    """Loads the policy (default: the embedded one) and the dataset (default: calibration/), split by
-    episode into calibration and evaluation halves, and checks them against each other and the recipe
-    before any stage runs: the features the policy reads (with the recipe's ``data.map``), their shapes,
-    dims and statistics (`bind_data`), and the frames the recipe's stages need (`check_counts`)."""
+                seed: int = 0, recipe: Recipe | None = None, trust_code: bool = False) -> Inputs:
+    """Loads the policy (default: the embedded one) and the dataset (default: the calibration sample in
+    the package), split by episode into calibration and evaluation halves, and checks them against each
+    other and the recipe before any stage runs: the features the policy reads (with the recipe's
+    ``data.map``), their shapes, dims and statistics (`bind_data`), and the frames the recipe's stages need
+    (`check_counts`)."""
     checkpoint = Path(checkpoint) if checkpoint else default_checkpoint()
     data = Path(data) if data else default_dataset()
-    policy = load_policy(checkpoint, allow_pickle)
+    policy = load_policy(checkpoint, allow_pickle, trust_code)
     dataset = load_dataset(data)
     binding = bind_data(policy, dataset, recipe.data.map if recipe and recipe.data else None)
     calibration, evaluation = split_episodes(dataset, EVAL_FRACTION, seed)
@@ -106,7 +107,8 @@ def calibration_feeds(policy: Policy, calibration: EpisodeDataset, n: int, seed:
 
 
 def compress(recipe: Recipe, out: str | Path, checkpoint: Path | None = None, data: Path | None = None,
-             force: bool = False, allow_pickle: bool = False, log=print) -> CompressResult:
+             force: bool = False, allow_pickle: bool = False, log=print,
+             trust_code: bool = False) -> CompressResult:
     """Runs the recipe's stages on a policy and writes the output directory atomically.
 
     Args:
@@ -117,6 +119,7 @@ def compress(recipe: Recipe, out: str | Path, checkpoint: Path | None = None, da
         force: replace an existing output directory.
         allow_pickle: accept pickle weights.
         log: where one-line progress messages go.
+        trust_code: let a `python` checkpoint import and call its factory (recorded in the manifest).
 
     Returns:
         The output directory and its manifest.
@@ -128,14 +131,17 @@ def compress(recipe: Recipe, out: str | Path, checkpoint: Path | None = None, da
         >>> compress(load_recipe("recipes/cpu-int8.yaml"), "runs/cpu-int8", force=True)
     """
     target = get_target(recipe.target)
-    with OutputDir(out, force) as od:
-        inputs = load_inputs(checkpoint, data, allow_pickle, recipe=recipe)
+    checkpoint = Path(checkpoint) if checkpoint else default_checkpoint()
+    data = Path(data) if data else default_dataset()
+    with OutputDir(out, force, protect=(checkpoint, data)) as od:
+        inputs = load_inputs(checkpoint, data, allow_pickle, recipe=recipe, trust_code=trust_code)
         for line in inputs.binding.lines():
             log(line)
         od.record_input("checkpoint", inputs.checkpoint)
         od.record_input("data", inputs.data_path)
         od.manifest["data"] = inputs.binding.to_dict()
         od.manifest.update(recipe=recipe.model_dump(mode="json"), target=target.name, versions=_versions(),
+                           consent={"trust_code": trust_code, "allow_pickle": allow_pickle},
                            split={"calibration_episodes": inputs.calibration.episode_indices,
                                   "evaluation_episodes": inputs.evaluation.episode_indices,
                                   "eval_fraction": EVAL_FRACTION})
@@ -303,7 +309,7 @@ class VerifyRun:
 
 def verify_run(resolved: Resolved, config: VerifyConfig, budgets: Budgets | None, target: str | None,
                out: str | Path, force: bool = False, allow_pickle: bool = False, run_profile: bool = True,
-               log=print) -> VerifyRun:
+               log=print, trust_code: bool = False) -> VerifyRun:
     """The verify command's chain: the FP32 reference and the evaluation split (the run's recorded one when
     `resolved` came from a run directory) -> `vlaedge.check.verify.verify` -> gate (with budgets) ->
     report.json/md/html (+ junit.xml), written atomically into `out`.
@@ -321,9 +327,10 @@ def verify_run(resolved: Resolved, config: VerifyConfig, budgets: Budgets | None
     from vlaedge.check.verify import verify
 
     ckpt = resolved.checkpoint or default_checkpoint()
-    with OutputDir(out, force) as od:
-        policy = load_policy(ckpt, allow_pickle)
-        dataset = load_dataset(resolved.data or default_dataset())
+    data = resolved.data or default_dataset()
+    with OutputDir(out, force, protect=(ckpt, data, resolved.model)) as od:
+        policy = load_policy(ckpt, allow_pickle, trust_code)
+        dataset = load_dataset(data)
         bind_data(policy, dataset, ((resolved.manifest or {}).get("data") or {}).get("map"))
         _, evaluation = split_as_recorded(dataset, (resolved.manifest or {}).get("split"))
         od.record_input("checkpoint", ckpt)
@@ -334,7 +341,7 @@ def verify_run(resolved: Resolved, config: VerifyConfig, budgets: Budgets | None
         with tempfile.TemporaryDirectory(prefix="vlaedge-fp32-") as tmp:
             baseline = fp32_baseline(policy, resolved.model, config, own_fp32, Path(tmp), log)
             result = verify(policy, resolved.model, evaluation, config, sha256(ckpt), ckpt, target,
-                            run_profile, log, baseline)
+                            run_profile, log, baseline, trust_code=trust_code)
         if baseline is not None and baseline != own_fp32:  # the temporary export is gone: say what it was
             label = f"FP32 export of {ckpt} (temporary)"
             result.report["baseline"]["model"] = label

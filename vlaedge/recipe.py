@@ -11,12 +11,13 @@ from __future__ import annotations
 import difflib
 import inspect
 import json
+import reprlib
 from pathlib import Path
 from typing import Literal, get_args, get_origin
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from vlaedge import safe_yaml
 from vlaedge.errors import VlaedgeError
 
 
@@ -275,24 +276,13 @@ def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
         >>> recipe = load_recipe("cpu-int8", ["quantize.algorithm=entropy"])
     """
     path = recipe_path(path)
-    raw = _read_yaml(path, "recipe", "'vlaedge recipes' lists the shipped recipes")
+    raw = safe_yaml.read(path, "recipe", "'vlaedge recipes' lists the shipped recipes")
     if not isinstance(raw, dict):
         raise VlaedgeError(f"recipe: {path} must be a mapping of sections",
                            f"start from a shipped recipe, e.g. {RECIPES_DIR / 'cpu-int8.yaml'}")
     for item in overrides:
         _apply_override(raw, item)
     return validate_recipe(raw, str(path))
-
-
-def _read_yaml(path: Path, what: str, missing_hint: str):
-    """The parsed YAML at `path` ({} when empty); a missing file or bad YAML is one line naming `what`."""
-    if not path.is_file():
-        raise VlaedgeError(f"{what}: {path} does not exist", missing_hint)
-    try:
-        return yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        message = f"{what}: {path} is not valid YAML ({e})".replace("\n", " ")
-        raise VlaedgeError(message, "fix the syntax") from e
 
 
 def load_budgets(path: str | Path) -> Budgets:
@@ -310,7 +300,7 @@ def load_budgets(path: str | Path) -> Budgets:
     shipped = path.parent == Path(".") and path.name.removesuffix(".yaml") in shipped_recipes()
     if shipped and not path.is_file():
         path = recipe_path(path)  # a shipped recipe's budgets, by name
-    raw = _read_yaml(path, "budgets", "pass a budgets YAML file or a recipe")
+    raw = safe_yaml.read(path, "budgets", "pass a budgets YAML file or a recipe")
     if isinstance(raw, dict) and "target" in raw:  # a recipe
         budgets = load_recipe(path).budgets
         if budgets is None:
@@ -356,8 +346,8 @@ def format_validation_error(error: ValidationError, model: type[BaseModel]) -> s
     msg = err["msg"].removeprefix("Value error, ")
     if err["type"] == "missing":
         return f"{where}: required field is missing"
-    return f"{where}: {msg} (got {err.get('input')!r})" if "input" in err and not isinstance(
-        err.get("input"), dict) else f"{where}: {msg}"
+    return f"{where}: {msg} (got {reprlib.repr(err.get('input'))})" if "input" in err and not isinstance(
+        err.get("input"), dict) else f"{where}: {msg}"  # reprlib: a huge value is never formatted whole
 
 
 def _valid_keys(model: type[BaseModel], loc: list[str]) -> list[str]:
@@ -384,7 +374,7 @@ def _apply_override(raw: dict, item: str) -> None:
         node = node.setdefault(p, {})
         if not isinstance(node, dict):
             raise VlaedgeError(f"override: {key} goes through a non-section value", "check the key path")
-    node[leaf] = yaml.safe_load(value)
+    node[leaf] = safe_yaml.parse(value, f"override --set {key}")
 
 
 REFERENCE_START = "<!-- recipe-reference:start -->"

@@ -115,8 +115,8 @@ def load_report(path: str | Path) -> dict:
             f"report: {path} does not exist", "run 'vlaedge verify' or 'vlaedge compress' first"
         )
     try:
-        report = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        report = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
         raise VlaedgeError(
             f"report: {path} is not valid JSON ({e})", "re-run the command that wrote it"
         ) from e
@@ -136,7 +136,9 @@ def load_report(path: str | Path) -> dict:
             f"report: {path} is malformed (missing or invalid: {', '.join(missing) or 'policy'})",
             "re-run the command that wrote it",
         )
-    return report
+    from vlaedge.check.report_schema import Report, validate
+
+    return validate(report, Report, f"report: {path}")
 
 
 def write_reports(report: dict, out: str | Path) -> list[Path]:

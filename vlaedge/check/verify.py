@@ -86,6 +86,7 @@ def verify(
     run_profile: bool = True,
     log: Callable[[str], None] = print,
     baseline: str | Path | None = None,
+    trust_code: bool = False,
 ) -> VerifyResult:
     """Compares a candidate with the FP32 reference policy and profiles it.
 
@@ -119,7 +120,7 @@ def verify(
     """
     from vlaedge.check.report import build_report
 
-    candidate = _open_candidate(policy, model, config)
+    candidate = _open_candidate(policy, model, config, trust_code)
     notes = []
     n = min(config.eval_frames, evaluation.num_frames)
     if n < config.eval_frames:
@@ -220,7 +221,7 @@ def baseline_comparison(model: str | Path, baseline: str | Path, prof: ProfileRe
     return out
 
 
-def _open_candidate(policy: Policy, model, config: VerifyConfig):
+def _open_candidate(policy: Policy, model, config: VerifyConfig, trust_code: bool = False):
     from vlaedge.runtimes import open_runtime
 
     if config.runtime == "torch" and model is not None:
@@ -232,7 +233,7 @@ def _open_candidate(policy: Policy, model, config: VerifyConfig):
                 f"candidate: {model} is not a checkpoint directory (runtime torch)",
                 "pass a checkpoint directory, or an .onnx file with --runtime ort-cpu",
             )
-        return TorchRuntime(load_policy(model), config.threads)
+        return TorchRuntime(load_policy(model, trust_code=trust_code), config.threads)
     if model is not None and not Path(model).is_file():
         raise VlaedgeError(f"candidate: {model} does not exist", "pass the exported .onnx file")
     return open_runtime(config.runtime, policy, model, config.threads)

@@ -18,6 +18,7 @@ import tarfile
 import time
 from pathlib import Path
 
+from vlaedge.artifact import OutputDir
 from vlaedge.errors import VlaedgeError
 
 SSH_TIMEOUT_S = 15  # ConnectTimeout
@@ -100,17 +101,34 @@ def profile_remote(
         + " ".join(_remote_cmd(c) if i == 0 else shlex.quote(c) for i, c in enumerate(cmd)),
         "profile",
     )
+    return pull_profile(ssh, host, run_dir, out)
+
+
+def pull_profile(ssh: Ssh, host: str, run_dir: str, out: Path) -> Path:
+    """Copies the device's `run_dir/profile/` into `out` (atomically) and returns `out/profile.json`.
+
+    Raises:
+        VlaedgeError: the device sent back something that is not a tar, or a tar with entries outside
+            the destination (absolute paths, ``../``, links or devices), or no profile.json.
+    """
     pulled = ssh.run(f"tar -C {run_dir}/profile -cf - .", "pull the report", binary=True)
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    with tarfile.open(fileobj=io.BytesIO(pulled.stdout)) as tar:
-        tar.extractall(out, filter="data")
-    if not (out / "profile.json").is_file():
-        raise VlaedgeError(
-            f"remote: the profiler on {host} wrote no profile.json in {run_dir}/profile",
-            "check that the device's vlaedge is the same version as this one",
-        )
-    return out / "profile.json"
+    with OutputDir(out, force=True) as od:  # the command refused an existing --out without --force
+        try:
+            with tarfile.open(fileobj=io.BytesIO(pulled.stdout)) as tar:
+                tar.extractall(od.path, filter="data")  # "data": no absolute paths, no ../, no devices
+        except tarfile.TarError as e:
+            raise VlaedgeError(
+                f"remote: {host} sent back something that is not a safe tar of {run_dir}/profile "
+                f"({type(e).__name__}: {str(e)[:120]})",
+                "check the device's vlaedge installation (the same version as this one)",
+            ) from None
+        if not (od.path / "profile.json").is_file():
+            raise VlaedgeError(
+                f"remote: the profiler on {host} wrote no profile.json in {run_dir}/profile",
+                "check that the device's vlaedge is the same version as this one",
+            )
+        od.commit()
+    return Path(out) / "profile.json"
 
 
 class Ssh:

@@ -13,19 +13,22 @@ FAMILIES = ("reference", "python")
 __all__ = ["ActionSpec", "Policy", "TensorSpec", "load_policy", "FAMILIES"]
 
 
-def load_policy(checkpoint: str | Path, allow_pickle: bool = False) -> Policy:
+def load_policy(checkpoint: str | Path, allow_pickle: bool = False, trust_code: bool = False) -> Policy:
     """Loads a policy from a checkpoint directory (config.json + model.safetensors).
 
     Args:
         checkpoint: the directory. Its config.json has `"family": "reference"` (the built-in VLA)
             or `"family": "python"` (any torch module via `package.module:factory`).
         allow_pickle: also accept .pt/.pth weights. Unpickling runs code: only for files you trust.
+        trust_code: allow a `python` checkpoint to import and call the factory its config.json names
+            (as Hugging Face's `trust_remote_code`): that is running code the checkpoint chose.
 
     Returns:
         The policy, in eval mode.
 
     Raises:
-        VlaedgeError: missing or truncated files, unknown config keys, mismatched tensor shapes.
+        VlaedgeError: missing or truncated files, unknown config keys, mismatched tensor shapes or
+            dtypes, NaN/Inf weights, or a `python` checkpoint without `trust_code`.
 
     Example:
         >>> policy = load_policy("runs/my-policy")
@@ -39,6 +42,12 @@ def load_policy(checkpoint: str | Path, allow_pickle: bool = False) -> Policy:
 
         return ReferencePolicy.from_checkpoint(checkpoint, raw, allow_pickle)
     if family == "python":
+        if not trust_code:
+            raise VlaedgeError(
+                f"checkpoint: {checkpoint}/config.json asks to import and call factory "
+                f"{str(raw.get('factory'))[:120]!r}, which runs code from the checkpoint",
+                "pass --trust-code if you trust where this checkpoint comes from",
+            )
         from vlaedge.models.python import PythonPolicy
 
         return PythonPolicy.from_checkpoint(checkpoint, raw, allow_pickle)

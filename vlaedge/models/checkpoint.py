@@ -24,7 +24,10 @@ def read_config(checkpoint: Path) -> dict:
     if not checkpoint.exists():
         raise VlaedgeError(f"checkpoint: {checkpoint} does not exist",
                            "pass a checkpoint directory with config.json and model.safetensors")
-    path = checkpoint / CONFIG_FILE if checkpoint.is_dir() else checkpoint
+    if not checkpoint.is_dir():
+        raise VlaedgeError(f"checkpoint: {checkpoint} is a file; a checkpoint is a directory",
+                           f"pass the folder that holds config.json and the weights: {checkpoint.parent}")
+    path = checkpoint / CONFIG_FILE
     if not path.is_file():
         raise VlaedgeError(f"checkpoint: {checkpoint} has no {CONFIG_FILE}",
                            "a checkpoint is a directory with config.json and model.safetensors")
@@ -87,7 +90,27 @@ def check_state_dict(module, state: dict, checkpoint: Path) -> None:
             raise VlaedgeError(
                 f"checkpoint: tensor {name} has shape {tuple(state[name].shape)}, the config needs "
                 f"{tuple(tensor.shape)}", "the weights and config.json come from different models")
+        _check_values(name, state[name], tensor, checkpoint)
     module.load_state_dict(state)
+
+
+def _check_values(name: str, saved, expected, checkpoint: Path) -> None:
+    """Refuses what load_state_dict would accept silently: an integer tensor copied (truncated) into a
+    float parameter, a float into an integer buffer, and NaN/Inf weights."""
+    import torch
+
+    same_kind = (expected.is_floating_point() == saved.is_floating_point()
+                 and (expected.dtype == torch.bool) == (saved.dtype == torch.bool))
+    if not same_kind:  # fp16/bf16 into float32 is fine: that conversion is exact
+        raise VlaedgeError(
+            f"checkpoint: tensor {name} is {str(saved.dtype).removeprefix('torch.')}, the model's is "
+            f"{str(expected.dtype).removeprefix('torch.')}",
+            "save the weights in the dtype they were trained in (loading would silently convert them)")
+    if saved.is_floating_point() and not bool(torch.isfinite(saved).all()):
+        bad = int((~torch.isfinite(saved)).sum())
+        raise VlaedgeError(
+            f"checkpoint: tensor {name} holds {bad} NaN/Inf value(s) of {saved.numel()}",
+            "the weights are corrupt or training diverged: restore a good checkpoint")
 
 
 def write_checkpoint(path: Path, config: dict, state: dict) -> Path:

@@ -237,4 +237,14 @@ def _call_factory(spec: PythonPolicySpec):
                            "install the package that defines the policy, or add it to PYTHONPATH") from e
     except AttributeError as e:
         raise VlaedgeError(f"policy spec: {module_name!r} has no {attr!r}", "check the factory name") from e
-    return factory(**spec.factory_kwargs)
+    try:
+        module = factory(**spec.factory_kwargs)
+    except Exception as e:  # noqa: BLE001 (the user's code: any failure is the checkpoint's, named here)
+        raise VlaedgeError(f"policy spec: factory {spec.factory} raised {type(e).__name__}: {str(e)[:200]}",
+                           "check factory_kwargs in config.json against the factory's signature") from e
+    import torch
+
+    if not isinstance(module, torch.nn.Module):
+        raise VlaedgeError(f"policy spec: factory {spec.factory} returned a {type(module).__name__}, "
+                           "not a torch.nn.Module", "point factory at a function that builds the model")
+    return module

@@ -41,6 +41,15 @@ SIZES: dict[str, dict] = {
 }
 
 
+# Integer fields and their sane ranges: a negative or absurd size fails here, not deep inside torch.
+_INT_RANGES = {
+    "image_size": (4, 4096), "patch_size": (4, 512), "dim": (4, 16384), "num_heads": (1, 256),
+    "head_dim": (0, 1024), "vision_depth": (0, 256), "fusion_depth": (1, 256), "keypoints": (1, 4096),
+    "max_instruction_len": (1, 4096), "state_dim": (1, 4096), "action_dim": (1, 1024), "chunk": (1, 4096),
+    "num_bins": (2, 65536), "flow_steps": (1, 1000), "expert_dim": (4, 16384), "expert_depth": (0, 256),
+}
+
+
 @dataclass
 class VLAConfig:
     """Architecture of a reference VLA; saved as the checkpoint's config.json."""
@@ -74,6 +83,18 @@ class VLAConfig:
     def __post_init__(self):
         if self.head not in HEADS:
             raise ValueError(f"head: {self.head!r} is not one of {', '.join(HEADS)}")
+        for name, (low, high) in _INT_RANGES.items():
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+                raise ValueError(f"{name}: {value!r} is not an integer in [{low}, {high}]")
+        if not (isinstance(self.mlp_ratio, int | float) and 0 < self.mlp_ratio <= 64):
+            raise ValueError(f"mlp_ratio: {self.mlp_ratio!r} is not a number in (0, 64]")
+        for name in ("block_heads", "block_mlp"):
+            if any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in getattr(self, name)):
+                raise ValueError(f"{name}: every entry must be a positive integer, got {getattr(self, name)}")
+        if any(not isinstance(g, int) or not 0 <= g < self.action_dim for g in self.gripper_dims):
+            raise ValueError(f"gripper_dims: {self.gripper_dims} are not all action dims "
+                             f"0..{self.action_dim - 1}")
         if self.image_size % self.patch_size or self.patch_size % 4:
             raise ValueError(f"image_size {self.image_size} must be a multiple of patch_size "
                              f"{self.patch_size}, "

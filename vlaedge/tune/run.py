@@ -42,7 +42,8 @@ BUILD_ERRORS = (VlaedgeError, ValueError, RuntimeError)  # ONNX Runtime's quanti
 
 def tune(recipe, out: str | Path, checkpoint: Path | None = None, data: Path | None = None,
          max_minutes: float = 5.0, space: str | dict = "full", search_frames: int = 128,
-         max_fallback: int = 8, recipe_name: str = "recipe", log=print) -> TuneResult:
+         max_fallback: int = 8, recipe_name: str = "recipe", log=print,
+         trust_code: bool = False) -> TuneResult:
     """Explores the variant space for a recipe's target and writes the choice into `out`.
 
     Args:
@@ -75,13 +76,13 @@ def tune(recipe, out: str | Path, checkpoint: Path | None = None, data: Path | N
     if max_minutes <= 0:
         raise VlaedgeError(f"tune: --max-minutes {max_minutes}", "give a positive time box, e.g. 5")
     return run_tune(recipe, Path(out), checkpoint, data, max_minutes, space, search_frames, max_fallback,
-                    recipe_name, log, time.monotonic())
+                    recipe_name, log, time.monotonic(), trust_code)
 
 
 def run_tune(recipe, out: Path, checkpoint, data, max_minutes, space, search_frames, max_fallback,
-             recipe_name, log, started) -> TuneResult:
+             recipe_name, log, started, trust_code: bool = False) -> TuneResult:
     deadline = started + max_minutes * 60
-    work, context, notes = _prepare(recipe, out, checkpoint, data, search_frames, log)
+    work, context, notes = _prepare(recipe, out, checkpoint, data, search_frames, log, trust_code)
     measured, errors = [measure_fp32(work, work.fp32_onnx)], []
     timed_out = []
     for variant in declared_space(work.target.runtime, recipe.quantize.precision, space):
@@ -109,11 +110,12 @@ def run_tune(recipe, out: Path, checkpoint, data, max_minutes, space, search_fra
                   time.monotonic() - started, log)
 
 
-def _prepare(recipe, out: Path, checkpoint, data, search_frames: int, log):
+def _prepare(recipe, out: Path, checkpoint, data, search_frames: int, log, trust_code: bool = False):
     from vlaedge.compress.export import export_onnx
 
     target = get_target(recipe.target)
-    inputs = load_inputs(checkpoint, data, recipe=recipe)  # the recipe's data.map and frame counts
+    # the recipe's data.map and frame counts
+    inputs = load_inputs(checkpoint, data, recipe=recipe, trust_code=trust_code)
     config = recipe.verify or VerifyConfig()
     folder = out / "variants"
     folder.mkdir(parents=True, exist_ok=True)
