@@ -412,3 +412,14 @@ def test_remote_archive_is_extracted_only_inside_the_destination(tmp_path, monke
         remote.pull_profile(FakeSsh(tar_with(str(absolute))), "dev", "~/run", tmp_path / "out")
     assert listing(tmp_path) == []
     assert remote.pull_profile(FakeSsh(tar_with("profile.json")), "dev", "~/run", tmp_path / "out").is_file()
+
+
+@pytest.mark.parametrize("args", [
+    ["rollout", "--episodes", "-3"], ["train", "--out", "{t}/policy", "--steps", "-1"],
+    ["record", "{t}/data", "--episodes", "0"], ["profile", "{t}/m.onnx", "--runs", "0"],
+    ["estimate", "{t}/m.onnx", "--target", "agx-orin-64gb", "--batch", "0"],
+])
+def test_out_of_range_options_are_usage_errors(args, tmp_path, capsys, monkeypatch):
+    code, text = run_cli([a.format(t=tmp_path) for a in args], capsys, monkeypatch)
+    assert code == 2 and "Traceback" not in text and "Invalid value" in text, text
+    assert listing(tmp_path) == []

@@ -91,9 +91,9 @@ def data(
 @app.command()
 def record(
     out: Annotated[Path, typer.Argument(help="Output dataset directory (LeRobot v3) or folder of .npz.")],
-    episodes: Annotated[int, typer.Option(help="Episodes to record.")] = 50,
+    episodes: Annotated[int, typer.Option(min=1, help="Episodes to record.")] = 50,
     seed: Seed = 0,
-    image_size: Annotated[int, typer.Option(help="Camera image side in pixels.")] = 64,
+    image_size: Annotated[int, typer.Option(min=8, help="Camera image side in pixels.")] = 64,
     fmt: Annotated[str, typer.Option("--format", help="lerobot or npz.")] = "lerobot",
     force: Annotated[bool, typer.Option(help="Replace an existing output.")] = False,
 ) -> None:
@@ -110,18 +110,19 @@ def train(
     out: Annotated[Path, typer.Option(help="Where to write the checkpoint directory.")],
     size: Annotated[str, typer.Option(help="nano, small or base.")] = "nano",
     head: Annotated[str, typer.Option(help="tokens, chunk or flow.")] = "chunk",
-    episodes: Annotated[int, typer.Option(help="Expert demonstrations to record.")] = 1000,
-    steps: Annotated[int, typer.Option(help="Optimiser steps.")] = 3000,
+    episodes: Annotated[int, typer.Option(min=1, help="Expert demonstrations to record.")] = 1000,
+    steps: Annotated[int, typer.Option(min=1, help="Optimiser steps.")] = 3000,
     image_size: Annotated[
         int, typer.Option(help="Policy input side (64 px camera frames are resized).")] = 32,
     seed: Seed = 0,
-    threads: Annotated[int, typer.Option(help="torch CPU threads (0 = all cores).")] = 0,
+    threads: Annotated[int, typer.Option(min=0, help="torch CPU threads (0 = all cores).")] = 0,
     ignore_instruction: Annotated[bool, typer.Option(help="Ablation: a constant instruction.")] = False,
-    dagger_rounds: Annotated[int, typer.Option(
+    dagger_rounds: Annotated[int, typer.Option(min=0,
         help="Rounds of on-policy episodes relabelled by the expert (DAgger); 0 = behaviour cloning only."
     )] = 4,
-    dagger_episodes: Annotated[int, typer.Option(help="Closed-loop episodes per DAgger round.")] = 250,
-    eval_episodes: Annotated[int, typer.Option(help="Held-out closed-loop episodes after training.")] = 100,
+    dagger_episodes: Annotated[int, typer.Option(min=1, help="Closed-loop episodes per DAgger round.")] = 250,
+    eval_episodes: Annotated[int, typer.Option(
+        min=0, help="Held-out closed-loop episodes after training.")] = 100,
 ) -> None:
     """Train a reference VLA on the tabletop task (this is how the default policy was made)."""
     from vlaedge.check.verify import closed_loop
@@ -142,8 +143,9 @@ def train(
 @app.command()
 def rollout(
     checkpoint: CheckpointArg = None,
-    episodes: Annotated[int, typer.Option(help="Closed-loop episodes.")] = 100,
-    seed: Annotated[int, typer.Option(help="First episode seed (held-out seeds start at 10000).")] = 10_000,
+    episodes: Annotated[int, typer.Option(min=1, help="Closed-loop episodes.")] = 100,
+    seed: Annotated[int, typer.Option(
+        min=0, help="First episode seed (held-out seeds start at 10000).")] = 10_000,
     allow_pickle: AllowPickle = False,
     trust_code: TrustCode = False,
 ) -> None:
@@ -275,7 +277,7 @@ def quantize(
 def export(
     checkpoint: CheckpointArg = None,
     out: Annotated[Path, typer.Option("--out", "-o", help="The .onnx file to write.")] = Path("model.onnx"),
-    opset: Annotated[int, typer.Option(help="ONNX opset.")] = 17,
+    opset: Annotated[int, typer.Option(min=7, help="ONNX opset.")] = 17,
     force: ForceOpt = False,
     allow_pickle: AllowPickle = False,
     trust_code: TrustCode = False,
@@ -337,7 +339,8 @@ def recipes() -> None:
 ModelArg = Annotated[Path, typer.Argument(help="An .onnx file or a 'vlaedge compress' output directory.")]
 BudgetsOpt = Annotated[Path | None, typer.Option(
     "--budgets", "-b", help="Budgets YAML (fields at the top level, under budgets:, or a recipe).")]
-ThreadsOpt = Annotated[int | None, typer.Option(help="CPU threads for the runtime (default: its own).")]
+ThreadsOpt = Annotated[int | None, typer.Option(
+    min=1, help="CPU threads for the runtime (default: its own).")]
 
 
 @app.command()
@@ -391,8 +394,8 @@ def profile(
         "--checkpoint", "-c", help="Policy checkpoint: feeds from its make_inputs on calibration frames.",
     )] = None,
     runtime: Annotated[str, typer.Option(help="Runtime (ort-cpu, ort-cuda, ort-trt, torch).")] = "ort-cpu",
-    runs: Annotated[int, typer.Option(help="Timed runs per model.")] = 200,
-    warmup: Annotated[int, typer.Option(help="Untimed warm-up runs per model.")] = 20,
+    runs: Annotated[int, typer.Option(min=1, help="Timed runs per model.")] = 200,
+    warmup: Annotated[int, typer.Option(min=0, help="Untimed warm-up runs per model.")] = 20,
     threads: ThreadsOpt = None,
     compare: Annotated[list[Path] | None, typer.Option(
         "--compare", help="Other .onnx files timed interleaved with MODEL (repeatable).")] = None,
@@ -469,9 +472,9 @@ def engine(
 @app.command("device-check")
 def device_check(
     run_dir: Annotated[Path, typer.Argument(help="A 'vlaedge compress' output directory (TensorRT recipe).")],
-    frames: Annotated[int, typer.Option(help="Evaluation frames compared with ONNX Runtime.")] = 64,
-    runs: Annotated[int, typer.Option(help="Timed runs of the plan.")] = 200,
-    warmup: Annotated[int, typer.Option(help="Untimed warm-up runs.")] = 20,
+    frames: Annotated[int, typer.Option(min=1, help="Evaluation frames compared with ONNX Runtime.")] = 64,
+    runs: Annotated[int, typer.Option(min=1, help="Timed runs of the plan.")] = 200,
+    warmup: Annotated[int, typer.Option(min=0, help="Untimed warm-up runs.")] = 20,
     builder: Annotated[str, typer.Option(help="python (TensorRT API) or trtexec (build.sh).")] = "python",
     trust_code: TrustCode = False,
 ) -> None:
@@ -488,9 +491,9 @@ def device_check(
 def estimate(
     model: Annotated[Path, typer.Argument(help="The ONNX model (external data is not needed).")],
     target: Annotated[str, typer.Option(help="A TensorRT target; see vlaedge targets.")],
-    batch: Annotated[int, typer.Option(help="Batch size for dynamic batch dimensions.")] = 1,
+    batch: Annotated[int, typer.Option(min=1, help="Batch size for dynamic batch dimensions.")] = 1,
     precision: Annotated[str, typer.Option(help="Non-quantized ops in: fp16, bf16, fp32.")] = "fp16",
-    top: Annotated[int, typer.Option(help="Slowest kernels to list.")] = 15,
+    top: Annotated[int, typer.Option(min=1, help="Slowest kernels to list.")] = 15,
     json_out: Annotated[Path | None, typer.Option("--json", help="Also write the estimate here.")] = None,
     input_shape: Annotated[
         list[str] | None, typer.Option(help="Fix an input's shape, e.g. image=1x3x224x224 (repeatable).")
