@@ -353,16 +353,21 @@ class _TrtNames(_Scopes):
         self.generic_visit(node)
 
 
-def trt_module_uses(files: dict[str, Path] | None = None) -> list[TrtName]:
-    """Every attribute chain on the tensorrt module object in the files (the longest chain only)."""
+def _visit_all(visitor_class, files: dict[str, Path] | None) -> list:
+    """Runs `visitor_class(rel, module_names)` over each file's AST and concatenates its `out`."""
     files = source_files() if files is None else files
-    out: list[TrtName] = []
+    out: list = []
     for rel, path in files.items():
         tree = ast.parse(path.read_text())
-        visitor = _TrtNames(rel, _module_names(tree))
+        visitor = visitor_class(rel, _module_names(tree))
         visitor.visit(tree)
         out += visitor.out
     return out
+
+
+def trt_module_uses(files: dict[str, Path] | None = None) -> list[TrtName]:
+    """Every attribute chain on the tensorrt module object in the files (the longest chain only)."""
+    return _visit_all(_TrtNames, files)
 
 
 def _param_names(tree: ast.AST) -> set[str]:
@@ -422,14 +427,7 @@ class _Sites(_Scopes):
 
 def attribute_sites(files: dict[str, Path] | None = None) -> list[Site]:
     """Every attribute call, assignment and read in the files (calls and sets are not also reads)."""
-    files = source_files() if files is None else files
-    out: list[Site] = []
-    for rel, path in files.items():
-        tree = ast.parse(path.read_text())
-        visitor = _Sites(rel, _module_names(tree))
-        visitor.visit(tree)
-        out += visitor.out
-    return out
+    return _visit_all(_Sites, files)
 
 
 def site_matches(use: Use, site: Site) -> bool:
