@@ -49,12 +49,15 @@ def installed(tmp_path_factory) -> Path:
 def test_installed_wheel_compresses_the_default_from_an_empty_folder(installed: Path, tmp_path: Path) -> None:
     listing = run([installed, "recipes"], tmp_path).stdout
     assert "cpu-int8" in listing and "orin-int8" in listing
-    result = run([installed, "compress", "--recipe", "cpu-int8", "--out", "run"], tmp_path)
+    # the p99 latency budget is absolute and flakes on a loaded runner; this test is about packaging
+    result = run([installed, "compress", "--recipe", "cpu-int8", "--out", "run",
+                  "--set", "budgets.max_latency_p99_ms=null"], tmp_path)
     assert "gate: PASS" in result.stdout, result.stdout[-2000:]
     manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
     data = Path(manifest["inputs"]["data"]["path"])
     assert "site-packages" in data.parts and data.name == "tabletop"  # the calibration sample in the wheel
     assert manifest["gate"]["passed"]
+    assert ".run.partial" not in (tmp_path / "run" / "report.json").read_text()  # final paths only
     assert {"model.onnx", "report.json", "report.md", "report.html", "junit.xml"} <= set(manifest["outputs"])
     # a path still works, and a missing one names the shipped recipes
     recipe = Path(manifest["inputs"]["data"]["path"]).parents[2] / "recipes" / "cpu-int8.yaml"

@@ -97,8 +97,19 @@ class OutputDir:
 
     def record_stage(self, name: str, seconds: float, **details) -> None:
         """Records a stage's timing and details; paths inside the staging folder are given as final paths."""
-        staged = json.loads(json.dumps(details, default=str).replace(str(self.path), str(self.final)))
-        self.manifest["stages"][name] = {"seconds": round(seconds, 3), **staged}
+        self.manifest["stages"][name] = {"seconds": round(seconds, 3), **self.final_paths(details)}
+
+    def final_paths(self, value):
+        """`value` (nested dicts, lists, strings, paths) with the staging folder's path replaced by the
+        final one, for what is written before `commit()` (the manifest, report.json)."""
+        if isinstance(value, dict):
+            return {k: self.final_paths(v) for k, v in value.items()}
+        if isinstance(value, list | tuple):
+            return type(value)(self.final_paths(v) for v in value)
+        if isinstance(value, str | Path):
+            text = str(value).replace(str(self.path), str(self.final))
+            return text if isinstance(value, str) else Path(text)
+        return value
 
     def commit(self) -> Path:
         """Hashes every output, writes manifest.json last, then moves the directory into place."""

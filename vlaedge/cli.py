@@ -326,14 +326,16 @@ def recipes() -> None:
 
     from vlaedge.recipe import load_recipe, shipped_recipes
 
-    table = Table("name", "target", "stages", "description", "file")
-    for name, path in shipped_recipes().items():
+    table = Table("name", "target", "stages", "description")
+    recipes = shipped_recipes()
+    for name, path in recipes.items():
         r = load_recipe(path)
         stages = [s for s in ("prune", "quantize", "export", "engine", "verify", "budgets") if getattr(r, s)]
-        table.add_row(name, r.target, ", ".join(stages), r.description or "", str(path))
+        table.add_row(name, r.target, ", ".join(stages), r.description or "")
     console = Console()
-    console.width = max(console.width, 190)  # all columns readable, also when piped (rich assumes 80)
+    console.width = max(console.width, 150)  # all columns readable, also when piped (rich assumes 80)
     console.print(table)
+    _echo(f"files: {next(iter(recipes.values())).parent}/NAME.yaml (copy one to edit it)")
 
 
 ModelArg = Annotated[Path, typer.Argument(help="An .onnx file or a 'vlaedge compress' output directory.")]

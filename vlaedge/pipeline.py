@@ -252,6 +252,7 @@ def _run_verify(od: OutputDir, recipe: Recipe, target: str, inputs: Inputs, log)
         entry["model"] = name
     if result.report.get("baseline"):
         result.report["baseline"]["model"] = names[1]
+    result.report = od.final_paths(result.report)  # no staging-folder path survives the rename
     verdict = gate_into(result.report, recipe.budgets, target) if recipe.budgets else None
     write_reports(result.report, od.path)
     drift = result.drift

@@ -43,7 +43,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from vlaedge.artifact import sha256
+from vlaedge.artifact import final_path, sha256
 from vlaedge.deploy.bundle import CACHE_NAME, LAYERS_NAME, build_script, profile_script
 from vlaedge.errors import VlaedgeError
 from vlaedge.recipe import EngineConfig
@@ -102,11 +102,11 @@ class EngineResult:
         return asdict(self)
 
     def summary(self) -> str:
-        head = f"engine bundle {self.bundle} for {self.target}: run build.sh on the device"
+        head = f"engine bundle {final_path(self.bundle)} for {self.target}: run build.sh on the device"
         if self.plan:
             head = (
                 f"TensorRT {self.tensorrt} plan {self.plan} (compute capability {self.compute_capability})"
-                f"; bundle {self.bundle}"
+                f"; bundle {final_path(self.bundle)}"
             )
         lines = [head, "  " + shlex.join(["trtexec", *self.trtexec])]
         if self.skipped:
