@@ -282,7 +282,8 @@ def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
                            f"start from a shipped recipe, e.g. {RECIPES_DIR / 'cpu-int8.yaml'}")
     for item in overrides:
         _apply_override(raw, item)
-    return validate_recipe(raw, str(path))
+    where = str(path) + (f" with --set {' --set '.join(overrides)}" if overrides else "")
+    return validate_recipe(raw, where[:300])
 
 
 def load_budgets(path: str | Path) -> Budgets:
@@ -324,9 +325,10 @@ def validate_recipe(raw: dict, where: str = "recipe") -> Recipe:
         return Recipe.model_validate(raw)
     except ValidationError as e:
         raise VlaedgeError(f"{where}: {format_validation_error(e, Recipe)}",
-                           "see the recipe reference in README.md") from e
+                           "see the recipe reference (README.md, 'Recipes': every field, its range)") from e
     except VlaedgeError as e:  # a target rule (vlaedge.targets), raised unwrapped through pydantic
-        raise VlaedgeError(f"{where}: {e.message}", e.hint) from e
+        fix = e.hint or "change that value, or use a recipe for another target (vlaedge recipes)"
+        raise VlaedgeError(f"{where}: {e.message}", fix) from e
 
 
 def format_validation_error(error: ValidationError, model: type[BaseModel]) -> str:
