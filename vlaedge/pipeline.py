@@ -327,6 +327,7 @@ def verify_run(resolved: Resolved, config: VerifyConfig, budgets: Budgets | None
     """
     from vlaedge.check.verify import verify
 
+    config = recorded_env(config, resolved.manifest or {}, log)
     ckpt = resolved.checkpoint or default_checkpoint()
     data = resolved.data or default_dataset()
     with OutputDir(out, force, protect=(ckpt, data, resolved.model)) as od:
@@ -352,6 +353,24 @@ def verify_run(resolved: Resolved, config: VerifyConfig, budgets: Budgets | None
         write_reports(result.report, od.path)
         od.commit()
     return VerifyRun(result.report, verdict)
+
+
+ENV_SETTINGS = ("env", "env_adapter", "success_key", "max_steps", "execute")
+
+
+def recorded_env(config: VerifyConfig, manifest: dict, log=print) -> VerifyConfig:
+    """`config` with the closed-loop env settings the run recorded (manifest `recipe.verify`) filled in when
+    `config` names no env: `env`, `env_adapter`, `success_key`, and `max_steps`/`execute` where `config` has
+    the defaults. A `config` naming its own env keeps all of its settings."""
+    recorded = ((manifest.get("recipe") or {}).get("verify")) or {}
+    if config.env is not None or not recorded.get("env"):
+        return config
+    fields = VerifyConfig.model_fields
+    update = {k: recorded[k] for k in ENV_SETTINGS
+              if k in recorded and getattr(config, k) == fields[k].default}
+    log(f"verify: closed-loop env from the run's manifest: {recorded['env']}"
+        + "".join(f", {k}={update[k]}" for k in ENV_SETTINGS[1:] if k in update))
+    return VerifyConfig.model_validate({**config.model_dump(), **update})
 
 
 def fp32_baseline(policy: Policy, model: Path | None, config: VerifyConfig, own: Path | None, tmp: Path,

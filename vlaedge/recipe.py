@@ -67,7 +67,7 @@ class QuantizeConfig(Section):
     keep: list[str] = Field(
         [], description='module name patterns kept in higher precision, e.g. "action_head*"')
     quantize_layernorm: bool = Field(
-        False, description="true reproduces the ModelOpt-default bug (FACTS.md): keep false")
+        False, description="true quantizes LayerNorm inputs (ModelOpt's default; wrecks trained models)")
     per_channel: bool = Field(True, description="per-output-channel weight scales")
     mode: Literal["static", "dynamic"] = Field(
         "static", description="cpu target: static (QDQ, activation ranges calibrated) or dynamic (ONNX "
@@ -117,6 +117,8 @@ class VerifyConfig(Section):
         None, description='closed loop: "package.module:make_env" (Gymnasium-style); null = tabletop')
     env_adapter: str | None = Field(
         None, description='"package.module:adapter": env observation -> frame dict')
+    success_key: str | None = Field(
+        None, description='the step info key saying success; null: "success", else "is_success"')
     closed_loop_seed: int = Field(
         10_000, description="first episode seed (tabletop demos use seeds below 10000)")
     execute: int = Field(2, ge=1, description="actions of each chunk executed before re-planning")
@@ -139,8 +141,9 @@ class Budgets(Section):
 
     Drift is in % of each action dimension's range (`action_spec.high - low`). `max_success_drop` passes
     only when the candidate's Wilson 95% lower bound is at least the reference's rate minus the drop,
-    fails when its upper bound is below that, and is inconclusive (never a pass) in between or below
-    `verify.min_episodes`. `min_rate_hz` is inferences per second at the median latency. `min_speedup` and
+    fails when its upper bound is below that, and is inconclusive (never a pass) in between, below
+    `verify.min_episodes` or when the reference succeeds less often than `min_reference_success`.
+    `min_rate_hz` is inferences per second at the median latency. `min_speedup` and
     `max_size_ratio` compare the candidate with the FP32 reference exported to ONNX and timed interleaved
     with it (the report's "baseline" section).
     """
@@ -160,6 +163,9 @@ class Budgets(Section):
         None, ge=0, le=1, description="gripper dims: share of open/close decisions that differ")
     max_success_drop: float | None = Field(
         None, ge=0, le=1, description="closed-loop success rate drop, judged on the Wilson bound (see above)")
+    min_reference_success: float = Field(
+        0.2, ge=0, le=1, description="max_success_drop is inconclusive (never a pass) when the reference's "
+        "success rate is below this")
     max_latency_p99_ms: float | None = Field(None, gt=0, description="p99 inference latency (ms)")
     min_rate_hz: float | None = Field(None, gt=0, description="inferences/s at the median latency")
     max_memory_mb: float | None = Field(

@@ -5,7 +5,11 @@ The environment is the built-in tabletop task by default, or any Gymnasium-style
 `package.module:adapter` (env observation -> `{"image": uint8 [H,W,3], "state": float32 [S],
 "instruction": str}`). The env protocol is duck-typed, so gymnasium itself is not needed:
 `reset(seed=...) -> (obs, info)` and `step(action) -> (obs, reward, terminated, truncated, info)` with a
-boolean `info["success"]`.
+boolean success flag in `info`: `info["success"]`, else `info["is_success"]` (Gymnasium robotics envs), or
+the key given as `success_key`. When the env has an `action_space` (a `gymnasium.spaces.Box` or anything
+with `shape`, `low`, `high`), it is checked against the policy's action spec before the first episode:
+same dimension, and the policy's [low, high] inside the space's bounds. Episodes that end at `max_steps`
+(not by the env) are counted (`SuccessRate.hit_max_steps`).
 
 Success rates come with Wilson 95% intervals; the reference-minus-candidate difference with Newcombe's
 hybrid score interval (method 10 of Newcombe 1998, built from the two Wilson intervals). Below
@@ -15,6 +19,7 @@ hybrid score interval (method 10 of Newcombe 1998, built from the two Wilson int
 from __future__ import annotations
 
 import importlib
+import inspect
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -26,6 +31,8 @@ from vlaedge.errors import VlaedgeError
 
 ActFn = Callable[[dict], np.ndarray]  # frames {"image","state","instruction"} -> actions (B, T, A)
 TABLETOP = "tabletop"
+SUCCESS_KEYS = ("success", "is_success")  # looked up in this order when no success_key is given
+REFERENCE_FLOOR = 0.2  # below this reference success rate a success-drop check is inconclusive (gate default)
 
 
 def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
@@ -54,6 +61,7 @@ class SuccessRate:
     episodes: int
     steps: int  # env steps taken, over all episodes
     per_episode: list[bool]
+    hit_max_steps: int = 0  # episodes still running (not succeeded, not ended by the env) at max_steps
 
     @property
     def rate(self) -> float:
@@ -78,6 +86,7 @@ class SuccessRate:
             "rate": self.rate,
             "interval": [lo, hi],
             "steps": self.steps,
+            "hit_max_steps": self.hit_max_steps,
             "per_episode": self.per_episode,
         }
 
@@ -116,6 +125,8 @@ def closed_loop(
     max_steps: int = 40,
     make_env: Callable[[], Any] | None = None,
     adapter: Callable[[Any], dict] | None = None,
+    success_key: str | None = None,
+    action_spec: Any = None,
 ) -> SuccessRate:
     """Runs `act` for `episodes` seeded episodes, all envs batched together.
 
@@ -129,12 +140,16 @@ def closed_loop(
             running at the cap counts as a failure).
         make_env: builds one env (default: the tabletop task).
         adapter: env observation -> frame dict (default: the observation is already one).
+        success_key: the `info` key holding success (default: "success", else "is_success").
+        action_spec: the policy's `ActionSpec` (names/low/high); checked against the env's
+            `action_space` before the first episode. None: not checked.
 
     Returns:
         The success rate with its per-episode outcomes.
 
     Raises:
-        VlaedgeError: the env breaks the protocol (no `info["success"]`, wrong reset return).
+        VlaedgeError: the env breaks the protocol (no success key in `info`, wrong reset return), or its
+            action space does not fit the policy's actions.
     """
     if make_env is None:
         from vlaedge.sim import TabletopEnv
@@ -143,10 +158,13 @@ def closed_loop(
             return TabletopEnv(image_size=image_size, max_steps=max_steps)
 
     adapt = adapter or (lambda o: o)
-    envs = [make_env() for _ in range(episodes)]
+    envs = [make_env() for _ in range(min(episodes, 1))]
+    if envs and action_spec is not None:  # before building the others and before any episode
+        check_action_space(getattr(envs[0], "action_space", None), action_spec)
+    envs += [make_env() for _ in range(episodes - len(envs))]
     obs = [adapt(_reset(env, seed + i)) for i, env in enumerate(envs)]
     done, success, lengths = [False] * episodes, [False] * episodes, [0] * episodes
-    steps = 0
+    steps, capped = 0, 0
     while not all(done):
         live = [i for i in range(episodes) if not done[i]]
         frames = {
@@ -162,14 +180,64 @@ def closed_loop(
                 raw, _, terminated, truncated, info = envs[i].step(chunks[row, k])
                 obs[i] = adapt(raw)
                 steps, lengths[i] = steps + 1, lengths[i] + 1
-                if not isinstance(info, dict) or "success" not in info:
-                    raise VlaedgeError(
-                        f"env: step() returned info without a 'success' key ({type(info).__name__})",
-                        "return info={'success': bool, ...} from the env's step()",
-                    )
-                success[i] = bool(info["success"])
-                done[i] = bool(terminated or truncated or lengths[i] >= max_steps)
-    return SuccessRate(sum(success), episodes, steps, success)
+                success[i] = _success(info, success_key)
+                ended = bool(terminated or truncated)
+                if lengths[i] >= max_steps and not success[i] and not terminated:
+                    capped += 1  # cut by our cap (or the env's own limit at the same step)
+                done[i] = ended or lengths[i] >= max_steps
+    return SuccessRate(sum(success), episodes, steps, success, capped)
+
+
+def _success(info, key: str | None) -> bool:
+    """The episode's success flag from a step's `info` (key `key`, else "success" or "is_success")."""
+    keys = (key,) if key else SUCCESS_KEYS
+    if isinstance(info, dict):
+        for k in keys:
+            if k in info:
+                return bool(np.asarray(info[k]).any())
+    found = sorted(map(str, info)) if isinstance(info, dict) else f"not a dict but {type(info).__name__}"
+    tried = " or ".join(repr(k) for k in keys)
+    raise VlaedgeError(
+        f"env: step() returned info without {tried} (info keys: {found})",
+        "set verify.success_key to the info key that says the task succeeded, or return "
+        "info={'success': bool, ...} from the env's step()",
+    )
+
+
+def check_action_space(space, action_spec) -> None:
+    """Refuses an env whose action space does not fit the policy's actions (shape and bounds).
+
+    `space` is a `gymnasium.spaces.Box` or anything with `shape`, `low`, `high`; None (an env without
+    `action_space`) is not checked.
+
+    Raises:
+        VlaedgeError: the dimension differs, or the policy's [low, high] leaves the space's bounds.
+    """
+    if space is None or not hasattr(space, "shape"):
+        return
+    low, high = np.asarray(action_spec.low, np.float64), np.asarray(action_spec.high, np.float64)
+    shape = tuple(int(d) for d in (space.shape or ()))
+    if shape != (low.size,):
+        raise VlaedgeError(
+            f"env: action space has shape {shape}, the policy's actions have shape ({low.size},) "
+            f"({', '.join(action_spec.names)})",
+            "use a policy with the env's action dimension, or wrap the env so its actions match the policy's",
+        )
+    env_low = np.broadcast_to(np.asarray(getattr(space, "low", -np.inf), np.float64), shape)
+    env_high = np.broadcast_to(np.asarray(getattr(space, "high", np.inf), np.float64), shape)
+    tol = 1e-6 * np.maximum(1.0, np.abs(np.concatenate([env_low, env_high])).max(initial=1.0))
+    outside = (low < env_low - tol) | (high > env_high + tol)
+    if outside.any():
+        raise VlaedgeError(
+            f"env: the policy's action bounds low={_fmt(low)} high={_fmt(high)} leave the env's action "
+            f"space low={_fmt(env_low)} high={_fmt(env_high)} (dims "
+            f"{', '.join(action_spec.names[i] for i in np.flatnonzero(outside))})",
+            "set the policy's action_spec low/high to the env's units, or wrap the env to rescale actions",
+        )
+
+
+def _fmt(values: np.ndarray) -> str:
+    return "[" + ", ".join(f"{v:g}" for v in values) + "]"
 
 
 def _reset(env, seed: int):
@@ -196,6 +264,7 @@ class ClosedLoopReport:
     candidate: SuccessRate
     min_episodes: int
     seed: int
+    max_steps: int | None = None  # the episode cap the rollouts ran under (None: not recorded)
 
     @property
     def status(self) -> str:
@@ -220,9 +289,25 @@ class ClosedLoopReport:
             f"closed loop ({self.env}, {self.candidate.episodes} episodes): reference {self.reference}, "
             f"candidate {self.candidate}, drop {self.drop:+.1%} (95% CI {lo:+.1%} to {hi:+.1%})"
         )
+        capped = self.max_steps_note()
+        if capped:
+            text += f"; {capped}"
+        if self.reference.rate < REFERENCE_FLOOR:
+            text += (f"; the reference succeeds in under {REFERENCE_FLOOR:.0%} of episodes, so a success "
+                     "drop says little (check the env, adapter and max_steps)")
         if self.status == "inconclusive":
             text += f"; inconclusive: fewer than min_episodes={self.min_episodes}"
         return text
+
+    def max_steps_note(self) -> str:
+        """'hit max_steps=N: reference a/n, candidate b/n episodes', or '' when no episode was cut."""
+        r, c = self.reference.hit_max_steps, self.candidate.hit_max_steps
+        if not (r or c):
+            return ""
+        cap = f"max_steps={self.max_steps}" if self.max_steps is not None else "max_steps"
+        return (f"hit {cap}: reference {r}/{self.reference.episodes}, candidate "
+                f"{c}/{self.candidate.episodes} episodes (counted as failures; raise verify.max_steps if "
+                "the env needs longer)")
 
     def to_dict(self) -> dict:
         both = sum(
@@ -233,6 +318,10 @@ class ClosedLoopReport:
             "status": self.status,
             "min_episodes": self.min_episodes,
             "seed": self.seed,
+            "max_steps": self.max_steps,
+            "hit_max_steps": {"reference": self.reference.hit_max_steps,
+                              "candidate": self.candidate.hit_max_steps},
+            "max_steps_note": self.max_steps_note(),
             "reference": self.reference.to_dict(),
             "candidate": self.candidate.to_dict(),
             "drop": self.drop,
@@ -250,6 +339,8 @@ def compare_closed_loop(
     seed: int = 10_000,
     env: str | None = None,
     adapter: str | None = None,
+    success_key: str | None = None,
+    action_spec: Any = None,
     **kwargs,
 ) -> ClosedLoopReport:
     """Runs reference and candidate for `episodes` episodes each on the same seeds.
@@ -262,6 +353,9 @@ def compare_closed_loop(
         seed: first episode seed.
         env: `package.module:make_env`, or None for the tabletop task.
         adapter: `package.module:adapter` for `env` observations (None: observations are frames).
+        success_key: the `info` key holding success (default: "success", else "is_success").
+        action_spec: the policy's `ActionSpec`, checked against the env's `action_space` before the first
+            episode; default: `reference.__self__.action_spec` when `reference` is a policy's bound `act`.
         **kwargs: `execute`, `image_size`, `max_steps` for `closed_loop`.
 
     Returns:
@@ -272,6 +366,10 @@ def compare_closed_loop(
     """
     make_env = load_callable(env, "verify.env") if env else None
     adapt = load_callable(adapter, "verify.env_adapter") if adapter else None
-    ref = closed_loop(reference, episodes, seed, make_env=make_env, adapter=adapt, **kwargs)
-    cand = closed_loop(candidate, episodes, seed, make_env=make_env, adapter=adapt, **kwargs)
-    return ClosedLoopReport(env or TABLETOP, ref, cand, min_episodes, seed)
+    if action_spec is None:
+        action_spec = getattr(getattr(reference, "__self__", None), "action_spec", None)
+    common = {"make_env": make_env, "adapter": adapt, "success_key": success_key, "action_spec": action_spec}
+    ref = closed_loop(reference, episodes, seed, **common, **kwargs)
+    cand = closed_loop(candidate, episodes, seed, **common, **kwargs)
+    max_steps = kwargs.get("max_steps", inspect.signature(closed_loop).parameters["max_steps"].default)
+    return ClosedLoopReport(env or TABLETOP, ref, cand, min_episodes, seed, max_steps)

@@ -223,8 +223,16 @@ def _closed_loop_checks(report: dict, b: Budgets) -> list[Check]:
         f"reference {ref['successes']}/{ref['episodes']}, candidate {cand['successes']}/{cand['episodes']} "
         f"(95% CI {lo:.1%}-{hi:.1%}) vs threshold {threshold:.1%}"
     )
-    if loop["status"] == "inconclusive":
+    floor = b.min_reference_success
+    capped = loop.get("max_steps_note") or ""
+    if cand["episodes"] < loop["min_episodes"]:
         status, why = "inconclusive", f"{cand['episodes']} episodes < min_episodes {loop['min_episodes']}"
+    elif ref["rate"] < floor:
+        status, why = "inconclusive", (
+            f"the reference succeeds in {ref['rate']:.0%}, below min_reference_success {floor:.0%}: a drop "
+            "from there says nothing; check the env, adapter and max_steps"
+            + (f"; {capped}" if capped else "")
+        )
     elif lo >= threshold:
         status, why = "pass", "candidate lower bound >= reference rate - max drop"
     elif hi < threshold:

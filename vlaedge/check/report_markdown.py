@@ -119,6 +119,8 @@ def _closed_loop_md(loop: dict | None) -> list[str]:
     ]
     if loop["status"] == "inconclusive":
         lines.append(f"- **inconclusive**: fewer than min_episodes={loop['min_episodes']} episodes")
+    if loop.get("max_steps_note"):
+        lines.append(f"- {loop['max_steps_note']}")
     return lines + [""]
 
 

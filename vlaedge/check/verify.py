@@ -146,6 +146,7 @@ def verify(
             config.env,
             config.env_adapter,
             execute=config.execute,
+            success_key=config.success_key,
             max_steps=config.max_steps,
         )
         log(loop.summary())

@@ -19,7 +19,7 @@ from typing import Literal
 
 from vlaedge.artifact import final_path
 
-LAYERNORM_REASON = "LayerNorm input (not quantized by default, see FACTS)"
+LAYERNORM_REASON = "LayerNorm input (not quantized by default: it wrecks a trained model's actions)"
 # Measured on the small reference VLA (ORT 1.31, 2 threads, batch 1): quantizing the attention-score
 # MatMuls too made the model slower (27.7 vs 25.5 ms median) and drift more (0.0042 vs 0.0038).
 ACTIVATION_MATMUL_REASON = "activation x activation (attention) not quantized: slower and less exact on CPU"
@@ -179,7 +179,7 @@ def _quantizers(m) -> dict[str, bool]:
 
 def _quantized_reason(name: str, quantizers: dict[str, bool], removed_skips: list[str], is_norm: bool) -> str:
     if is_norm:
-        return "LayerNorm input quantized (quantize_layernorm: true; FACTS: this destroyed accuracy)"
+        return "LayerNorm input quantized (quantize_layernorm: true; measured: this destroyed accuracy)"
     names = [f"{name}.{q}" for q in quantizers]
     hit = [p for p in removed_skips if any(fnmatchcase(n, p) for n in names)]
     if hit:
