@@ -50,6 +50,7 @@ class Inputs:
     evaluation: EpisodeDataset
     data_path: Path
     binding: DataBinding | None = None  # which dataset feature feeds which input (printed, in the manifest)
+    recipe: Recipe | None = None  # the recipe fitted to the policy (`fit_recipe`): what the stages run
 
 
 @dataclass
@@ -85,7 +86,45 @@ def load_inputs(checkpoint: Path | None, data: Path | None, allow_pickle: bool =
         if recipe.prune:
             needs["prune.num_frames"] = recipe.prune.num_frames
         check_counts(dataset, calibration, needs)
-    return Inputs(policy, checkpoint, dataset, calibration, evaluation, data, binding)
+        recipe = fit_recipe(recipe, policy)
+    return Inputs(policy, checkpoint, dataset, calibration, evaluation, data, binding, recipe)
+
+
+def fit_recipe(recipe: Recipe, policy: Policy) -> Recipe:
+    """The recipe checked against the policy before any stage runs, with `quantize.keep_action_head`
+    resolved into `quantize.keep` (the adapter's declared action head, else its last layer with weights).
+
+    Raises:
+        VlaedgeError: a `quantize.keep` pattern that matches no module of the policy, or a per-dimension
+            budget naming an action dimension the policy does not have.
+    """
+    from vlaedge.compress.quant_report import unmatched_patterns
+
+    q = recipe.quantize
+    if q is not None:
+        names = [n for n, _ in policy.module.named_modules() if n]
+        missing = unmatched_patterns(names, list(q.keep))
+        if missing:
+            top = ", ".join(n for n, _ in policy.module.named_children())
+            raise VlaedgeError(f"quantize.keep: pattern(s) {', '.join(repr(p) for p in missing)} match no "
+                               f"module of {policy.name} (top-level modules: {top[:200]})",
+                               "patterns are fnmatch on module names (e.g. 'vision.*'); to keep the action "
+                               "head on any policy use quantize.keep_action_head: true")
+        if q.keep_action_head:
+            head, _ = policy.action_head_modules()
+            recipe = recipe.model_copy(update={"quantize": q.model_copy(
+                update={"keep": list(q.keep) + [p for p in head if p not in q.keep]})})
+    b = recipe.budgets
+    if b is not None:
+        dims = policy.action_spec.names
+        for key in ("max_drift_per_dim_pct", "max_drift_per_dim_p99_pct"):
+            unknown = [name for name in getattr(b, key) if name not in dims]
+            if unknown:
+                raise VlaedgeError(f"budgets: {key} names dimension(s) {', '.join(map(repr, unknown))}; "
+                                   f"{policy.name}'s action dims are {', '.join(dims)}",
+                                   "use the policy's action dimension names, or max_drift_continuous_p99_pct "
+                                   "for every motion dim whatever its name")
+    return recipe
 
 
 def calibration_feeds(policy: Policy, calibration: EpisodeDataset, n: int, seed: int = 0) -> list[dict]:
@@ -135,12 +174,13 @@ def compress(recipe: Recipe, out: str | Path, checkpoint: Path | None = None, da
     data = Path(data) if data else default_dataset()
     with OutputDir(out, force, protect=(checkpoint, data)) as od:
         inputs = load_inputs(checkpoint, data, allow_pickle, recipe=recipe, trust_code=trust_code)
+        given, recipe = recipe, inputs.recipe
         for line in inputs.binding.lines():
             log(line)
         od.record_input("checkpoint", inputs.checkpoint)
         od.record_input("data", inputs.data_path)
         od.manifest["data"] = inputs.binding.to_dict()
-        od.manifest.update(recipe=recipe.model_dump(mode="json"), target=target.name, versions=_versions(),
+        od.manifest.update(recipe=given.model_dump(mode="json"), target=target.name, versions=_versions(),
                            consent={"trust_code": trust_code, "allow_pickle": allow_pickle},
                            split={"calibration_episodes": inputs.calibration.episode_indices,
                                   "evaluation_episodes": inputs.evaluation.episode_indices,

@@ -65,7 +65,11 @@ class QuantizeConfig(Section):
         "minmax on the cpu target (vlaedge.targets)")
     num_calib_frames: int = Field(256, ge=1, description="calibration frames from the calibration split")
     keep: list[str] = Field(
-        [], description='module name patterns kept in higher precision, e.g. "action_head*"')
+        [], description='module name patterns (fnmatch) kept in higher precision, e.g. "vision.stem*"; '
+        "checked against the policy before any stage runs")
+    keep_action_head: bool = Field(
+        False, description="keep the policy's action head in higher precision: the modules its adapter "
+        "declares (the python spec's `action_head`), else the last layer with weights in forward")
     quantize_layernorm: bool = Field(
         False, description="true quantizes LayerNorm inputs (ModelOpt's default; wrecks trained models)")
     per_channel: bool = Field(True, description="per-output-channel weight scales")
@@ -151,6 +155,9 @@ class Budgets(Section):
     max_drift_mean_pct: float | None = Field(
         None, gt=0, description="mean abs action error, % of action range")
     max_drift_p99_pct: float | None = Field(None, gt=0, description="p99 abs action error, % of action range")
+    max_drift_continuous_p99_pct: float | None = Field(
+        None, gt=0, description="worst p99 abs error over the continuous (non-gripper) dims, % of range: "
+        "any policy's motion dims, whatever their names (the gripper is budgeted as a flip rate)")
     max_drift_per_dim_pct: dict[str, float] = Field(
         {}, description="action dim name -> max mean error, % of range")
     max_drift_per_dim_p99_pct: dict[str, float] = Field(

@@ -276,9 +276,9 @@ def open_loop_drift(
             )
         refs.append(policy.decode(ref_out))
         cands.append(policy.decode({k: cand_out[k] for k in ref_out}))
-        if "action_logits" in ref_out:
-            ref_logits.append(ref_out["action_logits"])
-            cand_logits.append(cand_out["action_logits"])
+        if policy.logits_output:  # token agreement for every tokens head, whatever its output's name
+            ref_logits.append(ref_out[policy.logits_output])
+            cand_logits.append(cand_out[policy.logits_output])
     ref, cand = np.concatenate(refs), np.concatenate(cands)
     report = action_drift(
         ref,

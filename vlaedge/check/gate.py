@@ -163,6 +163,18 @@ def _drift_checks(report: dict, b: Budgets) -> list[Check]:
                 bad = [d["name"] for d in drift["per_dim"] if d[field] > allowed]
                 detail += f"; over budget: {', '.join(bad) or 'overall only'}"
             checks.append(_limit(key, drift[field], allowed, "<=", unit, detail))
+    if b.max_drift_continuous_p99_pct is not None:
+        drift = _need(report, "drift", "max_drift_continuous_p99_pct")
+        grippers = set((report.get("policy") or {}).get("gripper_dims") or [])
+        motion = [d for k, d in enumerate(drift["per_dim"]) if k not in grippers]
+        if not motion:
+            checks.append(Check("max_drift_continuous_p99_pct", "skipped", None,
+                                b.max_drift_continuous_p99_pct, "<=", "% of range", "every dim is a gripper"))
+        else:
+            worst = max(motion, key=lambda d: d["p99_pct"])
+            allowed = b.max_drift_continuous_p99_pct
+            checks.append(_limit("max_drift_continuous_p99_pct", worst["p99_pct"], allowed, "<=",
+                                 "% of range", f"worst dim {worst['name']}"))
     for key, field in (("max_drift_per_dim_pct", "mean_pct"), ("max_drift_per_dim_p99_pct", "p99_pct")):
         limits = getattr(b, key)
         if not limits:

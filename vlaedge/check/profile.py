@@ -374,8 +374,10 @@ def _value_range(name: str, dtype: str) -> tuple[float, float]:
 
 
 def synth_feeds(input_spec: Sequence[TensorSpec], seed: int = 0) -> dict[str, np.ndarray]:
-    """Batch-1 feeds: uint8 random, integer ids small valid values, floats standard normal (`noise`) or
-    uniform in the spec's range."""
+    """Batch-1 feeds for a bare ONNX file (no policy, so no declared `source`): uint8 random, integer ids
+    small valid values, floats uniform in the spec's range, except an input named `noise` (the name
+    vlaedge's exports give the flow noise), standard normal. With a policy, `Policy.example_inputs`
+    finds the noise by its `source` instead."""
     rng = np.random.default_rng(seed)
     feeds = {}
     for s in input_spec:

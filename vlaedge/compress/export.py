@@ -149,9 +149,9 @@ def check_against_torch(policy: Policy, model: Path, feeds: dict[str, np.ndarray
     ref_out, cand_out = policy.run_torch(feeds), candidate.infer(feeds)
     diff = np.abs(policy.decode(ref_out) - policy.decode(cand_out))
     agreement = None
-    if "action_logits" in ref_out:
-        agreement = float(np.mean(ref_out["action_logits"].argmax(-1)
-                                  == cand_out["action_logits"].argmax(-1)))
+    if policy.logits_output:
+        agreement = float(np.mean(ref_out[policy.logits_output].argmax(-1)
+                                  == cand_out[policy.logits_output].argmax(-1)))
     p99 = float(np.percentile(diff, 99))
     return ExportCheck(frames, float(diff.max()), float(diff.mean()), p99, agreement, tolerance,
                        quantized=precision is not None)

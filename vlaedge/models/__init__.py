@@ -6,7 +6,7 @@ from pathlib import Path
 
 from vlaedge.errors import VlaedgeError
 from vlaedge.models.base import ActionSpec, Policy, TensorSpec
-from vlaedge.models.checkpoint import read_config
+from vlaedge.models.checkpoint import CONFIG_FILE, SPEC_FILE, read_config
 
 FAMILIES = ("reference", "python")
 
@@ -17,8 +17,10 @@ def load_policy(checkpoint: str | Path, allow_pickle: bool = False, trust_code: 
     """Loads a policy from a checkpoint directory (config.json + model.safetensors).
 
     Args:
-        checkpoint: the directory. Its config.json has `"family": "reference"` (the built-in VLA)
-            or `"family": "python"` (any torch module via `package.module:factory`).
+        checkpoint: the directory. Its spec (config.json, or vlaedge.json beside a Hugging Face
+            config.json) has `"family": "reference"` (the built-in VLA) or `"family": "python"` (any
+            torch module via `package.module:factory` or `policy.py:factory`). Weights: model.safetensors
+            or sharded safetensors with model.safetensors.index.json (`vlaedge.models.checkpoint`).
         allow_pickle: also accept .pt/.pth weights. Unpickling runs code: only for files you trust.
         trust_code: allow a `python` checkpoint to import and call the factory its config.json names
             (as Hugging Face's `trust_remote_code`): that is running code the checkpoint chose.
@@ -36,6 +38,7 @@ def load_policy(checkpoint: str | Path, allow_pickle: bool = False, trust_code: 
     """
     checkpoint = Path(checkpoint)
     raw = read_config(checkpoint)
+    spec_name = SPEC_FILE if (checkpoint / SPEC_FILE).is_file() else CONFIG_FILE
     family = raw.get("family")
     if family == "reference":
         from vlaedge.models.reference import ReferencePolicy
@@ -44,12 +47,12 @@ def load_policy(checkpoint: str | Path, allow_pickle: bool = False, trust_code: 
     if family == "python":
         if not trust_code:
             raise VlaedgeError(
-                f"checkpoint: {checkpoint}/config.json asks to import and call factory "
+                f"checkpoint: {checkpoint}/{spec_name} asks to import and call factory "
                 f"{str(raw.get('factory'))[:120]!r}, which runs code from the checkpoint",
                 "pass --trust-code if you trust where this checkpoint comes from",
             )
         from vlaedge.models.python import PythonPolicy
 
         return PythonPolicy.from_checkpoint(checkpoint, raw, allow_pickle)
-    raise VlaedgeError(f"checkpoint: {checkpoint}/config.json has family {family!r}",
+    raise VlaedgeError(f"checkpoint: {checkpoint}/{spec_name} has family {family!r}",
                        f"set \"family\" to one of {', '.join(FAMILIES)}")

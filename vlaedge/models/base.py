@@ -121,17 +121,61 @@ class Policy(ABC):
     def save(self, path: str | Path) -> Path:
         """Writes the policy as a checkpoint directory that `load_policy` reads back."""
 
+    action_head: tuple[str, ...] = ()  # fnmatch patterns of the action head's module names (may be empty)
+
+    def action_head_modules(self) -> tuple[list[str], str]:
+        """The action head as module name patterns (fnmatch), and how they were found.
+
+        Declared by the adapter (`action_head`, e.g. the python spec's `"action_head": ["head*"]`), else
+        the last module with weights that runs in one batch-1 forward (the layer whose output is the
+        action, or the flow expert's last layer).
+
+        Returns:
+            (patterns, how): e.g. (["action_head*"], "declared by the policy").
+        """
+        if self.action_head:
+            return list(self.action_head), "declared by the policy"
+        import torch
+
+        order: list[str] = []
+        hooks = [m.register_forward_hook(lambda mod, args, out, n=name: order.append(n))
+                 for name, m in self.module.named_modules()
+                 if name and not list(m.children()) and any(True for _ in m.parameters(recurse=False))]
+        try:
+            with torch.inference_mode():
+                self.run_torch(self.example_inputs(1))
+        finally:
+            for h in hooks:
+                h.remove()
+        if not order:
+            from vlaedge.errors import VlaedgeError
+
+            raise VlaedgeError(f"policy: {self.name} runs no module with weights, so it has no action head",
+                               "set quantize.keep_action_head: false")
+        return [order[-1]], "not declared: the last layer with weights in forward (declare action_head)"
+
+    @property
+    def noise_inputs(self) -> tuple[str, ...]:
+        """Inputs with `source: noise` (the flow-matching start noise, standard normal, seeded)."""
+        return tuple(d.input for d in self.data_inputs() if d.source == "noise")
+
     @property
     def has_noise_input(self) -> bool:
-        return any(s.name == "noise" for s in self.input_spec)
+        return bool(self.noise_inputs)
+
+    @property
+    def logits_output(self) -> str | None:
+        """The output holding action-token logits [B, T, A, bins] (None for continuous heads)."""
+        return None
 
     def example_inputs(self, batch: int = 1, seed: int = 0) -> dict[str, np.ndarray]:
         """Random valid feeds for tracing, export and latency runs."""
         rng = np.random.default_rng(seed)
         feeds = {}
+        noise = self.noise_inputs
         for spec in self.input_spec:
             shape = spec.concrete_shape(batch)
-            if spec.name == "noise":
+            if spec.name in noise:
                 feeds[spec.name] = rng.standard_normal(shape).astype(np.float32)
             elif np.issubdtype(np.dtype(spec.dtype), np.integer):
                 feeds[spec.name] = rng.integers(spec.low, spec.high + 1, shape).astype(spec.dtype)

@@ -27,7 +27,6 @@ Hugging Face tokenizer.json or a SentencePiece .model in the checkpoint folder, 
 from __future__ import annotations
 
 import importlib
-import shutil
 from pathlib import Path
 from typing import Literal
 
@@ -36,7 +35,14 @@ from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
 from vlaedge.errors import VlaedgeError
 from vlaedge.models.base import ActionSpec, Policy, TensorSpec
-from vlaedge.models.checkpoint import check_state_dict, load_weights, write_checkpoint
+from vlaedge.models.checkpoint import (
+    CONFIG_FILE,
+    SPEC_FILE,
+    check_state_dict,
+    load_weights,
+    read_json,
+    write_checkpoint,
+)
 from vlaedge.models.preprocess import DataInput, frame_field, image_feed, vector_feed
 from vlaedge.models.tokenizer import PAD, FileTokenizer, WordTokenizer
 
@@ -102,8 +108,16 @@ class ActionsSpec(_Strict):
 
 class PythonPolicySpec(_Strict):
     family: Literal["python"] = "python"
-    factory: str  # "package.module:callable" returning an nn.Module
+    # "package.module:callable" (an installed module) or "policy.py:callable" (a file in the checkpoint
+    # folder, copied on save, as Hugging Face's trust_remote_code files) returning an nn.Module
+    factory: str
     factory_kwargs: dict = {}
+    # a JSON file in the checkpoint folder passed to the factory as its first argument (a dict), e.g. the
+    # config.json that save_pretrained wrote; the spec itself then lives in vlaedge.json beside it
+    factory_config: str | None = None
+    # module name patterns (fnmatch) of the action head, e.g. ["action_head*"]: what `quantize.keep:
+    # [action_head]` keeps in higher precision
+    action_head: list[str] = []
     inputs: list[InputSpec]
     outputs: list[str]
     actions: ActionsSpec
@@ -115,7 +129,8 @@ class PythonPolicy(Policy):
 
     def __init__(self, spec: PythonPolicySpec, module=None, root: Path | None = None):
         self.spec, self.root = spec, root
-        self.module = module if module is not None else _call_factory(spec)
+        self.module = module if module is not None else _call_factory(spec, root)
+        self.action_head = tuple(spec.action_head)
         self.name = spec.factory
         self.input_spec = tuple(TensorSpec(i.name, tuple(i.shape), i.dtype, i.low, i.high)
                                 for i in spec.inputs)
@@ -131,6 +146,11 @@ class PythonPolicy(Policy):
         return [DataInput(i.name, i.source, i.feature or default.get(i.source, "task"), i.layout, i.normalize,
                           i.stats.model_dump(exclude_none=True) if i.stats else None)
                 for i in self.spec.inputs]
+
+    @property
+    def logits_output(self) -> str | None:
+        a = self.spec.actions
+        return (a.output or self.output_names[0]) if a.decode == "tokens" else None
 
     def make_inputs(self, frames: dict, seed: int = 0) -> dict[str, np.ndarray]:
         """Frames -> feeds, each input from its (bound) dataset feature, preprocessed as its spec says
@@ -182,28 +202,44 @@ class PythonPolicy(Policy):
         return (low + unit * (high - low)).astype(np.float32).reshape(len(out), a.chunk, len(a.names))
 
     def save(self, path: str | Path) -> Path:
-        out = write_checkpoint(Path(path), self.spec.model_dump(exclude_none=True), self.module.state_dict())
+        """Writes the spec, model.safetensors and the files the spec names (factory file, factory config,
+        tokenizer) into `path`, atomically. A spec that came from vlaedge.json (beside a Hugging Face
+        config.json) is written back to vlaedge.json."""
+        needed = _local_files(self.spec)
+        files = {name: _in_folder(self.root, name, "file") for name in needed}
         if isinstance(self.tokenizer, FileTokenizer):
-            shutil.copyfile(self.tokenizer.path, out / self.spec.tokenizer.file)
-        return out
+            files[self.spec.tokenizer.file] = self.tokenizer.path
+        spec_file = SPEC_FILE if self.spec.factory_config == CONFIG_FILE else CONFIG_FILE
+        return write_checkpoint(Path(path), self.spec.model_dump(exclude_none=True), self.module.state_dict(),
+                                spec_file, files)
 
     @classmethod
     def from_checkpoint(cls, checkpoint: Path, raw: dict, allow_pickle: bool = False) -> PythonPolicy:
+        """The policy of a checkpoint directory whose spec is `raw`, with exactly the weights on disk.
+
+        Raises:
+            VlaedgeError: an invalid spec, a factory that cannot be imported or fails, no weights, or
+                weights that do not match the module (see `load_weights`, `check_state_dict`).
+        """
         try:
             spec = PythonPolicySpec.model_validate(raw)
         except ValidationError as e:
             err = e.errors()[0]
             where = ".".join(str(p) for p in err["loc"])
-            raise VlaedgeError(f"policy spec: {checkpoint}/config.json: {where}: {err['msg']}",
+            name = SPEC_FILE if (checkpoint / SPEC_FILE).is_file() else CONFIG_FILE
+            raise VlaedgeError(f"policy spec: {checkpoint}/{name}: {where}: {err['msg']}",
                                "see the PythonPolicy docstring in vlaedge/models/python.py for the "
                                "format") from e
         policy = cls(spec, root=checkpoint)
-        has_weights = checkpoint.is_dir() and any(
-            p.name == "model.safetensors" or p.suffix in (".pt", ".pth") for p in checkpoint.iterdir())
-        if has_weights:
-            check_state_dict(policy.module, load_weights(checkpoint, allow_pickle), checkpoint)
+        check_state_dict(policy.module, load_weights(checkpoint, allow_pickle), checkpoint)
         policy.module.eval()
         return policy
+
+
+def _local_files(spec: PythonPolicySpec) -> list[str]:
+    """The files of the checkpoint folder the spec itself needs (factory file, factory config)."""
+    module = spec.factory.partition(":")[0]
+    return [f for f in (module if module.endswith(".py") else None, spec.factory_config) if f]
 
 
 def _tokenizer(spec: PythonPolicySpec, root: Path | None) -> WordTokenizer | FileTokenizer | None:
@@ -225,20 +261,24 @@ def _tokenizer(spec: PythonPolicySpec, root: Path | None) -> WordTokenizer | Fil
                          t.add_special_tokens)
 
 
-def _call_factory(spec: PythonPolicySpec):
+def _call_factory(spec: PythonPolicySpec, root: Path | None):
     module_name, _, attr = spec.factory.partition(":")
     if not module_name or not attr:
         raise VlaedgeError(f"policy spec: factory {spec.factory!r} is not of the form "
-                           "'package.module:callable'", 'e.g. "factory": "my_robot.policy:build"')
+                           "'package.module:callable' or 'file.py:callable'",
+                           'e.g. "factory": "my_robot.policy:build" or "policy.py:build"')
     try:
-        factory = getattr(importlib.import_module(module_name), attr)
+        source = _import_file(root, module_name) if module_name.endswith(".py") else (
+            importlib.import_module(module_name))
+        factory = getattr(source, attr)
     except ImportError as e:
         raise VlaedgeError(f"policy spec: cannot import {module_name!r} ({e})",
                            "install the package that defines the policy, or add it to PYTHONPATH") from e
     except AttributeError as e:
         raise VlaedgeError(f"policy spec: {module_name!r} has no {attr!r}", "check the factory name") from e
+    args = [_factory_config(spec, root)] if spec.factory_config else []
     try:
-        module = factory(**spec.factory_kwargs)
+        module = factory(*args, **spec.factory_kwargs)
     except Exception as e:  # noqa: BLE001 (the user's code: any failure is the checkpoint's, named here)
         raise VlaedgeError(f"policy spec: factory {spec.factory} raised {type(e).__name__}: {str(e)[:200]}",
                            "check factory_kwargs in config.json against the factory's signature") from e
@@ -248,3 +288,39 @@ def _call_factory(spec: PythonPolicySpec):
         raise VlaedgeError(f"policy spec: factory {spec.factory} returned a {type(module).__name__}, "
                            "not a torch.nn.Module", "point factory at a function that builds the model")
     return module
+
+
+def _in_folder(root: Path | None, name: str, what: str) -> Path:
+    if root is None or Path(name).is_absolute() or ".." in Path(name).parts or not (root / name).is_file():
+        raise VlaedgeError(f"policy spec: {what} {name!r} must be a file in the checkpoint folder",
+                           f"ship it next to the spec{f' in {root}' if root else ''} and load the policy "
+                           "with load_policy(CHECKPOINT)")
+    return root / name
+
+
+def _import_file(root: Path | None, name: str):
+    """Imports `name` (a .py file in the checkpoint folder) as a module of its own, once per file."""
+    import hashlib
+    import importlib.util
+    import sys
+
+    path = _in_folder(root, name, "factory file").resolve()
+    key = "vlaedge_checkpoint_" + hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+    if key in sys.modules:
+        return sys.modules[key]
+    loader_spec = importlib.util.spec_from_file_location(key, path)
+    module = importlib.util.module_from_spec(loader_spec)
+    sys.modules[key] = module  # before exec: dataclasses and transformers look the module up
+    try:
+        loader_spec.loader.exec_module(module)
+    except Exception as e:  # noqa: BLE001 (the checkpoint's code)
+        del sys.modules[key]
+        if isinstance(e, ImportError):
+            raise
+        raise VlaedgeError(f"policy spec: importing {path} raised {type(e).__name__}: {str(e)[:200]}",
+                           "fix the factory file") from e
+    return module
+
+
+def _factory_config(spec: PythonPolicySpec, root: Path | None) -> dict:
+    return read_json(_in_folder(root, spec.factory_config, "factory_config"))

@@ -50,9 +50,19 @@ class ReferencePolicy(Policy):
             raise VlaedgeError(f"size: {size!r} is not a reference size", f"use one of {', '.join(SIZES)}")
         return cls(VLAConfig(head=head, **{**SIZES[size], **overrides}))
 
+    action_head = ("action_head*",)  # the output MLP (tokens, chunk) or the flow expert's velocity MLP
+
     def data_inputs(self) -> list[DataInput]:
         return [DataInput("image", "image", "image"), DataInput("instruction_ids", "instruction", "task"),
                 DataInput("state", "state", "observation.state")]
+
+    @property
+    def noise_inputs(self) -> tuple[str, ...]:
+        return ("noise",) if self.config.head == "flow" else ()
+
+    @property
+    def logits_output(self) -> str | None:
+        return "action_logits" if self.config.head == "tokens" else None
 
     def make_inputs(self, frames: dict, seed: int = 0) -> dict[str, np.ndarray]:
         image, text, state = (self.fed(name)[0] for name in ("image", "instruction_ids", "state"))

@@ -116,6 +116,7 @@ def _prepare(recipe, out: Path, checkpoint, data, search_frames: int, log, trust
     target = get_target(recipe.target)
     # the recipe's data.map and frame counts
     inputs = load_inputs(checkpoint, data, recipe=recipe, trust_code=trust_code)
+    recipe = inputs.recipe  # keep_action_head resolved; keep patterns and budget names checked
     config = recipe.verify or VerifyConfig()
     folder = out / "variants"
     folder.mkdir(parents=True, exist_ok=True)

@@ -66,8 +66,8 @@ class FrameSet:
         outs = [policy.run_torch(f) for f in self.feeds]
         self.names = list(outs[0])
         self.actions = np.concatenate([policy.decode(o) for o in outs])
-        tokens = "action_logits" in outs[0]
-        self.logits = np.concatenate([o["action_logits"] for o in outs]) if tokens else None
+        name = policy.logits_output
+        self.logits = np.concatenate([o[name] for o in outs]) if name else None
 
     def drift(self, runtime):
         from vlaedge.check.drift import action_drift, check_candidate_inputs
@@ -75,5 +75,6 @@ class FrameSet:
         check_candidate_inputs(self.policy, runtime)
         outs = [runtime.infer(f) for f in self.feeds]
         cand = np.concatenate([self.policy.decode({k: o[k] for k in self.names}) for o in outs])
-        logits = np.concatenate([o["action_logits"] for o in outs]) if self.logits is not None else None
+        name = self.policy.logits_output
+        logits = np.concatenate([o[name] for o in outs]) if name else None
         return action_drift(self.actions, cand, self.policy.action_spec, self.logits, logits)
