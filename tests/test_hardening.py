@@ -416,3 +416,16 @@ def test_out_of_range_options_are_usage_errors(args, tmp_path, capsys, monkeypat
     code, text = run_cli([a.format(t=tmp_path) for a in args], capsys, monkeypatch)
     assert code == 2 and "Traceback" not in text and "Invalid value" in text, text
     assert listing(tmp_path) == []
+
+
+@pytest.mark.parametrize("args, message", [
+    (["compress", "--checkpoint", "x"], "error: vlaedge compress: No such option: --checkpoint"),
+    (["nosuch"], "error: vlaedge: No such command 'nosuch'."),
+    (["gate"], "error: vlaedge gate: Missing argument 'report'."),
+    (["train", "--steps", "-5"], "error: vlaedge train: Invalid value for '--steps'"),
+])
+def test_usage_errors_are_one_line(args, message, capsys, monkeypatch):
+    code, out = run_cli(args, capsys, monkeypatch)
+    lines = out.strip().splitlines()
+    assert code == 2 and lines[0].startswith(message) and len(lines) == 2, out
+    assert lines[1].startswith("fix: 'vlaedge") and "╭" not in out

@@ -524,7 +524,15 @@ def main() -> None:
     global _debug
     _debug = os.environ.get("VLAEDGE_DEBUG", "") not in ("", "0")
     try:
-        app()  # usage errors exit 2 inside; Ctrl-C exits 130; success exits 0
+        code = app(standalone_mode=False)  # typer.Exit(n) returns n; --help returns 0
+    except typer.Abort:
+        sys.exit(130)  # Ctrl-C
+    except typer.TyperException as e:  # a usage error: one line and the fix, not a panel
+        command = e.ctx.command_path if getattr(e, "ctx", None) else "vlaedge"
+        message = e.format_message() if hasattr(e, "format_message") else str(e)
+        typer.secho(f"error: {command}: {message}", err=True, fg="red")
+        typer.echo(f"fix: '{command} --help' lists the arguments and options", err=True)
+        sys.exit(2)
     except Exception as e:  # noqa: BLE001 (the one error boundary: nothing else may print a traceback)
         if _debug:
             traceback.print_exc()
@@ -532,6 +540,7 @@ def main() -> None:
         for i, line in enumerate(lines):
             typer.secho(line, err=True, fg="red" if i == 0 else None)
         sys.exit(code)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":
