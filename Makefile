@@ -26,9 +26,10 @@ demo: setup
 test: setup test-deps
 	$(BIN)/pytest
 
-# System packages some tests use: openssh-server (tests/test_remote.py starts its own sshd on 127.0.0.1), and
-# gcc + binutils (tests/test_trt_api.py compiles stub libraries for the real TensorRT bindings, fetched here
-# once into .cache/trt-bindings). Installed only as root with apt-get; otherwise those tests skip with the reason.
+# System packages some tests use: openssh-server (tests/test_remote.py starts its own sshd on 127.0.0.1),
+# chromium (tests/test_report_browser.py opens report.html in headless Chromium), and gcc + binutils
+# (tests/test_trt_api.py compiles stub libraries for the real TensorRT bindings, fetched here once into
+# .cache/trt-bindings). Installed only as root with apt-get; otherwise those tests skip with the reason.
 test-deps:
 	@if command -v gcc >/dev/null 2>&1 && command -v readelf >/dev/null 2>&1; then :; \
 	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
@@ -47,6 +48,13 @@ test-deps:
 	  { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q --no-install-recommends openssh-server >/dev/null 2>&1; } || \
 	  echo "test-deps: could not install openssh-server: tests/test_remote.py will skip"; \
 	else echo "test-deps: not root or no apt-get: openssh-server not installed, tests/test_remote.py will skip"; fi
+	@if command -v chromium >/dev/null 2>&1 || [ -x /usr/bin/chromium ]; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	  export DEBIAN_FRONTEND=noninteractive; \
+	  apt-get install -y -q --no-install-recommends chromium >/dev/null 2>&1 || \
+	  { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q --no-install-recommends chromium >/dev/null 2>&1; } || \
+	  echo "test-deps: could not install chromium: tests/test_report_browser.py will skip"; \
+	else echo "test-deps: not root or no apt-get: chromium not installed, tests/test_report_browser.py will skip"; fi
 
 # On a Jetson (JetPack 6.x): a venv that keeps JetPack's CUDA torch (NVIDIA's wheel) and TensorRT (apt's
 # python3-libnvinfer), seen through --system-site-packages. pip gets torch pinned to the installed version

@@ -43,11 +43,23 @@ LLM = {  # layers, width, heads, kv heads, head dim, gated FFN, vocab (benchmark
 }  # fmt: skip
 SOURCES = ("estimate_fusion.py", "estimate_shapes.py")  # a change to these invalidates the cache
 CONTEXT_UNSTATED = 512  # KV length where a decode source gives no prompt/generation length (assumed)
+# Host dispatch cost of one PyTorch-eager op (Python + ATen dispatch + kernel launch), microseconds: the
+# floor of every kernel of a stage a row ran in PyTorch. Fitted by --fit on the calib rows with a PyTorch
+# stage (gr00t16-orin-trt), on Orin's Cortex-A78AE. It is per kernel of the shape-only graph, so it also
+# carries the torch ops that graph does not show (RoPE, RMSNorm pieces, casts, copies).
+TORCH_OP_US = 220.0
+# Single-core CPU speed relative to Orin's A78AE, dividing TORCH_OP_US (Python dispatch is single-threaded):
+# DRIVE Thor-X 630 KDMIPS / 14 cores vs DRIVE Orin-X 240 KDMIPS / 12 cores = 2.25x per core
+# (https://boardor.com/blog/comparison-analysis-of-nvidia-orin-x-thor-x-and-thor-x-super, a third-party table
+# of the DRIVE parts, Neoverse V2 there vs V3AE in Jetson Thor: UNCERTAIN). Not fitted (no Thor calib row).
+HOST_SPEED = {"orin": 1.0, "thor": 2.25}
 
 
-def siglip(views: int, prec: str) -> tuple:
-    """SigLIP So400m/14 at 224: 256 tokens per view, views batched as one sequence (joint attention)."""
-    return ("vit", Blocks(27, 1152, 16, 16, 72, 4304, False, 256 * views, 256 * views, prec), views)
+def siglip(views: int, prec: str, side: int = 224) -> tuple:
+    """SigLIP So400m/14 (SigLIP2 in GR00T) at `side` px: (side / 14)^2 tokens per view, views batched as one
+    sequence (joint attention)."""
+    n = (side // 14) ** 2 * views
+    return ("vit", Blocks(27, 1152, 16, 16, 72, 4304, False, n, n, prec), views, side)
 
 
 def pi0(views: int, prec: str, ffn: str | None = None, chunk: int = 10, prompt: int = 10, steps: int = 10):
@@ -62,17 +74,33 @@ def pi0(views: int, prec: str, ffn: str | None = None, chunk: int = 10, prompt: 
     ]
 
 
-def gr00t(views: int, prec: str, horizon: int = 16, steps: int = 4, text: int = 32):
-    """GR00T N1.6: SigLIP-shaped vision (64 tokens per view after Eagle's pixel shuffle: ASSUMED), Qwen3
-    (1.7B shape) cut at 16 layers, 32-layer DiT (1536 wide, 32 x 48 heads) on horizon + 1 state tokens,
-    every other layer cross-attending to the VL tokens; 4 denoising steps."""
-    vl, a = 64 * views + text, horizon + 1
+def gr00t(views: int, prec: str, horizon: int = 16, steps: int = 4, torch_backbone: bool = False,
+          torch_dit: bool = False):
+    """GR00T N1.6-3B as FlashRT's N1.6 port documents it (docs/groot_n16_thor_sm110.md, section 1): SigLIP2
+    27 layers at 252 px (18 x 18 = 324 patches per view, views packed into one sequence); mlp1 (pixel
+    unshuffle 2x2 -> 81 tokens per view, LN, 4608 -> 2048 -> 2048); Qwen3 cut at 16 layers (2048 wide, 16 q /
+    8 kv heads x 128) on 81 per view + 46 text tokens (208 for 2 views); AlternateVLDiT 32 layers (1536
+    wide, 32 x 48 heads, FF 6144) on horizon + 1 tokens, every other layer cross-attending to the VL tokens;
+    4 denoising steps. `torch_backbone`: the backbone runs in PyTorch eager (the official GR00T README and
+    the alfie fork say so), priced by `eager` rather than as a TensorRT engine; `torch_dit`: the DiT too."""
+    vl, a = 81 * views + 46, horizon + 1
+    run = eager if torch_backbone else (lambda spec: spec)
+    dit = eager if torch_dit else (lambda spec: spec)
+    proj = Blocks(0, 4608, 1, 1, 1, 1, False, 81 * views, 81 * views)
     return [
-        ("vision", siglip(views, prec), 1),
-        ("LLM 16 layers", ("x", Blocks(16, 2048, 16, 8, 128, 6144, True, vl, vl, prec)), 1),
-        ("DiT self-attn", ("x", Blocks(16, 1536, 32, 32, 48, 6144, False, a, a, prec)), steps),
-        ("DiT cross-attn", ("x", Blocks(16, 1536, 32, 32, 48, 6144, False, a, a + vl, prec)), steps),
+        ("vision", run(siglip(views, prec, 252)), 1),
+        ("mlp1", run(("x", proj, 2048, prec)), 1),
+        ("mlp1 out", run(("x", replace(proj, d=2048), 2048, prec)), 1),
+        ("LLM 16 layers", run(("x", Blocks(16, 2048, 16, 8, 128, 6144, True, vl, vl, prec))), 1),
+        ("DiT self-attn", dit(("x", Blocks(16, 1536, 32, 32, 48, 6144, False, a, a, prec))), steps),
+        ("DiT cross-attn", dit(("x", Blocks(16, 1536, 32, 32, 48, 6144, False, a, a + vl, prec))), steps),
     ]
+
+
+def eager(spec: tuple) -> tuple:
+    """A stage that runs in PyTorch eager, not TensorRT: one kernel per torch op (no epilogue fusion,
+    `estimate_fusion.fuse(epilogues=False)`), each paying at least the host dispatch cost TORCH_OP_US."""
+    return ("torch", spec)
 
 
 def decode(model: str, prec: str, context: int, head: str = "fp16", steps: int = 1):
@@ -119,15 +147,26 @@ def stages(row: dict) -> tuple[list, str] | None:
             [("LLM 12 layers", ("x", Blocks(12, 2048, 16, 8, 128, 6144, True, 96, 96)), 1)],
             "Qwen3-1.7B shape, 64 image + 32 text tokens (assumed)",
         ),
-        "flashrt-thor-gr00t16-siglip": ([("SigLIP", siglip(2, "fp8"), 1)], "fp8 assumed (FlashRT Thor path)"),
+        "flashrt-thor-gr00t16-siglip": ([("SigLIP", siglip(2, "fp8", 252), 1)],
+                                        "fp8 assumed (FlashRT Thor path); 2 x 324 tokens at 252 px"),
         "flashrt-thor-gr00t16-qwen3": (
-            [("Qwen3 16 layers", ("x", Blocks(16, 2048, 16, 8, 128, 6144, True, 160, 160, "fp8")), 1)],
-            "2 x 64 + 32 tokens (assumed)",
+            [("Qwen3 16 layers", ("x", Blocks(16, 2048, 16, 8, 128, 6144, True, 208, 208, "fp8")), 1)],
+            "2 x 81 + 46 = 208 tokens (FlashRT N1.6 doc)",
         ),
-        "gr00t16-orin-trt": (gr00t(1, "fp16"), "backbone ran in PyTorch (the estimate assumes TensorRT)"),
-        "gr00t16-thor-trt": (gr00t(1, "fp16"), "backbone ran in PyTorch (the estimate assumes TensorRT)"),
-        "alfie-agxorin-gr00t16-trtfp16dit": (gr00t(1, "fp16"), "PyTorch backbone; 1 view assumed"),
-        "flashrt-thor-gr00t16-t16": (gr00t(2, "fp8"), ""),
+        "gr00t16-orin-trt": (gr00t(1, "fp16", torch_backbone=True),
+                             "backbone PyTorch eager (as published), DiT TensorRT; 1 view; host data "
+                             "processing (6 ms published) not modelled"),
+        "gr00t16-thor-trt": (gr00t(1, "fp16", torch_backbone=True),
+                             "backbone PyTorch eager (as published), DiT TensorRT; 1 view; host data "
+                             "processing (5 ms published) not modelled"),
+        "alfie-agxorin-gr00t16-trtfp16dit": (gr00t(1, "fp16", torch_backbone=True),
+                                             "backbone PyTorch eager (as published), DiT TensorRT fp16; "
+                                             "1 view assumed (camera count not stated)"),
+        "flashrt-thor-gr00t16-t16": (gr00t(2, "fp8"), "2 views at 252 px, T=16"),
+        "gr00t16-orin-eager": (gr00t(1, "fp16", torch_backbone=True, torch_dit=True), "all PyTorch; 1 view"),
+        "gr00t16-thor-eager": (gr00t(1, "fp16", torch_backbone=True, torch_dit=True), "all PyTorch; 1 view"),
+        "alfie-agxorin-gr00t16-bf16-eager": (gr00t(1, "fp16", torch_backbone=True, torch_dit=True),
+                                             "all PyTorch eager; 1 view assumed"),
         "flashrt-agxorin-pi05-bf16": (pi0(2, "fp16"), "2 views, 522-token prefix, 10 actions"),
         "flashrt-agxorin-pi05-int8": (pi0(2, "int8"), "2 views, 522-token prefix, 10 actions"),
         "apxinf-agxorin-pi05-bf16": (pi0(2, "fp16"), "2 views, 10 actions"),
@@ -175,7 +214,7 @@ def _graph(spec: tuple):
             Blocks(24, 1024, 16, 16, 64, 4096, False, spec[1], spec[1], "int8", post_norm=True)
         )
     if kind == "vit":
-        return transformer(spec[1], patch=(spec[2], 224, 14))
+        return transformer(spec[1], patch=(spec[2], spec[3] if len(spec) > 3 else 224, 14))
     if kind == "decode":
         layers, d, heads, kvh, hd, mlp, vocab = LLM[spec[1]]
         return decode_step(layers, d, heads, kvh, hd, mlp, vocab, spec[3], spec[2], spec[4])
@@ -190,6 +229,7 @@ def _graph(spec: tuple):
 def kernels(spec: tuple) -> list[Kernel]:
     """The fused kernels of a stage, cached as JSON under .cache/estimate_published."""
     code = "".join((ROOT.parent / "vlaedge" / "deploy" / f).read_text() for f in SOURCES)
+    code += "".join((ROOT / f).read_text() for f in ("estimate_graphs.py", "estimate_cnns.py"))
     key = f"{spec!r} tile {TILE} code {hashlib.sha1(code.encode()).hexdigest()[:12]}"
     path = CACHE / (hashlib.sha1(key.encode()).hexdigest()[:16] + ".json")
     if path.exists():
@@ -199,8 +239,9 @@ def kernels(spec: tuple) -> list[Kernel]:
                 Kernel(n, kind, p, flops=f, tile_flops=t, other_flops=o, bytes=b)
                 for n, kind, p, f, t, o, b in cached["k"]
             ]
-    model, _ = load_model(_graph(spec), 1, {}, False)
-    ks = fuse(Graph(model), "fp16")
+    torch_eager = spec[0] == "torch"
+    model, _ = load_model(_graph(spec[1] if torch_eager else spec), 1, {}, False)
+    ks = fuse(Graph(model), "fp16", epilogues=not torch_eager)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(
         json.dumps(
@@ -230,26 +271,37 @@ def load_rows() -> list[dict]:
         built = stages(row)
         row["published"] = float(row["latency_ms"])
         row["target"] = target_of(row)
-        row["stages"] = [(label, kernels(spec), n) for label, spec, n in built[0]] if built else None
+        row["stages"] = (
+            [(label, kernels(spec), n, spec[0] == "torch") for label, spec, n in built[0]] if built else None
+        )
         row["assumed"] = built[1] if built else "config not resolved (benchmarks/published/README.md)"
         rows.append(row)
     return rows
 
 
-def predict(row: dict, eff: dict[str, Efficiency]) -> tuple[float, list[str]]:
+def predict(row: dict, eff: dict[str, Efficiency], torch_op_us: float | None = None) -> tuple[float, list]:
+    """The row's estimate: TensorRT stages priced by `price` plus one fixed cost each (one engine enqueue);
+    PyTorch-eager stages priced on their unfused kernels, the host dispatch cost as per-kernel floor."""
     target = TARGETS[row["target"]]
-    e = eff["thor" if target.gpu_arch == "Blackwell" else "orin"]
-    parts = [(label, n * sum(k.ms for k in price(ks, target, e))) for label, ks, n in row["stages"]]
-    total = e.fixed_ms * len(parts) + sum(ms for _, ms in parts)  # one enqueue per stage (engine)
-    return total, [f"{label} {ms:.2f} ms" for label, ms in parts]
+    family = "thor" if target.gpu_arch == "Blackwell" else "orin"
+    e = eff[family]
+    op_us = TORCH_OP_US if torch_op_us is None else torch_op_us
+    host = replace(e, kernel_floor_us=op_us / HOST_SPEED[family])
+    parts = [
+        (label, n * sum(k.ms for k in price(ks, target, host if torch_eager else e)), torch_eager)
+        for label, ks, n, torch_eager in row["stages"]
+    ]
+    total = sum(ms + (0.0 if torch_eager else e.fixed_ms) for _, ms, torch_eager in parts)
+    return total, [f"{label} {ms:.2f} ms{' (PyTorch)' if t else ''}" for label, ms, t in parts]
 
 
 def log_err(est: float, pub: float) -> float:
     return abs(math.log(est / pub))
 
 
-def fit(rows: list[dict]) -> dict[str, Efficiency]:
-    """Coordinate descent on the sum of |log(estimate / published)| over the calib rows only."""
+def fit(rows: list[dict]) -> tuple[dict[str, Efficiency], float]:
+    """Coordinate descent on the sum of |log(estimate / published)| over the calib rows only; returns the
+    efficiencies per family and the PyTorch host dispatch cost (TORCH_OP_US)."""
     calib = [r for r in rows if r["split"] == "calib" and r["stages"]]
     start = {"fp16": 0.5, "int8": 0.5, "kernel_floor_us": 5.0, "fixed_ms": 0.1}  # fixed start: reproducible
     eff = {
@@ -265,8 +317,12 @@ def fit(rows: list[dict]) -> dict[str, Efficiency]:
         "fixed_ms": [x / 20 for x in range(0, 101)],
     }
 
-    def loss(candidate: dict[str, Efficiency]) -> float:
-        return sum(log_err(predict(r, candidate)[0], r["published"]) for r in calib)
+    torch_us = 30.0
+    torch_grid = [float(x) for x in range(0, 801, 5)]
+
+    def loss(candidate: dict[str, Efficiency], op_us: float | None = None) -> float:
+        op_us = torch_us if op_us is None else op_us
+        return sum(log_err(predict(r, candidate, op_us)[0], r["published"]) for r in calib)
 
     for _ in range(4):
         for family, name in (
@@ -290,8 +346,9 @@ def fit(rows: list[dict]) -> dict[str, Efficiency]:
                 if best is None or score < best[0]:
                     best = (score, cand)
             eff = best[1]
-    print(f"calib loss (sum |log error|, {len(calib)} rows): {loss(eff):.3f}")
-    return eff
+        torch_us = min(torch_grid, key=lambda us: loss(eff, us))
+    print(f"calib loss (sum |log error|, {len(calib)} rows): {loss(eff):.3f}; TORCH_OP_US = {torch_us:g}")
+    return eff, torch_us
 
 
 def summarize(rows: list[dict]) -> list[str]:
@@ -322,10 +379,13 @@ def summarize(rows: list[dict]) -> list[str]:
 def main() -> None:
     start, fit_flag = time.perf_counter(), " --fit" if "--fit" in sys.argv else ""
     rows = load_rows()
-    eff = (
+    eff, torch_us = (
         fit(rows)
         if "--fit" in sys.argv
-        else {"orin": TARGETS["agx-orin-64gb"].efficiency, "thor": TARGETS["agx-thor"].efficiency}
+        else (
+            {"orin": TARGETS["agx-orin-64gb"].efficiency, "thor": TARGETS["agx-thor"].efficiency},
+            TORCH_OP_US,
+        )
     )
     table = [
         "| id | split | kind | target | published ms | estimate ms | error | assumed | stages |",
@@ -338,7 +398,7 @@ def main() -> None:
                 f"- | - | {r['assumed']} | not modelled |"
             )
             continue
-        est, parts = predict(r, eff)
+        est, parts = predict(r, eff, torch_us)
         r["estimate"], r["error"] = est, est / r["published"] - 1
         table.append(
             f"| {r['id']} | {r['split']} | {r['model_kind']} | {r['target']} | {r['published']:g} | "
@@ -357,6 +417,7 @@ def main() -> None:
         f"Held-out rows not modelled (config not resolved): {', '.join(unbuilt) or 'none'}.",
     ]
     fitted = [f"- {fam}: {e}" for fam, e in eff.items()]
+    fitted.append(f"- PyTorch eager host cost per op (TORCH_OP_US): {torch_us:g} us")
     text = "\n".join(
         [
             "# vlaedge estimate vs published Jetson / Thor latencies (batch 1)",

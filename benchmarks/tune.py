@@ -34,6 +34,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--name", default="default", help="names the results files")
     p.add_argument("--runs", type=int, default=300, help="timed runs per model and thread count")
     p.add_argument("--work", type=Path, default=ROOT / "runs" / "bench-tune", help="scratch directory")
+    p.add_argument("--trust-code", action="store_true", help="let a python checkpoint's factory run")
     return p.parse_args(argv)
 
 
@@ -55,12 +56,12 @@ def ort_defaults(fp32: Path, out: Path, calib: list[dict]) -> dict[str, Path]:
     return {"quantize_dynamic (ORT defaults)": dyn, "quantize_static (ORT defaults)": sta}
 
 
-def compressed(recipe: Path, out: Path, checkpoint) -> Path:
+def compressed(recipe: Path, out: Path, checkpoint, trust_code: bool = False) -> Path:
     from vlaedge.pipeline import compress
     from vlaedge.recipe import load_recipe
 
     r = load_recipe(recipe).model_copy(update={"verify": None, "budgets": None})
-    compress(r, out, checkpoint, force=True, log=lambda _: None)
+    compress(r, out, checkpoint, force=True, log=lambda _: None, trust_code=trust_code)
     return out / "model.onnx"
 
 
@@ -78,19 +79,21 @@ def main(argv=None) -> int:
     work.mkdir(parents=True, exist_ok=True)
     start = time.monotonic()
     tuned = tune(load_recipe(RECIPES / "cpu-int8.yaml"), work / "tune", args.checkpoint, max_minutes=5,
-                 recipe_name="cpu-int8", log=print)
+                 recipe_name="cpu-int8", log=print, trust_code=args.trust_code)
     tune_s = time.monotonic() - start
-    inputs = load_inputs(args.checkpoint, None)
+    inputs = load_inputs(args.checkpoint, None, trust_code=args.trust_code)
     models = {"FP32 ONNX": work / "tune" / "variants" / "fp32.onnx"}
     calib = calibration_feeds(inputs.policy, inputs.calibration, 256)
     models.update(ort_defaults(models["FP32 ONNX"], work, calib))
-    models["vlaedge cpu-int8"] = compressed(RECIPES / "cpu-int8.yaml", work / "cpu-int8", args.checkpoint)
+    trust = args.trust_code
+    models["vlaedge cpu-int8"] = compressed(RECIPES / "cpu-int8.yaml", work / "cpu-int8", args.checkpoint,
+                                            trust)
     models["vlaedge cpu-pruned-int8"] = compressed(RECIPES / "cpu-pruned-int8.yaml", work / "cpu-pruned-int8",
-                                                   args.checkpoint)
+                                                   args.checkpoint, trust)
     pick = tuned.chosen["name"] if tuned.chosen else None
     if pick and pick != "fp32":
         models[f"tuner pick ({pick})"] = compressed(work / "tune" / "recipe.yaml", work / "picked",
-                                                    args.checkpoint)
+                                                    args.checkpoint, trust)
     frames = sample_frames(inputs.evaluation, min(512, inputs.evaluation.num_frames), 0)
     rows = {}
     for label, path in models.items():

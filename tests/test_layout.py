@@ -20,7 +20,7 @@ LAYERS = (
     {"compress", "check", "deploy"},  # the stage wings: never import one another
     {"recipe", "targets", "defaults", "models", "runtimes", "data", "sim"},
     {"artifact", "info", "safe_yaml", "onnx_file"},
-    {"errors", ""},  # "" is vlaedge/__init__.py (the version)
+    {"errors", "progress", ""},  # "" is vlaedge/__init__.py (the version)
 )
 WINGS = LAYERS[3]
 

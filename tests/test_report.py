@@ -1,5 +1,6 @@
-"""Reports: the report.json schema, junit.xml validity and counts, report.md, report.html's inline SVG,
-and `vlaedge compress` writing them into its output directory (exit 1 on a violated budget)."""
+"""Reports: the report.json schema, junit.xml validity and counts, report.md, report.html's inline SVG
+plots (matplotlib), and `vlaedge compress` writing them into its output directory (exit 1 on a violated
+budget). tests/test_report_browser.py opens the pages in headless Chromium."""
 
 from __future__ import annotations
 
@@ -102,16 +103,17 @@ def test_markdown_is_a_step_summary_with_the_verdict_and_tables():
     from vlaedge.check.report import render_markdown
 
     md = render_markdown(report)
-    assert md.startswith("# vlaedge report: ❌ 1 budget(s) not met")
-    assert "| `max_drift_per_dim_pct[gripper]` | 3 | <= 1 % of range | ❌ fail |" in md
+    assert md.startswith("# vlaedge report: FAIL, 1 of 1 budget not met\n\ndrift mean 1% / p99 3% of range;")
+    assert "| `max_drift_per_dim_pct[gripper]` | 3 | <= 1 % of range | **FAIL** |" in md
     assert "| gripper | 3.000 | 3.000 | 3.000 |" in md and "## Latency (batch 1)" in md
-    ok = render_markdown(gated(make_report(), Budgets(max_drift_mean_pct=1)))
-    assert ok.startswith("# vlaedge report: ✅ all budgets met")
+    ok = render_markdown(gated(make_report(), Budgets(max_drift_mean_pct=1, max_latency_p99_ms=10)))
+    assert ok.startswith("# vlaedge report: PASS, 2 of 2 budgets met")
+    assert md.isascii() and ok.isascii(), "no emoji or other glyph that needs a font"
 
 
 def test_html_has_well_formed_inline_svg_plots_with_budget_lines():
     report = gated(
-        make_report(offset=(0.01, 0.0, 0.02)),
+        make_report(offset=(0.01, 0.0, 0.02), loop=(45, 40, 50, 20)),
         Budgets(max_drift_mean_pct=2, max_drift_p99_pct=3, max_latency_p99_ms=8),
     )
     report["traces"] = [
@@ -125,13 +127,22 @@ def test_html_has_well_formed_inline_svg_plots_with_budget_lines():
     from vlaedge.check.report_html import render_html
 
     page = render_html(report)
-    svgs = re.findall(r"<svg .*?</svg>", page, flags=re.S)
-    assert len(svgs) == 3 + 3  # drift bars, chunk-step errors, latency histogram, one trace plot per dim
-    for svg in svgs:
+    figures = dict(re.findall(r"<figure data-plot='([\w-]+)'>(<svg .*?</svg>)", page, flags=re.S))
+    assert list(figures) == ["drift", "chunk", "success", "latency", "trace-3"]
+    for svg in figures.values():
         ET.fromstring(svg)  # well-formed XML
-    assert "mean budget 2%" in svgs[0] and "p99 budget 3%" in svgs[0]
-    assert "budget 8.00 ms" in svgs[2] and "p99 5.00 ms" in svgs[2]
-    assert "pick &lt;the&gt; red block" in page and "<polyline" in svgs[3]
+    # matplotlib draws text as paths and keeps each string as a comment next to it
+    assert "<!-- mean budget 2% -->" in figures["drift"] and "<!-- p99 budget 3% -->" in figures["drift"]
+    assert "<!-- p99 budget 8 ms -->" in figures["latency"]
+    assert "<!-- candidate p99 5.00 ms -->" in figures["latency"]
+    assert "<!-- 45/50 -->" in figures["success"] and "<!-- gripper -->" in figures["trace-3"]
+    assert "pick &lt;the&gt; red block" in page
+    # the verdict in words and colour first, then the budgets table, then the sections
+    keys = ("verdict", "budgets", "drift", "closed-loop", "latency")
+    order = [page.index(f"data-section='{k}'") for k in keys]
+    assert order == sorted(order) and "<span class='word'>PASS</span>" in page
+    ids = re.findall(r'id="(f\d+p[0-9a-f]{10})"', page)
+    assert ids and len(ids) == len(set(ids)), "clip-path ids are unique on the page"
 
 
 def test_every_report_shows_the_fp32_baseline_and_calls_out_a_slower_candidate(tmp_path):
@@ -144,7 +155,7 @@ def test_every_report_shows_the_fp32_baseline_and_calls_out_a_slower_candidate(t
     write_reports(report, tmp_path)
     md = (tmp_path / "report.md").read_text()
     first = md.splitlines()[0]
-    assert "all budgets met" in first and "slower than FP32 (0.80x median)" in first
+    assert first.endswith("PASS, 1 of 1 budget met; WARNING: candidate slower than FP32 (0.80x median)")
     assert "## Against the FP32 reference ONNX" in md and "| median speedup | 0.800x |" in md
     assert "| file size | 0.250x |" in md and "other processes 40%" in md and "**warning**" in md
     page = (tmp_path / "report.html").read_text()

@@ -4,6 +4,7 @@ check inconclusive, 2 could not run. No traceback reaches the user without `--de
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import traceback
@@ -12,6 +13,7 @@ from typing import Annotated
 
 import typer
 
+from vlaedge import progress
 from vlaedge.errors import GateFailed, VlaedgeError, describe
 
 app = typer.Typer(
@@ -31,20 +33,47 @@ TrustCode = Annotated[bool, typer.Option(
     "--trust-code", help="Let a 'python' checkpoint import and call the factory its config.json names "
     "(that runs the checkpoint's code): only for checkpoints you trust.")]
 Seed = Annotated[int, typer.Option(help="Random seed.")]
+QuietOpt = Annotated[bool, typer.Option(
+    "--quiet", "-q", help="No progress bars and no progress lines; results and errors only.")]
+JsonOpt = Annotated[bool, typer.Option(
+    "--json", help="Print one JSON object (verdict, key figures, paths) on stdout; all else goes to stderr.")]
 
 
 def _echo(text: str) -> None:
     typer.echo(text)
 
 
+def _log(text: str) -> None:
+    """A progress line of a long command: dropped with --quiet."""
+    if not progress.quiet:
+        typer.echo(text)
+
+
+def _quiet(quiet: bool) -> None:
+    progress.quiet = progress.quiet or quiet
+
+
+@contextlib.contextmanager
+def _stdout_to_stderr(json_mode: bool):
+    """With --json, whatever the command prints (ours or a library's) goes to stderr, so stdout holds only
+    the JSON object printed after the block."""
+    if not json_mode:
+        yield
+        return
+    with contextlib.redirect_stdout(sys.stderr):
+        yield
+
+
 @app.callback()
 def _options(
     debug: Annotated[bool, typer.Option(
         "--debug", help="Show the traceback of an unexpected error (also: VLAEDGE_DEBUG=1).")] = False,
+    quiet: QuietOpt = False,
 ) -> None:
     """Compress, export, profile and gate Vision-Language-Action policies for NVIDIA Jetson."""
     global _debug
     _debug = _debug or debug
+    progress.quiet = quiet or os.environ.get("VLAEDGE_QUIET", "") not in ("", "0")
 
 
 @app.command()
@@ -196,17 +225,27 @@ def compress(
     overrides: SetOpt = None,
     allow_pickle: AllowPickle = False,
     trust_code: TrustCode = False,
+    quiet: QuietOpt = False,
+    json_mode: JsonOpt = False,
 ) -> None:
     """Prune, quantize and export a policy as the recipe says, into one output directory."""
     from vlaedge.pipeline import compress as run
 
-    result = run(_recipe(recipe, overrides), out, checkpoint, data, force, allow_pickle, log=_echo,
-                 trust_code=trust_code)
-    _echo(f"wrote {result.out} (manifest.json lists every file with its sha256)")
-    if result.gate is not None:
-        _echo(result.gate.summary())
-        if not result.gate:
-            raise GateFailed(result.gate.failure_line())
+    _quiet(quiet)
+    with _stdout_to_stderr(json_mode):
+        result = run(_recipe(recipe, overrides), out, checkpoint, data, force, allow_pickle, log=_log,
+                     trust_code=trust_code)
+        _echo(f"wrote {result.out} (manifest.json lists every file with its sha256)")
+        if result.gate is not None:
+            _echo(result.gate.summary())
+    if json_mode:
+        from vlaedge.check.report import load_report
+        from vlaedge.commands import json_summary
+
+        report = load_report(result.out) if (result.out / "report.json").is_file() else None
+        _echo(json_summary("compress", report, result.gate, result.out))
+    if result.gate is not None and not result.gate:
+        raise GateFailed(result.gate.failure_line())
 
 
 @app.command()
@@ -230,7 +269,7 @@ def tune(
         raise VlaedgeError(f"tune: --space {space!r} is not a variant space",
                            f"use one of {', '.join(SPACES)}")
     result = run(_recipe(recipe, overrides), out, checkpoint, data, max_minutes, space,
-                 recipe_name=str(recipe), log=_echo, trust_code=trust_code)
+                 recipe_name=str(recipe), log=_log, trust_code=trust_code)
     if not result:
         raise GateFailed(f"tune: {result.reason}")
 
@@ -250,7 +289,7 @@ def prune(
     from vlaedge.pipeline import compress as run
 
     r = _only_stage(recipe, overrides, "prune", "cpu-pruned-int8")
-    result = run(r, out, checkpoint, data, force, allow_pickle, log=_echo, trust_code=trust_code)
+    result = run(r, out, checkpoint, data, force, allow_pickle, log=_log, trust_code=trust_code)
     _echo(f"wrote {result.out}/pruned (load it like any checkpoint)")
 
 
@@ -269,7 +308,7 @@ def quantize(
     from vlaedge.pipeline import compress as run
 
     r = _only_stage(recipe, overrides, "quantize", "cpu-int8")
-    result = run(r, out, checkpoint, data, force, allow_pickle, log=_echo, trust_code=trust_code)
+    result = run(r, out, checkpoint, data, force, allow_pickle, log=_log, trust_code=trust_code)
     _echo(f"wrote {result.out}/model.onnx")
 
 
@@ -372,21 +411,27 @@ def verify(
     force: ForceOpt = False,
     allow_pickle: AllowPickle = False,
     trust_code: TrustCode = False,
+    quiet: QuietOpt = False,
+    json_mode: JsonOpt = False,
 ) -> None:
     """Reference vs candidate: open-loop drift, optional closed loop, latency; writes the reports to --out."""
-    from vlaedge.commands import run_verify
+    from vlaedge.commands import json_summary, run_verify
 
+    _quiet(quiet)
     settings = {"runtime": runtime, "eval_frames": frames, "closed_loop_episodes": episodes,
                 "min_episodes": min_episodes, "env": env, "env_adapter": env_adapter, "profile_runs": runs,
                 "threads": threads}
-    result = run_verify(model, checkpoint, data, out, recipe, budgets, settings, not no_profile, target,
-                        force, allow_pickle, log=_echo, trust_code=trust_code)
-    junit = ", junit.xml" if result.gate is not None else ""
-    _echo(f"wrote {out}/report.json, report.md, report.html{junit}")
-    if result.gate is not None:
-        _echo(result.gate.summary())
-        if not result.gate:
-            raise GateFailed(result.gate.failure_line())
+    with _stdout_to_stderr(json_mode):
+        result = run_verify(model, checkpoint, data, out, recipe, budgets, settings, not no_profile, target,
+                            force, allow_pickle, log=_log, trust_code=trust_code)
+        junit = ", junit.xml" if result.gate is not None else ""
+        _echo(f"wrote {out}/report.json, report.md, report.html{junit}")
+        if result.gate is not None:
+            _echo(result.gate.summary())
+    if json_mode:
+        _echo(json_summary("verify", result.report, result.gate, out))
+    if result.gate is not None and not result.gate:
+        raise GateFailed(result.gate.failure_line())
 
 
 @app.command()
@@ -432,14 +477,26 @@ def gate(
     out: Annotated[Path | None, typer.Option(
         "--out", "-o", help="Write report.json/md/html and junit.xml with the verdict here.")] = None,
     force: Annotated[bool, typer.Option("--force", help="Replace an existing --out folder.")] = False,
+    quiet: QuietOpt = False,
+    json_mode: JsonOpt = False,
 ) -> None:
     """Judge a report against budgets: exit 0 all met, 1 a budget violated, 2 could not run."""
-    from vlaedge.commands import run_gate
+    from vlaedge.commands import json_summary, run_gate
 
-    result = run_gate(report, budgets, checkpoint, target, profile_json, out, force)
-    _echo(result.summary())
-    if out:
-        _echo(f"wrote {out}/report.json, report.md, report.html, junit.xml")
+    _quiet(quiet)
+    with _stdout_to_stderr(json_mode):
+        result = run_gate(report, budgets, checkpoint, target, profile_json, out, force)
+        _echo(result.summary())
+        if out:
+            _echo(f"wrote {out}/report.json, report.md, report.html, junit.xml")
+    if json_mode:
+        from vlaedge.check.report import load_report
+        from vlaedge.commands import load_profile
+
+        judged = load_report(out if out else report)
+        if profile_json and not out:  # what the verdict judged: the report with the device's profile
+            judged["profile"] = load_profile(profile_json)
+        _echo(json_summary("gate", judged, result, out or Path(report)))
     if not result:
         raise GateFailed(result.failure_line())
 
@@ -484,7 +541,7 @@ def device_check(
     from vlaedge.device_check import REPORT_NAME
     from vlaedge.device_check import device_check as run
 
-    result = run(run_dir, frames, runs, warmup, builder, log=_echo, trust_code=trust_code)
+    result = run(run_dir, frames, runs, warmup, builder, log=_log, trust_code=trust_code)
     _echo(result.summary())
     _echo(f"wrote {run_dir / REPORT_NAME}")
 

@@ -226,3 +226,50 @@ def _policy_feeds(resolved, allow_pickle: bool, trust_code: bool = False):
     dataset = load_dataset(source)
     calibration, _ = split_as_recorded(dataset, (resolved.manifest or {}).get("split"))
     return policy, policy.make_inputs(calibration.frames([0])), dataset.fps
+
+
+def json_summary(command: str, report: dict | None, verdict, out: Path) -> str:
+    """The one JSON object `--json` prints on stdout for `compress`, `verify` and `gate`.
+
+    Args:
+        command: "compress", "verify" or "gate".
+        report: the report.json dict (None when the run measured nothing).
+        verdict: the `GateResult`, or None without budgets.
+        out: the output directory (or, for `gate` without --out, the report's path).
+
+    Returns:
+        JSON text of {command, verdict ("pass" | "fail" | "no budgets"), passed (bool or null), failed
+        (names of violated or inconclusive budgets), drift_mean_pct, drift_p99_pct (% of action range),
+        success_reference, success_candidate, success_drop (closed loop, fractions), latency_median_ms,
+        latency_p99_ms (the candidate), median_speedup, p99_speedup, size_ratio (against FP32), paths
+        {out, report_json, report_md, report_html, junit_xml, model}}; a figure not measured is null.
+    """
+    report = report or {}
+    gate = verdict.to_dict() if verdict is not None else None
+    drift, loop = report.get("drift") or {}, report.get("closed_loop") or {}
+    latency = ((report.get("profile") or {}).get("models") or [{}])[0].get("latency") or {}
+    base = report.get("baseline") or {}
+    folder = out if out.is_dir() or not out.suffix else out.parent
+    names = ("report.json", "report.md", "report.html", "junit.xml")
+    files = {name.replace(".", "_"): folder / name for name in names}
+    paths = {"out": str(folder)} | {k: str(p) if p.is_file() else None for k, p in files.items()}
+    paths["model"] = (report.get("candidate") or {}).get("model")
+    summary = {
+        "command": command,
+        "verdict": "no budgets" if gate is None else "pass" if gate["passed"] else "fail",
+        "passed": None if gate is None else gate["passed"],
+        "failed": [c["name"] for c in (gate or {}).get("checks", [])
+                   if c["status"] in ("fail", "inconclusive")],
+        "drift_mean_pct": drift.get("mean_pct"),
+        "drift_p99_pct": drift.get("p99_pct"),
+        "success_reference": (loop.get("reference") or {}).get("rate"),
+        "success_candidate": (loop.get("candidate") or {}).get("rate"),
+        "success_drop": loop.get("drop"),
+        "latency_median_ms": latency.get("median_ms"),
+        "latency_p99_ms": latency.get("p99_ms"),
+        "median_speedup": base.get("median_speedup"),
+        "p99_speedup": base.get("p99_speedup"),
+        "size_ratio": base.get("size_ratio"),
+        "paths": paths,
+    }
+    return json.dumps(summary, allow_nan=False)

@@ -71,8 +71,8 @@ def load_inputs(checkpoint: Path | None, data: Path | None, allow_pickle: bool =
     """Loads the policy (default: the embedded one) and the dataset (default: the calibration sample in
     the package), split by episode into calibration and evaluation halves, and checks them against each
     other and the recipe before any stage runs: the features the policy reads (with the recipe's
-    ``data.map``), their shapes, dims and statistics (`bind_data`), and the frames the recipe's stages need
-    (`check_counts`)."""
+    ``data.map``), their shapes, dims and statistics (`bind_data`), the frames the recipe's stages need
+    (`check_counts`), and a closed-loop env's action and observation spaces (`check_env`, no episode)."""
     checkpoint = Path(checkpoint) if checkpoint else default_checkpoint()
     data = Path(data) if data else default_dataset()
     policy = load_policy(checkpoint, allow_pickle, trust_code)
@@ -86,6 +86,11 @@ def load_inputs(checkpoint: Path | None, data: Path | None, allow_pickle: bool =
         if recipe.prune:
             needs["prune.num_frames"] = recipe.prune.num_frames
         check_counts(dataset, calibration, needs)
+        loop = recipe.verify
+        if loop is not None and loop.closed_loop_episodes and loop.env:
+            from vlaedge.check.closedloop import check_env
+
+            check_env(loop.env, loop.env_adapter, policy)
         recipe = fit_recipe(recipe, policy)
     return Inputs(policy, checkpoint, dataset, calibration, evaluation, data, binding, recipe)
 
@@ -407,7 +412,7 @@ def recorded_env(config: VerifyConfig, manifest: dict, log=print) -> VerifyConfi
         return config
     fields = VerifyConfig.model_fields
     update = {k: recorded[k] for k in ENV_SETTINGS
-              if k in recorded and getattr(config, k) == fields[k].default}
+              if recorded.get(k) is not None and getattr(config, k) == fields[k].default}
     log(f"verify: closed-loop env from the run's manifest: {recorded['env']}"
         + "".join(f", {k}={update[k]}" for k in ENV_SETTINGS[1:] if k in update))
     return VerifyConfig.model_validate({**config.model_dump(), **update})

@@ -134,10 +134,10 @@ _FP8 = _AMPERE | {"fp8"}
 # --- estimate efficiencies (fitted on benchmarks/published calibration rows; see Efficiency) ----------
 _FIT = "fitted by benchmarks/estimate_vs_published.py --fit on the 'calib' rows of benchmarks/published"
 ORIN_EFFICIENCY = Efficiency(
-    fp16=0.42, int8=0.58, fp8=None, fp4=None, memory=0.735, kernel_floor_us=3.5, fixed_ms=0.15,
+    fp16=0.42, int8=0.56, fp8=None, fp4=None, memory=0.74, kernel_floor_us=6.0, fixed_ms=0.1,
     source=f"{_FIT}: Orin rows (MLPerf v3.1 AGX Orin, Orin Nano LLM table, GR00T/FlashRT AGX Orin)")
 THOR_EFFICIENCY = Efficiency(
-    fp16=0.2, int8=0.2, fp8=0.2, fp4=0.2, memory=0.895, kernel_floor_us=3.5, fixed_ms=0.15,
+    fp16=0.32, int8=0.32, fp8=0.32, fp4=0.32, memory=0.89, kernel_floor_us=6.0, fixed_ms=0.1,
     source=f"{_FIT}: Thor rows (TensorRT Edge-LLM, FlashRT); one compute efficiency for every precision (no "
            "calibration row separates them); floor and fixed cost shared with Orin")
 X86_EFFICIENCY = replace(ORIN_EFFICIENCY, source="NOT fitted: no x86 row in benchmarks/published; the Orin "

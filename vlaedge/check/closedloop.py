@@ -6,10 +6,13 @@ The environment is the built-in tabletop task by default, or any Gymnasium-style
 "instruction": str}`). The env protocol is duck-typed, so gymnasium itself is not needed:
 `reset(seed=...) -> (obs, info)` and `step(action) -> (obs, reward, terminated, truncated, info)` with a
 boolean success flag in `info`: `info["success"]`, else `info["is_success"]` (Gymnasium robotics envs), or
-the key given as `success_key`. When the env has an `action_space` (a `gymnasium.spaces.Box` or anything
-with `shape`, `low`, `high`), it is checked against the policy's action spec before the first episode:
-same dimension, and the policy's [low, high] inside the space's bounds. Episodes that end at `max_steps`
-(not by the env) are counted (`SuccessRate.hit_max_steps`).
+the key given as `success_key`. Before the first episode the env's `action_space` and `observation_space`
+(gymnasium `Box` / `Dict` of `Box`, or duck-typed alike) are checked against the policy's action spec and
+inputs (`vlaedge.check.envspace.check_spaces`): action dimension and bounds; the adapter's frames from a
+sample observation (image uint8 [H, W, 3], state dims, keys present). `check_env` runs the same checks up
+front (`compress` does, before any stage). An env without language may omit `instruction` (fed as "").
+Episodes that end at `max_steps` (not by the env) are counted (`SuccessRate.hit_max_steps`). Envs are
+closed after their episodes.
 
 Success rates come with Wilson 95% intervals; the reference-minus-candidate difference with Newcombe's
 hybrid score interval (method 10 of Newcombe 1998, built from the two Wilson intervals). Below
@@ -27,6 +30,9 @@ from typing import Any
 
 import numpy as np
 
+from vlaedge import progress
+from vlaedge.check.envspace import check_spaces
+from vlaedge.check.filmstrip import Recorder, filmstrip
 from vlaedge.errors import VlaedgeError
 
 ActFn = Callable[[dict], np.ndarray]  # frames {"image","state","instruction"} -> actions (B, T, A)
@@ -116,6 +122,23 @@ def load_callable(spec: str, what: str) -> Callable:
     return fn
 
 
+def check_env(env: str, adapter: str | None, policy) -> None:
+    """Builds one env from `env` (`package.module:make_env`), checks its action and observation spaces
+    against `policy` (`vlaedge.check.envspace.check_spaces`) and closes it, without any episode: what
+    `compress` runs before its first stage when the recipe has a closed loop on a user's env.
+
+    Raises:
+        VlaedgeError: the env or adapter cannot be loaded, or its spaces do not fit the policy.
+    """
+    adapt = load_callable(adapter, "verify.env_adapter") if adapter else None
+    one = load_callable(env, "verify.env")()
+    try:
+        check_spaces(one, adapt, policy, policy.action_spec)
+    finally:
+        if callable(getattr(one, "close", None)):
+            one.close()
+
+
 def closed_loop(
     act: ActFn,
     episodes: int = 100,
@@ -127,6 +150,8 @@ def closed_loop(
     adapter: Callable[[Any], dict] | None = None,
     success_key: str | None = None,
     action_spec: Any = None,
+    recorder: Recorder | None = None,
+    policy: Any = None,
 ) -> SuccessRate:
     """Runs `act` for `episodes` seeded episodes, all envs batched together.
 
@@ -143,13 +168,17 @@ def closed_loop(
         success_key: the `info` key holding success (default: "success", else "is_success").
         action_spec: the policy's `ActionSpec` (names/low/high); checked against the env's
             `action_space` before the first episode. None: not checked.
+        recorder: keeps frames and actions for a filmstrip (`vlaedge.check.filmstrip`); None: nothing kept.
+        policy: the policy whose inputs the env's observations feed (through `adapter`), checked against the
+            env's `observation_space` before the first episode; default: `act.__self__` when `act` is a
+            policy's bound `act` (`vlaedge.check.envspace`).
 
     Returns:
         The success rate with its per-episode outcomes.
 
     Raises:
         VlaedgeError: the env breaks the protocol (no success key in `info`, wrong reset return), or its
-            action space does not fit the policy's actions.
+            action or observation space does not fit the policy.
     """
     if make_env is None:
         from vlaedge.sim import TabletopEnv
@@ -159,32 +188,41 @@ def closed_loop(
 
     adapt = adapter or (lambda o: o)
     envs = [make_env() for _ in range(min(episodes, 1))]
-    if envs and action_spec is not None:  # before building the others and before any episode
-        check_action_space(getattr(envs[0], "action_space", None), action_spec)
+    if policy is None and hasattr(getattr(act, "__self__", None), "input_spec"):
+        policy = act.__self__
+    if envs:  # before building the others and before any episode
+        check_spaces(envs[0], adapter, policy, action_spec)
     envs += [make_env() for _ in range(episodes - len(envs))]
     obs = [adapt(_reset(env, seed + i)) for i, env in enumerate(envs)]
+    for i, env in enumerate(envs if recorder is not None else ()):
+        recorder.start(i, env, obs[i])
     done, success, lengths = [False] * episodes, [False] * episodes, [0] * episodes
-    steps, capped = 0, 0
-    while not all(done):
-        live = [i for i in range(episodes) if not done[i]]
-        frames = {
-            "image": np.stack([obs[i]["image"] for i in live]),
-            "state": np.stack([obs[i]["state"] for i in live]),
-            "instruction": [obs[i]["instruction"] for i in live],
-        }
-        chunks = act(frames)
-        for k in range(min(execute, chunks.shape[1])):
-            for row, i in enumerate(live):
-                if done[i]:
-                    continue
-                raw, _, terminated, truncated, info = envs[i].step(chunks[row, k])
-                obs[i] = adapt(raw)
-                steps, lengths[i] = steps + 1, lengths[i] + 1
-                success[i] = _success(info, success_key)
-                ended = bool(terminated or truncated)
-                if lengths[i] >= max_steps and not success[i] and not terminated:
-                    capped += 1  # cut by our cap (or the env's own limit at the same step)
-                done[i] = ended or lengths[i] >= max_steps
+    with progress.stage("closed loop: episodes", total=episodes) as running:
+        steps, capped = 0, 0
+        while not all(done):
+            live = [i for i in range(episodes) if not done[i]]
+            frames = {key: np.stack([obs[i][key] for i in live]) for key in ("image", "state")
+                      if key in obs[live[0]]}  # what the policy reads is checked by check_spaces
+            frames["instruction"] = [obs[i].get("instruction", "") for i in live]  # envs without language
+            chunks = act(frames)
+            for k in range(min(execute, chunks.shape[1])):
+                for row, i in enumerate(live):
+                    if done[i]:
+                        continue
+                    raw, _, terminated, truncated, info = envs[i].step(chunks[row, k])
+                    obs[i] = adapt(raw)
+                    steps, lengths[i] = steps + 1, lengths[i] + 1
+                    success[i] = _success(info, success_key)
+                    ended = bool(terminated or truncated)
+                    if lengths[i] >= max_steps and not success[i] and not terminated:
+                        capped += 1  # cut by our cap (or the env's own limit at the same step)
+                    done[i] = ended or lengths[i] >= max_steps
+                    if recorder is not None:
+                        recorder.step(i, lengths[i], chunks[row, k], envs[i], obs[i], done[i])
+                    running.advance(int(done[i]))
+    for env in envs:  # gymnasium envs hold windows / simulators
+        if callable(getattr(env, "close", None)):
+            env.close()
     return SuccessRate(sum(success), episodes, steps, success, capped)
 
 
@@ -202,42 +240,6 @@ def _success(info, key: str | None) -> bool:
         "set verify.success_key to the info key that says the task succeeded, or return "
         "info={'success': bool, ...} from the env's step()",
     )
-
-
-def check_action_space(space, action_spec) -> None:
-    """Refuses an env whose action space does not fit the policy's actions (shape and bounds).
-
-    `space` is a `gymnasium.spaces.Box` or anything with `shape`, `low`, `high`; None (an env without
-    `action_space`) is not checked.
-
-    Raises:
-        VlaedgeError: the dimension differs, or the policy's [low, high] leaves the space's bounds.
-    """
-    if space is None or not hasattr(space, "shape"):
-        return
-    low, high = np.asarray(action_spec.low, np.float64), np.asarray(action_spec.high, np.float64)
-    shape = tuple(int(d) for d in (space.shape or ()))
-    if shape != (low.size,):
-        raise VlaedgeError(
-            f"env: action space has shape {shape}, the policy's actions have shape ({low.size},) "
-            f"({', '.join(action_spec.names)})",
-            "use a policy with the env's action dimension, or wrap the env so its actions match the policy's",
-        )
-    env_low = np.broadcast_to(np.asarray(getattr(space, "low", -np.inf), np.float64), shape)
-    env_high = np.broadcast_to(np.asarray(getattr(space, "high", np.inf), np.float64), shape)
-    tol = 1e-6 * np.maximum(1.0, np.abs(np.concatenate([env_low, env_high])).max(initial=1.0))
-    outside = (low < env_low - tol) | (high > env_high + tol)
-    if outside.any():
-        raise VlaedgeError(
-            f"env: the policy's action bounds low={_fmt(low)} high={_fmt(high)} leave the env's action "
-            f"space low={_fmt(env_low)} high={_fmt(env_high)} (dims "
-            f"{', '.join(action_spec.names[i] for i in np.flatnonzero(outside))})",
-            "set the policy's action_spec low/high to the env's units, or wrap the env to rescale actions",
-        )
-
-
-def _fmt(values: np.ndarray) -> str:
-    return "[" + ", ".join(f"{v:g}" for v in values) + "]"
 
 
 def _reset(env, seed: int):
@@ -265,6 +267,7 @@ class ClosedLoopReport:
     min_episodes: int
     seed: int
     max_steps: int | None = None  # the episode cap the rollouts ran under (None: not recorded)
+    filmstrip: dict | None = None  # episodes to show in report.html (`vlaedge.check.filmstrip.filmstrip`)
 
     @property
     def status(self) -> str:
@@ -328,6 +331,7 @@ class ClosedLoopReport:
             "drop_interval": list(self.drop_interval),
             "reference_only_successes": self.reference.successes - both,
             "candidate_only_successes": self.candidate.successes - both,
+            "filmstrip": self.filmstrip,
         }
 
 
@@ -356,6 +360,7 @@ def compare_closed_loop(
         success_key: the `info` key holding success (default: "success", else "is_success").
         action_spec: the policy's `ActionSpec`, checked against the env's `action_space` before the first
             episode; default: `reference.__self__.action_spec` when `reference` is a policy's bound `act`.
+            That policy's inputs are checked against the env's `observation_space` too.
         **kwargs: `execute`, `image_size`, `max_steps` for `closed_loop`.
 
     Returns:
@@ -366,10 +371,15 @@ def compare_closed_loop(
     """
     make_env = load_callable(env, "verify.env") if env else None
     adapt = load_callable(adapter, "verify.env_adapter") if adapter else None
+    policy = getattr(reference, "__self__", None)
     if action_spec is None:
-        action_spec = getattr(getattr(reference, "__self__", None), "action_spec", None)
-    common = {"make_env": make_env, "adapter": adapt, "success_key": success_key, "action_spec": action_spec}
-    ref = closed_loop(reference, episodes, seed, **common, **kwargs)
-    cand = closed_loop(candidate, episodes, seed, **common, **kwargs)
+        action_spec = getattr(policy, "action_spec", None)
+    common = {"make_env": make_env, "adapter": adapt, "success_key": success_key, "action_spec": action_spec,
+              "policy": policy if hasattr(policy, "input_spec") else None}
     max_steps = kwargs.get("max_steps", inspect.signature(closed_loop).parameters["max_steps"].default)
-    return ClosedLoopReport(env or TABLETOP, ref, cand, min_episodes, seed, max_steps)
+    films = Recorder(max_steps), Recorder(max_steps)
+    ref = closed_loop(reference, episodes, seed, **common, **kwargs, recorder=films[0])
+    cand = closed_loop(candidate, episodes, seed, **common, **kwargs, recorder=films[1])
+    bounds = (action_spec.low, action_spec.high) if action_spec is not None else (None, None)
+    strip = filmstrip(*films, ref.per_episode, cand.per_episode, seed, *bounds)
+    return ClosedLoopReport(env or TABLETOP, ref, cand, min_episodes, seed, max_steps, strip)

@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from vlaedge import progress
 from vlaedge.errors import VlaedgeError
 from vlaedge.models.base import BATCH, ActionSpec, Policy
 from vlaedge.runtimes.base import Runtime
@@ -264,7 +265,7 @@ def open_loop_drift(
     check_candidate_inputs(policy, candidate)
     n = len(frames["instruction"])
     refs, cands, ref_logits, cand_logits = [], [], [], []
-    for start in range(0, n, batch_size):
+    for start in progress.track(range(0, n, batch_size), f"drift: batches of {batch_size} frames"):
         batch = {k: v[start : start + batch_size] for k, v in frames.items()}
         feeds = policy.make_inputs(batch, seed=seed + start)
         ref_out, cand_out = policy.run_torch(feeds), candidate.infer(feeds)

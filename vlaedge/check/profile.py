@@ -31,6 +31,7 @@ from types import SimpleNamespace
 
 import numpy as np
 
+from vlaedge import progress
 from vlaedge.check.host import LoadProbe, MemoryProbe, host_info
 from vlaedge.errors import VlaedgeError
 from vlaedge.models.base import BATCH, TensorSpec
@@ -276,7 +277,7 @@ def _timed_round_robin(runtimes: list, feeds: dict, runs: int) -> list[list[floa
     enabled = gc.isenabled()
     gc.disable()  # a collection inside one timed run would land on whichever model ran then
     try:
-        for r in range(-(-runs // BLOCK)):
+        for r in progress.track(range(-(-runs // BLOCK)), f"profile: rounds of {BLOCK} runs x {n} model(s)"):
             count = min(BLOCK, runs - r * BLOCK)
             for k in range(n):
                 i = (r + k) % n

@@ -1,30 +1,56 @@
-"""report.md: a Markdown report that reads well as a GitHub step summary (verdict, budgets, drift, closed
-loop, latency); report.html embeds it too."""
+"""report.md: a Markdown report that reads well as a GitHub step summary (verdict, key figures, budgets,
+drift, closed loop, latency, FP32 comparison); report.html embeds it too. Plain text and GitHub tables
+only: the verdict is a word (PASS / FAIL), never an emoji or a glyph that needs a font, and no image
+(step summaries do not show inline images; report.html has the plots and the filmstrip)."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
-STATUS_MARK = {
-    "pass": "✅ pass",
-    "fail": "❌ fail",
-    "inconclusive": "⚠️ inconclusive",
-    "skipped": "➖ skipped",
-}
+STATUS_MARK = {"pass": "pass", "fail": "**FAIL**", "inconclusive": "**inconclusive**", "skipped": "skipped"}
+
+
+def verdict(report: dict) -> tuple[str, str]:
+    """The verdict word ("PASS", "FAIL" or "NO BUDGETS") and what it means, e.g. "5 of 5 budgets met"; a
+    candidate slower than FP32 is called out whatever the gate says."""
+    gate = report.get("gate")
+    if gate:
+        n = len(gate["checks"])
+        budgets = "budget" if n == 1 else "budgets"
+        word, text = ("PASS", f"{n} of {n} {budgets} met") if gate["passed"] else (
+            "FAIL", f"{gate['failed']} of {n} {budgets} not met")
+    else:
+        word, text = "NO BUDGETS", "nothing judged"
+    base = report.get("baseline") or {}
+    if base.get("slower"):
+        text += f"; WARNING: candidate slower than FP32 ({base['median_speedup']:.2f}x median)"
+    return word, text
 
 
 def title(report: dict) -> str:
-    """The verdict line both reports open with, e.g. "vlaedge report: ✅ all budgets met"."""
-    gate = report.get("gate")
-    if gate:
-        verdict = "✅ all budgets met" if gate["passed"] else f"❌ {gate['failed']} budget(s) not met"
-    else:
-        verdict = "no budgets given"
-    base = report.get("baseline") or {}
-    if base.get("slower"):
-        verdict += f"; ⚠️ candidate slower than FP32 ({base['median_speedup']:.2f}x median)"
-    return f"vlaedge report: {verdict}"
+    """The verdict line both reports open with, e.g. "vlaedge report: PASS, 5 of 5 budgets met"."""
+    return "vlaedge report: {}, {}".format(*verdict(report))
+
+
+def summary_line(report: dict) -> str:
+    """The key figures in one line, e.g. "drift mean 0.52% / p99 1.1% of range; closed loop reference
+    45/50, candidate 44/50; candidate median 5.2 ms, p99 5.55 ms; 1.45x faster (median)...", or
+    "nothing measured"."""
+    parts = []
+    drift, loop, prof, base = (report.get(k) for k in ("drift", "closed_loop", "profile", "baseline"))
+    if drift:
+        parts.append(f"drift mean {drift['mean_pct']:.3g}% / p99 {drift['p99_pct']:.3g}% of range")
+    if loop:
+        r, c = loop["reference"], loop["candidate"]
+        parts.append(f"closed loop reference {r['successes']}/{r['episodes']}, candidate "
+                     f"{c['successes']}/{c['episodes']}")
+    if prof:
+        lat = prof["models"][0]["latency"]
+        parts.append(f"candidate median {lat['median_ms']:.3g} ms, p99 {lat['p99_ms']:.3g} ms")
+    if base:
+        parts.append(speed_note(base))
+    return "; ".join(parts) or "nothing measured"
 
 
 def speed_note(baseline: dict) -> str:
@@ -45,6 +71,8 @@ def render_markdown(report: dict) -> str:
     gate, policy, cand = report.get("gate"), report["policy"], report["candidate"]
     lines = [
         f"# {title(report)}",
+        "",
+        summary_line(report),
         "",
         f"- policy: `{policy.get('name')}` sha256 `{(policy.get('sha256') or '?')[:12]}`",
         f"- candidate: `{cand.get('model')}` on `{cand.get('runtime')}`"
@@ -121,6 +149,12 @@ def _closed_loop_md(loop: dict | None) -> list[str]:
         lines.append(f"- **inconclusive**: fewer than min_episodes={loop['min_episodes']} episodes")
     if loop.get("max_steps_note"):
         lines.append(f"- {loop['max_steps_note']}")
+    for ep in (loop.get("filmstrip") or {}).get("episodes", []):
+        who = {k: "succeeded" if ep[k]["success"] else "failed" for k in ("reference", "candidate")}
+        step = ep["diverge_step"]
+        lines.append(f"- filmstrip in report.html: episode {ep['episode']} (seed {ep['seed']}, "
+                     f"\"{ep['instruction']}\"): reference {who['reference']}, candidate {who['candidate']}; "
+                     + (f"actions diverge at step {step}" if step is not None else "actions never diverge"))
     return lines + [""]
 
 
@@ -172,6 +206,17 @@ def baseline_md(base: dict | None) -> list[str]:
     if not base:
         return []
     lines = ["## Against the FP32 reference ONNX", "", f"**{speed_note(base)}**", ""]
+    lines += ["| measure | candidate / FP32 | detail |", "|---|---|---|"]
+    lines += [f"| {a} | {b} | {c} |" for a, b, c in baseline_rows(base)]
+    if base.get("median_speedup") is not None:
+        lines += ["", f"Speedups are FP32 latency / candidate latency, timed interleaved in one run on "
+                      f"`{base['runtime']}` (above 1: the candidate is faster)."]
+    return lines + [""]
+
+
+def baseline_rows(base: dict) -> list[tuple[str, str, str]]:
+    """(measure, candidate / FP32, detail) rows of the FP32 comparison: speedups (when timed), file size,
+    parameters (when counted)."""
     rows = [("file size", f"{base['size_ratio']:.3f}x", f"{base['file_bytes'] / 1e6:.2f} MB FP32")]
     if base.get("parameter_ratio") is not None:
         rows.append(("parameters", f"{base['parameter_ratio']:.3f}x",
@@ -181,12 +226,7 @@ def baseline_md(base: dict | None) -> list[str]:
             ("median speedup", f"{base['median_speedup']:.3f}x", f"FP32 median {base['median_ms']:.3f} ms"),
             ("p99 speedup", f"{base['p99_speedup']:.3f}x", f"FP32 p99 {base['p99_ms']:.3f} ms"),
         ] + rows
-    lines += ["| measure | candidate / FP32 | detail |", "|---|---|---|"]
-    lines += [f"| {a} | {b} | {c} |" for a, b, c in rows]
-    if base.get("median_speedup") is not None:
-        lines += ["", f"Speedups are FP32 latency / candidate latency, timed interleaved in one run on "
-                      f"`{base['runtime']}` (above 1: the candidate is faster)."]
-    return lines + [""]
+    return rows
 
 
 def format_number(value) -> str:

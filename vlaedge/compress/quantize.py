@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
+from vlaedge import progress
 from vlaedge.compress.quant_report import (
     QuantDecision,
     QuantizeResult,
@@ -192,7 +193,7 @@ def _modelopt(policy: Policy, config: QuantizeConfig, batches: list[dict[str, np
 
     def forward_loop(model) -> None:
         with torch.no_grad():
-            for args in tensors:
+            for args in progress.track(tensors, "calibration: batches (ModelOpt)"):
                 model(*args)
 
     policy.module.eval()

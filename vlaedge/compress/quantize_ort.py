@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from vlaedge import progress
 from vlaedge.compress.quant_report import QuantDecision, QuantizeResult, confirm_onnx, kept_by, plan_onnx
 from vlaedge.errors import VlaedgeError
 from vlaedge.models.base import Policy
@@ -207,7 +208,7 @@ class _FeedReader:
     get_next, and importing its base class would import onnxruntime with vlaedge.compress.quantize)."""
 
     def __init__(self, batches: list[dict[str, np.ndarray]]):
-        self._batches = iter(batches)
+        self._batches = iter(progress.track(batches, "calibration: batches (ONNX Runtime)"))
 
     def get_next(self) -> dict[str, np.ndarray] | None:
         return next(self._batches, None)

@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from vlaedge import progress
 from vlaedge.errors import VlaedgeError
 
 FrameBatch = dict[str, Any]
@@ -181,7 +182,7 @@ def _gather(episodes: list[Episode], owner: np.ndarray, frame: np.ndarray, camer
     video cameras (decoded together, in order), plain indexing for arrays."""
     first = camera(episodes[owner[0]])
     out = np.empty((len(owner), *first.shape[1:]), np.uint8)
-    for e in np.unique(owner):
+    for e in progress.track(np.unique(owner), "dataset: frames by episode (video decoded)"):
         rows = np.flatnonzero(owner == e)
         source = camera(episodes[e])
         out[rows] = source[frame[rows]] if isinstance(source, np.ndarray) else source.take(frame[rows])

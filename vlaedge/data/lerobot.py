@@ -17,6 +17,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from vlaedge import progress
 from vlaedge.data.episodes import (
     DATA_HINT,
     Episode,
@@ -48,7 +49,7 @@ def load_lerobot(root: Path, image_key: str | None = None) -> EpisodeDataset:
             f"dataset: {root / 'data'} has no */*.parquet files", "re-download or re-export it"
         )
     episodes: dict[int, Episode] = {}
-    for path in files:
+    for path in progress.track(files, f"dataset: reading {root.name}/data files"):
         for ep in _episodes_in_file(path, cameras, tasks, videos):
             if ep.index in episodes:
                 raise VlaedgeError(

@@ -22,6 +22,12 @@ nothing. The rules follow what TensorRT documents it fuses:
 - **Free ops.** Shape-only ops (Reshape, Transpose, Slice, Concat, Q/DQ, ...) join the kernel of their
   input and cost nothing themselves; ops that only read constants are folded at build time.
 - Everything else (pooling, Resize, TopK, ...) is one kernel of its own.
+
+`fuse(..., epilogues=False)` prices a graph the way PyTorch eager runs it instead: no pointwise op joins a
+GEMM/conv (eager launches one kernel per torch op; fusion is what TensorRT or torch.compile add, see
+https://docs.pytorch.org/docs/stable/torch.compiler.html), a chain of pointwise ops counts as one kernel
+(a decomposed GELU/SiLU is one torch op), normalizations and attention (with its scale/mask) stay one
+kernel each (fused torch LayerNorm and scaled_dot_product_attention kernels).
 """
 
 from __future__ import annotations
@@ -68,8 +74,10 @@ class Kernel:
     softmax_after: Kernel | None = field(default=None, repr=False)  # norm kernel: the QKᵀ kernel before it
 
 
-def fuse(g: Graph, default: str) -> list[Kernel]:
-    """The kernels of `g` in execution order, each with FLOPs and boundary bytes (see module docstring)."""
+def fuse(g: Graph, default: str, epilogues: bool = True) -> list[Kernel]:
+    """The kernels of `g` in execution order, each with FLOPs and boundary bytes (see module docstring).
+
+    `epilogues=False`: PyTorch-eager grouping (pointwise ops never fuse into a GEMM/conv)."""
     owner: dict[str, Kernel] = {}  # tensor -> the kernel that writes it
     const = set(g.init_dims)
     kernels: list[Kernel] = []
@@ -83,7 +91,7 @@ def fuse(g: Graph, default: str) -> list[Kernel]:
         latest = max(producers, key=order.__getitem__, default=None)
         if node.op_type in FREE and node.input[0] in owner:  # shape ops follow their data input
             latest = owner[node.input[0]]
-        kernel = _place(node, g, latest, default)
+        kernel = _place(node, g, latest, default, epilogues)
         if kernel is None:  # a free op whose input came from outside every kernel
             continue
         if kernel not in order:
@@ -101,9 +109,13 @@ def fuse(g: Graph, default: str) -> list[Kernel]:
     return [k for k in kernels if k.kind != "free"]
 
 
-def _place(node: Any, g: Graph, latest: Kernel | None, default: str) -> Kernel | None:
+def _place(node: Any, g: Graph, latest: Kernel | None, default: str, epilogues: bool) -> Kernel | None:
     op = node.op_type
-    joinable = latest is not None and latest.kind in _JOINABLE
+    joinable = latest is not None and (
+        latest.kind in _JOINABLE
+        if epilogues
+        else latest.kind == "pointwise" or (latest.kind == "gemm" and _is_bmm(latest, g))  # SDPA scale/mask
+    )
     if op in FREE:
         if latest is None:
             return None

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
+from vlaedge import progress
 from vlaedge.artifact import sha256
 from vlaedge.data import sample_frames
 from vlaedge.errors import VlaedgeError
@@ -85,7 +86,8 @@ def run_tune(recipe, out: Path, checkpoint, data, max_minutes, space, search_fra
     work, context, notes = _prepare(recipe, out, checkpoint, data, search_frames, log, trust_code)
     measured, errors = [measure_fp32(work, work.fp32_onnx)], []
     timed_out = []
-    for variant in declared_space(work.target.runtime, recipe.quantize.precision, space):
+    variants = declared_space(work.target.runtime, recipe.quantize.precision, space)
+    for variant in progress.track(variants, "tune: variants built and measured"):
         if time.monotonic() > deadline:
             timed_out.append(variant.name)
             continue
@@ -181,7 +183,7 @@ def _fallback(work, seed: Measured, context, max_fallback: int, deadline: float,
     groups = seed.quantized_groups
     base = Variant(seed.name, {k: v for k, v in seed.settings.items() if k != "keep"})
     scores = []
-    for g in groups:
+    for g in progress.track(groups, "tune: sensitivity probes (one module group quantized)"):
         if time.monotonic() > deadline:
             break
         alone = Variant(f"{seed.name}+only-{g}", base.settings, [o for o in groups if o != g])
@@ -190,7 +192,7 @@ def _fallback(work, seed: Measured, context, max_fallback: int, deadline: float,
             scores.append((g, row.search_drift["mean_pct"]))
     ranking = sorted(scores, key=lambda s: -s[1])
     found, kept = [], []
-    for g, _ in ranking[:max_fallback]:
+    for g, _ in progress.track(ranking[:max_fallback], "tune: fallback variants (groups kept FP32)"):
         if time.monotonic() > deadline:
             break
         kept.append(g)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import yaml
 
-from vlaedge.check.report_speed import pareto_svg
+from vlaedge.check.plots import pareto_plot
 from vlaedge.recipe import Budgets, Recipe
 
 OBJECTIVES = ("drift_mean_pct", "median_ms", "file_bytes")  # all minimised
@@ -147,9 +147,10 @@ def render_html(result: dict, drift_budget: float | None) -> str:
     """tune.html: the Pareto plot (drift vs latency, point area by size) above the Markdown report."""
     import html
 
-    svg = pareto_svg(result["rows"], "drift_mean_pct", drift_budget)
+    svg = pareto_plot(result["rows"], "drift_mean_pct", drift_budget)
     md = html.escape(render_markdown(result))
-    return (f"<!doctype html><html><head><meta charset='utf-8'><title>vlaedge tune</title></head>"
+    return (f"<!doctype html><html><head><meta charset='utf-8'><title>vlaedge tune</title>"
+            "<style>svg{max-width:100%;height:auto}</style></head>"
             f"<body style='font-family:sans-serif;max-width:1100px;margin:2em auto'>"
             f"<h1>{html.escape(result['verdict'])}</h1><h2>Pareto front: drift vs median latency</h2>{svg}"
             f"<p>red: on the front (no variant is better on drift, latency and size at once); grey: "
