@@ -196,7 +196,7 @@ def test_magnitude_fallback_and_python_family(monkeypatch):
     assert result.sparsity.algorithm == "magnitude" and "no NVIDIA driver" in result.sparsity.fallback_reason
     assert result.sparsity.layers == ["head"] and type(result.policy) is PythonPolicy
     assert not (policy.module.head.weight == 0).any()
-    with pytest.raises(VlaedgeError, match="structured pruning needs the reference architecture"):
+    with pytest.raises(VlaedgeError, match="prune.heads is set but the model has no attention"):
         prune(policy, PruneConfig(method="structured", heads=0.5, num_frames=8), [policy.example_inputs(8)])
 
 

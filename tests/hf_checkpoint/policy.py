@@ -5,8 +5,14 @@ Shipped next to a checkpoint as `policy.py` and named by `"factory": "policy.py:
 
 import torch
 from torch import nn
-from transformers import LlamaConfig, LlamaModel, PretrainedConfig, PreTrainedModel, SiglipVisionConfig
-from transformers import SiglipVisionModel
+from transformers import (
+    LlamaConfig,
+    LlamaModel,
+    PretrainedConfig,
+    PreTrainedModel,
+    SiglipVisionConfig,
+    SiglipVisionModel,
+)
 
 
 class TinyVLAConfig(PretrainedConfig):

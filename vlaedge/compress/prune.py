@@ -31,9 +31,11 @@ from typing import Literal
 import numpy as np
 import torch
 
+from vlaedge.compress import prune_modules
 from vlaedge.compress import prune_ops as ops
 from vlaedge.errors import VlaedgeError
 from vlaedge.models.base import Policy
+from vlaedge.models.python import PythonPolicy
 from vlaedge.models.reference import ReferencePolicy
 from vlaedge.models.vla import ReferenceVLA, VLAConfig, count_parameters
 from vlaedge.recipe import PruneConfig
@@ -52,7 +54,8 @@ class RecoveryStats:
     loss_before: float  # on the calibration frames (noise as given)
     loss_after: float
     kept: bool  # False: distillation made the match worse, so the pruned weights were restored
-    seconds: float
+    seconds: float  # the optimiser steps alone (not the before/after evaluations)
+    seconds_per_step: float
 
 
 @dataclass
@@ -119,7 +122,8 @@ class PruneResult:
                          f"{len(s.dense_layers)} left dense")
         if self.recovery:
             r = self.recovery
-            lines.append(f"  recovery: {r.steps} steps in {r.seconds:.1f} s, {r.objective} "
+            lines.append(f"  recovery: {r.steps} steps in {r.seconds:.1f} s ({r.seconds_per_step * 1e3:.1f} ms "
+                         f"per step), {r.objective} "
                          f"{r.loss_before:.4g} -> {r.loss_after:.4g}"
                          + ("" if r.kept else " (worse: the pruned weights were kept)"))
         return "\n".join(lines + [f"  note: {n}" for n in self.notes])
@@ -153,17 +157,17 @@ def prune(policy: Policy, config: PruneConfig, calibration: list[dict[str, np.nd
     start = time.perf_counter()
     if ranking not in ("importance", "random"):
         raise ValueError(f"ranking: {ranking!r} is not 'importance' or 'random'")
-    if config.method == "structured" and not isinstance(policy, ReferencePolicy):
-        raise VlaedgeError(f"prune: structured pruning needs the reference architecture, {policy.name!r} "
-                           "is not a reference policy",
-                           "use prune.method: sparsity-2:4, or drop the prune section")
+    _check_structured(policy, config)
     calib = ops.Calib(_calibration(policy, calibration, config.num_frames),
-                      [s.name for s in policy.input_spec], _logit_outputs(policy))
+                      [s.name for s in policy.input_spec], _logit_outputs(policy), _noise_inputs(policy))
     rng = np.random.default_rng(seed)
     notes: list[str] = []
     before = _blocks(policy.module, None) if isinstance(policy, ReferencePolicy) else []
     sparsity = None
-    if config.method == "structured":
+    if config.method == "structured" and isinstance(policy, PythonPolicy):
+        new, shrunk = _structured_python(policy, config, calib, ranking, rng, notes, seed)
+        before, after, removed = shrunk.blocks_before, shrunk.blocks_after, shrunk.removed_blocks
+    elif config.method == "structured":
         new, after, removed = _structured(policy, config, calib, ranking, rng, notes)
     else:
         new, sparsity = _sparsify(policy, calib, notes)
@@ -177,6 +181,37 @@ def prune(policy: Policy, config: PruneConfig, calibration: list[dict[str, np.nd
         params_after=count_parameters(new.module), flops_before=count_flops(policy),
         flops_after=count_flops(new), blocks_before=before, blocks_after=after, removed_blocks=removed,
         seconds=time.perf_counter() - start, recovery=recovery, sparsity=sparsity, notes=notes)
+
+
+def _check_structured(policy: Policy, config: PruneConfig) -> None:
+    if config.method != "structured" or isinstance(policy, ReferencePolicy):
+        return
+    if not isinstance(policy, PythonPolicy):
+        raise VlaedgeError(f"prune: structured pruning takes reference and python-family policies, not "
+                           f"{type(policy).__name__}", "use prune.method: sparsity-2:4, or drop the prune section")
+    if policy.spec.pruned:
+        raise VlaedgeError(f"prune: {policy.name} is already structurally pruned",
+                           "prune the unpruned checkpoint once, with all of prune.heads/mlp/blocks")
+
+
+def _noise_inputs(policy: Policy) -> tuple[str, ...]:
+    """Inputs drawn as standard normal noise (flow matching): by their declared `source`."""
+    if isinstance(policy, PythonPolicy):
+        return tuple(i.name for i in policy.spec.inputs if i.source == "noise")
+    return ("noise",) if policy.has_noise_input else ()
+
+
+def _structured_python(policy: PythonPolicy, config: PruneConfig, calib: ops.Calib, ranking: str,
+                       rng: np.random.Generator, notes: list[str], seed: int):
+    """Structured pruning of a python-family policy (`vlaedge.compress.prune_modules`); the new policy's
+    spec carries the record that `vlaedge.models.pruned_shapes.reshape_pruned` reloads it with."""
+    student = copy.deepcopy(policy.module).eval()
+    shrunk = prune_modules.shrink(student, config, calib, ranking, rng,
+                                  lambda n, fraction, what: _how_many(n, fraction, what, notes), seed)
+    new = PythonPolicy(policy.spec.model_copy(update={"pruned": shrunk.record}), module=student.eval(),
+                       root=policy.root)
+    new.bound, new.bound_stats = policy.bound, policy.bound_stats
+    return new, shrunk
 
 
 def _calibration(policy: Policy, calibration: list[dict[str, np.ndarray]], need: int) -> ops.Feeds:
@@ -365,14 +400,15 @@ def _recover(teacher: Policy, student: Policy, config: PruneConfig, calib: ops.C
              seed: int) -> RecoveryStats:
     if any(calib.logits):
         objective = "KL(teacher || student) over action-token logits"
-    elif teacher.has_noise_input:
+    elif calib.noise:
         objective = "L1 to the teacher's final actions from the same noise"
     else:
         objective = "L1 to the teacher's actions"
     r = config.recover
     stats = ops.distill(student.module, teacher.module.eval(), calib, r.steps, r.lr, r.batch_size, masks,
                         seed)
-    return RecoveryStats(steps=r.steps, objective=objective, **stats)
+    return RecoveryStats(steps=r.steps, objective=objective, seconds_per_step=stats["seconds"] / r.steps,
+                         **stats)
 
 
 def count_flops(policy: Policy) -> int:
@@ -386,6 +422,11 @@ def count_flops(policy: Policy) -> int:
     mapping = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: cpu_attention}
     args = [torch.from_numpy(v) for v in policy.example_inputs(batch=1).values()]
     policy.module.eval()
-    with FlopCounterMode(display=False, custom_mapping=mapping) as counter, torch.no_grad():
-        policy.module(*args)
+    fast = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)  # fused encoder kernels are invisible to the counter
+    try:
+        with FlopCounterMode(display=False, custom_mapping=mapping) as counter, torch.no_grad():
+            policy.module(*args)
+    finally:
+        torch.backends.mha.set_fastpath_enabled(fast)
     return int(counter.get_total_flops())

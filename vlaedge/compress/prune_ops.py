@@ -35,6 +35,7 @@ class Calib:
     feeds: Feeds  # input name -> (N, ...) tensor
     names: list[str]  # input names in call order
     logits: list[bool]  # per output: action-token logits (else actions)
+    noise: tuple[str, ...] = ()  # inputs that are standard normal noise (redrawn in every recovery step)
 
     def __len__(self) -> int:
         return len(self.feeds[self.names[0]])
@@ -154,11 +155,7 @@ def taylor_scores(module: nn.Module, blocks: list[Block], calib: Calib, stats: l
                 for v in cap.values():
                     v.clear()
             with torch.enable_grad():
-                outs = forward(module, args)
-                view = torch.cat([as_actions(o, lg).reshape(len(o), -1)
-                                  for o, lg in zip(outs, calib.logits, strict=True)], dim=1)  # (B, O)
-                if view.shape[1] > PROBES:
-                    view = view @ torch.randn(view.shape[1], PROBES, generator=gen)
+                view = output_view(forward(module, args), calib.logits, gen)
                 tensors = [t for cap in caps for key in ("y", "z", "a") for t in cap[key]]
                 for o in range(view.shape[1]):
                     grads = iter(torch.autograd.grad(view[:, o].sum(), tensors, retain_graph=True))
@@ -170,6 +167,12 @@ def taylor_scores(module: nn.Module, blocks: list[Block], calib: Calib, stats: l
         for h in handles:
             h.remove()
     return scores
+
+
+def output_view(outs: list[torch.Tensor], logits: list[bool], gen: torch.Generator) -> torch.Tensor:
+    """(B, O) action views of all outputs; above `PROBES` columns, that many random projections."""
+    view = torch.cat([as_actions(o, lg).reshape(len(o), -1) for o, lg in zip(outs, logits, strict=True)], 1)
+    return view @ torch.randn(view.shape[1], PROBES, generator=gen) if view.shape[1] > PROBES else view
 
 
 def _capture(cap: dict, input_key: str, output_key: str | None):
@@ -200,8 +203,13 @@ def _channel_change(cap: dict, g: dict, mean_act: torch.Tensor) -> torch.Tensor:
 
 
 def skip_effect(module: nn.Module, block: nn.Module, calib: Calib, refs: list[torch.Tensor]) -> float:
-    """How far the outputs move from `refs` when `block` is skipped (replaced by the identity)."""
-    handle = block.register_forward_hook(lambda mod, args, out: args[0])
+    """How far the outputs move from `refs` when `block` is skipped (its first output replaced by its
+    first input, positional or keyword)."""
+    def identity(mod, args, kwargs, out):
+        x = args[0] if args else next(iter(kwargs.values()))
+        return (x, *out[1:]) if isinstance(out, tuple) else x
+
+    handle = block.register_forward_hook(identity, with_kwargs=True)
     try:
         return output_distance(run(module, calib), refs, calib.logits)
     finally:
@@ -274,8 +282,8 @@ def distill(student: nn.Module, teacher: nn.Module, calib: Calib, steps: int, lr
     student.train()
     for _ in range(steps):
         batch = _batch(calib, min(batch_size, n), gen)
-        if "noise" in batch:
-            batch["noise"] = torch.randn(batch["noise"].shape, generator=gen)
+        for k in calib.noise:
+            batch[k] = torch.randn(batch[k].shape, generator=gen)
         args = [batch[k] for k in names]
         with torch.no_grad():
             refs = forward(teacher, args)

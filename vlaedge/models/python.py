@@ -122,6 +122,9 @@ class PythonPolicySpec(_Strict):
     outputs: list[str]
     actions: ActionsSpec
     tokenizer: TokenizerSpec | None = None
+    # Structured pruning's record of the shrunk modules (vlaedge.models.pruned_shapes): applied to the
+    # factory's module before the weights load, so a pruned checkpoint reloads at its pruned size.
+    pruned: dict | None = None
 
 
 class PythonPolicy(Policy):
@@ -231,6 +234,10 @@ class PythonPolicy(Policy):
                                "see the PythonPolicy docstring in vlaedge/models/python.py for the "
                                "format") from e
         policy = cls(spec, root=checkpoint)
+        if spec.pruned:
+            from vlaedge.models.pruned_shapes import reshape_pruned
+
+            reshape_pruned(policy.module, spec.pruned)
         check_state_dict(policy.module, load_weights(checkpoint, allow_pickle), checkpoint)
         policy.module.eval()
         return policy
