@@ -23,7 +23,8 @@ SPEC = {
     "factory": "policy.py:from_config",
     "factory_config": "config.json",
     "inputs": [
-        {"name": "rgb", "shape": ["B", 3, 32, 32], "dtype": "float32", "low": 0, "high": 1, "source": "image"},
+        {"name": "rgb", "shape": ["B", 3, 32, 32], "dtype": "float32", "low": 0, "high": 1,
+         "source": "image"},
         {"name": "text", "shape": ["B", 6], "dtype": "int64", "low": 0, "high": 39, "source": "instruction"},
         {"name": "proprio", "shape": ["B", 4], "dtype": "float32", "source": "state"},
     ],
@@ -168,7 +169,8 @@ def test_pickle_shards_need_consent(tmp_path):
     (folder / "model.safetensors").unlink()
     names = sorted(state)
     half = len(names) // 2
-    parts = {"pytorch_model-00001-of-00002.bin": names[:half], "pytorch_model-00002-of-00002.bin": names[half:]}
+    parts = {"pytorch_model-00001-of-00002.bin": names[:half],
+             "pytorch_model-00002-of-00002.bin": names[half:]}
     for file, keys in parts.items():
         torch.save({k: state[k] for k in keys}, folder / file)
     (folder / "pytorch_model.bin.index.json").write_text(json.dumps(

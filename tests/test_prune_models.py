@@ -54,7 +54,8 @@ class LlamaPolicy(nn.Module):
 
     def forward(self, rgb, text, proprio):
         b = rgb.shape[0]
-        tokens = torch.cat([self.patch(_patches(rgb)), self.llm.embed_tokens(text), self.state(proprio)[:, None],
+        tokens = torch.cat([self.patch(_patches(rgb)), self.llm.embed_tokens(text),
+                            self.state(proprio)[:, None],
                             self.queries.expand(b, -1, -1)], 1)
         # an explicit additive causal mask: transformers' own builder calls torch.diff (no ONNX conversion)
         n = tokens.shape[1]
@@ -71,7 +72,8 @@ class SiglipPolicy(nn.Module):
         from transformers import SiglipVisionConfig, SiglipVisionModel
 
         cfg = SiglipVisionConfig(hidden_size=WIDTH, intermediate_size=2 * WIDTH, num_hidden_layers=2,
-                                 num_attention_heads=4, image_size=16, patch_size=4, attn_implementation="eager")
+                                 num_attention_heads=4, image_size=16, patch_size=4,
+                                 attn_implementation="eager")
         self.vision = SiglipVisionModel(cfg)
         self.head = nn.Linear(WIDTH + 4, CHUNK * 3)
 
@@ -111,8 +113,10 @@ def _spec(factory: str) -> dict:
     return {
         "family": "python", "factory": f"test_prune_models:{factory}",
         "inputs": [
-            {"name": "rgb", "shape": ["B", 3, 16, 16], "dtype": "uint8", "low": 0, "high": 255, "source": "image"},
-            {"name": "text", "shape": ["B", 6], "dtype": "int64", "low": 0, "high": 6, "source": "instruction"},
+            {"name": "rgb", "shape": ["B", 3, 16, 16], "dtype": "uint8", "low": 0, "high": 255,
+             "source": "image"},
+            {"name": "text", "shape": ["B", 6], "dtype": "int64", "low": 0, "high": 6,
+             "source": "instruction"},
             {"name": "proprio", "shape": ["B", 4], "dtype": "float32", "source": "state"},
         ],
         "tokenizer": {"vocab": ["pick", "up", "the", "red", "block"]},

@@ -122,8 +122,8 @@ class PruneResult:
                          f"{len(s.dense_layers)} left dense")
         if self.recovery:
             r = self.recovery
-            lines.append(f"  recovery: {r.steps} steps in {r.seconds:.1f} s ({r.seconds_per_step * 1e3:.1f} ms "
-                         f"per step), {r.objective} "
+            lines.append(f"  recovery: {r.steps} steps in {r.seconds:.1f} s "
+                         f"({r.seconds_per_step * 1e3:.1f} ms per step), {r.objective} "
                          f"{r.loss_before:.4g} -> {r.loss_after:.4g}"
                          + ("" if r.kept else " (worse: the pruned weights were kept)"))
         return "\n".join(lines + [f"  note: {n}" for n in self.notes])
@@ -188,7 +188,8 @@ def _check_structured(policy: Policy, config: PruneConfig) -> None:
         return
     if not isinstance(policy, PythonPolicy):
         raise VlaedgeError(f"prune: structured pruning takes reference and python-family policies, not "
-                           f"{type(policy).__name__}", "use prune.method: sparsity-2:4, or drop the prune section")
+                           f"{type(policy).__name__}",
+                           "use prune.method: sparsity-2:4, or drop the prune section")
     if policy.spec.pruned:
         raise VlaedgeError(f"prune: {policy.name} is already structurally pruned",
                            "prune the unpruned checkpoint once, with all of prune.heads/mlp/blocks")

@@ -40,7 +40,8 @@ from vlaedge.compress import prune_ops as ops
 from vlaedge.errors import VlaedgeError
 from vlaedge.models.pruned_shapes import RECORD_VERSION, PrunedMultiheadAttention
 
-FIX_HEADS = "set prune.heads: 0 (MLP channels and layers can still be pruned), or use prune.method: sparsity-2:4"
+FIX_HEADS = ("set prune.heads: 0 (MLP channels and layers can still be pruned), or use prune.method: "
+             "sparsity-2:4")
 
 
 @dataclass
@@ -87,8 +88,8 @@ def _hf_heads(name: str, m: nn.Module) -> Heads | None:
     o = "o_proj" if _linear(m, "o_proj") else "out_proj" if _linear(m, "out_proj") else None
     hd = getattr(m, "head_dim", None)
     if o is None or not isinstance(hd, int):
-        raise VlaedgeError(f"prune: cannot remove heads of {name or 'the model'} ({type(m).__name__}): it has "
-                           "q/k/v_proj but no o_proj/out_proj Linear or int head_dim", FIX_HEADS)
+        raise VlaedgeError(f"prune: cannot remove heads of {name or 'the model'} ({type(m).__name__}): "
+                           "it has q/k/v_proj but no o_proj/out_proj Linear or int head_dim", FIX_HEADS)
     nq, nkv = m.q_proj.out_features // hd, m.k_proj.out_features // hd
     if nq * hd != m.q_proj.out_features or nkv * hd != m.v_proj.out_features or nq % nkv:
         raise VlaedgeError(f"prune: cannot remove heads of {name} ({type(m).__name__}): q/k/v widths "
@@ -114,7 +115,8 @@ def find_heads(module: nn.Module) -> list[tuple[str, Heads]]:
         elif (h := _hf_heads(name, m)) is not None:
             found.append((name, h))
         elif _linear(m, "qkv") and isinstance(getattr(m, "num_heads", None), int):
-            raise VlaedgeError(f"prune: cannot remove heads of {name} ({type(m).__name__}): a fused qkv Linear",
+            raise VlaedgeError(f"prune: cannot remove heads of {name} ({type(m).__name__}): "
+                               "a fused qkv Linear",
                                FIX_HEADS + "; or split qkv into q_proj/k_proj/v_proj in the model")
     return found
 

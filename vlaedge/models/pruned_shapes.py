@@ -112,7 +112,8 @@ def reshape_pruned(module: nn.Module, record: dict) -> None:
     for path, (out_features, in_features, bias) in record.get("linear", {}).items():
         layer = _get(module, path, nn.Linear)
         ref = layer.weight
-        layer.weight = nn.Parameter(torch.empty(out_features, in_features, dtype=ref.dtype, device=ref.device))
+        layer.weight = nn.Parameter(torch.empty(out_features, in_features, dtype=ref.dtype,
+                                                device=ref.device))
         layer.bias = (nn.Parameter(torch.zeros(out_features, dtype=ref.dtype, device=ref.device))
                       if bias else None)
         layer.in_features, layer.out_features = in_features, out_features
