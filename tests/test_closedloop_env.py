@@ -146,6 +146,9 @@ def test_episodes_cut_at_max_steps_are_counted_and_shown():
     # an env's own shorter limit is not our cap
     short = closed_loop(const(100.0), 2, make_env=lambda: PushLike(limit=4), adapter=adapter, max_steps=10)
     assert short.hit_max_steps == 0 and short.steps == 8
+    # the env's own limit at the same step is the env's: raising max_steps would not give it longer
+    same = closed_loop(const(100.0), 2, make_env=lambda: PushLike(limit=6), adapter=adapter, max_steps=6)
+    assert same.hit_max_steps == 0 and same.steps == 12
 
 
 def _loop(ref, cand, n=60, min_episodes=50):

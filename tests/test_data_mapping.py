@@ -199,3 +199,53 @@ def test_a_saved_policy_keeps_its_mapping(tmp_path: Path, img2: Path) -> None:
     ck = policy_of(camera_spec(cameras=(CAMERAS[1], CAMERAS[0]))).save(tmp_path / "ck")
     policy = load_policy(ck, trust_code=True)
     assert bind_data(policy, load_dataset(img2)).cameras == [CAMERAS[1], CAMERAS[0]]
+
+
+class _TwoCameraEnv:
+    """A Gymnasium-style env whose observation holds two cameras of different content and a state."""
+
+    def __init__(self):
+        from gymnasium import spaces  # optional test dependency, as in test_closedloop_pusht
+        cams = {key: spaces.Box(0, 255, (48, 48, 3), np.uint8) for key in ("top", "wrist")}
+        self.observation_space = spaces.Dict({**cams, "qpos": spaces.Box(-1.0, 1.0, (4,), np.float32)})
+        self.action_space = spaces.Box(-1.0, 1.0, (3,), np.float32)
+
+    def _obs(self):
+        return {"top": np.full((48, 48, 3), 200, np.uint8), "wrist": np.full((48, 48, 3), 20, np.uint8),
+                "qpos": np.zeros(4, np.float32)}
+
+    def reset(self, seed=None):
+        return self._obs(), {}
+
+    def step(self, action):
+        return self._obs(), 0.0, False, False, {"is_success": False}
+
+
+def test_closed_loop_feeds_each_camera_its_own_frame_and_refuses_one_image_for_two() -> None:
+    pytest.importorskip("gymnasium")
+    from vlaedge.check.closedloop import closed_loop
+    policy = policy_of(camera_spec())
+    seen = []
+
+    def act(frames):
+        feeds = policy.make_inputs(frames)
+        seen.append((float(feeds["high"].mean()), float(feeds["wrist"].mean())))
+        return policy.act(frames)
+
+    def per_camera(obs):
+        return {CAMERAS[0]: obs["top"], CAMERAS[1]: obs["wrist"], "state": obs["qpos"], "instruction": "pick"}
+
+    rate = closed_loop(act, episodes=1, make_env=_TwoCameraEnv, adapter=per_camera, max_steps=4,
+                       action_spec=policy.action_spec, policy=policy)
+    assert rate.episodes == 1 and rate.hit_max_steps == 1
+    assert seen and all(high == pytest.approx(200 / 255) and wrist == pytest.approx(20 / 255)
+                        for high, wrist in seen)
+
+    def one_image(obs):
+        return {"image": obs["top"], "state": obs["qpos"], "instruction": "pick"}
+
+    with pytest.raises(VlaedgeError, match=r"the policy reads 2 cameras \(observation\.images\.cam_high, "
+                                           r"observation\.images\.cam_left_wrist\) and the adapter gives one "
+                                           r"image, so input 'high' would not see its own camera"):
+        closed_loop(act, episodes=1, make_env=_TwoCameraEnv, adapter=one_image, max_steps=4,
+                    action_spec=policy.action_spec, policy=policy)

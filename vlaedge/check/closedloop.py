@@ -10,7 +10,9 @@ the key given as `success_key`. Before the first episode the env's `action_space
 (gymnasium `Box` / `Dict` of `Box`, or duck-typed alike) are checked against the policy's action spec and
 inputs (`vlaedge.check.envspace.check_spaces`): action dimension and bounds; the adapter's frames from a
 sample observation (image uint8 [H, W, 3], state dims, keys present). `check_env` runs the same checks up
-front (`compress` does, before any stage). An env without language may omit `instruction` (fed as "").
+front (`compress` does, before any stage). A policy with several cameras reads one frame per camera from
+the adapter, keyed by each camera input's feature name (`observation.images.cam_high`: uint8 [H,W,3]);
+any other array key the adapter returns reaches the policy the same way. An env without language may omit `instruction` (fed as "").
 Episodes that end at `max_steps` (not by the env) are counted (`SuccessRate.hit_max_steps`). Envs are
 closed after their episodes.
 
@@ -201,8 +203,8 @@ def closed_loop(
         steps, capped = 0, 0
         while not all(done):
             live = [i for i in range(episodes) if not done[i]]
-            frames = {key: np.stack([obs[i][key] for i in live]) for key in ("image", "state")
-                      if key in obs[live[0]]}  # what the policy reads is checked by check_spaces
+            frames = {key: np.stack([obs[i][key] for i in live]) for key, value in obs[live[0]].items()
+                      if key != "instruction" and isinstance(value, (np.ndarray, np.generic, int, float))}
             frames["instruction"] = [obs[i].get("instruction", "") for i in live]  # envs without language
             chunks = act(frames)
             for k in range(min(execute, chunks.shape[1])):
@@ -214,8 +216,8 @@ def closed_loop(
                     steps, lengths[i] = steps + 1, lengths[i] + 1
                     success[i] = _success(info, success_key)
                     ended = bool(terminated or truncated)
-                    if lengths[i] >= max_steps and not success[i] and not terminated:
-                        capped += 1  # cut by our cap (or the env's own limit at the same step)
+                    if lengths[i] >= max_steps and not success[i] and not ended:
+                        capped += 1  # cut by our cap; the env's own limit at the same step is the env's
                     done[i] = ended or lengths[i] >= max_steps
                     if recorder is not None:
                         recorder.step(i, lengths[i], chunks[row, k], envs[i], obs[i], done[i])

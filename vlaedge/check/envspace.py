@@ -11,7 +11,8 @@ would otherwise crash inside the env or pass silently:
   observation itself must be the frame dict), and what comes out must feed the policy's inputs: an
   `image` that is uint8 RGB [H, W, 3] (any H x W: it is resized as dataset frames are, see
   `vlaedge.models.preprocess.image_feed`), a `state` with the input's number of values, an `instruction`
-  string. A key the adapter reads that the space lacks, or a frame key the policy reads that the adapter
+  string. A policy with several cameras needs one frame per camera, keyed by the camera's feature name
+  (``observation.images.cam_high``); one ``image`` for all of them is refused. A key the adapter reads that the space lacks, or a frame key the policy reads that the adapter
   does not return, is named with the keys found; a mismatch names the env's observation key (traced back
   through the adapter when it passes the value on) and both shapes.
 """
@@ -24,9 +25,8 @@ from typing import Any
 import numpy as np
 
 from vlaedge.errors import VlaedgeError
+from vlaedge.models.preprocess import GENERIC
 
-FRAME_KEYS = {"image": "image", "state": "state", "instruction": "instruction",
-              "instruction_mask": "instruction"}  # input source -> the frame key that feeds it
 ADAPTER_FIX = ("set verify.env_adapter to a function mapping the env's observation to {'image': uint8 "
                "[H, W, 3], 'state': float [S], 'instruction': str}")
 
@@ -95,11 +95,20 @@ def _check_observations(space, adapter, policy) -> None:
     if not isinstance(frame, dict):
         what = "the adapter returned" if adapter is not None else "observations are"
         raise VlaedgeError(f"env: {what} {_describe(frame)}, not a dict of frames", ADAPTER_FIX)
-    for spec in policy.input_spec:
-        d, _ = policy.fed(spec.name)
-        key = FRAME_KEYS.get(d.source)
-        if key is None:  # noise: not from the env
+    fed = [(spec, policy.fed(spec.name)[0]) for spec in policy.input_spec]
+    cameras = [d.feature for _, d in fed if d.source == "image"]
+    for spec, d in fed:
+        if d.source not in GENERIC:  # noise: not from the env
             continue
+        key = d.feature if d.feature in frame else GENERIC[d.source]
+        if d.source == "image" and len(cameras) > 1 and d.feature not in frame:
+            raise VlaedgeError(
+                f"env: the policy reads {len(cameras)} cameras ({', '.join(cameras)}) and the "
+                f"{'adapter' if adapter is not None else 'observation'} gives "
+                f"{'one image' if 'image' in frame else f'none of them (keys: {sorted(map(str, frame))})'}"
+                f", so input {spec.name!r} would not see its own camera",
+                "return each camera under its feature name from the adapter, e.g. "
+                + ", ".join(f"{c!r}: uint8 [H, W, 3]" for c in cameras))
         if key not in frame:
             whose = "the adapter's output" if adapter is not None else "the observation"
             raise VlaedgeError(
