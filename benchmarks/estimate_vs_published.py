@@ -23,7 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 from estimate_cnns import resnet50, retinanet, yolov8  # noqa: E402
-from estimate_graphs import Blocks, decode_step, transformer  # noqa: E402
+from estimate_graphs import Blocks, Builder, blocks, decode_step, transformer  # noqa: E402
 
 from vlaedge.deploy.estimate import price  # noqa: E402
 from vlaedge.deploy.estimate_fusion import TILE, Kernel, fuse  # noqa: E402
@@ -97,6 +97,19 @@ def gr00t(views: int, prec: str, horizon: int = 16, steps: int = 4, torch_backbo
     ]
 
 
+def gr00t15_llm(tokens: int = 283):
+    """GR00T N1.5's `llm.onnx` engine as Isaac-GR00T's deployment_scripts export and time it (one graph): the
+    256 ViT tokens pixel-shuffled to 64 x 4608, mlp1 (LayerNorm, 4608 -> 2048, GELU, 2048 -> 2048), spliced
+    into the embedded `tokens` and run through Qwen3-1.7B cut at 12 layers. `tokens` = OPT_LEN of
+    build_engine.sh (80/283/300): trtexec given only --min/opt/maxShapes times the engine at the opt shapes
+    ("the opt shapes will be used also for inference", trtexec --help)."""
+    g = Builder()
+    img = g.graph_input("vit_embeds", [1, 64, 4608])
+    img = g.linear(g.gelu(g.linear(g.norm(img, 4608), 4608, 2048, bias=True)), 2048, 2048, bias=True)
+    x = g.op("Concat", [img, g.graph_input("text_embeds", [1, tokens - 64, 2048])], axis=1)
+    return g.model(blocks(g, x, Blocks(12, 2048, 16, 8, 128, 6144, True, tokens, tokens)))
+
+
 def eager(spec: tuple) -> tuple:
     """A stage that runs in PyTorch eager, not TensorRT: one kernel per torch op (no epilogue fusion,
     `estimate_fusion.fuse(epilogues=False)`), each paying at least the host dispatch cost TORCH_OP_US."""
@@ -139,14 +152,14 @@ def stages(row: dict) -> tuple[list, str] | None:
         "mlperf31-agxorin-bert-99": ([("BERT-Large", ("bert", 384), 1)], "int8 at max_seq_length 384"),
         "mlperf31-orinnx-bert-99": ([("BERT-Large", ("bert", 384), 1)], "int8 at max_seq_length 384"),
         "hok-nanosuper-yolov8n-fp16": ([("YOLOv8n", ("yolo", "n", "fp16"), 1)], ""),
-        "hok-nanosuper-yolov8n-int8": ([("YOLOv8n", ("yolo", "n", "int8"), 1)], ""),
+        "hok-nanosuper-yolov8n-int8": ([("YOLOv8n", ("yolo", "n", "int8", "fp32"), 1)],
+                                       "trtexec --int8 without --fp16: unquantized layers in FP32"),
         "the0807-nano-yolov8s-fp16": ([("YOLOv8s", ("yolo", "s", "fp16"), 1)], "original Nano clocks"),
         "the0807-nano-yolov8m-fp16": ([("YOLOv8m", ("yolo", "m", "fp16"), 1)], "original Nano clocks"),
         "gr00t15-orin-vit-fp16": ([("ViT", siglip(1, "fp16"), 1)], "SigLIP So400m shape, 1 view at 224"),
-        "gr00t15-orin-llm-fp16": (
-            [("LLM 12 layers", ("x", Blocks(12, 2048, 16, 8, 128, 6144, True, 96, 96)), 1)],
-            "Qwen3-1.7B shape, 64 image + 32 text tokens (assumed)",
-        ),
+        "gr00t15-orin-llm-fp16": ([("LLM 12 layers", ("gr00t15-llm", 283), 1)],
+                                  "Qwen3-1.7B shape cut at 12 layers; 283 tokens (the engine's opt shape, "
+                                  "which trtexec times) incl. 64 image tokens through mlp1"),
         "flashrt-thor-gr00t16-siglip": ([("SigLIP", siglip(2, "fp8", 252), 1)],
                                         "fp8 assumed (FlashRT Thor path); 2 x 324 tokens at 252 px"),
         "flashrt-thor-gr00t16-qwen3": (
@@ -209,6 +222,8 @@ def _graph(spec: tuple):
         return retinanet()
     if kind == "yolo":
         return yolov8(spec[1], spec[2])
+    if kind == "gr00t15-llm":
+        return gr00t15_llm(spec[1])
     if kind == "bert":
         return transformer(
             Blocks(24, 1024, 16, 16, 64, 4096, False, spec[1], spec[1], "int8", post_norm=True)
@@ -219,17 +234,23 @@ def _graph(spec: tuple):
         layers, d, heads, kvh, hd, mlp, vocab = LLM[spec[1]]
         return decode_step(layers, d, heads, kvh, hd, mlp, vocab, spec[3], spec[2], spec[4])
     if len(spec) > 2:  # a single projection
-        from estimate_graphs import Builder
-
         g = Builder()
         return g.model(g.linear(g.graph_input("x", [1, spec[1].seq, spec[1].d]), spec[1].d, spec[2], spec[3]))
     return transformer(spec[1])
 
 
+def _unquantized(spec: tuple) -> str:
+    """What the layers outside Q/DQ run in: FP16, or the fourth field of a "yolo" spec. An engine built with
+    `trtexec --int8` and no `--fp16` (hokwangchoi's benchmark_yolov8.py) may only pick INT8 or FP32 kernels
+    (TensorRT runs a layer in a precision its builder flags allow: FP32 is always allowed)."""
+    return spec[3] if spec[0] == "yolo" and len(spec) > 3 else "fp16"
+
+
 def kernels(spec: tuple) -> list[Kernel]:
     """The fused kernels of a stage, cached as JSON under .cache/estimate_published."""
     code = "".join((ROOT.parent / "vlaedge" / "deploy" / f).read_text() for f in SOURCES)
-    code += "".join((ROOT / f).read_text() for f in ("estimate_graphs.py", "estimate_cnns.py"))
+    builders = ("estimate_graphs.py", "estimate_cnns.py", Path(__file__).name)  # this file: gr00t15_llm
+    code += "".join((ROOT / f).read_text() for f in builders)
     key = f"{spec!r} tile {TILE} code {hashlib.sha1(code.encode()).hexdigest()[:12]}"
     path = CACHE / (hashlib.sha1(key.encode()).hexdigest()[:16] + ".json")
     if path.exists():
@@ -241,7 +262,7 @@ def kernels(spec: tuple) -> list[Kernel]:
             ]
     torch_eager = spec[0] == "torch"
     model, _ = load_model(_graph(spec[1] if torch_eager else spec), 1, {}, False)
-    ks = fuse(Graph(model), "fp16", epilogues=not torch_eager)
+    ks = fuse(Graph(model), _unquantized(spec), epilogues=not torch_eager)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(
         json.dumps(

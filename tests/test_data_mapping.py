@@ -166,6 +166,25 @@ def test_compress_refuses_a_mismatched_dataset_before_any_stage(tmp_path: Path, 
     assert "'action' has 14 dims in the dataset, the policy's actions have 3" in error
 
 
+@pytest.mark.parametrize("dims,needle", [
+    ((14, 14), "closed loop (tabletop): action space has shape (3,), the policy's actions have shape (14,)"),
+    ((4, 3), "closed loop (tabletop): the policy reads 2 cameras")])
+def test_a_policy_that_does_not_fit_the_tabletop_closed_loop_is_refused_before_any_stage(
+        tmp_path: Path, img2: Path, aloha: Path, dims, needle, capsys, monkeypatch) -> None:
+    """The shipped recipes run 100 tabletop episodes: a 14-dim ALOHA policy used to crash there after export
+    (internal error, exit 2) and a two-camera policy got the tabletop's one image in both inputs."""
+    ck = policy_of(camera_spec(*dims)).save(tmp_path / "ck")
+    loop = ["--set", "verify.closed_loop_episodes=100", "--set", "budgets.max_success_drop=0.15"]  # cpu-int8
+    data = aloha if dims[0] == 14 else img2
+    code, text = run_cli(["compress", ck, "--data", data, "--out", tmp_path / "run", *E2E, *loop], capsys,
+                         monkeypatch)
+    assert code == 2 and not (tmp_path / "run").exists(), text
+    assert "ONNX" not in text and "Traceback" not in text
+    error = next(line for line in text.splitlines() if line.startswith("error:"))
+    assert needle in error
+    assert "--set verify.closed_loop_episodes=0 --set budgets.max_success_drop=null" in text
+
+
 def test_data_command_prints_what_to_check_before_calibrating(tmp_path: Path, img2: Path, capsys,
                                                               monkeypatch) -> None:
     code, text = run_cli(["data", img2], capsys, monkeypatch)

@@ -9,8 +9,9 @@ from onnx import TensorProto as T
 from onnx import helper as h
 from onnx import numpy_helper as nh
 
-from vlaedge.deploy.estimate import RUNTIME_OVERHEAD_MB, estimate
-from vlaedge.deploy.estimate_fusion import TILE
+from vlaedge.deploy.estimate import RUNTIME_OVERHEAD_MB, estimate, price
+from vlaedge.deploy.estimate_fusion import FEW_CHANNELS, TILE, fuse, gemm_flops
+from vlaedge.deploy.estimate_shapes import Graph, load_model
 from vlaedge.errors import VlaedgeError
 from vlaedge.targets import get_target
 
@@ -135,6 +136,61 @@ def test_narrow_conv_pays_for_whole_tensor_core_tiles():
     narrow, full = conv(TILE // 8), conv(TILE)
     assert narrow.flops == full.flops / 8 and narrow.bound == full.bound == "compute"
     assert narrow.ms == pytest.approx(full.ms)  # the tensor cores compute whole tiles
+
+
+def _conv_graph(c_in, c_out=TILE, side=64, k=3):
+    node = h.make_node("Conv", ["x", "W"], ["y"], kernel_shape=[k, k], pads=[k // 2] * 4)
+    return _model([node], [_f("x", [1, c_in, side, side])], [_f("y", [1, c_out, side, side])],
+                  [_w("W", (c_out, c_in, k, k))])
+
+
+def test_conv_reduction_is_rounded_per_filter_tap():
+    def tile_flops(c_in):
+        g = Graph(load_model(_conv_graph(c_in), 1, {}, False)[0])
+        return gemm_flops(g.nodes[0], g, TILE)
+
+    pixels = 64 * 64
+    # 16 input channels fill a quarter of each K-tile, once per each of the 9 taps: as costly as 64
+    assert tile_flops(16) == tile_flops(TILE) == 2 * pixels * TILE * 9 * TILE
+    # a first conv on 3 channels packs its 27 taps x channels into one tile (few-channels kernels)
+    assert FEW_CHANNELS >= 3 and tile_flops(3) == 2 * pixels * TILE * TILE
+
+
+def _residual_mlp():
+    """x -> MatMul -> +bias -> Relu -> +x (residual) -> MatMul: one epilogue chain between two GEMMs."""
+    nodes = [
+        h.make_node("MatMul", ["x", "W"], ["y"]),
+        h.make_node("Add", ["y", "b"], ["z"]),
+        h.make_node("Relu", ["z"], ["r"]),
+        h.make_node("Add", ["r", "x"], ["o"]),
+        h.make_node("MatMul", ["o", "W2"], ["out"]),
+    ]
+    inits = [_w("W", (64, 64)), _w("b", (64,)), _w("W2", (64, 64))]
+    return Graph(load_model(_model(nodes, [_f("x", [8, 64])], [_f("out", [8, 64])], inits), 1, {}, False)[0])
+
+
+def test_fuse_without_epilogues_prices_pytorch_eager():
+    g, act, w = _residual_mlp(), 8 * 64, 64 * 64
+    fused, eager = fuse(g, "fp16"), fuse(g, "fp16", epilogues=False)
+    assert [k.kind for k in fused] == ["gemm", "gemm"]
+    assert [k.op_types for k in fused][0] == ["MatMul", "Add", "Relu", "Add"]
+    assert [k.kind for k in eager] == ["gemm", "pointwise", "gemm"]  # the chain is one torch op, unfused
+    assert eager[1].op_types == ["Add", "Relu", "Add"] and eager[1].other_flops == 3 * act
+    assert [k.bytes for k in fused] == [(act + w + 64 + act) * 2, (act + w + act) * 2]
+    # eager writes y and reads it back, and reads x a second time for the residual
+    assert sum(k.bytes for k in eager) - sum(k.bytes for k in fused) == 3 * act * 2
+    target = get_target("agx-orin-64gb")
+    floor = target.efficiency.kernel_floor_us / 1e3
+    assert [k.bound for k in price(eager, target)] == ["floor"] * 3  # tiny: every kernel pays the floor
+    assert sum(k.ms for k in price(fused, target)) == pytest.approx(2 * floor)
+    assert sum(k.ms for k in price(eager, target)) == pytest.approx(3 * floor)
+
+
+def test_fuse_without_epilogues_keeps_attention_one_kernel():
+    g = Graph(load_model(_attention_graph(), 1, {}, False)[0])
+    (k,) = fuse(g, "fp16", epilogues=False)  # scaled_dot_product_attention: scale and softmax inside
+    assert k.kind == "attention" and k.op_types == ["MatMul", "Mul", "Softmax", "MatMul"]
+    assert k.bytes == fuse(g, "fp16")[0].bytes == 4 * 4 * 128 * 32 * 2  # q, k, v read, o written
 
 
 def _qdq_matmul(elem, zero, opset=17):

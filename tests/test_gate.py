@@ -113,6 +113,22 @@ def test_token_agreement_gripper_flips_and_cosine_budgets():
     assert statuses(no_tokens) == {"min_token_agreement": "skipped"} and no_tokens  # skipped is not a failure
 
 
+def test_a_tokens_head_p99_is_judged_by_token_agreement_when_that_budget_is_set():
+    report = make_report(logits=True)  # decoded actions equal; 10% of dim 0's tokens disagree
+    report["drift"]["per_dim"][0]["p99_pct"] = 49.6  # what openvla_style measured: the flips' size
+    both = gate(report, Budgets(max_drift_continuous_p99_pct=20.0, min_token_agreement=0.8))
+    assert statuses(both) == {"max_drift_continuous_p99_pct": "skipped", "min_token_agreement": "pass"}
+    p99 = next(c for c in both.checks if c.name == "max_drift_continuous_p99_pct")
+    assert "judged by min_token_agreement" in p99.detail and "dx p99 49.6%" in p99.detail
+    # without a token budget the p99 still applies: nothing goes unjudged
+    alone = gate(report, Budgets(max_drift_continuous_p99_pct=20.0))
+    assert statuses(alone) == {"max_drift_continuous_p99_pct": "fail"} and not alone
+    # a continuous head keeps its p99 budget whatever min_token_agreement says
+    continuous = make_report(offset=(0.5, 0.0, 0.0))  # dx off by 25% of range
+    judged = gate(continuous, Budgets(max_drift_continuous_p99_pct=20.0, min_token_agreement=0.98))
+    assert statuses(judged) == {"max_drift_continuous_p99_pct": "fail", "min_token_agreement": "skipped"}
+
+
 @pytest.mark.parametrize(
     ("loop", "expected"),
     [

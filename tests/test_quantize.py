@@ -253,9 +253,33 @@ def test_onnxruntime_variants_quantize_what_they_say_and_stay_close(chunk_policy
     assert result.output_bytes <= 0.4 * result.fp32_bytes and static
 
 
+@pytest.mark.parametrize("vnni,setting,bound", [(False, None, 64), (True, None, 127), (True, True, 64),
+                                                  (False, False, 127)])
+def test_reduce_range_follows_the_cpu_unless_the_recipe_sets_it(chunk_policy, ort_chunk, frame_sets, tmp_path,
+                                                                 monkeypatch, vnni, setting, bound):
+    """Without VNNI/AMX, ONNX Runtime's u8 x s8 kernels saturate int16 pair sums: weights get 7 bits there
+    (ONNX Runtime's reduce_range: int8 values within [-64, 64]), 8 bits elsewhere or when the recipe says."""
+    import onnx
+    from onnx import numpy_helper
+
+    monkeypatch.setattr("vlaedge.compress.quantize_ort.int8_dot_product", lambda: vnni)
+    fp32, _, _ = ort_chunk
+    config = QuantizeConfig(precision="int8", num_calib_frames=CALIB, keep=["action_head*"],
+                            reduce_range=setting)
+    result = quantize(chunk_policy, config, _feeds(chunk_policy, frame_sets[0]), CPU, fp32,
+                      tmp_path / "q.onnx")
+    weights = [numpy_helper.to_array(i) for i in onnx.load(result.output).graph.initializer
+               if i.data_type == onnx.TensorProto.INT8 and len(i.dims) >= 2]
+    assert weights and max(int(np.abs(w.astype(np.int32)).max()) for w in weights) == bound
+    assert any("reduce_range" in n for n in result.notes) == (bound == 64)
+
+
 def test_onnxruntime_only_settings_are_refused_on_a_tensorrt_target(nano):
     config = QuantizeConfig(precision="int8", num_calib_frames=4, mode="dynamic")
     with pytest.raises(VlaedgeError, match="mode: dynamic apply to ONNX Runtime"):
+        quantize(nano, config, [nano.example_inputs(4)], ORIN)
+    config = QuantizeConfig(precision="int8", num_calib_frames=4, reduce_range=True)
+    with pytest.raises(VlaedgeError, match="reduce_range: True apply to ONNX Runtime"):
         quantize(nano, config, [nano.example_inputs(4)], ORIN)
 
 

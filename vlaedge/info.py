@@ -46,6 +46,18 @@ def cpu_features() -> list[str]:
     return [f for f in CPU_FEATURES if f in flags]
 
 
+def int8_dot_product() -> bool | None:
+    """Whether this x86 CPU has an int8 dot-product instruction (AVX512-VNNI, AVX-VNNI or AMX-INT8, all
+    `vpdpbusd`-class); False on an x86 CPU with AVX2 only, where ONNX Runtime's u8 x s8 kernels add pairs
+    of products in saturating int16; None off x86 or where /proc/cpuinfo cannot be read."""
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        return None
+    features = cpu_features()
+    if not features:
+        return None
+    return any(f in features for f in ("avx512_vnni", "avx_vnni", "amx_int8"))
+
+
 def cuda_devices() -> list[str]:
     """Names of visible CUDA GPUs (empty without torch or CUDA)."""
     try:

@@ -87,7 +87,7 @@ def load_inputs(checkpoint: Path | None, data: Path | None, allow_pickle: bool =
             needs["prune.num_frames"] = recipe.prune.num_frames
         check_counts(dataset, calibration, needs)
         loop = recipe.verify
-        if loop is not None and loop.closed_loop_episodes and loop.env:
+        if loop is not None and loop.closed_loop_episodes:
             from vlaedge.check.closedloop import check_env
 
             check_env(loop.env, loop.env_adapter, policy)

@@ -80,6 +80,11 @@ class QuantizeConfig(Section):
         False, description="cpu target: also quantize activation x activation (attention) MatMuls")
     optimize_graph: bool = Field(
         False, description="cpu target: fuse the FP32 graph with ONNX Runtime's transformer optimizer first")
+    reduce_range: bool | None = Field(
+        None, description="cpu target: 7-bit weights (ONNX Runtime's reduce_range), for CPUs without an int8 "
+        "dot-product instruction (AVX512-VNNI, AVX-VNNI, AMX-INT8), where ONNX Runtime's u8 x s8 kernels "
+        "sum pairs into saturating int16 (vpmaddubsw). Default (null): on when the CPU running compress "
+        "has none of them; set false for a VNNI robot computer quantized elsewhere")
 
 
 class ExportConfig(Section):
@@ -109,7 +114,8 @@ class EngineConfig(Section):
 class VerifyConfig(Section):
     """Reference vs candidate on the evaluation split (open loop) and in the tabletop env (closed loop)."""
 
-    runtime: str = Field("ort-cpu", description="candidate runtime (see `vlaedge runtimes`)")
+    runtime: str = Field("ort-cpu", description="candidate runtime: torch, ort-cpu, ort-cuda, ort-trt or "
+                         "trt (`vlaedge targets` lists each target's runtime)")
     eval_frames: int = Field(512, ge=1, description="open-loop frames from the evaluation split")
     closed_loop_episodes: int = Field(0, ge=0, description="0 skips the closed-loop check")
     min_episodes: int = Field(50, ge=1, description="fewer episodes: the check refuses to conclude")
@@ -157,7 +163,8 @@ class Budgets(Section):
     max_drift_p99_pct: float | None = Field(None, gt=0, description="p99 abs action error, % of action range")
     max_drift_continuous_p99_pct: float | None = Field(
         None, gt=0, description="worst p99 abs error over the continuous (non-gripper) dims, % of range: "
-        "any policy's motion dims, whatever their names (the gripper is budgeted as a flip rate)")
+        "any policy's motion dims, whatever their names (the gripper is budgeted as a flip rate). Skipped, "
+        "with the reason, for a tokens head when min_token_agreement is set: the token flips set its p99")
     max_drift_per_dim_pct: dict[str, float] = Field(
         {}, description="action dim name -> max mean error, % of range")
     max_drift_per_dim_p99_pct: dict[str, float] = Field(
@@ -228,7 +235,8 @@ class Recipe(Section):
         b, v = self.budgets, self.verify
         if b is not None and b.max_success_drop is not None and not (v and v.closed_loop_episodes):
             raise ValueError("budgets.max_success_drop needs verify.closed_loop_episodes above 0 "
-                             "(at least verify.min_episodes)")
+                             "(at least verify.min_episodes); without a closed loop drop the budget too: "
+                             "--set budgets.max_success_drop=null")
         return self
 
     @model_validator(mode="after")

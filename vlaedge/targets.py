@@ -22,7 +22,7 @@ from typing import Any, Literal, NoReturn
 from vlaedge.errors import VlaedgeError
 
 PRECISIONS = ("fp32", "fp16", "bf16", "int8", "fp8", "fp4")
-RUNTIMES = ("torch", "ort-cpu", "ort-cuda", "ort-trt", "trt")  # names known to `vlaedge runtimes`
+RUNTIMES = ("torch", "ort-cpu", "ort-cuda", "ort-trt", "trt")  # what verify and profile can time a model on
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,8 @@ inputs (`vlaedge.check.envspace.check_spaces`): action dimension and bounds; the
 sample observation (image uint8 [H, W, 3], state dims, keys present). `check_env` runs the same checks up
 front (`compress` does, before any stage). A policy with several cameras reads one frame per camera from
 the adapter, keyed by each camera input's feature name (`observation.images.cam_high`: uint8 [H,W,3]);
-any other array key the adapter returns reaches the policy the same way. An env without language may omit `instruction` (fed as "").
+any other array key the adapter returns reaches the policy the same way. An env without language may
+omit `instruction` (fed as "").
 Episodes that end at `max_steps` (not by the env) are counted (`SuccessRate.hit_max_steps`). Envs are
 closed after their episodes.
 
@@ -124,18 +125,36 @@ def load_callable(spec: str, what: str) -> Callable:
     return fn
 
 
-def check_env(env: str, adapter: str | None, policy) -> None:
-    """Builds one env from `env` (`package.module:make_env`), checks its action and observation spaces
-    against `policy` (`vlaedge.check.envspace.check_spaces`) and closes it, without any episode: what
-    `compress` runs before its first stage when the recipe has a closed loop on a user's env.
+TABLETOP_FIX = ("the built-in tabletop closed loop takes 3 actions (dx, dy, gripper in [-1, 1]), a 4-dim "
+                "state and one camera: set verify.env to your robot's env (README: Closed loop on your own "
+                "env), or run without a closed loop: --set verify.closed_loop_episodes=0 "
+                "--set budgets.max_success_drop=null")
+
+
+def check_env(env: str | None, adapter: str | None, policy) -> None:
+    """Builds one env from `env` (`package.module:make_env`; None: the built-in tabletop task), checks
+    its action and observation spaces against `policy` (`vlaedge.check.envspace.check_spaces`) and
+    closes it, without any episode: what `compress` runs before its first stage when the recipe has a
+    closed loop.
 
     Raises:
-        VlaedgeError: the env or adapter cannot be loaded, or its spaces do not fit the policy.
+        VlaedgeError: the env or adapter cannot be loaded, or its spaces do not fit the policy (on the
+            tabletop the fix says which policies it fits and how to drop the closed loop).
     """
     adapt = load_callable(adapter, "verify.env_adapter") if adapter else None
-    one = load_callable(env, "verify.env")()
+    if env is None:
+        from vlaedge.sim import TabletopEnv
+
+        one = TabletopEnv()
+    else:
+        one = load_callable(env, "verify.env")()
     try:
         check_spaces(one, adapt, policy, policy.action_spec)
+    except VlaedgeError as e:
+        if env is not None:
+            raise
+        raise VlaedgeError(e.message.replace("env: ", "closed loop (tabletop): ", 1),
+                           TABLETOP_FIX) from None
     finally:
         if callable(getattr(one, "close", None)):
             one.close()

@@ -11,10 +11,11 @@ would otherwise crash inside the env or pass silently:
   observation itself must be the frame dict), and what comes out must feed the policy's inputs: an
   `image` that is uint8 RGB [H, W, 3] (any H x W: it is resized as dataset frames are, see
   `vlaedge.models.preprocess.image_feed`), a `state` with the input's number of values, an `instruction`
-  string. A policy with several cameras needs one frame per camera, keyed by the camera's feature name
-  (``observation.images.cam_high``); one ``image`` for all of them is refused. A key the adapter reads that the space lacks, or a frame key the policy reads that the adapter
-  does not return, is named with the keys found; a mismatch names the env's observation key (traced back
-  through the adapter when it passes the value on) and both shapes.
+  string where the adapter returns one (an env without language is fed ""). A policy with several
+  cameras needs one frame per camera, keyed by the camera's feature name (``observation.images.cam_high``);
+  one ``image`` for all of them is refused. A key the adapter reads that the space lacks, or a frame key
+  the policy reads that the adapter does not return, is named with the keys found; a mismatch names the
+  env's observation key (traced back through the adapter when it passes the value on) and both shapes.
 """
 
 from __future__ import annotations
@@ -109,6 +110,8 @@ def _check_observations(space, adapter, policy) -> None:
                 f", so input {spec.name!r} would not see its own camera",
                 "return each camera under its feature name from the adapter, e.g. "
                 + ", ".join(f"{c!r}: uint8 [H, W, 3]" for c in cameras))
+        if key not in frame and d.source in ("instruction", "instruction_mask"):
+            continue  # an env without language: the closed loop feeds "" (the space describes arrays only)
         if key not in frame:
             whose = "the adapter's output" if adapter is not None else "the observation"
             raise VlaedgeError(

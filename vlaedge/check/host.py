@@ -153,11 +153,12 @@ def _maxrss_kb() -> float:
 
 def host_info(runtime: str, threads: int | None) -> dict:
     """Host, CPU model, core count, runtime versions and threads, for the record."""
-    from vlaedge.info import package_version, tensorrt_version
+    from vlaedge.info import cpu_features, package_version, tensorrt_version
 
     return {
         "hostname": platform.node(),
         "cpu": cpu_model(),
+        "cpu_features": cpu_features(),
         "cores": os.cpu_count(),
         "machine": platform.machine(),
         "os": platform.platform(),

@@ -110,7 +110,7 @@ def quantize(policy: Policy, config: QuantizeConfig, calibration: list[dict[str,
 def _refuse_ort_only(config: QuantizeConfig, target: Target) -> None:
     """Settings only the ONNX Runtime path has: an error on a TensorRT target, not a silent no-op."""
     bad = [f"{k}: {getattr(config, k)}" for k, default in (("mode", "static"), ("quantize_attention", False),
-                                                           ("optimize_graph", False))
+                                                           ("optimize_graph", False), ("reduce_range", None))
            if getattr(config, k) != default]
     if bad:
         raise VlaedgeError(f"quantize: {', '.join(bad)} apply to ONNX Runtime (the cpu target) only, "

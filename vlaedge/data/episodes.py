@@ -32,7 +32,8 @@ FrameBatch = dict[str, Any]
 (``observation.state``, ``action``, ``task``), which is what a policy spec's ``feature`` names."""
 
 EVAL_FRACTION = 0.5  # share of episodes in the evaluation split (recorded in every manifest)
-DATA_HINT = "give the dataset path (--data, or DATASET for vlaedge data) as a LeRobot v3 dataset root, a folder of .npz episodes or one .npz file"
+DATA_HINT = ("give the dataset path (--data, or DATASET for vlaedge data) as a LeRobot v3 dataset root, a "
+             "folder of .npz episodes or one .npz file")
 
 
 @dataclass

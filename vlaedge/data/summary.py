@@ -1,6 +1,6 @@
 """What a dataset holds, for `vlaedge data DATASET` (`summarize`) and the up-front count check of `compress`
-(`check_counts`): episodes, frames, fps, features with shapes/dtypes, cameras and how they are stored,
-task strings and stats.
+(`check_counts`): episodes, frames, fps, the calibration/evaluation split compress makes, features with
+shapes/dtypes, cameras and how they are stored, task strings and stats.
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from collections import Counter
 
 import numpy as np
 
-from vlaedge.data.episodes import EpisodeDataset
+from vlaedge.data.episodes import EVAL_FRACTION, EpisodeDataset, split_episodes
 from vlaedge.errors import VlaedgeError
 
 _COUNTERS = {"timestamp", "frame_index", "episode_index", "index", "task_index"}
@@ -32,8 +32,15 @@ def summarize(dataset: EpisodeDataset) -> str:
         f"dataset: {dataset.source}",
         f"episodes: {len(lengths)}, frames: {sum(lengths)} (per episode {min(lengths)}-{max(lengths)}, "
         f"mean {np.mean(lengths):.1f}), fps: {dataset.fps:g}",
-        "features:",
     ]
+    if len(lengths) >= 2:
+        calibration, evaluation = split_episodes(dataset, EVAL_FRACTION, 0)
+        lines.append(f"split (compress, by episode, seed 0): calibration {calibration.num_frames} frames "
+                     f"({len(calibration.episodes)} episodes) for quantize.num_calib_frames / "
+                     "prune.num_frames, "
+                     f"evaluation {evaluation.num_frames} frames ({len(evaluation.episodes)} episodes) for "
+                     "verify.eval_frames")
+    lines.append("features:")
     ep = dataset.episodes[0]
     cameras = dict(ep.cameras) or {"image": ep.images}
     features = dict(dataset.features) or {
@@ -71,7 +78,7 @@ def _stats_lines(dataset: EpisodeDataset) -> list[str]:
         stats = {k: np.asarray(given[k], np.float64).reshape(-1) for k in ("mean", "std", "min", "max")
                  if k in given} or {"mean": v.mean(0), "std": v.std(0), "min": v.min(0), "max": v.max(0)}
         for name, x in stats.items():
-            shown = ", ".join(f"{a:.3g}" for a in x[:8]) + (", ..." if len(x) > 8 else "")
+            shown = ", ".join(f"{a:.3g}" for a in x[:32]) + (", ..." if len(x) > 32 else "")  # ALOHA: 14
             out.append(f"  {key}.{name}: [{shown}]")
     for key in dataset.camera_keys:
         given = dataset.stats.get(key) or {}

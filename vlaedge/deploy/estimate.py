@@ -9,7 +9,8 @@ A fusion-aware, calibrated roofline:
    normalizations as one memory pass, attention as one kernel); a kernel's bytes are the tensors crossing
    its boundary, at the width they are stored in (Q/DQ-aware: int8/fp8/int4/fp4 through DequantizeLinear,
    1 byte into QuantizeLinear, float weights of a modelopt Q/DQ export at their quantized width).
-3. Time: each kernel takes max(tensor FLOPs (N and K rounded up to whole tensor-core tiles, TILE) /
+3. Time: each kernel takes max(tensor FLOPs (N and K rounded up to whole tensor-core tiles, TILE; a conv's
+   K per filter tap, `estimate_fusion.gemm_flops`) /
    (peak[precision] x efficiency[precision]), CUDA-core FLOPs / FP32 peak,
    bytes / (bandwidth x memory efficiency), kernel floor); the latency
    is their sum plus a fixed per-inference cost. The efficiencies, floor and fixed cost are per target

@@ -55,7 +55,9 @@ NORMS = {
     "ReduceL2", "ReduceSumSquare", "ReduceProd",
 }  # fmt: skip
 _JOINABLE = ("gemm", "conv", "attention", "norm", "pointwise")
-TILE = 64  # tensor-core tile granularity of N and K: narrow layers waste part of a tile (fit on calib rows)
+# tensor-core tile granularity of N and K (a conv's K per filter tap): narrow layers waste part of a tile
+TILE = 64  # (64 fits the calib rows better than 32 or 128, see gemm_flops)
+FEW_CHANNELS = 8  # a conv with at most this many input channels packs its filter taps into one reduction
 
 
 @dataclass(eq=False)
@@ -215,7 +217,16 @@ def _is_param(name: str, node: Any, g: Graph) -> bool:
 
 def gemm_flops(node: Any, g: Graph, tile: int = 1) -> float:
     """2 x MACs (+ one per output for a bias) of MatMul, Gemm, Conv, ConvTranspose; with `tile` > 1 the
-    output-channel (N) and reduction (K) sizes are rounded up to a multiple of it (ungrouped ops only)."""
+    output-channel (N) and reduction (K) sizes are rounded up to a multiple of it (ungrouped ops only).
+
+    A Conv's reduction is rounded per filter tap: an implicit-GEMM convolution steps over the kh x kw filter
+    positions and reads the input channels of one position in K-tiles, so a 3x3 conv with 16 input channels
+    fills 16 of each tile's 64 lanes 9 times (CUTLASS implicit-GEMM fprop, `IteratorAlgorithm::kOptimized`
+    / `kAnalytic`). Up to FEW_CHANNELS input channels (a network's first conv on 3-8 padded channels) the
+    taps are packed into one reduction instead (`kFixedChannels` / `kFewChannels`,
+    https://github.com/NVIDIA/cutlass include/cutlass/conv/convolution.h). TensorRT's own conv kernels are
+    not public: this is an assumption, kept because it lowers the calibration loss of
+    benchmarks/estimate_vs_published.py --fit (2.39 -> 2.11; TILE 32 or 128 per tap: 2.47, 2.62)."""
     a, w, out = node.input[0], node.input[1], node.output[0]
     attrs = {at.name: at for at in node.attribute}
 
@@ -237,6 +248,8 @@ def gemm_flops(node: Any, g: Graph, tile: int = 1) -> float:
         tile = 1
     if node.op_type == "Conv":  # weight [Cout, Cin/group, k...]; output [N, Cout, spatial...]
         pixels = g.numel(out) / max(out_dims[1] if len(out_dims) > 1 else 1, 1)
-        return 2.0 * pixels * up(w_dims[0]) * up(w_dims[1] * kernel) + bias
+        c_in = w_dims[1]
+        reduction = up(c_in * kernel) if c_in <= FEW_CHANNELS else up(c_in) * kernel
+        return 2.0 * pixels * up(w_dims[0]) * reduction + bias
     # ConvTranspose: weight [Cin, Cout/group, k...]; every input element scatters Cout/group x kernel MACs
     return 2.0 * g.numel(a) * w_dims[1] * kernel + bias

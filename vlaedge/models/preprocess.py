@@ -31,7 +31,8 @@ GENERIC = {"image": "image", "state": "state", "instruction": "instruction",
 _ALIASES = {"state": "observation.state", "instruction": "task"}  # generic frame field -> LeRobot feature
 _COUNTERS = {"timestamp", "frame_index", "episode_index", "index", "task_index"}  # LeRobot bookkeeping
 _STATS_KEYS = {"mean_std": ("mean", "std"), "min_max": ("min", "max")}
-MAP_FIX = "map the input to a dataset feature in the recipe (data: {map: {INPUT: FEATURE}}) or --set data.map"
+MAP_FIX = ("set the input's feature in the checkpoint's config.json, or map it without editing the "
+           "checkpoint: recipe data: {map: {INPUT: FEATURE}}, or --set data.map.INPUT=FEATURE")
 
 
 @dataclass(frozen=True)

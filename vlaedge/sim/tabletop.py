@@ -64,6 +64,23 @@ def _grasp(ee: np.ndarray, block_pos: np.ndarray) -> int | None:
     return nearest if dist[nearest] <= GRASP_RADIUS else None
 
 
+@dataclasses.dataclass(frozen=True)
+class Box:
+    """The parts of a `gymnasium.spaces.Box` that vlaedge reads (shape, dtype, bounds), without gymnasium."""
+
+    low: float
+    high: float
+    shape: tuple[int, ...]
+    dtype: type = np.float32
+
+
+@dataclasses.dataclass(frozen=True)
+class DictSpace:
+    """The part of a `gymnasium.spaces.Dict` that vlaedge reads: its `spaces` by key."""
+
+    spaces: dict[str, Box]
+
+
 class TabletopEnv:
     """Pick up a coloured block, or place it on a coloured square, following a language instruction.
 
@@ -71,8 +88,9 @@ class TabletopEnv:
     0.07 * (dx, dy); grip > 0 closes the gripper, which grasps the nearest block within 0.06 on the
     open-to-closed transition and releases it at the end-effector position on closed-to-open.
     Observations are dicts with `image` (uint8 [H, W, 3]), `state` (float32 [4]: ee_x and ee_y in
-    [-1, 1], gripper and holding as +1/-1) and `instruction` (str). Grasping the wrong block ends the
-    episode as a failure. The same seed gives bit-identical frames and outcomes.
+    [-1, 1], gripper and holding as +1/-1) and `instruction` (str); `action_space` and `observation_space`
+    describe the arrays as gymnasium's Box / Dict would (duck-typed, gymnasium is not imported). Grasping
+    the wrong block ends the episode as a failure. The same seed gives bit-identical frames and outcomes.
 
     Args:
         image_size: height and width of the rendered image, at least 32.
@@ -95,6 +113,10 @@ class TabletopEnv:
         self.max_steps = int(max_steps)
         self.renderer = Renderer(image_size)
         self.image_size = self.renderer.image_size
+        self.action_space = Box(-1.0, 1.0, (3,))
+        size = self.image_size
+        self.observation_space = DictSpace({"image": Box(0, 255, (size, size, 3), np.uint8),
+                                            "state": Box(-1.0, 1.0, (4,))})  # and the instruction string
         self.action_low = np.full(3, -1.0, np.float32)
         self.action_high = np.full(3, 1.0, np.float32)
         self._rng: np.random.Generator | None = None
