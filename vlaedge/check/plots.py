@@ -139,8 +139,10 @@ def success_plot(reference: dict, candidate: dict) -> str:
     for y, (r, colour) in enumerate(((candidate, CAND), (reference, REF))):
         lo, hi = r["interval"]
         ax.barh(y, 100 * r["rate"], color=colour, alpha=0.8, height=0.55)
-        ax.errorbar(100 * r["rate"], y, xerr=[[100 * (r["rate"] - lo)], [100 * (hi - r["rate"])]],
-                    color="#333", capsize=4, linewidth=1)
+        # clipped at 0: a 100/100 Wilson upper bound can round to just below the rate (0.9999999999999999)
+        below, above = max(0.0, r["rate"] - lo), max(0.0, hi - r["rate"])
+        ax.errorbar(100 * r["rate"], y, xerr=[[100 * below], [100 * above]], color="#333", capsize=4,
+                    linewidth=1)
         ax.annotate(f"{r['successes']}/{r['episodes']}", (100 * hi, y), xytext=(6, 0),
                     textcoords="offset points", va="center")
     ax.set_yticks([0, 1], ["candidate", "reference"])

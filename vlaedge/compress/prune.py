@@ -31,6 +31,7 @@ from typing import Literal
 import numpy as np
 import torch
 
+from vlaedge import progress
 from vlaedge.compress import prune_modules
 from vlaedge.compress import prune_ops as ops
 from vlaedge.errors import VlaedgeError
@@ -303,7 +304,7 @@ def _remove_blocks(student: ReferenceVLA, teacher: ReferenceVLA, count: int, cal
     """Greedily removes the `count` blocks whose skipping moves the outputs least (never a stack's last)."""
     refs = ops.run(teacher, calib) if count else []
     removed = []
-    for _ in range(count):
+    for _ in progress.track(range(count), "prune: blocks removed (each scores every block skipped)"):
         candidates = [(s, i) for _, s in _stacks(student) if len(s) > 1 for i in range(len(s))]
         if ranking == "random":
             scores = rng.random(len(candidates))

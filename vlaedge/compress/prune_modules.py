@@ -36,6 +36,7 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
+from vlaedge import progress
 from vlaedge.compress import prune_ops as ops
 from vlaedge.errors import VlaedgeError
 from vlaedge.models.pruned_shapes import RECORD_VERSION, PrunedMultiheadAttention
@@ -355,7 +356,7 @@ def taylor_scores(module: nn.Module, units: Units, calib: ops.Calib, means: list
                                                             for c in units.channels]
     gen = torch.Generator().manual_seed(seed)
     try:
-        for args in calib.batches():
+        for args in progress.track(calib.batches(), "prune: importance scores, calibration batches"):
             for v in store.values():
                 v.clear()
             with torch.enable_grad():
@@ -507,7 +508,7 @@ def _remove_layers(student: nn.Module, stacks, count: int, calib: ops.Calib, ran
                            f"at most {available} (every stack keeps one)", "lower prune.blocks")
     refs = ops.run(student, calib)
     removed: dict = {"_ids": []}
-    for _ in range(count):
+    for _ in progress.track(range(count), "prune: layers removed (each scores every layer skipped)"):
         candidates = [(name, s, i) for name, s in stacks if len(s) > 1 and all(id(x) in residual for x in s)
                       for i in range(len(s))]
         scores = (rng.random(len(candidates)) if ranking == "random" else

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vlaedge import progress
 from vlaedge.models.vla import Block
 
 Feeds = dict[str, torch.Tensor]
@@ -150,7 +151,7 @@ def taylor_scores(module: nn.Module, blocks: list[Block], calib: Calib, stats: l
     scores = [(torch.zeros(b.attn.num_heads), torch.zeros(b.mlp.fc1.out_features)) for b in blocks]
     gen = torch.Generator().manual_seed(seed)
     try:
-        for args in calib.batches():
+        for args in progress.track(calib.batches(), "prune: importance scores, calibration batches"):
             for cap in caps:
                 for v in cap.values():
                     v.clear()
@@ -280,7 +281,7 @@ def distill(student: nn.Module, teacher: nn.Module, calib: Calib, steps: int, lr
         opt, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * s / steps)))
     start = time.perf_counter()
     student.train()
-    for _ in range(steps):
+    for _ in progress.track(range(steps), "prune: recovery (distillation) steps"):
         batch = _batch(calib, min(batch_size, n), gen)
         for k in calib.noise:
             batch[k] = torch.randn(batch[k].shape, generator=gen)
