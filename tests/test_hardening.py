@@ -429,3 +429,28 @@ def test_usage_errors_are_one_line(args, message, capsys, monkeypatch):
     lines = out.strip().splitlines()
     assert code == 2 and lines[0].startswith(message) and len(lines) == 2, out
     assert lines[1].startswith("fix: 'vlaedge") and "╭" not in out
+
+
+def test_onnx_runtime_failing_on_valid_looking_feeds_is_one_line(tmp_path):
+    """Token ids beyond the embedding table (a model exported from a policy with another vocabulary) made
+    ONNX Runtime's Gather fail inside verify as an internal error; it is a user error naming the cause."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper
+
+    from vlaedge.errors import VlaedgeError
+    from vlaedge.models.base import TensorSpec
+    from vlaedge.runtimes.ort import OrtRuntime
+
+    table = helper.make_tensor("table", TensorProto.FLOAT, [4, 2], [0.0] * 8)
+    graph = helper.make_graph([helper.make_node("Gather", ["table", "ids"], ["out"])], "g",
+                              [helper.make_tensor_value_info("ids", TensorProto.INT64, ["B", 3])],
+                              [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["B", 3, 2])], [table])
+    path = tmp_path / "m.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), str(path))
+    runtime = OrtRuntime(path, (TensorSpec("ids", ("B", 3), "int64", 0, 9),), ("out",))
+    assert runtime.infer({"ids": np.array([[0, 1, 3]], np.int64)})["out"].shape == (1, 3, 2)
+    with pytest.raises(VlaedgeError, match=r"ort-cpu: ONNX Runtime failed running the model on the policy's "
+                                           r"inputs: .*(indices|out of bounds)") as e:
+        runtime.infer({"ids": np.array([[0, 1, 9]], np.int64)})
+    assert "same vocabulary" in e.value.hint

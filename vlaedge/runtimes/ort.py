@@ -63,5 +63,14 @@ class OrtRuntime(Runtime):
                                f"{sorted(s.name for s in input_spec)}", "export the model from this policy")
 
     def _infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        outputs = self.session.run(list(self.output_names), feeds)
+        """Raises VlaedgeError when ONNX Runtime fails on feeds that match the declared spec, e.g. token
+        ids beyond the model's embedding table (a Gather index out of bounds: a model exported from a
+        policy with another vocabulary)."""
+        try:
+            outputs = self.session.run(list(self.output_names), feeds)
+        except ORT_ERRORS as e:
+            raise VlaedgeError(f"{self.name}: ONNX Runtime failed running the model on the policy's inputs: "
+                               f"{str(e).splitlines()[0][:300]}",
+                               "check that the model was exported from this policy (same vocabulary, "
+                               "image size and input ranges)") from e
         return dict(zip(self.output_names, outputs, strict=True))
