@@ -31,6 +31,7 @@ import torch
 
 from vlaedge.models.python import PythonPolicy, PythonPolicySpec
 from vlaedge.sim import record_episodes, record_on_policy
+from vlaedge.sim.train import adamw_cosine
 
 
 @dataclass
@@ -83,10 +84,7 @@ def train_example(folder: Path, config: ExampleTrainConfig) -> tuple[PythonPolic
     episodes = record_episodes(config.episodes, seed=config.seed, image_size=config.camera_size)
     data = _arrays(policy, episodes)
     model = policy.module.train()
-    opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    warmup = max(1, config.steps // 20)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (
-        1 + np.cos(np.pi * min(1.0, s / config.steps))))
+    opt, sched = adamw_cosine(model, config.lr, config.weight_decay, config.steps)
     rng = np.random.default_rng(config.seed)
     rounds, losses = config.dagger_rounds, []
     phase_ends = {config.steps * (r + 1) // (rounds + 1): r for r in range(rounds)}

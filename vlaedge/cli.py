@@ -581,7 +581,7 @@ def main() -> None:
     global _debug
     _debug = os.environ.get("VLAEDGE_DEBUG", "") not in ("", "0")
     try:
-        code = app(standalone_mode=False)  # typer.Exit(n) returns n; --help returns 0
+        code = app(standalone_mode=False, prog_name="vlaedge")  # typer.Exit(n) returns n; --help returns 0
     except typer.Abort:
         sys.exit(130)  # Ctrl-C
     except typer.TyperException as e:  # a usage error: one line and the fix, not a panel

@@ -87,11 +87,11 @@ def load_inputs(checkpoint: Path | None, data: Path | None, allow_pickle: bool =
             needs["prune.num_frames"] = recipe.prune.num_frames
         check_counts(dataset, calibration, needs)
         loop = recipe.verify
+        recipe = fit_recipe(recipe, policy)
         if loop is not None and loop.closed_loop_episodes:
             from vlaedge.check.closedloop import check_env
 
             check_env(loop.env, loop.env_adapter, policy)
-        recipe = fit_recipe(recipe, policy)
     return Inputs(policy, checkpoint, dataset, calibration, evaluation, data, binding, recipe)
 
 

@@ -178,14 +178,19 @@ def _first_inputs(module: nn.Module, mods: list[nn.Module], calib: ops.Calib) ->
     def hook(mod, args, kwargs):
         if id(mod) not in got:
             got[id(mod)] = tuple(_detach(args)), _detach(kwargs)
-    handles = [m.register_forward_pre_hook(hook, with_kwargs=True) for m in mods]
+    _first_frame(module, calib, [m.register_forward_pre_hook(hook, with_kwargs=True) for m in mods])
+    return got
+
+
+def _first_frame(module: nn.Module, calib: ops.Calib, handles: list) -> None:
+    """Runs the first calibration frame through `module` with the hooks `handles` registered, then
+    removes them."""
     try:
         with torch.no_grad():
             ops.forward(module, [x[:1] for x in calib.batches()[0]])
     finally:
         for h in handles:
             h.remove()
-    return got
 
 
 def _detach(x):
@@ -483,13 +488,8 @@ def _residual(module: nn.Module, stacks, calib: ops.Calib) -> set[int]:
         y = out[0] if isinstance(out, tuple | list) else out
         if isinstance(x, torch.Tensor) and isinstance(y, torch.Tensor) and x.shape == y.shape:
             ok.add(id(mod))
-    handles = [layer.register_forward_hook(hook, with_kwargs=True) for _, s in stacks for layer in s]
-    try:
-        with torch.no_grad():
-            ops.forward(module, [x[:1] for x in calib.batches()[0]])
-    finally:
-        for h in handles:
-            h.remove()
+    _first_frame(module, calib, [layer.register_forward_hook(hook, with_kwargs=True)
+                                 for _, s in stacks for layer in s])
     return ok
 
 

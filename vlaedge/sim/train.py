@@ -66,10 +66,7 @@ def train_policy(config: TrainConfig, episodes: list[Episode] | None = None,
                                    image_size=config.image_size)
     data = _training_arrays(policy, episodes, config.ignore_instruction)
     model = policy.module.train()
-    opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    warmup = max(1, config.steps // 20)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (
-        1 + np.cos(np.pi * min(1.0, s / config.steps))))
+    opt, sched = adamw_cosine(model, config.lr, config.weight_decay, config.steps)
     rng = np.random.default_rng(config.seed)
     start, losses = time.perf_counter(), []
     # DAgger: after each phase but the last, the policy runs closed loop on new seeds and the expert
@@ -169,3 +166,12 @@ def _progress(iterable, enabled: bool, description: str):
     with Progress(*columns, transient=True) as bar:
         yield from bar.track(iterable, description=description)
 
+
+def adamw_cosine(model, lr: float, weight_decay: float, steps: int):
+    """AdamW with a linear warm-up over the first 5% of `steps`, then a cosine decay to 0 at `steps`:
+    the schedule every training run here uses. Returns (optimizer, scheduler); step both once per step."""
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+    warmup = max(1, steps // 20)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (
+        1 + np.cos(np.pi * min(1.0, s / steps))))
+    return opt, sched
