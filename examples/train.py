@@ -31,7 +31,7 @@ import torch
 
 from vlaedge.models.python import PythonPolicy, PythonPolicySpec
 from vlaedge.sim import record_episodes, record_on_policy
-from vlaedge.sim.train import adamw_cosine
+from vlaedge.sim.train import adamw_cosine, optimizer_step
 
 
 @dataclass
@@ -99,13 +99,7 @@ def train_example(folder: Path, config: ExampleTrainConfig) -> tuple[PythonPolic
             data = {k: torch.cat([data[k], extra[k]]) for k in data}
         idx = torch.from_numpy(rng.integers(0, len(data["actions"]), config.batch_size))
         batch = {k: v[idx] for k, v in data.items()}
-        loss = model.training_loss(batch, batch.pop("actions"))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        sched.step()
-        losses.append(loss.item())
+        losses.append(optimizer_step(model, opt, sched, model.training_loss(batch, batch.pop("actions"))))
         if step % 250 == 0 or step == config.steps - 1:
             print(f"step {step}: loss {np.mean(losses[-100:]):.4f} ({time.perf_counter() - start:.0f} s, "
                   f"{len(data['actions'])} frames)", flush=True)

@@ -85,13 +85,7 @@ def train_policy(config: TrainConfig, episodes: list[Episode] | None = None,
             extra = _feeds(policy, frames, chunks, config.ignore_instruction)
             data = {k: torch.cat([data[k], extra[k]]) for k in data}
         idx = rng.integers(0, len(data["action"]), config.batch_size)
-        loss = _loss(model, {k: v[idx] for k, v in data.items()})
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        sched.step()
-        losses.append(loss.item())
+        losses.append(optimizer_step(model, opt, sched, _loss(model, {k: v[idx] for k, v in data.items()})))
     model.eval()
     stats = {"final_loss": float(np.mean(losses[-100:])), "seconds": time.perf_counter() - start,
              "frames": len(data["action"]), "episodes": len(episodes)}
@@ -175,3 +169,14 @@ def adamw_cosine(model, lr: float, weight_decay: float, steps: int):
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (
         1 + np.cos(np.pi * min(1.0, s / steps))))
     return opt, sched
+
+
+def optimizer_step(model, opt, sched, loss) -> float:
+    """One training step on `loss`: backward, gradients clipped to norm 1.0, optimizer and schedule
+    stepped. Returns the loss as a float."""
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    opt.step()
+    sched.step()
+    return loss.item()
