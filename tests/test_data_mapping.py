@@ -127,7 +127,8 @@ def test_missing_stats_and_short_splits_are_refused(tmp_path: Path, img2: Path) 
     with pytest.raises(VlaedgeError, match=r"normalised \(mean_std\) but neither config.json nor .*stats"):
         bind_data(policy_of(camera_spec(normalize="mean_std")), load_dataset(root))
     ck = policy_of(camera_spec()).save(tmp_path / "ck")
-    with pytest.raises(VlaedgeError, match=r"quantize.num_calib_frames=256, the calibration split .* \d+ "):
+    with pytest.raises(VlaedgeError,
+                       match=r"quantize.num_calib_frames needs 256 frames, the calibration split .* \d+ "):
         load_inputs(ck, img2, recipe=load_recipe("cpu-int8"), trust_code=True)
 
 

@@ -20,6 +20,7 @@ pytest.importorskip("torch_pruning")
 
 from torch import nn  # noqa: E402
 
+from vlaedge.check.drift import action_drift  # noqa: E402
 from vlaedge.compress.prune import prune  # noqa: E402
 from vlaedge.errors import VlaedgeError  # noqa: E402
 from vlaedge.models import load_policy  # noqa: E402
@@ -255,3 +256,47 @@ def test_importance_beats_random_on_a_trained_llama(trained_llama):
     assert _drift(policy, recovered.policy, evaluation) < ranked
     assert stats.seconds_per_step == pytest.approx(stats.seconds / 60)
     assert "ms per step" in recovered.summary()
+
+
+@pytest.mark.slow
+def test_drift_bounded_pruning_backs_off_until_the_bound_holds(trained_llama):
+    """prune.max_drift_mean_pct: attempts halve heads/mlp/blocks until the held-out drift is within the
+    bound; each attempt's figure is the drift of what it kept, measured on the held-out frames."""
+    policy, _ = trained_llama
+    calibration, held_out = [policy.example_inputs(64, seed=1)], [policy.example_inputs(96, seed=3)]
+    aggressive = PruneConfig(method="structured", heads=0.5, mlp=0.75, blocks=1, num_frames=64,
+                             max_drift_mean_pct=1000.0, max_attempts=4)
+    once = prune(policy, aggressive, calibration, held_out=held_out)
+    assert len(once.attempts) == 1 and once.attempts[0].accepted and once.held_out_frames == 96
+    first = once.attempts[0].drift_mean_pct
+    assert first > 1.0  # the aggressive cut moves this trained policy's actions
+
+    bounded = prune(policy, aggressive.model_copy(update={"max_drift_mean_pct": first / 3}), calibration,
+                    held_out=held_out)
+    tries = bounded.attempts
+    assert tries[0].drift_mean_pct == pytest.approx(first) and not tries[0].accepted
+    assert [(t.blocks, t.heads, t.mlp) for t in tries] == [(1 >> i, 0.5 / 2**i, 0.75 / 2**i)
+                                                           for i in range(len(tries))]
+    assert tries[-1].accepted and tries[-1].drift_mean_pct <= first / 3
+    assert all(not t.accepted for t in tries[:-1])
+    assert bounded.params_after == tries[-1].params > tries[0].params
+    refs = np.concatenate([policy.decode(policy.run_torch(f)) for f in held_out])
+    kept = np.concatenate([bounded.policy.decode(bounded.policy.run_torch(f)) for f in held_out])
+    assert action_drift(refs, kept, policy.action_spec).mean_pct == pytest.approx(tries[-1].drift_mean_pct)
+    assert "drift-bounded (mean drift <=" in bounded.summary() and " kept" in bounded.summary()
+    assert bounded.to_dict()["attempts"][-1]["accepted"] is True
+
+    hopeless = prune(policy, aggressive.model_copy(update={"max_drift_mean_pct": 1e-9, "max_attempts": 2}),
+                     calibration, held_out=held_out)
+    assert len(hopeless.attempts) == 2 and not any(t.accepted for t in hopeless.attempts)
+    assert any("the gentlest of 2 attempts still drifts" in n for n in hopeless.notes)
+    assert hopeless.params_after == hopeless.attempts[-1].params
+
+
+def test_drift_bounded_pruning_refusals():
+    policy = _policy("build_llama")
+    config = PruneConfig(method="structured", mlp=0.5, num_frames=8, max_drift_mean_pct=1.0)
+    with pytest.raises(VlaedgeError, match="max_drift_mean_pct needs held-out frames"):
+        prune(policy, config, [policy.example_inputs(8)])
+    with pytest.raises(ValueError, match="bounds structured pruning only"):
+        PruneConfig(method="sparsity-2:4", max_drift_mean_pct=1.0)

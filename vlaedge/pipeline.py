@@ -32,7 +32,7 @@ from vlaedge.defaults import default_checkpoint, default_dataset
 from vlaedge.errors import VlaedgeError
 from vlaedge.models import Policy, load_policy
 from vlaedge.models.preprocess import DataBinding, bind_data
-from vlaedge.recipe import Budgets, ExportConfig, Recipe, VerifyConfig
+from vlaedge.recipe import Budgets, ExportConfig, PruneConfig, Recipe, VerifyConfig
 from vlaedge.targets import get_target
 
 CALIBRATION_BATCH = 32
@@ -85,6 +85,11 @@ def load_inputs(checkpoint: Path | None, data: Path | None, allow_pickle: bool =
             needs["quantize.num_calib_frames"] = recipe.quantize.num_calib_frames
         if recipe.prune:
             needs["prune.num_frames"] = recipe.prune.num_frames
+            if recipe.prune.max_drift_mean_pct is not None:
+                needs["prune.max_drift_mean_pct"] = (
+                    recipe.prune.num_frames + HELD_OUT_FRAMES,
+                    f"its {HELD_OUT_FRAMES} held-out frames come on top of prune.num_frames: lower "
+                    "prune.num_frames, add episodes, or --set prune.max_drift_mean_pct=null")
         check_counts(dataset, calibration, needs)
         loop = recipe.verify
         recipe = fit_recipe(recipe, policy)
@@ -148,6 +153,29 @@ def calibration_feeds(policy: Policy, calibration: EpisodeDataset, n: int, seed:
         batch = {k: v[start:start + CALIBRATION_BATCH] for k, v in frames.items()}
         feeds.append(policy.make_inputs(batch, seed=seed + start))
     return feeds
+
+
+HELD_OUT_FRAMES = 128  # drift-bounded pruning judges each attempt on this many frames
+
+
+def prune_feeds(policy: Policy, calibration: EpisodeDataset, config: PruneConfig) -> tuple[list, list | None]:
+    """Calibration feeds for `prune`: `config.num_frames` frames to rank and recover on, and, for
+    drift-bounded pruning (`max_drift_mean_pct`), `HELD_OUT_FRAMES` other frames of the split to judge on.
+
+    Raises:
+        VlaedgeError: the calibration split holds fewer frames than that.
+    """
+    if config.max_drift_mean_pct is None:
+        return calibration_feeds(policy, calibration, config.num_frames), None
+    n = config.num_frames
+    if calibration.num_frames < n + HELD_OUT_FRAMES:
+        raise VlaedgeError(
+            f"calibration: {calibration.num_frames} frames in the calibration split, drift-bounded pruning "
+            f"needs {n + HELD_OUT_FRAMES} (prune.num_frames={n} + {HELD_OUT_FRAMES} held out)",
+            "add episodes to the dataset, lower prune.num_frames, or set prune.max_drift_mean_pct: null")
+    feeds = calibration_feeds(policy, calibration, n + HELD_OUT_FRAMES)
+    frames = {k: np.concatenate([f[k] for f in feeds]) for k in feeds[0]}
+    return [{k: v[:n] for k, v in frames.items()}], [{k: v[n:] for k, v in frames.items()}]
 
 
 def compress(recipe: Recipe, out: str | Path, checkpoint: Path | None = None, data: Path | None = None,
@@ -221,8 +249,8 @@ def _run_prune(od: OutputDir, recipe: Recipe, inputs: Inputs, summaries: list[st
 
     log(f"prune: {recipe.prune.method} on {recipe.prune.num_frames} calibration frames")
     start = time.perf_counter()
-    feeds = calibration_feeds(inputs.policy, inputs.calibration, recipe.prune.num_frames)
-    result = prune(inputs.policy, recipe.prune, feeds)
+    feeds, held_out = prune_feeds(inputs.policy, inputs.calibration, recipe.prune)
+    result = prune(inputs.policy, recipe.prune, feeds, held_out=held_out)
     result.policy.save(od.path / "pruned")
     od.record_stage("prune", time.perf_counter() - start, **_details(result))
     summaries.append(result.summary())

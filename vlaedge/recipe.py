@@ -45,11 +45,23 @@ class PruneConfig(Section):
         0, ge=0, description="structured: whole transformer blocks removed (least important)")
     num_frames: int = Field(128, ge=8, description="calibration frames used to rank importance")
     recover: RecoverConfig | None = Field(None, description="optional distillation afterwards")
+    max_drift_mean_pct: float | None = Field(
+        None, gt=0, description="structured: drift-bounded pruning. After pruning and recovery, the "
+        "student's mean action drift from the unpruned policy (% of action range) is measured on "
+        "calibration frames that ranking and recovery did not see; above this, pruning starts again from "
+        "the unpruned policy with half the heads and mlp fractions and half the blocks, up to "
+        "max_attempts times. null: prune exactly as asked")
+    max_attempts: int = Field(
+        3, ge=1, description="structured with max_drift_mean_pct: attempts, each half as aggressive; if "
+        "the last one is still over, it is kept and the result says so (the gate judges the drift)")
 
     @model_validator(mode="after")
     def _something_to_do(self):
         if self.method == "structured" and not (self.heads or self.mlp or self.blocks):
             raise ValueError("structured pruning needs heads, mlp or blocks above 0")
+        if self.method != "structured" and self.max_drift_mean_pct is not None:
+            raise ValueError("max_drift_mean_pct bounds structured pruning only; 2:4 sparsity has no "
+                             "amount to back off (remove it, or use method: structured)")
         return self
 
 

@@ -90,23 +90,25 @@ def _stats_lines(dataset: EpisodeDataset) -> list[str]:
     return out
 
 
-def check_counts(dataset: EpisodeDataset, calibration: EpisodeDataset, needs: dict[str, int]) -> None:
+def check_counts(dataset: EpisodeDataset, calibration: EpisodeDataset,
+                 needs: dict[str, int | tuple[int, str]]) -> None:
     """Check, before any stage runs, that the calibration split has the frames each recipe field asks for.
 
     Args:
         dataset: the whole dataset (named in the message).
         calibration: its calibration split.
-        needs: recipe field -> frames it needs, e.g. ``{"quantize.num_calib_frames": 256}``.
+        needs: recipe field -> frames it needs, e.g. ``{"quantize.num_calib_frames": 256}``, or ->
+            (frames, fix) where lowering the field itself is not the fix.
 
     Raises:
         VlaedgeError: one line naming the field, the frames it needs and the frames the split has.
     """
     have = calibration.num_frames
-    short = {k: n for k, n in needs.items() if n > have}
+    needs = {k: v if isinstance(v, tuple) else (v, f"lower it (--set {k}={have}) or add episodes")
+             for k, v in needs.items()}
+    short = {k: v for k, v in needs.items() if v[0] > have}
     if short:
-        field, n = max(short.items(), key=lambda kv: kv[1])
+        field, (n, fix) = max(short.items(), key=lambda kv: kv[1][0])
         raise VlaedgeError(
-            f"data: {field}={n}, the calibration split of {dataset.source} has {have} frames "
-            f"({len(calibration.episodes)} of {len(dataset.episodes)} episodes)",
-            f"lower it (--set {field}={have}) or add episodes",
-        )
+            f"data: {field} needs {n} frames, the calibration split of {dataset.source} has {have} "
+            f"({len(calibration.episodes)} of {len(dataset.episodes)} episodes)", fix)

@@ -14,7 +14,7 @@ from vlaedge import progress
 from vlaedge.artifact import sha256
 from vlaedge.data import sample_frames
 from vlaedge.errors import VlaedgeError
-from vlaedge.pipeline import calibration_feeds, load_inputs
+from vlaedge.pipeline import calibration_feeds, load_inputs, prune_feeds
 from vlaedge.recipe import ExportConfig, VerifyConfig
 from vlaedge.targets import get_target
 from vlaedge.tune.build import (
@@ -127,8 +127,8 @@ def _prepare(recipe, out: Path, checkpoint, data, search_frames: int, log, trust
         from vlaedge.compress.prune import prune
 
         log(f"tune: prune ({recipe.prune.method}) once; every variant quantizes the pruned policy")
-        feeds = calibration_feeds(inputs.policy, inputs.calibration, recipe.prune.num_frames)
-        policy = prune(inputs.policy, recipe.prune, feeds).policy
+        feeds, held_out = prune_feeds(inputs.policy, inputs.calibration, recipe.prune)
+        policy = prune(inputs.policy, recipe.prune, feeds, held_out=held_out).policy
         notes.append("the recipe prunes: variants quantize the pruned policy, drift and speedup are against "
                      "the unpruned FP32 policy")
     export_cfg = recipe.export or ExportConfig()
