@@ -1,6 +1,7 @@
 """The two example VLAs in examples/ (issue 11 item 5): each loads with trust_code, reaches its measured
 closed-loop success on held-out tabletop episodes, survives a sharded save_pretrained round trip
-tensor for tensor, and `vlaedge compress --recipe cpu-int8` passes its drift and closed-loop budgets."""
+tensor for tensor, and `vlaedge compress` with every CPU recipe and the ModelOpt INT8 recipe passes its
+drift, token-agreement and closed-loop budgets."""
 
 import json
 import math
@@ -22,7 +23,7 @@ pytest.importorskip("transformers")
 EXAMPLES = Path(__file__).parent.parent / "examples"
 # 100-episode closed-loop successes measured on the committed weights (seeds 10000..10099):
 # `vlaedge rollout examples/X --episodes 100 --trust-code`
-MEASURED = {"openvla_style": 97, "smolvla_style": 61}
+MEASURED = {"openvla_style": 97, "smolvla_style": 91}
 
 
 def binomial_quantile(n: int, p: float, q: float) -> int:
@@ -38,7 +39,7 @@ def binomial_quantile(n: int, p: float, q: float) -> int:
 @pytest.mark.parametrize("name", sorted(MEASURED))
 def test_example_closed_loop_on_held_out_episodes(name):
     """30 held-out episodes: at least the 1% quantile of Binomial(30, p) at p = the 100-episode Wilson
-    lower bound (openvla 92%: >= 23/30; smolvla 51%: >= 9/30)."""
+    lower bound (openvla 92%: >= 23/30; smolvla 84%: >= 20/30)."""
     policy = load_policy(EXAMPLES / name, trust_code=True)
     bound = binomial_quantile(30, wilson_interval(MEASURED[name], 100)[0], 0.01)
     result = closed_loop(policy.act, 30, 10_000)
@@ -60,28 +61,52 @@ def test_example_save_pretrained_sharded_round_trip(tmp_path, name):
         assert torch.equal(loaded[key], tensor), key
 
 
+# Every CPU recipe, the ModelOpt INT8 recipe (Q/DQ ONNX for TensorRT, verified in ONNX Runtime here) and
+# structured pruning (cpu-pruned-int8, drift-bounded), on the trained weights: (example, recipe) ->
+# (max mean drift % of range, min token agreement or None, min candidate closed-loop successes of 100).
+# Measured on a 2-core Xeon with AVX512-VNNI (8-bit weights), figures in the README's examples table.
+GATES = {
+    ("openvla_style", "cpu-int8"): (1.5, 0.98, 85),
+    ("openvla_style", "cpu-pruned-int8"): (2.5, 0.97, 80),
+    ("openvla_style", "orin-int8"): (1.0, 0.98, 85),
+    ("smolvla_style", "cpu-int8"): (1.5, None, 75),
+    ("smolvla_style", "cpu-pruned-int8"): (2.5, None, 70),
+    ("smolvla_style", "orin-int8"): (1.5, None, 75),
+}
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["openvla_style", "smolvla_style"])
-def test_example_cpu_int8_gate(tmp_path, name):
-    """Measured on an AVX2-only CPU (7-bit weights there, see quantize.reduce_range): openvla_style token
-    agreement 98.6%, mean drift 0.93%; its p99 (49.6%: a flipped 256-bin token moves a dim by up to the
-    whole range) is judged by min_token_agreement. smolvla_style mean drift 0.86%, p99 8.8%. With 8-bit
-    weights on that CPU openvla_style measured 91.7% / 5.5% and smolvla_style 4.4% mean: both failed.
-    The absolute latency budget is left out: timings are benchmark figures, not tests."""
+@pytest.mark.parametrize(("name", "recipe"), sorted(GATES))
+def test_example_compresses_and_gates_with_every_cpu_and_modelopt_recipe(tmp_path, name, recipe):
+    """`vlaedge compress examples/X --recipe R` exits 0 with every gate check passing (the absolute
+    latency budget left out: timings are benchmark figures, not tests), within the drift, token-agreement
+    and closed-loop figures of GATES. A tokens head's p99 (a flipped 256-bin token moves a dim by up to the
+    whole range) is judged by min_token_agreement; a continuous head's p99 is gated as is."""
+    max_mean, min_tokens, min_success = GATES[name, recipe]
     out = tmp_path / "out"
     run = subprocess.run([str(Path(sys.executable).parent / "vlaedge"), "compress", str(EXAMPLES / name),
-                          "--recipe", "cpu-int8", "--trust-code", "--out", str(out),
+                          "--recipe", recipe, "--trust-code", "--out", str(out),
                           "--set", "budgets.max_latency_p99_ms=null"], capture_output=True, text=True)
-    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
     report = json.loads((out / "report.json").read_text())
     checks = {c["name"]: c for c in report["gate"]["checks"]}
     assert {n for n, c in checks.items() if c["status"] == "fail"} == set()
-    drift = report["drift"]
-    assert drift["mean_pct"] < 1.5
-    if name == "openvla_style":
-        assert drift["token_agreement"] >= 0.98 and checks["min_token_agreement"]["status"] == "pass"
+    drift, loop = report["drift"], report["closed_loop"]
+    assert drift["mean_pct"] < max_mean, drift["mean_pct"]
+    assert loop["reference"]["successes"] == MEASURED[name]
+    assert loop["candidate"]["successes"] >= min_success, loop["candidate"]["successes"]
+    assert checks["max_success_drop"]["status"] == "pass"
+    if min_tokens is not None:
+        assert drift["token_agreement"] >= min_tokens and checks["min_token_agreement"]["status"] == "pass"
         p99 = checks["max_drift_continuous_p99_pct"]
         assert p99["status"] == "skipped" and "judged by min_token_agreement" in p99["detail"]
     else:
         assert drift["token_agreement"] is None and checks["min_token_agreement"]["status"] == "skipped"
-        assert checks["max_drift_continuous_p99_pct"]["status"] == "pass" and drift["p99_pct"] < 20.0
+        assert checks["max_drift_continuous_p99_pct"]["status"] == "pass"
+    manifest = json.loads((out / "manifest.json").read_text())
+    if recipe == "cpu-pruned-int8":  # drift-bounded: backed off until the held-out drift held
+        attempts = manifest["stages"]["prune"]["attempts"]
+        assert attempts and attempts[-1]["accepted"] and not any(a["accepted"] for a in attempts[:-1])
+        assert manifest["stages"]["prune"]["params_after"] < manifest["stages"]["prune"]["params_before"]
+    if recipe == "orin-int8":  # ModelOpt Q/DQ in the exported graph, an engine bundle beside it
+        assert (out / "engine" / "build.sh").exists()
