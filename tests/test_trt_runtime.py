@@ -88,3 +88,21 @@ def test_dla_core_is_set_before_deserializing(fake, tmp_path):
     fake(dla_cores=0)
     with pytest.raises(VlaedgeError, match="built for DLA core 1, this device has 0 DLA core"):
         TrtRuntime(_plan(tmp_path, dla_core=1), SPEC, ("y",))
+
+
+def test_an_input_tensorrt_removed_as_unused_is_not_fed(fake, tmp_path, capsys):
+    """The export keeps an input the model never reads as an unconsumed graph input; TensorRT's dead-layer
+    pass may remove it from the plan. The plan then runs on the policy's feeds without it."""
+    fake()
+    unused = TensorSpec("task_id", ("B",), "int64", 0.0, 3.0)
+    rt = TrtRuntime(_plan(tmp_path), (*SPEC, unused), ("y",))
+    assert rt.ignored_inputs == ("task_id",)
+    assert "takes no input task_id" in capsys.readouterr().err
+    feeds = {**_feeds(2, 0.5), "task_id": np.zeros(2, np.int64)}
+    np.testing.assert_allclose(rt.infer(feeds)["y"], _expected(feeds["x"]))
+
+
+def test_a_plan_input_the_policy_does_not_give_is_refused(fake, tmp_path):
+    fake()
+    with pytest.raises(VlaedgeError, match=r"the policy gives \['state'\] \(no x\)"):
+        TrtRuntime(_plan(tmp_path), (TensorSpec("state", ("B", 4), "float32", -1.0, 1.0),), ("y",))

@@ -22,6 +22,7 @@ objects (tests/trt_fakes.py), and the error paths (TensorRT or the GPU missing) 
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -127,12 +128,21 @@ class TrtRuntime(Runtime):
         names = [self._engine.get_tensor_name(i) for i in range(self._engine.num_io_tensors)]
         self._inputs = [n for n in names if self._engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
         self._dtypes = {n: numpy_dtype(trt, self._engine.get_tensor_dtype(n), n) for n in names}
-        if sorted(self._inputs) != sorted(s.name for s in input_spec):
+        given = [s.name for s in input_spec]
+        unknown = sorted(set(self._inputs) - set(given))
+        if unknown:
             raise VlaedgeError(
-                f"trt: {plan} takes inputs {sorted(self._inputs)}, the policy gives "
-                f"{sorted(s.name for s in input_spec)}",
+                f"trt: {plan} takes inputs {sorted(self._inputs)}, the policy gives {sorted(given)} "
+                f"(no {', '.join(unknown)})",
                 "build the plan from this policy's export",
             )
+        # A graph input that nothing consumes (vlaedge keeps the ones the exporter dropped, see
+        # vlaedge.compress.export) may be removed by TensorRT's dead-layer pass or kept with a warning,
+        # depending on the version: both plans run, the removed inputs are simply not fed.
+        self.ignored_inputs = tuple(n for n in given if n not in self._inputs)
+        if self.ignored_inputs:
+            print(f"trt: {plan.name} takes no input {', '.join(self.ignored_inputs)} (TensorRT removed it: "
+                  "nothing in the graph reads it); it is not fed", file=sys.stderr)
         missing = [n for n in output_names if n not in names]
         if missing:
             raise VlaedgeError(
