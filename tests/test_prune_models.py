@@ -26,6 +26,7 @@ from vlaedge.errors import VlaedgeError  # noqa: E402
 from vlaedge.models import load_policy  # noqa: E402
 from vlaedge.models.python import PythonPolicy, PythonPolicySpec  # noqa: E402
 from vlaedge.models.vla import count_parameters  # noqa: E402
+from vlaedge.pipeline import HeldOutDrift  # noqa: E402
 from vlaedge.recipe import PruneConfig, RecoverConfig  # noqa: E402
 
 WIDTH, CHUNK = 32, 4
@@ -264,15 +265,16 @@ def test_drift_bounded_pruning_backs_off_until_the_bound_holds(trained_llama):
     bound; each attempt's figure is the drift of what it kept, measured on the held-out frames."""
     policy, _ = trained_llama
     calibration, held_out = [policy.example_inputs(64, seed=1)], [policy.example_inputs(96, seed=3)]
+    judge = HeldOutDrift(policy, held_out)
     aggressive = PruneConfig(method="structured", heads=0.5, mlp=0.75, blocks=1, num_frames=64,
                              max_drift_mean_pct=1000.0, max_attempts=4)
-    once = prune(policy, aggressive, calibration, held_out=held_out)
+    once = prune(policy, aggressive, calibration, judge=judge)
     assert len(once.attempts) == 1 and once.attempts[0].accepted and once.held_out_frames == 96
     first = once.attempts[0].drift_mean_pct
     assert first > 1.0  # the aggressive cut moves this trained policy's actions
 
     bounded = prune(policy, aggressive.model_copy(update={"max_drift_mean_pct": first / 3}), calibration,
-                    held_out=held_out)
+                    judge=judge)
     tries = bounded.attempts
     assert tries[0].drift_mean_pct == pytest.approx(first) and not tries[0].accepted
     assert [(t.blocks, t.heads, t.mlp) for t in tries] == [(1 >> i, 0.5 / 2**i, 0.75 / 2**i)
@@ -287,7 +289,7 @@ def test_drift_bounded_pruning_backs_off_until_the_bound_holds(trained_llama):
     assert bounded.to_dict()["attempts"][-1]["accepted"] is True
 
     hopeless = prune(policy, aggressive.model_copy(update={"max_drift_mean_pct": 1e-9, "max_attempts": 2}),
-                     calibration, held_out=held_out)
+                     calibration, judge=judge)
     assert len(hopeless.attempts) == 2 and not any(t.accepted for t in hopeless.attempts)
     assert any("the gentlest of 2 attempts still drifts" in n for n in hopeless.notes)
     assert hopeless.params_after == hopeless.attempts[-1].params

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from vlaedge.artifact import OutputDir, Resolved, sha256
+from vlaedge.check.drift import action_drift
 from vlaedge.check.report import write_reports
 from vlaedge.data import (
     EVAL_FRACTION,
@@ -86,10 +87,12 @@ def load_inputs(checkpoint: Path | None, data: Path | None, allow_pickle: bool =
         if recipe.prune:
             needs["prune.num_frames"] = recipe.prune.num_frames
             if recipe.prune.max_drift_mean_pct is not None:
+                room = calibration.num_frames - HELD_OUT_FRAMES
+                lower = f"--set prune.num_frames={room}, " if room >= 8 else ""
                 needs["prune.max_drift_mean_pct"] = (
                     recipe.prune.num_frames + HELD_OUT_FRAMES,
-                    f"its {HELD_OUT_FRAMES} held-out frames come on top of prune.num_frames: lower "
-                    "prune.num_frames, add episodes, or --set prune.max_drift_mean_pct=null")
+                    f"its {HELD_OUT_FRAMES} held-out frames come on top of prune.num_frames: {lower}add "
+                    "episodes, or --set prune.max_drift_mean_pct=null")
         check_counts(dataset, calibration, needs)
         loop = recipe.verify
         recipe = fit_recipe(recipe, policy)
@@ -158,9 +161,44 @@ def calibration_feeds(policy: Policy, calibration: EpisodeDataset, n: int, seed:
 HELD_OUT_FRAMES = 128  # drift-bounded pruning judges each attempt on this many frames
 
 
-def prune_feeds(policy: Policy, calibration: EpisodeDataset, config: PruneConfig) -> tuple[list, list | None]:
+@dataclass
+class HeldOutDrift:
+    """The `DriftJudge` of drift-bounded pruning: a pruned policy's open-loop action drift from `teacher`
+    (both run in torch) on held-out feed batches, by `vlaedge.check.drift.action_drift`.
+
+    Attributes:
+        teacher: the unpruned policy.
+        feeds: batches of feeds keyed by input name, each array `(B, ...)`; none of them among the frames
+            pruning ranked and recovered on.
+    """
+
+    teacher: Policy
+    feeds: list[dict[str, np.ndarray]]
+
+    @property
+    def frames(self) -> int:
+        return sum(len(next(iter(batch.values()))) for batch in self.feeds)
+
+    def __call__(self, student: Policy) -> tuple[float, float | None]:
+        """(mean drift in % of action range, token agreement in [0, 1] or None without action logits)."""
+        teacher, refs, cands, ref_logits, cand_logits = self.teacher, [], [], [], []
+        for batch in self.feeds:
+            r, c = teacher.run_torch(batch), student.run_torch(batch)
+            refs.append(teacher.decode(r))
+            cands.append(student.decode(c))
+            if teacher.logits_output:
+                ref_logits.append(r[teacher.logits_output])
+                cand_logits.append(c[teacher.logits_output])
+        logits = (np.concatenate(ref_logits), np.concatenate(cand_logits)) if ref_logits else (None, None)
+        drift = action_drift(np.concatenate(refs), np.concatenate(cands), teacher.action_spec, *logits)
+        return drift.mean_pct, drift.token_agreement
+
+
+def prune_feeds(policy: Policy, calibration: EpisodeDataset,
+                config: PruneConfig) -> tuple[list, HeldOutDrift | None]:
     """Calibration feeds for `prune`: `config.num_frames` frames to rank and recover on, and, for
-    drift-bounded pruning (`max_drift_mean_pct`), `HELD_OUT_FRAMES` other frames of the split to judge on.
+    drift-bounded pruning (`max_drift_mean_pct`), the judge of its attempts on `HELD_OUT_FRAMES` other
+    frames of the split.
 
     Raises:
         VlaedgeError: the calibration split holds fewer frames than that.
@@ -172,10 +210,11 @@ def prune_feeds(policy: Policy, calibration: EpisodeDataset, config: PruneConfig
         raise VlaedgeError(
             f"calibration: {calibration.num_frames} frames in the calibration split, drift-bounded pruning "
             f"needs {n + HELD_OUT_FRAMES} (prune.num_frames={n} + {HELD_OUT_FRAMES} held out)",
-            "add episodes to the dataset, lower prune.num_frames, or set prune.max_drift_mean_pct: null")
+            f"add episodes to the dataset, lower prune.num_frames (to at most "
+            f"{max(calibration.num_frames - HELD_OUT_FRAMES, 0)}), or set prune.max_drift_mean_pct: null")
     feeds = calibration_feeds(policy, calibration, n + HELD_OUT_FRAMES)
     frames = {k: np.concatenate([f[k] for f in feeds]) for k in feeds[0]}
-    return [{k: v[:n] for k, v in frames.items()}], [{k: v[n:] for k, v in frames.items()}]
+    return [{k: v[:n] for k, v in frames.items()}], HeldOutDrift(policy, [{k: v[n:] for k, v in frames.items()}])
 
 
 def compress(recipe: Recipe, out: str | Path, checkpoint: Path | None = None, data: Path | None = None,
@@ -249,8 +288,8 @@ def _run_prune(od: OutputDir, recipe: Recipe, inputs: Inputs, summaries: list[st
 
     log(f"prune: {recipe.prune.method} on {recipe.prune.num_frames} calibration frames")
     start = time.perf_counter()
-    feeds, held_out = prune_feeds(inputs.policy, inputs.calibration, recipe.prune)
-    result = prune(inputs.policy, recipe.prune, feeds, held_out=held_out)
+    feeds, judge = prune_feeds(inputs.policy, inputs.calibration, recipe.prune)
+    result = prune(inputs.policy, recipe.prune, feeds, judge=judge)
     result.policy.save(od.path / "pruned")
     od.record_stage("prune", time.perf_counter() - start, **_details(result))
     summaries.append(result.summary())

@@ -32,13 +32,12 @@ from __future__ import annotations
 import copy
 import time
 from dataclasses import asdict, dataclass, field, fields
-from typing import Literal
+from typing import Literal, Protocol
 
 import numpy as np
 import torch
 
 from vlaedge import progress
-from vlaedge.check.drift import DriftReport, action_drift
 from vlaedge.compress import prune_modules
 from vlaedge.compress import prune_ops as ops
 from vlaedge.errors import VlaedgeError
@@ -51,6 +50,17 @@ from vlaedge.recipe import PruneConfig
 FLOPS_METHOD = "torch.utils.flop_counter.FlopCounterMode on one batch-1 forward (matmul, conv, attention)"
 SPARSITY_NOTE = ("2:4 sparsity gives no speedup on CPU or in ONNX Runtime; it pays off only on Ampere+ "
                  "sparse tensor cores via TensorRT (set engine.sparsity: true)")
+
+
+class DriftJudge(Protocol):
+    """Judges a pruned policy for drift-bounded pruning: its mean action drift from the unpruned policy on
+    held-out frames. Built above the wings (`vlaedge.pipeline.HeldOutDrift`, from `vlaedge.check.drift`),
+    so that this wing does not import the check wing."""
+
+    frames: int  # held-out frames judged on
+
+    def __call__(self, student: Policy) -> tuple[float, float | None]:
+        """(mean drift in % of action range, token agreement in [0, 1] or None for continuous heads)."""
 
 
 @dataclass
@@ -162,7 +172,7 @@ class PruneResult:
 
 
 def prune(policy: Policy, config: PruneConfig, calibration: list[dict[str, np.ndarray]], *,
-          held_out: list[dict[str, np.ndarray]] | None = None,
+          judge: DriftJudge | None = None,
           ranking: Literal["importance", "random"] = "importance", seed: int = 0) -> PruneResult:
     """Prunes a copy of `policy`; the input policy stays intact (distillation teacher, drift reference).
 
@@ -172,8 +182,9 @@ def prune(policy: Policy, config: PruneConfig, calibration: list[dict[str, np.nd
         calibration: batches of feeds keyed by input name (as from `policy.make_inputs`, flow `noise`
             included); the first `config.num_frames` frames rank the units, calibrate SparseGPT and
             train the recovery.
-        held_out: batches of feeds like `calibration`, not among its first `num_frames` frames, on which
-            drift-bounded pruning (`config.max_drift_mean_pct`) judges each attempt; needed only then.
+        judge: measures each attempt's held-out drift for drift-bounded pruning (`config.max_drift_mean_pct`);
+            needed only then (`vlaedge.pipeline.prune_feeds` builds it from frames outside the first
+            `num_frames`).
         ranking: "importance" (the method) or "random" (a baseline for ablations, seeded by `seed`).
         seed: seeds the random ranking and the recovery batches.
 
@@ -183,7 +194,7 @@ def prune(policy: Policy, config: PruneConfig, calibration: list[dict[str, np.nd
     Raises:
         VlaedgeError: too few or non-finite calibration frames, missing inputs, structured pruning of a
             policy of neither the reference nor the python family, more blocks to remove than the stacks
-            can give, or `max_drift_mean_pct` without `held_out` frames.
+            can give, or `max_drift_mean_pct` without a `judge`.
 
     Example:
         >>> cfg = PruneConfig(method="structured", heads=0.25, mlp=0.25, recover=RecoverConfig(steps=200))
@@ -195,10 +206,10 @@ def prune(policy: Policy, config: PruneConfig, calibration: list[dict[str, np.nd
         raise ValueError(f"ranking: {ranking!r} is not 'importance' or 'random'")
     _check_structured(policy, config)
     bound = config.max_drift_mean_pct
-    if bound is not None and not held_out:
+    if bound is not None and judge is None:
         raise VlaedgeError("prune: prune.max_drift_mean_pct needs held-out frames to judge the drift on",
-                           "pass held_out=[policy.make_inputs(frames)] (frames outside the first "
-                           "num_frames), or set prune.max_drift_mean_pct: null")
+                           "pass judge=vlaedge.pipeline.HeldOutDrift(policy, feeds) (frames outside the "
+                           "first num_frames), or set prune.max_drift_mean_pct: null")
     calib = ops.Calib(_calibration(policy, calibration, config.num_frames),
                       [s.name for s in policy.input_spec], _logit_outputs(policy), _noise_inputs(policy))
     attempts: list[PruneAttempt] = []
@@ -208,9 +219,9 @@ def prune(policy: Policy, config: PruneConfig, calibration: list[dict[str, np.nd
         result = _prune_once(policy, cfg, calib, ranking, seed)
         if bound is None:
             break
-        drift = _held_out_drift(policy, result.policy, held_out)
-        attempts.append(PruneAttempt(cfg.blocks, cfg.heads, cfg.mlp, drift.mean_pct, drift.token_agreement,
-                                     result.params_after, drift.mean_pct <= bound))
+        mean_pct, agreement = judge(result.policy)
+        attempts.append(PruneAttempt(cfg.blocks, cfg.heads, cfg.mlp, mean_pct, agreement, result.params_after,
+                                     mean_pct <= bound))
         if attempts[-1].accepted:
             break
     if bound is not None and not attempts[-1].accepted:
@@ -218,7 +229,7 @@ def prune(policy: Policy, config: PruneConfig, calibration: list[dict[str, np.nd
                             f"drifts {attempts[-1].drift_mean_pct:.2f}% of range; it is kept and the gate "
                             "judges it (raise max_attempts or lower heads/mlp/blocks)")
     result.attempts, result.max_drift_mean_pct = attempts, bound
-    result.held_out_frames = sum(len(next(iter(b.values()))) for b in held_out) if bound is not None else 0
+    result.held_out_frames = judge.frames if bound is not None else 0
     result.seconds = time.perf_counter() - start
     return result
 
@@ -256,20 +267,6 @@ def _prune_once(policy: Policy, config: PruneConfig, calib: ops.Calib, ranking: 
         params_after=count_parameters(new.module), flops_before=count_flops(policy),
         flops_after=count_flops(new), blocks_before=before, blocks_after=after, removed_blocks=removed,
         seconds=time.perf_counter() - start, recovery=recovery, sparsity=sparsity, notes=notes)
-
-
-def _held_out_drift(teacher: Policy, student: Policy, held_out: list[dict[str, np.ndarray]]) -> DriftReport:
-    """Action drift of `student` from `teacher` (both torch) on the held-out feed batches."""
-    refs, cands, ref_logits, cand_logits = [], [], [], []
-    for feeds in held_out:
-        r, c = teacher.run_torch(feeds), student.run_torch(feeds)
-        refs.append(teacher.decode(r))
-        cands.append(student.decode(c))
-        if teacher.logits_output:
-            ref_logits.append(r[teacher.logits_output])
-            cand_logits.append(c[teacher.logits_output])
-    logits = (np.concatenate(ref_logits), np.concatenate(cand_logits)) if ref_logits else (None, None)
-    return action_drift(np.concatenate(refs), np.concatenate(cands), teacher.action_spec, *logits)
 
 
 def _check_structured(policy: Policy, config: PruneConfig) -> None:

@@ -127,8 +127,8 @@ def _prepare(recipe, out: Path, checkpoint, data, search_frames: int, log, trust
         from vlaedge.compress.prune import prune
 
         log(f"tune: prune ({recipe.prune.method}) once; every variant quantizes the pruned policy")
-        feeds, held_out = prune_feeds(inputs.policy, inputs.calibration, recipe.prune)
-        policy = prune(inputs.policy, recipe.prune, feeds, held_out=held_out).policy
+        feeds, judge = prune_feeds(inputs.policy, inputs.calibration, recipe.prune)
+        policy = prune(inputs.policy, recipe.prune, feeds, judge=judge).policy
         notes.append("the recipe prunes: variants quantize the pruned policy, drift and speedup are against "
                      "the unpruned FP32 policy")
     export_cfg = recipe.export or ExportConfig()
