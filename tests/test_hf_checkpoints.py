@@ -114,6 +114,15 @@ def test_factory_file_needs_trust(tmp_path):
         load_policy(folder)
 
 
+def test_factory_that_raises_names_the_spec_file_it_reads(tmp_path):
+    folder, _ = save_pretrained(tmp_path / "ck")
+    spec = json.loads((folder / SPEC_FILE).read_text())
+    (folder / SPEC_FILE).write_text(json.dumps({**spec, "factory_kwargs": {"no_such_option": 1}}))
+    with pytest.raises(VlaedgeError, match=r"factory policy.py:from_config raised TypeError") as e:
+        load_policy(folder, trust_code=True)
+    assert "factory_kwargs in vlaedge.json" in e.value.hint and "config.json as the first argument" in e.value.hint
+
+
 @pytest.mark.parametrize("damage, message", [
     ("missing-shard", r"lacks shard\(s\) model-00002-of-0000\d.safetensors"),
     ("stray-shard", r"weight file\(s\) that would not be read: model-extra.safetensors"),

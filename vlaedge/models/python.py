@@ -287,8 +287,11 @@ def _call_factory(spec: PythonPolicySpec, root: Path | None):
     try:
         module = factory(*args, **spec.factory_kwargs)
     except Exception as e:  # noqa: BLE001 (the user's code: any failure is the checkpoint's, named here)
+        spec_file = SPEC_FILE if spec.factory_config == CONFIG_FILE else CONFIG_FILE
+        passed = f"{spec.factory_config} as the first argument and " if spec.factory_config else ""
         raise VlaedgeError(f"policy spec: factory {spec.factory} raised {type(e).__name__}: {str(e)[:200]}",
-                           "check factory_kwargs in config.json against the factory's signature") from e
+                           f"check factory_kwargs in {spec_file} against the factory's signature (it is "
+                           f"called with {passed}factory_kwargs as keywords)") from e
     import torch
 
     if not isinstance(module, torch.nn.Module):
