@@ -4,8 +4,10 @@ For one trained policy: runs `vlaedge tune` (recipes/cpu-int8.yaml, timed: issue
 the default policy), then builds FP32 ONNX, `quantize_dynamic` with ONNX Runtime's defaults,
 `quantize_static` with its defaults (QDQ, int8 activations and weights, per-tensor, MinMax, same 256
 calibration frames), vlaedge cpu-int8 and cpu-pruned-int8 (`vlaedge compress`, verify off) and the
-tuner's recipe, measures each one's open-loop drift against the FP32 torch policy on the evaluation split,
-and times all of them in ONE interleaved run per thread count (1 and 2). Targets are reported, not asserted.
+tuner's recipe, measures each one's open-loop drift (and token agreement, tokens heads) against the FP32
+torch policy on the evaluation split and its closed-loop success on the 100 held-out tabletop episodes
+(seeds 10000..10099, as `vlaedge rollout`), and times all of them in ONE interleaved run per thread count
+(1 and 2). Targets are reported, not asserted.
 
 Run:  .venv/bin/python benchmarks/tune.py [--checkpoint DIR] [--name default]
 Writes benchmarks/results/tune-NAME.md and tune-NAME.json, and the tuner's report under --work.
@@ -67,8 +69,9 @@ def compressed(recipe: Path, out: Path, checkpoint, trust_code: bool = False) ->
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    from vlaedge.check.closedloop import closed_loop
     from vlaedge.check.drift import open_loop_drift
-    from vlaedge.check.profile import load_line, model_file_bytes, profile
+    from vlaedge.check.profile import load_line, model_file_bytes, model_parameter_count, profile
     from vlaedge.data import sample_frames
     from vlaedge.pipeline import calibration_feeds, load_inputs
     from vlaedge.recipe import load_recipe
@@ -99,9 +102,13 @@ def main(argv=None) -> int:
     for label, path in models.items():
         rt = open_runtime("ort-cpu", inputs.policy, path, 2)
         drift = open_loop_drift(inputs.policy, rt, frames, 0)[0]
+        loop = closed_loop(lambda f, rt=rt, p=inputs.policy: p.decode(rt.infer(p.make_inputs(f))),
+                           100, 10_000)
         rt.close()
         rows[label] = {"model": str(path.relative_to(work)), "file_mb": model_file_bytes(path) / 1e6,
-                       "drift_mean_pct": drift.mean_pct, "drift_p99_pct": drift.p99_pct}
+                       "parameters": model_parameter_count(path), "drift_mean_pct": drift.mean_pct,
+                       "drift_p99_pct": drift.p99_pct, "token_agreement": drift.token_agreement,
+                       "closed_loop": loop.successes}
     loads = {}
     for threads in (1, 2):
         prof = profile(list(models.values()), "ort-cpu", None, inputs.policy, args.runs, 20, threads)
@@ -128,11 +135,14 @@ def render(r: dict) -> str:
              "count (speedup = FP32 median / model median; drift = open-loop error vs the FP32 torch policy "
              "on the evaluation split, % of action range).", "",
              "| model | speedup 1 thread | speedup 2 threads | median ms (2t) | p99 ms (2t) | drift mean % "
-             "| drift p99 % | file MB |", "|---|---|---|---|---|---|---|---|"]
+             "| drift p99 % | token agreement | closed loop /100 | params | file MB |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for label, row in r["rows"].items():
+        tokens = row.get("token_agreement")
         lines.append(f"| {label} | {row['speedup_1t']:.2f}x | {row['speedup_2t']:.2f}x | "
                      f"{row['median_ms_2t']:.3f} | {row['p99_ms_2t']:.3f} | {row['drift_mean_pct']:.3f} | "
-                     f"{row['drift_p99_pct']:.3f} | {row['file_mb']:.2f} |")
+                     f"{row['drift_p99_pct']:.3f} | {'-' if tokens is None else f'{tokens:.1%}'} | "
+                     f"{row.get('closed_loop', '-')} | {row.get('parameters', 0):,} | {row['file_mb']:.2f} |")
     ok = "met" if r["tune_seconds"] <= TUNE_MAX_S else f"missed by {r['tune_seconds'] - TUNE_MAX_S:.0f} s"
     lines += ["", f"`vlaedge tune` (cpu-int8, full space): {r['tune_seconds']:.0f} s wall "
               f"(target <= {TUNE_MAX_S:.0f} s: {ok}); its verdict: {r['tune_verdict']}", ""]
