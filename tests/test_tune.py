@@ -150,3 +150,17 @@ def test_tune_command_refuses_bad_input_in_one_line(tmp_path, capsys, monkeypatc
     for args, needle in cases:
         code, text = run_cli(args, capsys, monkeypatch)
         assert code == 2 and needle in text and "Traceback" not in text, (args, text)
+
+
+def test_with_a_pruning_recipe_speedups_are_against_the_unpruned_fp32(trained_checkpoint, tmp_path):
+    from vlaedge.tune import tune
+
+    recipe = load_recipe(ROOT / "recipes/cpu-pruned-int8.yaml",
+                         [*FAST, "prune.num_frames=32", "prune.recover.steps=2", "prune.max_drift_mean_pct=null"])
+    result = tune(recipe, tmp_path / "run", trained_checkpoint("chunk"), max_minutes=3,
+                  space={"dynamic-pt": SPACE["dynamic-pt"]}, search_frames=48, log=lambda _: None)
+    fp32, variant = result.rows[0], next(r for r in result.rows if r["name"] == "dynamic-pt")
+    assert fp32["model"].endswith("variants/fp32.onnx") and fp32["drift"]["mean_pct"] < 1e-3
+    assert variant["parameter_ratio"] < 0.8  # the pruned, quantized policy against the unpruned FP32
+    assert variant["speedup"] == pytest.approx(fp32["median_ms"] / variant["median_ms"])
+    assert any("against the unpruned FP32 policy" in n for n in result.notes)

@@ -84,7 +84,7 @@ def run_tune(recipe, out: Path, checkpoint, data, max_minutes, space, search_fra
              recipe_name, log, started, trust_code: bool = False) -> TuneResult:
     deadline = started + max_minutes * 60
     work, context, notes = _prepare(recipe, out, checkpoint, data, search_frames, log, trust_code)
-    measured, errors = [measure_fp32(work, work.fp32_onnx)], []
+    measured, errors = [measure_fp32(work, work.baseline_onnx)], []
     timed_out = []
     variants = declared_space(work.target.runtime, recipe.quantize.precision, space)
     for variant in progress.track(variants, "tune: variants built and measured"):
@@ -144,7 +144,7 @@ def _prepare(recipe, out: Path, checkpoint, data, search_frames: int, log, trust
     n_search = min(search_frames, inputs.calibration.num_frames)
     work = Work(inputs.policy, policy, target, recipe.quantize,
                  calibration_feeds(policy, inputs.calibration, recipe.quantize.num_calib_frames), check,
-                 export_cfg, quant_fp32, folder, config.threads, drift_only(recipe.budgets),
+                 export_cfg, quant_fp32, fp32, folder, config.threads, drift_only(recipe.budgets),
                  FrameSet(inputs.policy, sample_frames(inputs.calibration, n_search, config.seed + 7),
                           config.seed + 7),
                  FrameSet(inputs.policy, sample_frames(inputs.evaluation, n_eval, config.seed), config.seed),

@@ -39,7 +39,8 @@ class Work:
     calib_feeds: list
     check_feeds: dict
     export_cfg: object
-    fp32_onnx: Path
+    fp32_onnx: Path  # the FP32 export the variants quantize (the pruned policy's when the recipe prunes)
+    baseline_onnx: Path  # the unpruned policy's FP32 export: the table's fp32 row, what speedups are against
     folder: Path
     threads: int | None
     drift_budgets: object
