@@ -131,8 +131,9 @@ def test_missing_stats_and_short_splits_are_refused(tmp_path: Path, img2: Path) 
                        match=r"quantize.num_calib_frames needs 256 frames, the calibration split .* \d+ "):
         load_inputs(ck, img2, recipe=load_recipe("cpu-int8"), trust_code=True)
     small = ["quantize.num_calib_frames=8", "export.check_frames=8", "prune.num_frames=8"]
-    with pytest.raises(VlaedgeError, match=r"prune.max_drift_mean_pct needs 136 frames, the calibration split") \
-            as err:  # drift-bounded pruning's 128 held-out frames come on top of prune.num_frames
+    # drift-bounded pruning's 128 held-out frames come on top of prune.num_frames
+    needs = r"prune.max_drift_mean_pct needs 136 frames, the calibration split"
+    with pytest.raises(VlaedgeError, match=needs) as err:
         load_inputs(ck, img2, recipe=load_recipe("cpu-pruned-int8", small), trust_code=True)
     assert "--set prune.max_drift_mean_pct=null" in err.value.hint
 

@@ -120,7 +120,8 @@ def test_factory_that_raises_names_the_spec_file_it_reads(tmp_path):
     (folder / SPEC_FILE).write_text(json.dumps({**spec, "factory_kwargs": {"no_such_option": 1}}))
     with pytest.raises(VlaedgeError, match=r"factory policy.py:from_config raised TypeError") as e:
         load_policy(folder, trust_code=True)
-    assert "factory_kwargs in vlaedge.json" in e.value.hint and "config.json as the first argument" in e.value.hint
+    assert "factory_kwargs in vlaedge.json" in e.value.hint
+    assert "config.json as the first argument" in e.value.hint
 
 
 @pytest.mark.parametrize("damage, message", [

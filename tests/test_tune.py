@@ -156,7 +156,8 @@ def test_with_a_pruning_recipe_speedups_are_against_the_unpruned_fp32(trained_ch
     from vlaedge.tune import tune
 
     recipe = load_recipe(ROOT / "recipes/cpu-pruned-int8.yaml",
-                         [*FAST, "prune.num_frames=32", "prune.recover.steps=2", "prune.max_drift_mean_pct=null"])
+                         [*FAST, "prune.num_frames=32", "prune.recover.steps=2",
+                          "prune.max_drift_mean_pct=null"])
     result = tune(recipe, tmp_path / "run", trained_checkpoint("chunk"), max_minutes=3,
                   space={"dynamic-pt": SPACE["dynamic-pt"]}, search_frames=48, log=lambda _: None)
     fp32, variant = result.rows[0], next(r for r in result.rows if r["name"] == "dynamic-pt")

@@ -214,7 +214,8 @@ def prune_feeds(policy: Policy, calibration: EpisodeDataset,
             f"{max(calibration.num_frames - HELD_OUT_FRAMES, 0)}), or set prune.max_drift_mean_pct: null")
     feeds = calibration_feeds(policy, calibration, n + HELD_OUT_FRAMES)
     frames = {k: np.concatenate([f[k] for f in feeds]) for k in feeds[0]}
-    return [{k: v[:n] for k, v in frames.items()}], HeldOutDrift(policy, [{k: v[n:] for k, v in frames.items()}])
+    held_out = [{k: v[n:] for k, v in frames.items()}]
+    return [{k: v[:n] for k, v in frames.items()}], HeldOutDrift(policy, held_out)
 
 
 def compress(recipe: Recipe, out: str | Path, checkpoint: Path | None = None, data: Path | None = None,
