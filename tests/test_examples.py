@@ -54,8 +54,14 @@ def test_example_save_pretrained_sharded_round_trip(tmp_path, name):
     policy.module.save_pretrained(folder, max_shard_size="500KB")
     assert len(set(json.loads((folder / INDEX_FILE).read_text())["weight_map"].values())) > 2
     shutil.copyfile(EXAMPLES / name / "policy.py", folder / "policy.py")
-    shutil.copyfile(EXAMPLES / name / "config.json", folder / SPEC_FILE)
-    loaded = load_policy(folder, trust_code=True).module.state_dict()
+    # the factory builds from the config.json save_pretrained wrote
+    spec = json.loads((EXAMPLES / name / "config.json").read_text())
+    spec.pop("factory_kwargs")
+    (folder / SPEC_FILE).write_text(json.dumps({**spec, "factory": "policy.py:from_config",
+                                                "factory_config": "config.json"}))
+    reloaded = load_policy(folder, trust_code=True)
+    assert reloaded.module.config.to_dict() == policy.module.config.to_dict()
+    loaded = reloaded.module.state_dict()
     assert set(loaded) == set(state)
     for key, tensor in state.items():
         assert torch.equal(loaded[key], tensor), key

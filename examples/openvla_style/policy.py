@@ -151,3 +151,9 @@ class OpenVLAStyleForActionPrediction(PreTrainedModel):
 def build(**kwargs) -> OpenVLAStyleForActionPrediction:
     """The vlaedge factory: a fresh model; `kwargs` are `OpenVLAStyleConfig` fields."""
     return OpenVLAStyleForActionPrediction(OpenVLAStyleConfig(**kwargs))
+
+
+def from_config(config: dict) -> OpenVLAStyleForActionPrediction:
+    """The vlaedge factory for this model saved with `save_pretrained`: `config` is the config.json it wrote
+    (`"factory": "policy.py:from_config", "factory_config": "config.json"` in vlaedge.json)."""
+    return OpenVLAStyleForActionPrediction(OpenVLAStyleConfig(**config))

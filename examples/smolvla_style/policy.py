@@ -191,3 +191,9 @@ class SmolVLAStyleForFlowMatching(PreTrainedModel):
 def build(**kwargs) -> SmolVLAStyleForFlowMatching:
     """The vlaedge factory: a fresh model; `kwargs` are `SmolVLAStyleConfig` fields."""
     return SmolVLAStyleForFlowMatching(SmolVLAStyleConfig(**kwargs))
+
+
+def from_config(config: dict) -> SmolVLAStyleForFlowMatching:
+    """The vlaedge factory for this model saved with `save_pretrained`: `config` is the config.json it wrote
+    (`"factory": "policy.py:from_config", "factory_config": "config.json"` in vlaedge.json)."""
+    return SmolVLAStyleForFlowMatching(SmolVLAStyleConfig(**config))

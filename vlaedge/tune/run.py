@@ -5,6 +5,7 @@ described in `vlaedge.tune`."""
 from __future__ import annotations
 
 import json
+import shlex
 import time
 from pathlib import Path
 
@@ -109,7 +110,17 @@ def run_tune(recipe, out: Path, checkpoint, data, max_minutes, space, search_fra
     if box:
         log(f"tune: {box}")
     return _write(recipe, out, work, rows, chosen, reason, sensitivity, notes, box, recipe_name,
-                  time.monotonic() - started, log)
+                  time.monotonic() - started, log, reproduce_command(out, checkpoint, data, trust_code))
+
+
+def reproduce_command(out: Path, checkpoint, data, trust_code: bool) -> str:
+    """The `vlaedge compress` command line that rebuilds the pick from `out/recipe.yaml`: the same
+    checkpoint and data as the tune run (none given: the embedded default policy / dataset), into
+    `OUT-pick`."""
+    words = ["vlaedge", "compress", *([str(checkpoint)] if checkpoint else []), "--recipe",
+             str(out / "recipe.yaml"), *(["--data", str(data)] if data else []),
+             *(["--trust-code"] if trust_code else []), "--out", f"{out}-pick"]
+    return shlex.join(words)
 
 
 def _prepare(recipe, out: Path, checkpoint, data, search_frames: int, log, trust_code: bool = False):
@@ -244,7 +255,8 @@ def _time_and_judge(work, recipe, measured: list[Measured], log) -> list[dict]:
     return rows
 
 
-def _write(recipe, out: Path, work, rows, chosen, reason, sensitivity, notes, box, recipe_name, seconds, log):
+def _write(recipe, out: Path, work, rows, chosen, reason, sensitivity, notes, box, recipe_name, seconds, log,
+           reproduce: str):
     from vlaedge.check.profile import load_line
 
     load = rows[0].pop("load", None)
@@ -257,7 +269,7 @@ def _write(recipe, out: Path, work, rows, chosen, reason, sensitivity, notes, bo
         "eval_frames": work.evaluation.frames, "search_frames": work.search.frames,
         "rows": rows, "sensitivity": sensitivity, "notes": notes, "seconds": seconds, "load": load,
         "load_line": load_line(load) if load else "", "time_box": box,
-        "recipe_out": str(out / "recipe.yaml"),
+        "recipe_out": str(out / "recipe.yaml"), "reproduce": reproduce,
     }
     comment = [f"written by vlaedge tune from {recipe_name}: {reason}"]
     if chosen and not chosen.get("fp32"):
@@ -269,6 +281,6 @@ def _write(recipe, out: Path, work, rows, chosen, reason, sensitivity, notes, bo
     (out / "tune.md").write_text(render_markdown(result))
     budget = recipe.budgets.max_drift_mean_pct if recipe.budgets else None
     (out / "tune.html").write_text(render_html(result, budget))
-    tuned = TuneResult(out, rows, chosen, reason, recipe_path, sensitivity, notes)
+    tuned = TuneResult(out, rows, chosen, reason, recipe_path, sensitivity, notes, reproduce)
     log(tuned.summary())
     return tuned

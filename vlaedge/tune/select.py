@@ -139,7 +139,7 @@ def render_markdown(result: dict) -> str:
         lines += [f"| `{g}` | {d:.4f} |" for g, d in result["sensitivity"]]
     if result.get("load"):
         lines += ["", result["load_line"].replace("machine load:", "Machine load during the latency run:", 1)]
-    lines += ["", f"Reproduce the pick: `vlaedge compress --recipe {result['recipe_out']}`", ""]
+    lines += ["", f"Reproduce the pick: `{result['reproduce']}`", ""]
     return "\n".join(lines)
 
 

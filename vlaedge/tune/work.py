@@ -20,12 +20,14 @@ class TuneResult:
     recipe: Path
     sensitivity: list[tuple[str, float]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    reproduce: str = ""  # the `vlaedge compress` command line that rebuilds the pick
 
     def __bool__(self) -> bool:
         return self.chosen is not None
 
     def summary(self) -> str:
-        return f"tune: {self.reason}\nwrote {self.out}/tune.md, tune.html, tune.json and {self.recipe}"
+        return (f"tune: {self.reason}\nwrote {self.out}/tune.md, tune.html, tune.json and {self.recipe}"
+                + (f"\nreproduce the pick: {self.reproduce}" if self.reproduce else ""))
 
 
 @dataclass
