@@ -212,9 +212,8 @@ class PythonPolicy(Policy):
         files = {name: _in_folder(self.root, name, "file") for name in needed}
         if isinstance(self.tokenizer, FileTokenizer):
             files[self.spec.tokenizer.file] = self.tokenizer.path
-        spec_file = SPEC_FILE if self.spec.factory_config == CONFIG_FILE else CONFIG_FILE
         return write_checkpoint(Path(path), self.spec.model_dump(exclude_none=True), self.module.state_dict(),
-                                spec_file, files)
+                                _spec_file(self.spec), files)
 
     @classmethod
     def from_checkpoint(cls, checkpoint: Path, raw: dict, allow_pickle: bool = False) -> PythonPolicy:
@@ -241,6 +240,12 @@ class PythonPolicy(Policy):
         check_state_dict(policy.module, load_weights(checkpoint, allow_pickle), checkpoint)
         policy.module.eval()
         return policy
+
+
+def _spec_file(spec: PythonPolicySpec) -> str:
+    """The file the spec lives in: vlaedge.json beside a Hugging Face config.json the factory reads, else
+    config.json."""
+    return SPEC_FILE if spec.factory_config == CONFIG_FILE else CONFIG_FILE
 
 
 def _local_files(spec: PythonPolicySpec) -> list[str]:
@@ -287,11 +292,10 @@ def _call_factory(spec: PythonPolicySpec, root: Path | None):
     try:
         module = factory(*args, **spec.factory_kwargs)
     except Exception as e:  # noqa: BLE001 (the user's code: any failure is the checkpoint's, named here)
-        spec_file = SPEC_FILE if spec.factory_config == CONFIG_FILE else CONFIG_FILE
         passed = f"{spec.factory_config} as the first argument and " if spec.factory_config else ""
         raise VlaedgeError(f"policy spec: factory {spec.factory} raised {type(e).__name__}: {str(e)[:200]}",
-                           f"check factory_kwargs in {spec_file} against the factory's signature (it is "
-                           f"called with {passed}factory_kwargs as keywords)") from e
+                           f"check factory_kwargs in {_spec_file(spec)} against the factory's signature "
+                           f"(it is called with {passed}factory_kwargs as keywords)") from e
     import torch
 
     if not isinstance(module, torch.nn.Module):
