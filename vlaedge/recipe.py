@@ -108,6 +108,9 @@ class ExportConfig(Section):
     max_check_error: float = Field(
         0.05, gt=0, description="ONNX Runtime vs torch action difference allowed: the max for FP32 graphs, "
                                 "the p99 for quantized ones (rounding ties differ)")
+    external_data: Literal["auto", "always", "never"] = Field(
+        "auto", description="weights in one data file beside the .onnx (NAME.onnx.data): auto = only when the "
+                            "graph exceeds protobuf's 2 GB limit; never refuses a graph over 2 GB")
 
 
 class EngineConfig(Section):
