@@ -327,3 +327,23 @@ def test_cli_refuses_unknown_dims_then_estimates_with_an_override(tmp_path, caps
     args = ["estimate", path, "--target", "orin-nano-8gb-super", "--input-shape", "image=1x3x640x640"]
     code, out = run_cli([*args, "--json", tmp_path / "e.json"], capsys, monkeypatch)
     assert code == 0 and "estimated latency" in out and (tmp_path / "e.json").exists()
+
+
+@pytest.mark.parametrize("steps", [1, 4, 10])
+def test_weights_shared_by_unrolled_steps_count_once(steps):
+    # the legacy exporter's unrolled Euler loop: step 0 reads W itself, each later step an Identity of it,
+    # and the Identity nodes all come first in graph order (live from the start if they were activations)
+    width = 256
+    feeds = [f"W_{k}" for k in range(1, steps)]
+    nodes = [h.make_node("Identity", ["W"], [f], name=f"id{k}") for k, f in enumerate(feeds, 1)]
+    prev = "x"
+    for k, w in enumerate(["W", *feeds]):
+        nodes.append(h.make_node("MatMul", [prev, w], [f"h{k}"], name=f"mm{k}"))
+        prev = f"h{k}"
+    nodes.append(h.make_node("Identity", [prev], ["y"]))
+    m = _model(nodes, [_f("x", ["B", width])], [_f("y", ["B", width])], [_w("W", (width, width))])
+    est = estimate(m, "agx-orin-64gb", batch=1)
+    assert est.weights_bytes == width * width * 2  # once, in fp16
+    assert est.peak_activation_bytes <= 2 * width * 2  # one step's input and output, never a copy of W
+    assert len(est.kernels) == steps and all(k.kind == "gemm" for k in est.kernels)
+    assert all(k.bytes == (width + width * width + width) * 2 for k in est.kernels)  # W read every step

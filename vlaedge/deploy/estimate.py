@@ -17,7 +17,8 @@ A fusion-aware, calibrated roofline:
    family (`vlaedge.targets.Efficiency`), fitted on published Jetson/Thor measurements (calibration rows of
    benchmarks/published/measurements.csv); benchmarks/results/estimate_vs_published.md has the held-out
    error.
-4. Memory: weights at their deployed width + the peak of live activations (graph order) +
+4. Memory: weights at their deployed width, each once however many nodes (unrolled steps) read it, + the
+   peak of live activations (graph order; tensors computed from weights alone are weights) +
    RUNTIME_OVERHEAD_MB; fits when at most USABLE_MEMORY_FRACTION of the device memory.
 
 What it cannot see: tactic choice and wave quantization, kernels TensorRT writes that are better or worse
@@ -260,7 +261,9 @@ def _assumptions(t: Target, default: str) -> list[str]:
 
 
 def _peak_activations(g: Graph, default: str) -> float:
-    """Peak bytes of live activations, executing nodes in graph order."""
+    """Peak bytes of live activations, executing nodes in graph order. Tensors computed from weights alone
+    (`Graph.folded`: an Identity per unrolled step of a shared weight, a weight's Transpose or DQ) are
+    weights, counted once in `weights_bytes`, not activations kept live until their last step."""
     last_use = {}
     for i, n in enumerate(g.nodes):
         for name in n.input:
@@ -269,7 +272,7 @@ def _peak_activations(g: Graph, default: str) -> float:
     peak = now = 0.0
     for i, n in enumerate(g.nodes):
         for o in n.output:
-            if o and o not in g.init_dims and n.op_type not in ("Shape", "Constant", "Size"):
+            if o and o not in g.init_dims and o not in g.folded and n.op_type not in ("Shape", "Size"):
                 live[o] = g.tensor_bytes(o, default)
                 now += live[o]
         peak = max(peak, now)

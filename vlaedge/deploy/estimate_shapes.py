@@ -183,6 +183,12 @@ class Graph:
             for name in n.input:
                 self.consumers.setdefault(name, []).append(n)
         self.outputs = {o.name for o in g.output}
+        # computed from initializers alone (an Identity that feeds a shared weight to the next unrolled
+        # Euler step, a Transpose or DequantizeLinear of a weight): folded into the weights at build time
+        self.folded: set[str] = set()
+        for n in self.nodes:
+            if all(not i or i in self.init_dims or i in self.folded for i in n.input):
+                self.folded.update(o for o in n.output if o)
 
     def missing(self, names: list[str]) -> list[str]:
         """Those of `names` whose shape is unknown (never inferred, or symbolic)."""
@@ -207,9 +213,10 @@ class Graph:
         return "fp8" if elem in _FP8 else "int4" if elem in _INT4 else "fp4" if elem in _FP4 else None
 
     def is_weight(self, name: str) -> bool:
-        """An initializer, or a DQ(Q(initializer)) / DQ(initializer) / Transpose / Cast chain of one."""
+        """An initializer, or a DQ(Q(initializer)) / DQ(initializer) / Transpose / Cast / Identity chain of
+        one (the legacy exporter feeds a weight shared by unrolled steps through Identity nodes)."""
         seen = name
-        for _ in range(4):
+        for _ in range(5):
             if seen in self.init_dims:
                 return True
             node = self.producer.get(seen)
@@ -218,6 +225,7 @@ class Graph:
                 "QuantizeLinear",
                 "Transpose",
                 "Cast",
+                "Identity",
             ):
                 return False
             seen = node.input[0]
