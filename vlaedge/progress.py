@@ -20,11 +20,19 @@ When stderr is not a terminal (a CI log, a pipe) a stage prints a plain line at 
 total or every 5 s, whichever comes first, and an outermost stage one line when it ends. With
 `progress.quiet = True` (the CLI's `--quiet`) nothing is printed. Nothing ever goes to stdout, which
 `--json` keeps for its one object.
+
+A long single call that cannot report progress (torch.onnx.export, ONNX Runtime's quantizer) runs inside
+`heartbeat`: once it has run `SHOW_AFTER_SECONDS` a line says what started, then a daemon thread prints
+`description: still running, N s` every `HEARTBEAT_SECONDS`, and a closing line gives the time:
+
+    with progress.heartbeat("export: tracing the model (torch.onnx.export)"):
+        torch.onnx.export(...)
 """
 
 from __future__ import annotations
 
 import sys
+import threading
 import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -35,6 +43,7 @@ PLAIN_EVERY_FRACTION = 0.10  # plain mode: a line at every 10 % of the total...
 PLAIN_EVERY_SECONDS = 5.0  # ...or after 5 s without one, whichever comes first
 SHOW_AFTER_SECONDS = 1.0  # a stage shorter than this shows nothing (no flicker, no log noise)
 REDRAW_SECONDS = 0.1  # the rich bar is redrawn on advance at most this often (no refresh thread)
+HEARTBEAT_SECONDS = 30.0  # `heartbeat`: a "still running" line this often during one long call
 
 _live: dict[str, Any] = {"progress": None, "depth": 0}  # the one rich display shared by nested stages
 _open = [0]  # stages running now; a nested stage (an episode's steps) ends without a closing line
@@ -171,6 +180,58 @@ def track(iterable: Iterable, description: str, total: int | None = None) -> Ite
         for item in iterable:
             yield item
             running.advance()
+
+
+@contextmanager
+def heartbeat(description: str, every: float | None = None) -> Iterator[None]:
+    """Shows that one long call without progress of its own is still running, from a daemon thread.
+
+    Nothing for a call shorter than `SHOW_AFTER_SECONDS` or with `quiet`; else `description ...` then,
+    every `every` seconds, `description: still running, N s`, and `description: done in Xs` at the end
+    (`failed after Xs` when it raises). Lines go above a rich bar when one is shown, else to stderr.
+
+    Args:
+        description: what runs, stage first, e.g. ``"export: tracing the model (torch.onnx.export)"``.
+        every: seconds between lines; default `HEARTBEAT_SECONDS`.
+
+    Example:
+        >>> with heartbeat("quantize: ONNX Runtime static quantization"):
+        ...     quantize_static(...)
+    """
+    if quiet:
+        yield
+        return
+    stream, every = sys.stderr, HEARTBEAT_SECONDS if every is None else every
+    start, done, shown = time.monotonic(), threading.Event(), threading.Event()
+
+    def beat() -> None:
+        if done.wait(SHOW_AFTER_SECONDS):
+            return
+        shown.set()
+        _say(stream, f"{description} ...")
+        while not done.wait(every):
+            _say(stream, f"{description}: still running, {time.monotonic() - start:.0f} s")
+
+    thread = threading.Thread(target=beat, name="vlaedge-heartbeat", daemon=True)
+    thread.start()
+    outcome = "failed after"
+    try:
+        yield
+        outcome = "done in"
+    finally:
+        done.set()
+        thread.join()
+        if shown.is_set():
+            _say(stream, f"{description}: {outcome} {time.monotonic() - start:.1f}s")
+
+
+def _say(stream: TextIO, line: str) -> None:
+    """One line to the shared rich display when a bar is shown (so it is not garbled), else to `stream`."""
+    live = _live["progress"]
+    if live is not None:
+        live.console.print(line, markup=False, highlight=False)
+    else:
+        print(line, file=stream, flush=True)
 
 
 def _is_terminal(stream: TextIO) -> bool:
