@@ -97,6 +97,19 @@ class QuantizeConfig(Section):
         "dot-product instruction (AVX512-VNNI, AVX-VNNI, AMX-INT8), where ONNX Runtime's u8 x s8 kernels "
         "sum pairs into saturating int16 (vpmaddubsw). Default (null): on when the CPU running compress "
         "has none of them; set false for a VNNI robot computer quantized elsewhere")
+    # per-stage graphs (issue 23): checked against the policy's declared stage names in fit_recipe
+    stages: dict[str, Literal["int8", "fp8", "int8-weight-only", "int4-weight-only", "fp32", "keep"]] = Field(
+        {}, description='policies that declare stages: stage name -> the recipe\'s precision (quantized) or '
+        '"fp32" / "keep" (left in FP32), e.g. {expert: fp32}; stages not named are quantized')
+
+    @model_validator(mode="after")
+    def _stage_precisions(self):
+        other = {k: v for k, v in self.stages.items() if v not in (self.precision, "fp32", "keep")}
+        if other:
+            name, value = next(iter(other.items()))
+            raise ValueError(f"stages.{name}: {value} differs from precision {self.precision}; a stage is "
+                             f"quantized at the recipe's precision or kept: {self.precision}, fp32 or keep")
+        return self
 
 
 class ExportConfig(Section):
@@ -111,6 +124,11 @@ class ExportConfig(Section):
     external_data: Literal["auto", "always", "never"] = Field(
         "auto", description="weights in one data file beside the .onnx (NAME.onnx.data): auto = only when the "
                             "graph exceeds protobuf's 2 GB limit; never refuses a graph over 2 GB")
+    # per-stage graphs (issue 23, vlaedge.models.stages): null = on when the policy declares stages
+    stages: bool | None = Field(
+        None, description="policies that declare stages: one ONNX per stage + stages.json, the denoise loop "
+                          "in the runtime (null/true); false forces one unrolled graph. No effect without "
+                          "stages")
 
 
 class EngineConfig(Section):

@@ -10,6 +10,11 @@ Euler steps from `noise` (an input, so the reference and a compressed candidate 
 t = 0 to the action chunk at t = 1 (rectified flow: x_t = (1 - t) noise + t actions, v = actions - noise,
 as pi0). Training uses `training_loss`: the velocity at one random t per sample, not the unrolled loop.
 
+Stages (declared in config.json's "stages", exported one ONNX graph each by vlaedge): `vision`
+(`encode_image`: image -> patches), `prefix` (`encode_prefix`: patches, instruction ids, state -> context)
+and `expert` (`action_head`: x, t, context -> velocity), run `flow_steps` times by the runtime's Euler
+loop instead of unrolled into one graph. `forward` is exactly that composition.
+
 Proprio/keypoint path (what small real VLAs add beside the patch tokens): spatial-softmax keypoints from
 the SigLIP patch features, FiLM-conditioned on the pooled instruction (RT-1), with the proprio state and
 the pooled instruction go through an MLP that seeds the condition queries; the prefix's output joins it
@@ -146,10 +151,15 @@ class SmolVLAStyleForFlowMatching(PreTrainedModel):
     def _init_weights(self, module):
         """Keeps PyTorch's and the sub-models' own initialisation (nothing re-initialised here)."""
 
-    def encode(self, image: torch.Tensor, instruction_ids: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
-        """Condition tokens (B, T, D) from image uint8 (B,3,H,W), ids int64 (B,L), state (B,S)."""
+    def encode_image(self, image: torch.Tensor) -> torch.Tensor:
+        """Stage `vision`: SigLIP patch features (B, P, dv) from image uint8 (B, 3, H, W)."""
         pixels = image.float() * (2.0 / 255.0) - 1.0  # SigLIP's mean 0.5 / std 0.5 normalisation
-        patches = self.vision_tower(pixel_values=pixels).last_hidden_state  # (B, P, dv)
+        return self.vision_tower(pixel_values=pixels).last_hidden_state  # (B, P, dv)
+
+    def encode_prefix(self, patches: torch.Tensor, instruction_ids: torch.Tensor,
+                      state: torch.Tensor) -> torch.Tensor:
+        """Stage `prefix`: condition tokens (B, T, D) from patches (B, P, dv), ids int64 (B, L) and
+        state (B, S)."""
         words = self.language_model.embed_tokens(instruction_ids)  # (B, L, D)
         mask = (instruction_ids != 0).unsqueeze(-1).float()
         pooled = (words * mask).sum(1) / mask.sum(1).clamp(min=1.0)  # (B, D)
@@ -167,6 +177,11 @@ class SmolVLAStyleForFlowMatching(PreTrainedModel):
         hidden = self.language_model(inputs_embeds=tokens, attention_mask=mask,
                                      use_cache=False).last_hidden_state
         return queries + self.fusion_gate * hidden[:, -self.config.chunk:]
+
+    def encode(self, image: torch.Tensor, instruction_ids: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
+        """Condition tokens (B, T, D) from image uint8 (B,3,H,W), ids int64 (B,L), state (B,S): the
+        `vision` then the `prefix` stage."""
+        return self.encode_prefix(self.encode_image(image), instruction_ids, state)
 
     def forward(self, image: torch.Tensor, instruction_ids: torch.Tensor, state: torch.Tensor,
                 noise: torch.Tensor) -> torch.Tensor:

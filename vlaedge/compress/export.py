@@ -137,6 +137,10 @@ def export_onnx(policy: Policy, path: str | Path, config: ExportConfig | None = 
         >>> result = export_onnx(policy, "out/model.onnx", check_feeds=policy.example_inputs(8))
     """
     config = config or ExportConfig()
+    from vlaedge.compress.export_stages import export_stages, stages_enabled  # per-stage graphs (issue 23)
+
+    if stages_enabled(policy, config):
+        return export_stages(policy, path, config, check_feeds, precision)
     path = Path(path)
     opset = max(config.opset, FP8_MIN_OPSET) if precision == "fp8" else config.opset
     notes = [f"opset raised to {opset}: FP8 Q/DQ needs >= {FP8_MIN_OPSET}"] if opset != config.opset else []

@@ -44,6 +44,7 @@ from vlaedge.models.checkpoint import (
     write_checkpoint,
 )
 from vlaedge.models.preprocess import DataInput, frame_field, image_feed, vector_feed
+from vlaedge.models.stages import StagePlan, check_plan
 from vlaedge.models.tokenizer import PAD, FileTokenizer, WordTokenizer
 
 FAMILY = "python"
@@ -125,6 +126,9 @@ class PythonPolicySpec(_Strict):
     # Structured pruning's record of the shrunk modules (vlaedge.models.pruned_shapes): applied to the
     # factory's module before the weights load, so a pruned checkpoint reloads at its pruned size.
     pruned: dict | None = None
+    # Per-stage graphs (vlaedge.models.stages): one ONNX graph per stage and the denoise loop run by the
+    # runtime; checked against the module at load
+    stages: StagePlan | None = None
 
 
 class PythonPolicy(Policy):
@@ -143,6 +147,9 @@ class PythonPolicy(Policy):
                                       a.chunk)
         self.dataset_action_units = a.dataset_units
         self.tokenizer = _tokenizer(spec, root)
+        self.stage_plan = spec.stages  # None: one graph
+        if spec.stages is not None:
+            check_plan(spec.stages, self.module, [i.name for i in spec.inputs], list(spec.outputs))
 
     def data_inputs(self) -> list[DataInput]:
         default = {"image": "image", "state": "observation.state", "noise": "noise"}

@@ -24,7 +24,7 @@ def open_runtime(name: str, policy: Policy, model: str | Path | None = None,
     Args:
         name: one of `RUNTIMES`.
         policy: gives the input spec and output names (and the module for "torch").
-        model: the exported file (.onnx) for the non-torch runtimes.
+        model: the exported file (.onnx, or a stage plan stages.json on ort-*) for the non-torch runtimes.
         threads: CPU threads.
 
     Raises:
@@ -37,6 +37,10 @@ def open_runtime(name: str, policy: Policy, model: str | Path | None = None,
     if name.startswith("ort-") and name in RUNTIMES:
         if model is None:
             raise VlaedgeError(f"{name}: needs an exported model file", "export the policy to ONNX first")
+        if Path(model).suffix == ".json":  # a stage plan (stages.json): one session per stage
+            from vlaedge.runtimes.staged import StagedRuntime
+
+            return StagedRuntime(model, policy.input_spec, policy.output_names, name, threads)
         from vlaedge.runtimes.ort import OrtRuntime
 
         return OrtRuntime(model, policy.input_spec, policy.output_names, name, threads)

@@ -1,0 +1,385 @@
+"""Per-stage graphs: a policy's declared stages, checked against its module, and the one executor of
+their plan that the torch reference and every ONNX runtime share.
+
+A flow-matching VLA (SmolVLA, pi0, GR00T) is a vision encoder and a language prefix that run once per
+control step, then an action expert run N times by an Euler loop. Unrolled into one graph the expert
+is copied N times (SmolVLA size: ~42,600 nodes); the field exports one graph per stage and runs the loop
+outside. A python-family spec declares it (config.json / vlaedge.json)::
+
+    "stages": {"graphs": [
+        {"name": "vision", "call": "encode_image", "inputs": ["image"], "outputs": ["patches"]},
+        {"name": "prefix", "call": "encode_prefix", "inputs": ["patches", "instruction_ids", "state"],
+         "outputs": ["context"]},
+        {"name": "expert", "call": "action_head", "inputs": ["x", "t", "context"], "outputs": ["velocity"]}],
+      "denoise": {"stage": "expert", "steps": 10, "init": "noise", "sample": "x", "time": "t",
+                  "velocity": "velocity", "t_start": 0.0, "t_end": 1.0, "output": "actions"}}
+
+`call` is a dotted attribute of the module (a method or a submodule) called with `inputs` in order.
+Stage inputs come from policy inputs, earlier stages' outputs, or (the loop's stage) the loop's sample
+and time. The loop is Euler: x_0 = feeds[init], t_k = t_start + (t_end - t_start) * k / steps (float32,
+shape (B,)), x_{k+1} = x_k + v(x_k, t_k) * (t_end - t_start) / steps; x_steps is `output`. The composition
+must equal the module's forward (`check_composition`, at export).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from vlaedge.errors import VlaedgeError
+
+COMPOSITION_TOLERANCE = 1e-5  # staged torch vs module.forward, max |diff| relative to max(1, max |ref|)
+FIX = "see the `stages` section in vlaedge/models/stages.py's docstring"
+
+# run_stage(stage, feeds) -> outputs: one stage on one backend; feeds and outputs keyed by name
+StageRunner = Callable[["StageGraph", dict[str, np.ndarray]], dict[str, np.ndarray]]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class StageGraph(_Strict):
+    """One exported graph."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_-]+$")  # also its file: stages/<name>.onnx
+    call: str  # dotted attribute of the module, a method or submodule, e.g. "encode_image", "action_head"
+    inputs: list[str] = Field(min_length=1)  # argument names in call order (the graph's input names)
+    outputs: list[str] = Field(min_length=1)  # names of what it returns (a tensor, or a tuple in order)
+
+
+class DenoiseLoop(_Strict):
+    """The Euler loop the runtime runs around one stage (the flow-matching expert)."""
+
+    stage: str  # the stage run `steps` times
+    steps: int = Field(ge=1)  # Euler steps
+    init: str  # the policy input holding the start sample (the seeded noise)
+    sample: str = "x"  # the stage input fed the current sample x_k
+    time: str = "t"  # the stage input fed t_k, float32 (B,)
+    velocity: str = "velocity"  # the stage output holding v(x_k, t_k)
+    t_start: float = 0.0
+    t_end: float = 1.0
+    output: str  # the name of x_steps: a policy output or a later stage's input
+
+
+class StagePlan(_Strict):
+    """The stages of a policy, in execution order, and the optional denoise loop."""
+
+    graphs: list[StageGraph] = Field(min_length=1)
+    denoise: DenoiseLoop | None = None
+
+    @model_validator(mode="after")
+    def _loop_stage(self):
+        names = [g.name for g in self.graphs]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"stage name(s) {', '.join(dup)} used twice")
+        d = self.denoise
+        if d is not None:
+            if d.stage not in names:
+                raise ValueError(f"denoise.stage {d.stage!r} is not a stage ({', '.join(names)})")
+            g = self.stage(d.stage)
+            if g.outputs != [d.velocity]:
+                raise ValueError(f"stage {g.name!r} is the denoise loop's: its outputs must be exactly "
+                                 f"[{d.velocity!r}] (denoise.velocity), got {g.outputs}")
+            missing = [n for n in (d.sample, d.time) if n not in g.inputs]
+            if missing:
+                raise ValueError(f"stage {g.name!r} must take the loop's {' and '.join(missing)} as inputs")
+        return self
+
+    def stage(self, name: str) -> StageGraph:
+        return next(g for g in self.graphs if g.name == name)
+
+    def is_loop(self, stage: StageGraph) -> bool:
+        return self.denoise is not None and stage.name == self.denoise.stage
+
+
+def plan_of(policy) -> StagePlan | None:
+    """The policy's declared stage plan (python-family specs), else None."""
+    return getattr(policy, "stage_plan", None)
+
+
+def check_flow(plan: StagePlan, inputs: list[str], outputs: list[str]) -> None:
+    """Every stage input is produced before it runs, every stage output is used, every policy output is
+    produced.
+
+    Args:
+        plan: the plan.
+        inputs: the policy's input names.
+        outputs: the policy's output names.
+
+    Raises:
+        VlaedgeError: one line naming the stage and the tensor.
+    """
+    available, d = set(inputs), plan.denoise
+    if d is not None and d.init not in inputs:
+        raise VlaedgeError(f"stages: denoise.init {d.init!r} is not a policy input ({', '.join(inputs)})",
+                           FIX)
+    for g in plan.graphs:
+        loop_vars = {d.sample, d.time} if plan.is_loop(g) else set()
+        for name in g.inputs:
+            if name not in available and name not in loop_vars:
+                raise VlaedgeError(f"stages: stage {g.name!r} input {name!r} is produced by no policy input "
+                                   f"or earlier stage (available: {', '.join(sorted(available))})", FIX)
+        available |= {d.output} if plan.is_loop(g) else set(g.outputs)
+    used = {n for g in plan.graphs for n in g.inputs} | set(outputs)
+    for g in plan.graphs:
+        produced = [d.output] if plan.is_loop(g) else g.outputs
+        for name in produced:
+            if name not in used:
+                raise VlaedgeError(f"stages: stage {g.name!r} output {name!r} is used by no later stage and "
+                                   f"is not a policy output ({', '.join(outputs)})", FIX)
+    missing = [n for n in outputs if n not in available]
+    if missing:
+        raise VlaedgeError(f"stages: policy output {missing[0]!r} is produced by no stage", FIX)
+
+
+def resolve_call(module, stage: StageGraph):
+    """The callable a stage names: a dotted attribute of `module` (a method or a submodule).
+
+    Raises:
+        VlaedgeError: an attribute on the path is missing, or the last one is not callable.
+    """
+    target = module
+    for part in stage.call.split("."):
+        if not re.fullmatch(r"[A-Za-z_]\w*", part) or not hasattr(target, part):
+            raise VlaedgeError(f"stages: stage {stage.name!r} calls {stage.call!r}, which "
+                               f"{type(module).__name__} does not have",
+                               "name a method or submodule of the module (dotted, e.g. 'action_head')")
+        target = getattr(target, part)
+    if not callable(target):
+        raise VlaedgeError(f"stages: stage {stage.name!r} calls {stage.call!r}, a "
+                           f"{type(target).__name__}, not a method or module", "name a method or submodule")
+    return target
+
+
+def check_plan(plan: StagePlan, module, inputs: list[str], outputs: list[str]) -> None:
+    """`check_flow` and every stage's `call` resolved on `module` (at load).
+
+    Raises:
+        VlaedgeError: one line naming the stage.
+    """
+    check_flow(plan, inputs, outputs)
+    for g in plan.graphs:
+        resolve_call(module, g)
+
+
+def run_plan(plan: StagePlan, run_stage: StageRunner, feeds: dict[str, np.ndarray],
+             outputs: list[str] | tuple[str, ...]) -> dict[str, np.ndarray]:
+    """Runs the plan on numpy feeds: each stage once, the loop's stage `steps` times.
+
+    Args:
+        plan: the plan.
+        run_stage: runs one stage on its feeds (torch, an ONNX Runtime session, ...).
+        feeds: the policy's inputs, each (B, ...).
+        outputs: the policy's output names to return.
+
+    Returns:
+        The policy's outputs by name.
+    """
+    env = dict(feeds)
+    for g in plan.graphs:
+        if not plan.is_loop(g):
+            env.update(run_stage(g, {n: env[n] for n in g.inputs}))
+            continue
+        d = plan.denoise
+        x = np.asarray(env[d.init], np.float32)
+        span = d.t_end - d.t_start
+        for k in range(d.steps):
+            t = np.full((x.shape[0],), d.t_start + span * k / d.steps, np.float32)
+            stage_feeds = {n: x if n == d.sample else t if n == d.time else env[n] for n in g.inputs}
+            v = run_stage(g, stage_feeds)[d.velocity]
+            x = (x + v * span / d.steps).astype(np.float32)
+        env[d.output] = x
+    return {n: env[n] for n in outputs}
+
+
+def torch_runner(module) -> StageRunner:
+    """Runs stages on `module` in torch (inference mode); outputs as numpy arrays."""
+    import torch
+
+    def run(stage: StageGraph, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        fn = resolve_call(module, stage)
+        with torch.inference_mode():
+            out = fn(*[torch.from_numpy(np.ascontiguousarray(feeds[n])) for n in stage.inputs])
+        out = out if isinstance(out, tuple | list) else (out,)
+        if len(out) != len(stage.outputs):
+            raise VlaedgeError(f"stages: stage {stage.name!r} ({stage.call}) returns {len(out)} tensor(s), "
+                               f"the plan names {len(stage.outputs)} ({', '.join(stage.outputs)})", FIX)
+        return {n: t.detach().numpy() for n, t in zip(stage.outputs, out, strict=True)}
+
+    return run
+
+
+class Recorder:
+    """A `StageRunner` that runs another and keeps every call's feeds and outputs, by stage name."""
+
+    def __init__(self, inner: StageRunner):
+        self.inner = inner
+        self.calls: dict[str, list[tuple[dict, dict]]] = {}
+
+    def __call__(self, stage: StageGraph, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        out = self.inner(stage, feeds)
+        self.calls.setdefault(stage.name, []).append((feeds, out))
+        return out
+
+
+def record_torch(policy, plan: StagePlan, feeds: dict[str, np.ndarray]) -> tuple[dict, Recorder]:
+    """Runs the plan in torch on `feeds`: (the policy's outputs, the recorder of every stage call)."""
+    policy.module.eval()
+    recorder = Recorder(torch_runner(policy.module))
+    return run_plan(plan, recorder, feeds, policy.output_names), recorder
+
+
+def check_composition(policy, plan: StagePlan, feeds: dict[str, np.ndarray]) -> float:
+    """The staged plan in torch against `policy.run_torch` on the same feeds; returns the max |diff|.
+
+    Raises:
+        VlaedgeError: they differ by more than `COMPOSITION_TOLERANCE` (relative to max(1, max |ref|)).
+    """
+    reference = policy.run_torch(feeds)
+    staged, _ = record_torch(policy, plan, feeds)
+    worst = 0.0
+    for name in policy.output_names:
+        ref = reference[name].astype(np.float64)
+        diff = float(np.abs(staged[name].astype(np.float64) - ref).max())
+        worst = max(worst, diff)
+        if diff > COMPOSITION_TOLERANCE * max(1.0, float(np.abs(ref).max())):
+            raise VlaedgeError(f"stages: the staged plan differs from {policy.name}'s forward by {diff:.3g} "
+                               f"in {name!r} (allowed {COMPOSITION_TOLERANCE:g})",
+                               "make forward exactly the declared stages and Euler loop (same order, steps, "
+                               "t_start/t_end), or fix the plan")
+    return worst
+
+
+@dataclass
+class StageParity:
+    """One stage output, candidate vs torch, on stage inputs taken from torch (errors do not compound)."""
+
+    stage: str
+    output: str
+    calls: int  # stage calls compared (frames batches x loop steps)
+    cosine_mean: float  # per-frame cosine similarity of the flattened output
+    cosine_min: float
+    rel_l2: float  # ||cand - ref|| / ||ref|| over all calls
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def line(self) -> str:
+        return (f"stage {self.stage} ({self.output}): cosine mean {self.cosine_mean:.5f} / min "
+                f"{self.cosine_min:.5f}, rel L2 {self.rel_l2:.4g} over {self.calls} call(s)")
+
+
+def stage_parity(recorder: Recorder, plan: StagePlan, candidate: StageRunner) -> list[StageParity]:
+    """Each stage's outputs from `candidate` against the torch outputs `recorder` kept, fed the torch
+    stage inputs of every recorded call (the loop's stage: every step)."""
+    result = []
+    for g in plan.graphs:
+        calls = recorder.calls.get(g.name, [])
+        for name in g.outputs:
+            refs, cands = [], []
+            for feeds, out in calls:
+                refs.append(out[name].reshape(len(out[name]), -1).astype(np.float64))
+                cands.append(candidate(g, feeds)[name].reshape(len(out[name]), -1).astype(np.float64))
+            ref, cand = np.concatenate(refs), np.concatenate(cands)
+            norms = np.linalg.norm(ref, axis=1) * np.linalg.norm(cand, axis=1)
+            cos = np.where(norms > 0, (ref * cand).sum(1) / np.maximum(norms, 1e-30), 1.0)
+            rel = float(np.linalg.norm(cand - ref) / max(np.linalg.norm(ref), 1e-30))
+            result.append(StageParity(g.name, name, len(calls), float(cos.mean()), float(cos.min()), rel))
+    return result
+
+
+# --- the plan file (stages.json): what export writes and the runtimes, bundle and estimate read --------
+
+PLAN_FORMAT = "vlaedge-stages/1"
+
+
+class StageIO(_Strict):
+    name: str
+    shape: list[int | str]  # "B" marks the batch dimension
+    dtype: str  # numpy dtype name
+
+
+class StageFile(_Strict):
+    """One stage of a plan file: its graph file and I/O."""
+
+    name: str
+    call: str
+    file: str  # relative to the plan file, e.g. "stages/vision.onnx"
+    inputs: list[StageIO]
+    outputs: list[StageIO]
+    sha256: str
+    bytes: int  # the .onnx plus its external data
+    nodes: int
+    precision: str = "fp32"  # "fp32", or the quantized precision, e.g. "int8"
+
+
+class PlanFile(_Strict):
+    """stages.json: the stage graphs and the denoise loop, self-contained (no policy needed to run it)."""
+
+    format: str
+    graphs: list[StageFile] = Field(min_length=1)
+    denoise: DenoiseLoop | None = None
+
+    def plan(self) -> StagePlan:
+        return StagePlan(graphs=[StageGraph(name=g.name, call=g.call, inputs=[i.name for i in g.inputs],
+                                            outputs=[o.name for o in g.outputs]) for g in self.graphs],
+                         denoise=self.denoise)
+
+
+def plan_paths(model: Path) -> tuple[Path, Path]:
+    """The plan file and stage folder standing for a single-graph path: model.onnx -> (stages.json,
+    stages/), model_fp32.onnx -> (stages_fp32.json, stages_fp32/), other.onnx -> (other.stages.json,
+    other.stages/), so two models in one folder never share files."""
+    stem = Path(model).stem
+    name = "stages" + stem[len("model"):] if stem.startswith("model") else f"{stem}.stages"
+    return Path(model).with_name(f"{name}.json"), Path(model).with_name(name)
+
+
+def is_plan_file(path: str | Path | None) -> bool:
+    """A path naming a stage plan file (a .json), not a single graph."""
+    return path is not None and Path(path).suffix == ".json"
+
+
+def read_plan_file(path: str | Path) -> PlanFile:
+    """Reads and checks a stages.json: its format, and that every stage file exists.
+
+    Raises:
+        VlaedgeError: unreadable, not a plan file, or a stage file missing.
+    """
+    import json
+
+    from pydantic import ValidationError
+
+    path = Path(path)
+    try:
+        plan = PlanFile.model_validate(json.loads(path.read_text()))
+    except (OSError, ValueError, ValidationError) as e:
+        raise VlaedgeError(f"stages: {path} is not a readable stage plan ({str(e).splitlines()[0][:160]})",
+                           "pass the stages.json that 'vlaedge export' or 'vlaedge compress' wrote") from e
+    if plan.format != PLAN_FORMAT:
+        raise VlaedgeError(f"stages: {path} has format {plan.format!r}, this vlaedge reads {PLAN_FORMAT!r}",
+                           "re-export the policy with this vlaedge")
+    for g in plan.graphs:
+        if not (path.parent / g.file).is_file():
+            raise VlaedgeError(f"stages: stage {g.name!r} file {path.parent / g.file} is missing",
+                               "copy the whole run folder (stages.json with its stages/ folder)")
+    return plan
+
+
+def write_plan_file(path: Path, graphs: list[StageFile], denoise: DenoiseLoop | None) -> Path:
+    """Writes stages.json (validated as `PlanFile`)."""
+    plan = PlanFile(format=PLAN_FORMAT, graphs=graphs, denoise=denoise)
+    path.write_text(plan.model_dump_json(indent=1) + "\n")
+    return path
+
+
+def plan_stage_files(path: str | Path) -> list[Path]:
+    """The stage graph files a plan file names (for sizes and fingerprints)."""
+    return [Path(path).parent / g.file for g in read_plan_file(path).graphs]
