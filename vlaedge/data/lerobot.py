@@ -26,8 +26,17 @@ from vlaedge.data.episodes import (
     default_names,
 )
 from vlaedge.data.images import decode_images
+from vlaedge.data.lerobot_meta import (
+    check_episode_row,
+    check_features,
+    check_fps,
+    frame_size,
+    video_file,
+    video_template,
+)
 from vlaedge.data.lerobot_write import VIDEO_PATH, save_lerobot
-from vlaedge.data.video import VideoFrames
+from vlaedge.data.stats import read_stats
+from vlaedge.data.video import VideoFrames, check_ends
 from vlaedge.errors import VlaedgeError
 
 __all__ = ["load_lerobot", "save_lerobot"]  # save_lerobot lives in lerobot_write
@@ -40,9 +49,9 @@ def load_lerobot(root: Path, image_key: str | None = None) -> EpisodeDataset:
     info = _read_info(root)
     cameras = _camera_keys(info["features"], image_key, root)
     tasks = _read_tasks(root)
-    meta = _read_episodes_meta(root)
-    videos = {k: _video_locator(root, info, k, meta) for k in cameras
-              if info["features"][k]["dtype"] == "video"}
+    video_keys = [k for k in cameras if info["features"][k]["dtype"] == "video"]
+    meta = _read_episodes_meta(root, video_keys)
+    videos = {k: _video_locator(root, info, k, meta) for k in video_keys}
     files = sorted((root / "data").glob("*/*.parquet"))
     if not files:
         raise VlaedgeError(
@@ -72,22 +81,26 @@ def load_lerobot(root: Path, image_key: str | None = None) -> EpisodeDataset:
         raise VlaedgeError(f"dataset: {root} holds no frames", "record or convert at least one episode")
     first = next(iter(episodes.values()))
     features = info["features"]
-    return EpisodeDataset(
+    sizes = {"observation.state": first.state.shape[1], "action": first.action.shape[1]}
+    sizes |= dict.fromkeys(cameras, 3)  # per-channel camera statistics
+    dataset = EpisodeDataset(
         [episodes[i] for i in sorted(episodes)],
-        float(info["fps"]),
+        info["fps"],
         _feature_names(features.get("action"), first.action.shape[1], "action"),
         _feature_names(features.get("observation.state"), first.state.shape[1], "state"),
         str(root),
         features=_described(features, videos),
-        stats=_read_stats(root),
+        stats=read_stats(root, sizes),
     )
+    check_ends([ep.cameras[k] for ep in dataset.episodes for k in videos])
+    return dataset
 
 
 def _read_info(root: Path) -> dict:
     path = root / "meta" / "info.json"
     try:
         info = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
         raise VlaedgeError(
             f"dataset: {path} is not readable JSON ({exc})", "re-download the dataset"
         ) from None
@@ -99,9 +112,8 @@ def _read_info(root: Path) -> dict:
             f"dataset: {root} is LeRobot codebase_version {version}, vlaedge reads v3.x",
             "convert it with LeRobot's convert_dataset_v21_to_v30 script",
         )
-    fps = info.get("fps")
-    if isinstance(fps, bool) or not isinstance(fps, int | float) or not fps > 0:
-        raise VlaedgeError(f"dataset: {path} has fps={fps!r}, expected a positive number", "fix info.json")
+    info["fps"] = check_fps(info.get("fps"), f"{path}: fps")
+    check_features(info["features"], path)
     return info
 
 
@@ -123,35 +135,25 @@ def _camera_keys(features: dict, requested: str | None, root: Path) -> list[str]
 
 
 def _video_locator(root: Path, info: dict, key: str, meta: dict[int, dict]):
-    """episode index -> a `VideoFrames` maker (given the length) for a video camera, from meta/episodes."""
-    template = info.get("video_path") or VIDEO_PATH
+    """episode index -> a `VideoFrames` maker (given the length) for a video camera, from meta/episodes
+    (whose numbers `check_episode_row` checked) and info.json (checked here)."""
+    path = root / "meta" / "info.json"
+    template = video_template(info.get("video_path") or VIDEO_PATH, path)
     columns = [f"videos/{key}/{c}" for c in ("chunk_index", "file_index", "from_timestamp")]
     feature = info["features"][key]
-    video = feature.get("info") or {}
-    height = video.get("video.height", feature["shape"][0])
-    width = video.get("video.width", feature["shape"][1])
-    fps = float(video.get("video.fps", info["fps"]))
+    height, width = frame_size(feature, key, path)
+    video = feature.get("info") if isinstance(feature.get("info"), dict) else {}
+    fps = check_fps(video["video.fps"], f"{path}: features[{key!r}].info['video.fps']") if (
+        "video.fps" in video) else info["fps"]
     where = {}
     for index, row in meta.items():
         if any(row.get(c) is None for c in columns):
             raise VlaedgeError(f"dataset: {root}/meta/episodes lacks {columns} for episode {index}",
                                "re-export the dataset with LeRobot v3 (video cameras need them)")
         chunk, file, start = (row[c] for c in columns)
-        mp4 = root / template.format(video_key=key, chunk_index=chunk, file_index=file)
+        mp4 = video_file(root, template, key, chunk, file, path)
         where[index] = partial(VideoFrames, mp4, start, fps=fps, height=height, width=width)
     return where
-
-
-def _read_stats(root: Path) -> dict:
-    path = root / "meta" / "stats.json"
-    if not path.is_file():
-        return {}
-    try:
-        stats = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise VlaedgeError(f"dataset: {path} is not readable JSON ({exc})",
-                           "re-download the dataset or delete meta/stats.json") from None
-    return stats if isinstance(stats, dict) else {}
 
 
 def _described(features: dict, videos: dict) -> dict:
@@ -164,7 +166,8 @@ def _described(features: dict, videos: dict) -> dict:
         if f.get("dtype") == "image":
             out[key]["storage"] = "image in parquet"
         elif f.get("dtype") == "video":
-            codec = (f.get("info") or {}).get("video.codec", "?")
+            video = f.get("info") if isinstance(f.get("info"), dict) else {}
+            codec = str(video.get("video.codec", "?"))[:20]
             files = {make.args[0] for make in videos.get(key, {}).values()}
             out[key]["storage"] = f"video {codec} ({len(files)} mp4 file{'s' * (len(files) != 1)})"
     return out
@@ -183,14 +186,17 @@ def _read_tasks(root: Path) -> dict[int, str]:
     return dict(zip(table["task_index"].to_pylist(), table[text].to_pylist(), strict=True))
 
 
-def _read_episodes_meta(root: Path) -> dict[int, dict]:
-    """Episode index -> its meta/episodes row (length, success, video locations...), when present."""
+def _read_episodes_meta(root: Path, videos: list[str]) -> dict[int, dict]:
+    """Episode index -> its meta/episodes row (length, success, locations of the `videos` cameras), its
+    numbers checked, when present."""
     meta = {}
     for path in sorted((root / "meta" / "episodes").glob("*/*.parquet")):
-        names = pq.ParquetFile(path).schema_arrow.names
-        extra = ["success", *(n for n in names if n.startswith("videos/"))]
+        extra = ["success", *(f"videos/{k}/{c}" for k in videos
+                              for c in ("chunk_index", "file_index", "from_timestamp"))]
         table = _read_parquet(path, ["episode_index", "length"], optional=extra)
-        meta |= {row["episode_index"]: row for row in table.to_pylist()}
+        for row in table.to_pylist():
+            row = check_episode_row(row, path, videos)
+            meta[row["episode_index"]] = row
     return meta
 
 
@@ -200,8 +206,10 @@ def _episodes_in_file(path: Path, cameras: list[str], tasks: dict[int, str], vid
     if table.num_rows == 0:
         return []
     for name in ("episode_index", "frame_index", "task_index"):
-        if table[name].null_count:
-            raise VlaedgeError(f"dataset: {path}: column {name} has null values", "re-export the dataset")
+        if table[name].null_count or not pa.types.is_integer(table[name].type):
+            raise VlaedgeError(f"dataset: {path}: column {name} is {table[name].type} with "
+                               f"{table[name].null_count} nulls, expected integers without nulls",
+                               "re-export the dataset")
     ep_of, frame_of, task_of = (table[c].to_numpy() for c in ("episode_index", "frame_index", "task_index"))
     state, action = _matrix(table, "observation.state", path), _matrix(table, "action", path)
     blobs = {k: table[k].combine_chunks().field("bytes").to_pylist() for k in images}

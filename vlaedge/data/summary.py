@@ -10,6 +10,7 @@ from collections import Counter
 import numpy as np
 
 from vlaedge.data.episodes import EVAL_FRACTION, EpisodeDataset, split_episodes
+from vlaedge.data.stats import STAT_KEYS, feature_stats
 from vlaedge.errors import VlaedgeError
 
 _COUNTERS = {"timestamp", "frame_index", "episode_index", "index", "task_index"}
@@ -64,29 +65,35 @@ def summarize(dataset: EpisodeDataset) -> str:
     lines += [f"  {task!r}: {n} episode{'s' * (n != 1)}" for task, n in tasks.most_common(10)]
     if len(tasks) > 10:
         lines.append(f"  ... and {len(tasks) - 10} more")
-    lines.append("stats:" if dataset.stats else "stats: none (no meta/stats.json); computed from the frames:")
     lines += _stats_lines(dataset)
     return "\n".join(lines)
 
 
 def _stats_lines(dataset: EpisodeDataset) -> list[str]:
-    out = []
-    for key, values in (("observation.state", [e.state for e in dataset.episodes]),
-                        ("action", [e.action for e in dataset.episodes])):
-        given = dataset.stats.get(key) or {}
-        v = np.concatenate(values)
-        stats = {k: np.asarray(given[k], np.float64).reshape(-1) for k in ("mean", "std", "min", "max")
-                 if k in given} or {"mean": v.mean(0), "std": v.std(0), "min": v.min(0), "max": v.max(0)}
-        for name, x in stats.items():
-            shown = ", ".join(f"{a:.3g}" for a in x[:32]) + (", ..." if len(x) > 32 else "")  # ALOHA: 14
-            out.append(f"  {key}.{name}: [{shown}]")
+    """meta/stats.json as compress reads it (`feature_stats`): never statistics computed from the frames,
+    which compress would not normalise with."""
+    if not dataset.stats:
+        return ["stats: none (no meta/stats.json): an input normalised with mean_std or min_max needs its "
+                "statistics in the checkpoint's config.json"]
+    out = ["stats (meta/stats.json):"]
+    for key in ("observation.state", "action"):
+        for name in STAT_KEYS:
+            x = feature_stats(dataset.stats, key, (name,))
+            if x is not None:
+                x = np.asarray(x[name], np.float64).reshape(-1)
+                shown = ", ".join(f"{a:.3g}" for a in x[:32]) + (", ..." if len(x) > 32 else "")  # ALOHA: 14
+                out.append(f"  {key}.{name}: [{shown}]")
     for key in dataset.camera_keys:
-        given = dataset.stats.get(key) or {}
-        if "mean" in given:
-            mean = np.asarray(given["mean"], np.float64).reshape(-1)
-            std = np.asarray(given.get("std", [np.nan] * 3), np.float64).reshape(-1)
+        given = feature_stats(dataset.stats, key, ("mean", "std"))
+        if given is not None:
+            mean, std = (np.asarray(given[k], np.float64).reshape(-1) for k in ("mean", "std"))
             out.append(f"  {key}: mean RGB {np.round(mean, 3).tolist()}, std {np.round(std, 3).tolist()} "
                        "(pixels in [0, 1])")
+    missing = [k for k in ("observation.state", "action", *dataset.camera_keys)
+               if not any(feature_stats(dataset.stats, k, (name,)) for name in STAT_KEYS)]
+    if missing:
+        out.append(f"  none for {', '.join(missing)}: an input normalised from them needs its statistics in "
+                   "the checkpoint's config.json")
     return out
 
 

@@ -5,8 +5,10 @@ frames start at ``from_timestamp`` (seconds, in meta/episodes) and frame k is sh
 ``from_timestamp + k / fps``. `VideoFrames` is one episode's camera as a lazy uint8 [N, H, W, 3] array:
 nothing is decoded until frames are asked for, and `VideoFrames.take` seeks to the keyframe before the
 first wanted frame and decodes forward only as far as the last one (seeking again across long gaps),
-so sampling calibration frames never decodes whole files. `encode_video` writes such files (tests,
-`save_lerobot(..., video_codec=...)`).
+so sampling calibration frames never decodes whole files. `check_ends` decodes, through the same `take`,
+the first and last frame of every file when a dataset is loaded, so that `vlaedge data` and every command
+refuse a file that is not video, is shorter than meta/episodes says or holds frames of another size before
+any stage runs. `encode_video` writes such files (tests, `save_lerobot(..., video_codec=...)`).
 """
 
 from __future__ import annotations
@@ -90,6 +92,27 @@ class VideoFrames:
         return decoded[order] if wanted.size else np.zeros((0, *self.shape[1:]), np.uint8)
 
 
+def check_ends(clips: Sequence[VideoFrames]) -> None:
+    """Decode the first and the last frame of every video file the clips lie in: the first frame of the
+    clip that starts earliest and the last frame of the clip that ends latest, seeking as sampling does.
+
+    Args:
+        clips: every episode of every video camera of a dataset.
+
+    Raises:
+        VlaedgeError: the message `VideoFrames.take` gives for a missing or undecodable file, a frame that
+            is not in it (a file shorter than meta/episodes says) or frames of another size than info.json's.
+    """
+    by_file: dict[Path, list[VideoFrames]] = {}
+    for clip in clips:
+        by_file.setdefault(clip.path, []).append(clip)
+    for group in by_file.values():
+        first = min(group, key=lambda c: c.start)
+        last = max(group, key=lambda c: c.start + (c.length - 1) / c.fps)
+        first.take([0])
+        last.take([last.length - 1])
+
+
 def decode_at(path: Path, times: np.ndarray, tolerance: float,
               size: tuple[int, int]) -> tuple[np.ndarray, int]:
     """Decode the frames shown at sorted `times` (seconds) of a video file.
@@ -121,6 +144,8 @@ def decode_at(path: Path, times: np.ndarray, tolerance: float,
             if not container.streams.video:
                 raise VlaedgeError(f"dataset: {path} has no video stream", fix)
             stream = container.streams.video[0]
+            if not stream.time_base:
+                raise VlaedgeError(f"dataset: {path} has a video stream without a time base", fix)
             stream.thread_type = "AUTO"
             k, last, count = 0, None, 0
             while k < len(times):
@@ -130,7 +155,8 @@ def decode_at(path: Path, times: np.ndarray, tolerance: float,
                 k, last, n = _decode_forward(container, stream, times, k, tolerance, out, path)
                 count += n
     except av.error.FFmpegError as e:
-        raise VlaedgeError(f"dataset: cannot decode {path} ({e})", fix) from None
+        reason = getattr(e, "strerror", None) or str(e)
+        raise VlaedgeError(f"dataset: cannot decode {path} ({reason})", fix) from None
     return out, count
 
 
@@ -141,7 +167,11 @@ def _decode_forward(container, stream, times, k, tolerance, out, path) -> tuple[
     last, count, start = None, 0, k
     for frame in container.decode(stream):
         count += 1
-        t = float(frame.pts * stream.time_base) if frame.pts is not None else float(frame.time)
+        t = frame.pts * stream.time_base if frame.pts is not None else frame.time
+        if t is None:
+            raise VlaedgeError(f"dataset: {path} has frames without timestamps",
+                               "re-encode the video with LeRobot")
+        t = float(t)
         if k < len(times) and t > times[k] + tolerance:
             raise VlaedgeError(f"dataset: {path} has no frame at {times[k]:.4f} s (next frame at {t:.4f} s)",
                                "meta/episodes timestamps disagree with the video; re-export the dataset")
@@ -149,7 +179,8 @@ def _decode_forward(container, stream, times, k, tolerance, out, path) -> tuple[
             image = frame.to_ndarray(format="rgb24")
             if image.shape[:2] != out.shape[1:3]:
                 raise VlaedgeError(f"dataset: {path} frames are {image.shape[1]}x{image.shape[0]}, "
-                                   f"info.json says {out.shape[2]}x{out.shape[1]}", "fix info.json")
+                                   f"info.json says {out.shape[2]}x{out.shape[1]}",
+                                   "fix the camera's shape (video.height, video.width) in meta/info.json")
             out[k] = image
             k += 1
         last = t

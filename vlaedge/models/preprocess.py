@@ -156,11 +156,12 @@ def resolve_stats(spec: DataInput, dataset_stats: dict) -> dict | None:
     none found)."""
     if spec.normalize == "none":
         return None
+    from vlaedge.data.stats import feature_stats  # the same lookup `vlaedge data` prints
+
     keys = _STATS_KEYS[spec.normalize]
-    for source in (spec.stats or {}, dataset_stats.get(spec.feature) or {}):
-        if all(k in source for k in keys):
-            return {k: source[k] for k in keys}
-    return None
+    if spec.stats and all(k in spec.stats for k in keys):
+        return {k: spec.stats[k] for k in keys}
+    return feature_stats(dataset_stats, spec.feature, keys)
 
 
 def bind_data(policy, dataset, mapping: dict[str, str] | None = None) -> DataBinding:

@@ -68,7 +68,8 @@ class FileTokenizer:
             adds BOS and EOS when its model defines them).
 
     Raises:
-        VlaedgeError: the file is missing or unreadable, or its library is not installed.
+        VlaedgeError: the file is missing or unreadable, its library is not installed, or the pad id (given
+            or the tokenizer's own) is not a token id of its vocabulary.
 
     Example:
         >>> FileTokenizer(Path("ckpt/tokenizer.json"), 16).encode(["pick up the cup"])  # doctest: +SKIP
@@ -82,7 +83,7 @@ class FileTokenizer:
             raise VlaedgeError(f"tokenizer: {path} does not exist",
                                "ship the tokenizer file in the checkpoint folder or fix tokenizer.file")
         self._encode, self.size, own_pad = _open_tokenizer(path, add_special_tokens)
-        self.pad_id = own_pad if pad_id is None else pad_id
+        self.pad_id = _check_pad(own_pad if pad_id is None else pad_id, self.size, path, pad_id is None)
 
     def ids(self, text: str) -> list[int]:
         """Token ids of one instruction, before padding and truncation."""
@@ -104,6 +105,18 @@ class FileTokenizer:
             if tokens:
                 ids[row, cols], mask[row, cols] = tokens, 1
         return ids, mask
+
+
+def _check_pad(pad_id, size: int, path: Path, own: bool) -> int:
+    """The pad id, refused unless a token id of the vocabulary (an embedding lookup of -1 or of `size`
+    fails inside the model, far from its cause)."""
+    if isinstance(pad_id, int) and not isinstance(pad_id, bool) and 0 <= pad_id < size:
+        return pad_id
+    where = f"{path.name}'s own pad token" if own else "tokenizer.pad_id in config.json"
+    raise VlaedgeError(f"tokenizer: pad id {pad_id!r} ({where}) is not a token id of {path.name}, whose "
+                       f"ids are 0..{size - 1}",
+                       "set tokenizer.pad_id in config.json to the id of the pad token (or leave it out to "
+                       "use the tokenizer's own)")
 
 
 def _open_tokenizer(path: Path, add_special_tokens: bool):
