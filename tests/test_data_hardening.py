@@ -136,8 +136,11 @@ METADATA = {  # case -> (mutation, needles of the error line)
     "stats NaN": (_stats("observation.state", "std", [1.0, NAN, 1.0, 1.0]), ["state.std holds nan"]),
     "stats wrong size": (_stats("observation.state", "mean", [0.0, 0.0]),
                          ["observation.state.mean has 2 values, the feature has 4"]),
-    "stats negative std": (_stats("action", "std", [1.0, -1.0, 1.0]), ["action.std has a negative value"]),
-    "stats min above max": (_stats("action", "min", [0.0, 5.0, 0.0]), ["action.min[1] = 5 is above"]),
+    "stats negative std": (_stats("action", "std", [1.0, -1.0, 1.0]),
+                           ["action.std has the value -1, expected non-negative"]),
+    "stats camera std 0": (_stats(CAM, "std", [[[0.1]], [[0.0]], [[0.2]]]),
+                           [f"{CAM}.std has the value 0, expected positive"]),
+    "stats min above max": (_stats("action", "min", [0.0, 5.0, 0.0]), ["action.min[1] = 5 is above max[1]"]),
     "stats a list": (_json("stats.json", lambda s: [1, 2]), ["stats.json is a list"]),
     "stats entry a string": (_json("stats.json", lambda s: s.update(action="x")), ["'action' is 'x'"]),
 }

@@ -3,8 +3,9 @@
 The public verb is `load_dataset` (a LeRobot v3 dataset root, a folder of .npz episodes or one .npz file ->
 a validated `EpisodeDataset`). `episodes` holds the dataset model, the .npz layout and the split by
 episode (`split_episodes`, `sample_frames`); `lerobot` reads and `lerobot_write` writes the LeRobot v3
-layout, `images` decodes PNG cameras and `video` mp4 cameras (PyAV, lazily, by seeking); `summary` is
-what `vlaedge data` prints and the frame-count check `compress` runs before any stage.
+layout, `lerobot_meta` checks every number and template of its metadata, `stats` reads meta/stats.json,
+`images` decodes PNG cameras and `video` mp4 cameras (PyAV, lazily, by seeking); `summary` is what
+`vlaedge data` prints and the frame-count check `compress` runs before any stage.
 """
 
 from __future__ import annotations
@@ -45,8 +46,8 @@ def load_dataset(path: str | Path, image_key: str | None = None) -> EpisodeDatas
     """Load a LeRobot v3.0 dataset root, a folder of .npz episodes or one .npz episode.
 
     A LeRobot root is recognised by ``meta/info.json``; every camera is loaded (PNG images in parquet
-    are decoded now, mp4 video cameras lazily when frames are read). The .npz layout is the one
-    `save_npz` writes.
+    are decoded now, mp4 video cameras lazily when frames are read, after the first and last frame of
+    every video file were decoded here). The .npz layout is the one `save_npz` writes.
 
     Args:
         path: the dataset root, folder or file.
@@ -60,7 +61,9 @@ def load_dataset(path: str | Path, image_key: str | None = None) -> EpisodeDatas
     Raises:
         VlaedgeError: the path is missing or not a dataset, a file is truncated or corrupt, a column is
             missing, lengths disagree, images are not uint8 RGB, a video camera is not located in
-            meta/episodes, or state/action hold NaN/Inf.
+            meta/episodes, a metadata number, shape, template or statistic is out of range (the file,
+            field and value named), a video file does not decode to the frames meta/episodes and
+            info.json promise, or state/action hold NaN/Inf.
 
     Example:
         >>> ds = load_dataset("datasets/pick_cube")  # doctest: +SKIP

@@ -90,7 +90,7 @@ def load_lerobot(root: Path, image_key: str | None = None) -> EpisodeDataset:
         _feature_names(features.get("observation.state"), first.state.shape[1], "state"),
         str(root),
         features=_described(features, videos),
-        stats=read_stats(root, sizes),
+        stats=read_stats(root, sizes, tuple(cameras)),
     )
     check_ends([ep.cameras[k] for ep in dataset.episodes for k in videos])
     return dataset

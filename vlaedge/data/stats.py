@@ -19,20 +19,21 @@ STAT_KEYS = ("mean", "std", "min", "max")  # what vlaedge reads; other keys (cou
 _FIX = "fix or delete meta/stats.json (LeRobot recomputes it), or re-download the dataset"
 
 
-def read_stats(root: Path, sizes: dict[str, int]) -> dict:
+def read_stats(root: Path, sizes: dict[str, int], cameras: tuple[str, ...] = ()) -> dict:
     """meta/stats.json, checked: feature -> {mean, std, min, max, ...}; {} when the file is absent.
 
     Args:
         root: the dataset root.
         sizes: feature -> number of values each statistic must hold (3 for a camera, per channel; the
             state and action dims); other features' statistics are only checked to be numbers.
+        cameras: the camera features, whose std must be positive (pixels are divided by it).
 
     Returns:
         The file's mapping, unchanged.
 
     Raises:
         VlaedgeError: unreadable JSON, not a mapping of mappings, a statistic that is not finite numbers
-            (strings, NaN, nesting of mixed depth), of the wrong size, a negative std or a min above its max.
+            (strings, NaN), of the wrong size, a negative std (zero for a camera) or a min above its max.
     """
     path = root / "meta" / "stats.json"
     if not path.is_file():
@@ -50,15 +51,20 @@ def read_stats(root: Path, sizes: dict[str, int]) -> dict:
                                f"with {'/'.join(STAT_KEYS)}", _FIX)
         values = {k: _finite(entry[k], f"{path}: {feature}.{k}", sizes.get(feature))
                   for k in STAT_KEYS if k in entry}
-        if "std" in values and (values["std"] < 0).any():
-            raise VlaedgeError(f"dataset: {path}: {feature}.std has a negative value "
-                               f"({values['std'].min():g})", _FIX)
-        if "min" in values and "max" in values and values["min"].shape == values["max"].shape and (
-                values["min"] > values["max"]).any():
-            i = int(np.argmax(values["min"] > values["max"]))
-            raise VlaedgeError(f"dataset: {path}: {feature}.min[{i}] = {values['min'][i]:g} is above "
-                               f"{feature}.max[{i}] = {values['max'][i]:g}", _FIX)
+        _check_ranges(values, f"{path}: {feature}", feature in cameras)
     return stats
+
+
+def _check_ranges(values: dict[str, np.ndarray], where: str, camera: bool) -> None:
+    """std >= 0 (> 0 for a camera, whose pixels are divided by it) and min <= max."""
+    std = values.get("std")
+    if std is not None and ((std < 0).any() or camera and (std == 0).any()):
+        raise VlaedgeError(f"dataset: {where}.std has the value {std.min():g}, expected "
+                           f"{'positive' if camera else 'non-negative'} values", _FIX)
+    low, high = values.get("min"), values.get("max")
+    if low is not None and high is not None and low.shape == high.shape and (low > high).any():
+        i = int(np.argmax(low > high))
+        raise VlaedgeError(f"dataset: {where}.min[{i}] = {low[i]:g} is above max[{i}] = {high[i]:g}", _FIX)
 
 
 def _finite(value, where: str, size: int | None) -> np.ndarray:

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from vlaedge import progress
 from vlaedge.errors import VlaedgeError
 
 # Encoders PyAV's wheels bundle, by the codec name LeRobot writes in info.json ("video.codec").
@@ -106,7 +107,7 @@ def check_ends(clips: Sequence[VideoFrames]) -> None:
     by_file: dict[Path, list[VideoFrames]] = {}
     for clip in clips:
         by_file.setdefault(clip.path, []).append(clip)
-    for group in by_file.values():
+    for group in progress.track(list(by_file.values()), "dataset: first and last frame of each video file"):
         first = min(group, key=lambda c: c.start)
         last = max(group, key=lambda c: c.start + (c.length - 1) / c.fps)
         first.take([0])
