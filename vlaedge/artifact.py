@@ -236,9 +236,8 @@ def resolve_model(path: Path | None, checkpoint: Path | None = None, data: Path 
         manifest = read_manifest(path)
         inputs = manifest.get("inputs", {})
         ckpt = checkpoint or _existing(inputs.get("checkpoint", {}).get("path"))
-        return Resolved(
-            path / "model.onnx", manifest, ckpt, data or _existing(inputs.get("data", {}).get("path"))
-        )
+        model = path / manifest.get("model", "model.onnx")  # stages.json for per-stage graphs (issue 23)
+        return Resolved(model, manifest, ckpt, data or _existing(inputs.get("data", {}).get("path")))
     if path.is_dir() and (path / "config.json").is_file():  # a checkpoint (runtime torch)
         return Resolved(path, None, checkpoint, data)
     if not path.is_file():

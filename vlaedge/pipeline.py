@@ -123,6 +123,9 @@ def fit_recipe(recipe: Recipe, policy: Policy) -> Recipe:
                                f"module of {policy.name} (top-level modules: {top[:200]})",
                                "patterns are fnmatch on module names (e.g. 'vision.*'); to keep the action "
                                "head on any policy use quantize.keep_action_head: true")
+        from vlaedge.compress.quantize_stages import check_stage_overrides  # per-stage graphs (issue 23)
+
+        check_stage_overrides(policy, q, recipe.export is None or recipe.export.stages is not False)
         if q.keep_action_head:
             head, _ = policy.action_head_modules()
             recipe = recipe.model_copy(update={"quantize": q.model_copy(
@@ -277,8 +280,11 @@ def _run_engine(od: OutputDir, recipe: Recipe, target, summaries: list[str], log
     from vlaedge.deploy.engine import build_engine
 
     start = time.perf_counter()
-    result = build_engine(od.path / "model.onnx", recipe.engine, target,
-                          recipe.quantize.precision if recipe.quantize else None, od.path)
+    build = build_engine
+    if od.manifest.get("model") == "stages.json":  # per-stage graphs (issue 23): one engine per stage
+        from vlaedge.deploy.stage_plan import build_stage_engines as build
+    result = build(od.path / od.manifest.get("model", "model.onnx"), recipe.engine, target,
+                   recipe.quantize.precision if recipe.quantize else None, od.path)
     od.record_stage("engine", time.perf_counter() - start, **_details(result))
     summaries.append(result.summary())
     log(result.summary())
@@ -310,6 +316,9 @@ def _run_quantize_and_export(od: OutputDir, recipe: Recipe, target, inputs: Inpu
     fp32 = export_onnx(policy, od.path / ("model_fp32.onnx" if q else "model.onnx"), export_cfg, check)
     od.record_stage("export_fp32", time.perf_counter() - start, **_details(fp32))
     log(fp32.summary())
+    staged = Path(fp32.path).suffix == ".json"  # per-stage graphs (issue 23): stages.json + stages/
+    if staged:
+        od.manifest["model"] = "stages.json"
     if not q:
         return
     from vlaedge.compress.quantize import quantize
@@ -319,6 +328,14 @@ def _run_quantize_and_export(od: OutputDir, recipe: Recipe, target, inputs: Inpu
     start = time.perf_counter()
     feeds = calibration_feeds(policy, inputs.calibration, q.num_calib_frames)
     final = od.path / "model.onnx"
+    if staged and target.runtime != "onnxruntime":  # ModelOpt: the modules of FP32 stages kept (issue 23)
+        from vlaedge.compress.quantize_stages import modelopt_stage_config
+
+        q = modelopt_stage_config(policy, q, feeds[0])
+    if target.runtime == "onnxruntime" and staged:  # per-stage graphs (issue 23)
+        _quantize_stages(od, q, target, inputs.policy if not recipe.prune else policy, policy, feeds, check,
+                         export_cfg, summaries, log, start)
+        return
     if target.runtime == "onnxruntime":
         result = quantize(policy, q, feeds, target, fp32_onnx=od.path / "model_fp32.onnx", out_onnx=final)
         od.record_stage("quantize", time.perf_counter() - start, **_details(result))
@@ -339,6 +356,25 @@ def _run_quantize_and_export(od: OutputDir, recipe: Recipe, target, inputs: Inpu
     log(result.summary())
 
 
+def _quantize_stages(od: OutputDir, q, target, reference: Policy, policy: Policy, feeds: list, check: dict,
+                     export_cfg: ExportConfig, summaries: list[str], log, start: float) -> None:
+    """cpu target, staged policy (issue 23): each stage of stages_fp32.json quantized into stages.json,
+    then checked per stage and end to end against torch."""
+    from vlaedge.compress.export_stages import check_staged
+    from vlaedge.compress.quantize_stages import quantize_stages
+    from vlaedge.models.stages import StageParity
+
+    result = quantize_stages(policy, q, feeds, target, od.path / "stages_fp32.json", od.path / "model.onnx")
+    od.record_stage("quantize", time.perf_counter() - start, **_details(result))
+    exported, parity = check_staged(reference, od.path / "stages.json", check, export_cfg.max_check_error)
+    od.record_stage("export", 0.0, check=exported.__dict__, parity=parity)
+    lines = [result.summary()] + [StageParity(**p).line() for p in parity] + [
+        f"ONNX Runtime (staged) vs torch on {exported.frames} frames: max |action diff| "
+        f"{exported.max_abs:.4f}, p99 {exported.p99_abs:.4f}, mean {exported.mean_abs:.5f}"]
+    summaries.append("\n".join(lines))
+    log("\n".join(lines))
+
+
 def _run_verify(od: OutputDir, recipe: Recipe, target: str, inputs: Inputs, log) -> object | None:
     """`vlaedge compress`'s verify -> profile -> gate stage: the original FP32 policy against the run's
     model.onnx on the evaluation split; writes the reports into the staging directory and records the
@@ -347,20 +383,22 @@ def _run_verify(od: OutputDir, recipe: Recipe, target: str, inputs: Inputs, log)
 
     start = time.perf_counter()
     config = recipe.verify or VerifyConfig()
-    model = od.path / "model.onnx"
+    name = od.manifest.get("model", "model.onnx")  # stages.json for per-stage graphs (issue 23)
+    model = od.path / name
     skipped = _unrunnable_here(recipe, config, inputs.policy, model)
     if skipped:
         log(f"verify: skipped: {skipped}")
         od.record_stage("verify", time.perf_counter() - start, skipped=skipped)
         return None
     sha = od.manifest["inputs"]["checkpoint"]["sha256"]
-    own_fp32 = od.path / "model_fp32.onnx" if recipe.quantize and not recipe.prune else None
+    fp32_name = "stages_fp32.json" if name == "stages.json" else "model_fp32.onnx"
+    own_fp32 = od.path / fp32_name if recipe.quantize and not recipe.prune else None
     with tempfile.TemporaryDirectory(prefix="vlaedge-fp32-") as tmp:
         baseline = fp32_baseline(inputs.policy, model, config, own_fp32, Path(tmp), log)
         result = verify(inputs.policy, model, inputs.evaluation, config, sha, inputs.checkpoint, target, True,
                         log, baseline)
-    result.report["candidate"]["model"] = "model.onnx"  # relative: the staging directory is renamed
-    names = ["model.onnx", "model_fp32.onnx" if baseline == own_fp32 else "reference_fp32.onnx (temporary)"]
+    result.report["candidate"]["model"] = name  # relative: the staging directory is renamed
+    names = [name, fp32_name if baseline == own_fp32 else f"{Path(baseline or 'x').name} (temporary)"]
     for entry, name in zip((result.report.get("profile") or {}).get("models", []), names, strict=False):
         entry["model"] = name
     if result.report.get("baseline"):
@@ -491,7 +529,7 @@ def fp32_baseline(policy: Policy, model: Path | None, config: VerifyConfig, own:
     """The FP32 reference ONNX a candidate is timed against: the run's own `model_fp32.onnx` (`own`, when it
     exists) or the reference policy exported into `tmp`; None when there is nothing to compare (no .onnx
     candidate, or a runtime that is not ONNX Runtime)."""
-    if model is None or Path(model).suffix != ".onnx" or not config.runtime.startswith("ort-"):
+    if model is None or Path(model).suffix not in (".onnx", ".json") or not config.runtime.startswith("ort-"):
         return None
     if own is not None and own.is_file():
         return own

@@ -75,6 +75,7 @@ class ModelProfile:
     latency: LatencyStats
     rate: dict  # inferences_per_s, actions_per_s (whole chunk executed), chunk, control_hz, realtime_margin
     memory: dict  # peak_rss_delta_mb and the method (see the module docstring)
+    stages: dict | None = None  # a stage plan's per-stage medians (`stage_times`, issue 23); None: one graph
 
 
 @dataclass
@@ -111,6 +112,7 @@ class ProfileReport:
                 f"{lat.max_ms:8.2f} {m.rate['inferences_per_s']:7.1f} {m.rate['actions_per_s']:7.1f} "
                 f"{m.memory['peak_rss_delta_mb']:7.1f} {m.file_bytes / 1e6:8.2f}"
             )
+        rows += [stage_line(m) for m in self.models if m.stages]  # per-stage graphs (issue 23)
         for c in self.comparisons:
             rows.append(
                 f"{_short(c['model'])} vs {_short(c['baseline'])}: median x{c['median_ratio']:.3f}, "
@@ -212,6 +214,7 @@ def profile(
                 mem,
             )
         )
+        results[-1].stages = stage_times(rt, feeds)  # per-stage graphs (issue 23)
         rt.close()
     base = results[0]
     comparisons = [
@@ -310,6 +313,8 @@ def _rate(lat: LatencyStats, chunk: int, control_hz: float | None) -> dict:
 def model_file_bytes(path: str | Path) -> int:
     """Size of a model file plus the external data files its ONNX initializers point to."""
     path = Path(path)
+    if path.suffix == ".json":  # a stage plan (issue 23): its stage graphs
+        return sum(model_file_bytes(f) for f in _plan_files(path))
     total = path.stat().st_size
     if path.suffix != ".onnx":
         return total
@@ -333,10 +338,50 @@ def model_parameter_count(path: str | Path) -> int:
     of Q/DQ nodes (a quantized weight counts once, as its int8 tensor). Pruned models have fewer."""
     import onnx
 
+    if Path(path).suffix == ".json":  # a stage plan (issue 23): its stage graphs
+        return sum(model_parameter_count(f) for f in _plan_files(path))
+
     model = onnx.load(str(path), load_external_data=False)
     qdq_params = {name for n in model.graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")
                   for name in n.input[1:]}
     return int(sum(int(np.prod(t.dims)) for t in model.graph.initializer if t.name not in qdq_params))
+
+
+STAGE_RUNS = 20  # extra runs of a stage plan, after the timed ones, for its per-stage medians
+
+
+def stage_times(runtime, feeds: dict[str, np.ndarray], runs: int = STAGE_RUNS) -> dict | None:
+    """Per-stage medians of a stage plan's runtime (`vlaedge.runtimes.staged`, its `stage_ms` after each
+    call) over `runs` more calls: {"stages": {name: {"median_ms", "calls", "per_call_ms"}}, "step_median_ms"};
+    the loop's stage counts all its steps. None for a runtime without stages."""
+    if not hasattr(runtime, "stage_ms"):
+        return None
+    samples: dict[str, list[float]] = {}
+    steps = []
+    for _ in range(runs):
+        start = time.perf_counter_ns()
+        runtime.infer(feeds)
+        steps.append((time.perf_counter_ns() - start) / 1e6)
+        for name, ms in runtime.stage_ms.items():
+            samples.setdefault(name, []).append(ms)
+    calls = runtime.stage_calls
+    stages = {name: {"median_ms": float(np.median(v)), "calls": calls[name],
+                     "per_call_ms": float(np.median(v)) / calls[name]} for name, v in samples.items()}
+    return {"stages": stages, "step_median_ms": float(np.median(steps)), "runs": runs}
+
+
+def stage_line(m: ModelProfile) -> str:
+    """One line: each stage's median share of a step (issue 23)."""
+    parts = [f"{n} {s['median_ms']:.2f} ms" + (f" ({s['calls']}x {s['per_call_ms']:.2f})" if s["calls"] > 1
+                                                else "") for n, s in m.stages["stages"].items()]
+    step = m.stages["step_median_ms"]
+    return f"stages of {_short(m.model)}: {', '.join(parts)}; whole step {step:.2f} ms (medians)"
+
+
+def _plan_files(path: Path) -> list[Path]:
+    from vlaedge.models.stages import plan_stage_files
+
+    return plan_stage_files(path)
 
 
 def graph_spec(path: str | Path) -> SimpleNamespace:

@@ -151,7 +151,7 @@ def verify(
         )
         log(loop.summary())
     comparable = (baseline is not None and model is not None and config.runtime.startswith("ort-")
-                  and Path(model).suffix == ".onnx")
+                  and Path(model).suffix in (".onnx", ".json"))  # .json: a stage plan (issue 23)
     if not comparable:
         notes.append("note: no FP32 baseline compared (it needs an .onnx candidate on an ONNX Runtime "
                      "runtime and the reference exported to ONNX)")

@@ -88,11 +88,14 @@ class StagePolicy(Policy):
         stage: the stage.
         example: one recorded call's feeds of the stage (any batch), for the input specs.
         dynamic: the batch dimension is dynamic ("B").
+        runs: torch runs of the plan by (batch, seed), shared by the stages of one export (each run is the
+            whole policy, the loop's stage `steps` times).
     """
 
     def __init__(self, policy: Policy, plan: StagePlan, stage: StageGraph, example: dict[str, np.ndarray],
-                 dynamic: bool = True):
+                 dynamic: bool = True, runs: dict | None = None):
         self.policy, self.plan, self.stage = policy, plan, stage
+        self.runs = runs if runs is not None else {}
         self.module = stage_module(policy.module, stage)
         self.name = f"{policy.name} stage {stage.name}"
         self.input_spec = tuple(TensorSpec(n, _shape(example[n], dynamic), example[n].dtype.name, -1.0, 1.0)
@@ -102,8 +105,10 @@ class StagePolicy(Policy):
 
     def example_inputs(self, batch: int = 1, seed: int = 0) -> dict[str, np.ndarray]:
         """The stage's feeds in a torch run of the plan on the policy's example inputs (first call)."""
-        _, recorder = record_torch(self.policy, self.plan, self.policy.example_inputs(batch, seed))
-        return recorder.calls[self.stage.name][0][0]
+        if (batch, seed) not in self.runs:
+            feeds = self.policy.example_inputs(batch, seed)
+            self.runs[batch, seed] = record_torch(self.policy, self.plan, feeds)[1]
+        return self.runs[batch, seed].calls[self.stage.name][0][0]
 
     def run_torch(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         return torch_runner(self.policy.module)(self.stage, feeds)
@@ -169,16 +174,18 @@ def export_stages(policy: Policy, path: str | Path, config: ExportConfig | None 
     plan, start = plan_of(policy), time.perf_counter()
     plan_json, folder = plan_paths(Path(path))
     opset = max(config.opset, FP8_MIN_OPSET) if precision == "fp8" else config.opset
-    example = policy.example_inputs(EXPORT_BATCH if config.dynamic_batch else 1)
+    batch = EXPORT_BATCH if config.dynamic_batch else 1
+    example = policy.example_inputs(batch)
     worst = check_composition(policy, plan, example)
     _, recorder = record_torch(policy, plan, example)
+    runs = {(batch, 0): recorder}
     staging = plan_json.parent / f".{plan_json.name}.partial"
     shutil.rmtree(staging, ignore_errors=True)
     (staging / folder.name).mkdir(parents=True)
     try:
         results, files = [], []
         for g in plan.graphs:
-            sp = StagePolicy(policy, plan, g, recorder.calls[g.name][0][0], config.dynamic_batch)
+            sp = StagePolicy(policy, plan, g, recorder.calls[g.name][0][0], config.dynamic_batch, runs)
             res = _export_stage(sp, staging, folder, opset, config, precision)
             results.append(res)
             files.append(stage_file(g, staging, f"{folder.name}/{g.name}.onnx", sp, recorder, res.nodes,

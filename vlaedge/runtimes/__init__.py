@@ -48,6 +48,10 @@ def open_runtime(name: str, policy: Policy, model: str | Path | None = None,
         if model is None:
             raise VlaedgeError("trt: needs a model (.onnx with model.plan next to it, or a .plan)",
                                "build the engine with the bundle's build.sh on the device")
+        if Path(model).suffix == ".json":  # a stage plan: one engine per stage (the bundle's stages.json)
+            from vlaedge.runtimes.staged import StagedRuntime
+
+            return StagedRuntime(model, policy.input_spec, policy.output_names, name)
         from vlaedge.runtimes.trt import TrtRuntime  # imports tensorrt lazily, inside
 
         return TrtRuntime(model, policy.input_spec, policy.output_names)

@@ -25,7 +25,7 @@ class StagedRuntime(Runtime):
         plan_file: the stages.json; its stage graphs are read relative to it.
         input_spec: the policy's inputs (checked once per call, in `Runtime.infer`).
         output_names: the policy's outputs to return.
-        name: "ort-cpu", "ort-cuda" or "ort-trt".
+        name: "ort-cpu", "ort-cuda", "ort-trt", or "trt" (each stage's engine beside its ONNX).
         threads: intra-op threads of every stage's session.
 
     Raises:
@@ -44,8 +44,13 @@ class StagedRuntime(Runtime):
         for g in self.plan_file.graphs:
             specs = tuple(TensorSpec(i.name, tuple(i.shape), i.dtype, -1.0, 1.0) for i in g.inputs)
             outputs = tuple(o.name for o in g.outputs)
+            if name == "trt":  # the bundle's plan: each stage's engine (model.plan) beside its model.onnx
+                from vlaedge.runtimes.trt import TrtRuntime
+
+                self.stages[g.name] = TrtRuntime(plan_file.parent / g.file, specs, outputs)
+                continue
             self.stages[g.name] = OrtRuntime(plan_file.parent / g.file, specs, outputs, name, threads)
-        self.session = self.stages[self.plan.graphs[0].name].session  # the first stage's: its batch rules all
+        self.session = PlanInputs(self)  # get_inputs() of the policy inputs, as a session gives them
         self.stage_ms: dict[str, float] = {}
         self.stage_calls: dict[str, int] = {}
 
@@ -65,3 +70,26 @@ class StagedRuntime(Runtime):
     def close(self) -> None:
         for rt in self.stages.values():
             rt.close()
+
+
+class PlanInputs:
+    """What readers of `runtime.session.get_inputs()` need from a plan: each policy input's metadata (name,
+    type, shape) as the stage graph that reads it declares it (the loop's init: the loop stage's sample)."""
+
+    def __init__(self, runtime: StagedRuntime):
+        self.runtime = runtime
+
+    def get_inputs(self) -> list:
+        from types import SimpleNamespace
+
+        rt, found = self.runtime, {}
+        d = rt.plan.denoise
+        for g in rt.plan.graphs:
+            session = getattr(rt.stages[g.name], "session", None)  # None: a TensorRT engine
+            for arg in session.get_inputs() if session is not None else []:
+                name = d.init if d is not None and g.name == d.stage and arg.name == d.sample else arg.name
+                found.setdefault(name, SimpleNamespace(name=name, type=arg.type, shape=arg.shape))
+        types = {"uint8": "tensor(uint8)", "int64": "tensor(int64)", "int32": "tensor(int32)",
+                 "float32": "tensor(float)", "float16": "tensor(float16)"}
+        return [found.get(s.name) or SimpleNamespace(name=s.name, type=types.get(s.dtype, s.dtype),
+                                                     shape=list(s.shape)) for s in rt.input_spec]

@@ -1,0 +1,214 @@
+"""Per-stage graphs (issue 23 item 3): a small vision / prefix / expert policy with a denoise loop exports one
+ONNX per stage plus stages.json, quantizes per stage (cpu-int8), reports per-stage parity and end-to-end
+drift, profiles per stage; a plan that does not match the module is one error line; the staged ONNX
+runtime equals the single unrolled graph in FP32."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from cli_runner import run_cli
+from torch import nn
+
+from vlaedge.compress.export import export_onnx
+from vlaedge.errors import VlaedgeError
+from vlaedge.models import load_policy
+from vlaedge.models.python import PythonPolicy, PythonPolicySpec
+from vlaedge.recipe import ExportConfig, QuantizeConfig
+from vlaedge.runtimes import open_runtime
+
+STEPS = 4
+VOCAB = ["block", "blue", "cyan", "grab", "green", "in", "move", "on", "pick", "place", "purple", "put",
+         "red", "square", "the", "to", "up", "yellow"]
+
+
+class Expert(nn.Module):
+    """Velocity (B, T, A) of the noisy chunk x (B, T, A) at time t (B,) given the context (B, T, W)."""
+
+    def __init__(self, width: int, action_dim: int):
+        super().__init__()
+        self.action_in, self.time_in = nn.Linear(action_dim, width), nn.Linear(1, width)
+        self.context_in, self.mid = nn.Linear(width, width), nn.Linear(width, width)
+        self.action_out = nn.Linear(width, action_dim)
+
+    def forward(self, x, t, context):
+        h = self.action_in(x) + self.time_in(t[:, None])[:, None] + self.context_in(context)
+        return self.action_out(torch.tanh(self.mid(torch.relu(h))))
+
+
+class TinyStaged(nn.Module):
+    """vision (32x32 image -> 16 patches) -> prefix (patches, words, state -> context) -> expert x STEPS."""
+
+    def __init__(self, width: int = 16, chunk: int = 2, steps: int = STEPS):
+        super().__init__()
+        self.patchify, self.vision_mlp = nn.Conv2d(3, width, 8, stride=8), nn.Linear(width, width)
+        self.embed, self.state_in = nn.Embedding(24, width), nn.Linear(4, width)
+        self.queries = nn.Parameter(torch.randn(1, chunk, width) * 0.5)
+        self.mix = nn.Linear(width, width)
+        self.action_head = Expert(width, 3)
+        self.steps = steps
+
+    def encode_image(self, image):
+        p = self.patchify(image.float() / 127.5 - 1.0).flatten(2).transpose(1, 2)  # (B, 16, W)
+        return p + self.vision_mlp(torch.relu(p))
+
+    def encode_prefix(self, patches, instruction_ids, state):
+        summary = patches.mean(1) + self.embed(instruction_ids).mean(1) + self.state_in(state)  # (B, W)
+        return self.queries + self.mix(torch.tanh(summary))[:, None]  # (B, T, W)
+
+    def forward(self, image, instruction_ids, state, noise):
+        ctx, x = self.encode_prefix(self.encode_image(image), instruction_ids, state), noise
+        for k in range(self.steps):
+            x = x + self.action_head(x, torch.full((x.shape[0],), k / self.steps), ctx) / self.steps
+        return x
+
+
+def build(**kwargs) -> TinyStaged:
+    torch.manual_seed(0)
+    return TinyStaged(**kwargs)
+
+
+STAGES = {"graphs": [
+    {"name": "vision", "call": "encode_image", "inputs": ["image"], "outputs": ["patches"]},
+    {"name": "prefix", "call": "encode_prefix", "inputs": ["patches", "instruction_ids", "state"],
+     "outputs": ["context"]},
+    {"name": "expert", "call": "action_head", "inputs": ["x", "t", "context"], "outputs": ["velocity"]}],
+    "denoise": {"stage": "expert", "steps": STEPS, "init": "noise", "output": "actions"}}
+
+
+def spec(stages: dict | None = STAGES, **kwargs) -> dict:
+    return {"family": "python", "factory": "test_stages:build", "factory_kwargs": kwargs,
+            "inputs": [{"name": "image", "shape": ["B", 3, 32, 32], "dtype": "uint8", "low": 0, "high": 255,
+                        "source": "image"},
+                       {"name": "instruction_ids", "shape": ["B", 8], "dtype": "int64", "low": 0, "high": 19,
+                        "source": "instruction"},
+                       {"name": "state", "shape": ["B", 4], "dtype": "float32", "source": "state"},
+                       {"name": "noise", "shape": ["B", 2, 3], "dtype": "float32", "low": -4, "high": 4,
+                        "source": "noise"}],
+            "tokenizer": {"vocab": VOCAB}, "outputs": ["actions"],
+            "actions": {"names": ["dx", "dy", "gripper"], "low": [-1, -1, -1], "high": [1, 1, 1],
+                        "gripper_dims": [2], "chunk": 2, "normalised": True},
+            **({"stages": stages} if stages else {})}
+
+
+def checkpoint(folder, stages: dict | None = STAGES, **kwargs):
+    """Writes the tiny policy as a python checkpoint (the spec's stages as given, even invalid ones)."""
+    PythonPolicy(PythonPolicySpec.model_validate(spec(None, **kwargs)), module=build(**kwargs)).save(folder)
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, **({"stages": stages} if stages else {})}))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+    return checkpoint(tmp_path_factory.mktemp("staged") / "ckpt")
+
+
+@pytest.fixture(scope="module")
+def exports(ckpt, tmp_path_factory):
+    """(policy, stages.json, the single unrolled graph) in FP32."""
+    policy = load_policy(ckpt, trust_code=True)
+    out = tmp_path_factory.mktemp("exports")
+    staged = export_onnx(policy, out / "model.onnx", check_feeds=policy.example_inputs(8, seed=1))
+    single = export_onnx(policy, out / "single.onnx", ExportConfig(stages=False))
+    return policy, staged, single
+
+
+def test_staged_export_equals_single_graph_in_fp32(exports):
+    policy, staged, single = exports
+    assert staged.path.endswith("stages.json") and single.path.endswith("single.onnx")
+    plan = json.loads(Path(staged.path).read_text())
+    assert [g["name"] for g in plan["graphs"]] == ["vision", "prefix", "expert"]
+    assert plan["denoise"]["steps"] == STEPS and all(len(g["sha256"]) == 64 for g in plan["graphs"])
+    expert = next(s for s in staged.stages if s["name"] == "expert")
+    assert staged.nodes < single.nodes and expert["nodes"] * STEPS <= single.nodes  # not unrolled
+    assert len(staged.parity) == 3 and all(p["cosine_min"] > 0.99999 for p in staged.parity)
+    assert staged.check.max_abs < 1e-4
+    feeds = policy.example_inputs(5, seed=7)
+    a = open_runtime("ort-cpu", policy, staged.path).infer(feeds)["actions"]
+    b = open_runtime("ort-cpu", policy, single.path).infer(feeds)["actions"]
+    assert np.abs(a - b).max() < 1e-4
+
+
+def test_quantize_stages_keeps_the_stage_the_recipe_names(exports, tmp_path):
+    from vlaedge.compress.quantize_stages import quantize_stages
+    from vlaedge.targets import get_target
+
+    policy, staged, _ = exports
+    config = QuantizeConfig(precision="int8", num_calib_frames=16, stages={"expert": "fp32"})
+    calib = [policy.example_inputs(16, seed=3)]
+    source = Path(staged.path)  # the FP32 plan, named as compress names it
+    shutil.copytree(source.with_name("stages"), tmp_path / "stages_fp32")
+    (tmp_path / "stages_fp32.json").write_text(source.read_text().replace('"stages/', '"stages_fp32/'))
+    result = quantize_stages(policy, config, calib, get_target("cpu"), tmp_path / "stages_fp32.json",
+                             tmp_path / "model.onnx")
+    assert result.stages["expert"] is None and result.stages["vision"] and result.stages["prefix"]
+    plan = json.loads((tmp_path / "stages.json").read_text())
+    assert {g["name"]: g["precision"] for g in plan["graphs"]} == {"vision": "int8", "prefix": "int8",
+                                                                   "expert": "fp32"}
+    assert result.stages["prefix"].calib_frames == 16
+    out = open_runtime("ort-cpu", policy, tmp_path / "stages.json").infer(policy.example_inputs(2))
+    assert np.isfinite(out["actions"]).all()
+
+
+RECIPE = """target: cpu
+quantize: {precision: int8, num_calib_frames: 32, keep_action_head: false}
+export: {check_frames: 8}
+verify: {eval_frames: 32, profile_runs: 20, profile_warmup: 2, closed_loop_episodes: 0, trace_episodes: 0}
+"""
+
+
+def test_compress_cpu_int8_per_stage(ckpt, tmp_path, capsys, monkeypatch):
+    (tmp_path / "r.yaml").write_text(RECIPE)
+    out = tmp_path / "run"
+    code, text = run_cli(["compress", ckpt, "--recipe", tmp_path / "r.yaml", "--out", out, "--trust-code"],
+                         capsys, monkeypatch)
+    assert code == 0, text[-2000:]
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["model"] == "stages.json"
+    for name in ("stages.json", "stages_fp32.json", "stages/expert.onnx", "stages_fp32/vision.onnx"):
+        assert name in manifest["outputs"], name
+    parity = manifest["stages"]["export"]["parity"]
+    assert [p["stage"] for p in parity] == ["vision", "prefix", "expert"]
+    assert all(p["cosine_mean"] > 0.99 for p in parity) and parity[2]["calls"] == STEPS
+    assert set(manifest["stages"]["quantize"]["stages"]) == {"vision", "prefix", "expert"}
+    report = json.loads((out / "report.json").read_text())
+    staged = report["profile"]["models"][0]["stages"]
+    assert staged["stages"]["expert"]["calls"] == STEPS and staged["stages"]["vision"]["calls"] == 1
+    assert report["drift"]["frames"] == 32 and "stages of" in text and "stage expert (velocity)" in text
+    assert report["baseline"]["median_speedup"] is not None  # timed against stages_fp32.json
+
+
+@pytest.mark.parametrize("bad, words", [
+    ("encode_nothing", ["stage 'vision'", "encode_nothing"]),
+    ("ctx", ["stage 'prefix'", "'ctx'"]),
+])
+def test_a_plan_that_does_not_match_the_module_is_one_line(tmp_path, capsys, monkeypatch, bad, words):
+    stages = json.loads(json.dumps(STAGES))
+    if bad == "encode_nothing":
+        stages["graphs"][0]["call"] = bad
+    else:
+        stages["graphs"][1]["inputs"][0] = bad
+    ckpt = checkpoint(tmp_path / "ckpt", stages)
+    (tmp_path / "r.yaml").write_text(RECIPE)
+    out = tmp_path / "run"
+    code, text = run_cli(["compress", ckpt, "--recipe", tmp_path / "r.yaml", "--out", out, "--trust-code"],
+                         capsys, monkeypatch)
+    assert code == 2
+    error = [line for line in text.splitlines() if line.startswith("error:")]
+    assert len(error) == 1 and all(w in error[0] for w in words), text
+    assert not out.exists()
+
+
+def test_a_plan_whose_composition_is_not_forward_is_refused(tmp_path):
+    stages = json.loads(json.dumps(STAGES))
+    stages["denoise"]["steps"] = STEPS + 1
+    policy = load_policy(checkpoint(tmp_path / "ckpt", stages), trust_code=True)
+    with pytest.raises(VlaedgeError, match="differs from .*forward"):
+        export_onnx(policy, tmp_path / "out" / "model.onnx")
+    assert not (tmp_path / "out" / "stages.json").exists()
