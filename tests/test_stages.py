@@ -212,3 +212,20 @@ def test_a_plan_whose_composition_is_not_forward_is_refused(tmp_path):
     with pytest.raises(VlaedgeError, match="differs from .*forward"):
         export_onnx(policy, tmp_path / "out" / "model.onnx")
     assert not (tmp_path / "out" / "stages.json").exists()
+
+
+def test_bundle_builds_one_engine_per_stage_and_estimate_prices_the_loop(exports, tmp_path):
+    from vlaedge.deploy.stage_plan import build_stage_engines, estimate_plan
+    from vlaedge.recipe import EngineConfig
+
+    _, staged, _ = exports
+    result = build_stage_engines(staged.path, EngineConfig(build=False), "agx-orin-64gb", None, tmp_path)
+    bundle = tmp_path / "engine"
+    assert set(result.stages) == {"vision", "prefix", "expert"} and (bundle / "build.sh").is_file()
+    plan = json.loads((bundle / "stages.json").read_text())
+    assert all((bundle / g["file"]).is_file() and (bundle / g["file"]).with_name("build.sh").is_file()
+               for g in plan["graphs"])
+    priced = estimate_plan(staged.path, "agx-orin-64gb")
+    expert = priced["stages"]["expert"]
+    assert expert["calls"] == STEPS and expert["latency_ms"] == pytest.approx(STEPS * expert["per_call_ms"])
+    assert priced["latency_ms"] == pytest.approx(sum(s["latency_ms"] for s in priced["stages"].values()))
