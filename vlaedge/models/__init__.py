@@ -6,15 +6,19 @@ from pathlib import Path
 
 from vlaedge.errors import VlaedgeError
 from vlaedge.models.base import ActionSpec, Policy, TensorSpec
-from vlaedge.models.checkpoint import CONFIG_FILE, SPEC_FILE, read_config
+from vlaedge.models.checkpoint import CONFIG_FILE, SPEC_FILE, read_config, weight_files
+from vlaedge.models.weights import LOAD_DTYPES, check_fits
 
 FAMILIES = ("reference", "python")
 
 __all__ = ["ActionSpec", "Policy", "TensorSpec", "load_policy", "FAMILIES"]
 
 
-def load_policy(checkpoint: str | Path, allow_pickle: bool = False, trust_code: bool = False) -> Policy:
-    """Loads a policy from a checkpoint directory (config.json + model.safetensors).
+def load_policy(checkpoint: str | Path, allow_pickle: bool = False, trust_code: bool = False,
+                dtype: str = "float32") -> Policy:
+    """Loads a policy from a checkpoint directory (config.json + model.safetensors), lean: the module is
+    built without weights (meta device) and each safetensors tensor, memory-mapped, becomes its parameter,
+    so peak memory is about the weights once (`vlaedge.models.weights`).
 
     Args:
         checkpoint: the directory. Its spec (config.json, or vlaedge.json beside a Hugging Face
@@ -24,18 +28,26 @@ def load_policy(checkpoint: str | Path, allow_pickle: bool = False, trust_code: 
         allow_pickle: also accept .pt/.pth weights. Unpickling runs code: only for files you trust.
         trust_code: allow a `python` checkpoint to import and call the factory its config.json names
             (as Hugging Face's `trust_remote_code`): that is running code the checkpoint chose.
+        dtype: floating weights in "float32" (default: as the factory builds them), "float16" or
+            "bfloat16" (half the memory), or "auto" (the dtype most of the checkpoint's weights are stored
+            in).
 
     Returns:
         The policy, in eval mode.
 
     Raises:
         VlaedgeError: missing or truncated files, unknown config keys, mismatched tensor shapes or
-            dtypes, NaN/Inf weights, or a `python` checkpoint without `trust_code`.
+            dtypes, NaN/Inf weights, a `python` checkpoint without `trust_code`, an unknown `dtype`, or
+            weights larger than the memory available (checked before loading; the message names the
+            options that fit).
 
     Example:
         >>> policy = load_policy("runs/my-policy")
         >>> actions = policy.act(frames)  # (B, T, A)
     """
+    if dtype not in LOAD_DTYPES:
+        raise VlaedgeError(f"load: dtype {dtype!r} is not a load dtype",
+                           f"use one of {', '.join(LOAD_DTYPES)}")
     checkpoint = Path(checkpoint)
     raw = read_config(checkpoint)
     spec_name = SPEC_FILE if (checkpoint / SPEC_FILE).is_file() else CONFIG_FILE
@@ -43,7 +55,8 @@ def load_policy(checkpoint: str | Path, allow_pickle: bool = False, trust_code: 
     if family == "reference":
         from vlaedge.models.reference import ReferencePolicy
 
-        return ReferencePolicy.from_checkpoint(checkpoint, raw, allow_pickle)
+        dtype = check_fits(checkpoint, weight_files(checkpoint, allow_pickle), dtype)
+        return ReferencePolicy.from_checkpoint(checkpoint, raw, allow_pickle, dtype)
     if family == "python":
         if not trust_code:
             raise VlaedgeError(
@@ -53,6 +66,7 @@ def load_policy(checkpoint: str | Path, allow_pickle: bool = False, trust_code: 
             )
         from vlaedge.models.python import PythonPolicy
 
-        return PythonPolicy.from_checkpoint(checkpoint, raw, allow_pickle)
+        dtype = check_fits(checkpoint, weight_files(checkpoint, allow_pickle), dtype)
+        return PythonPolicy.from_checkpoint(checkpoint, raw, allow_pickle, dtype)
     raise VlaedgeError(f"checkpoint: {checkpoint}/{spec_name} has family {family!r}",
                        f"set \"family\" to one of {', '.join(FAMILIES)}")

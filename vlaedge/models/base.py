@@ -184,12 +184,18 @@ class Policy(ABC):
         return feeds
 
     def run_torch(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Runs the torch module on numpy feeds (inference mode) and returns numpy outputs."""
+        """Runs the torch module on numpy feeds (inference mode) and returns numpy outputs (float32).
+
+        Float feeds are cast to the module's float dtype when it was loaded in half precision
+        (`load_policy(dtype=...)`); for a float32 module nothing changes."""
         import torch
 
         self.module.eval()
+        half = next((p.dtype for p in self.module.parameters() if p.is_floating_point()), torch.float32)
         with torch.inference_mode():
             args = [torch.from_numpy(np.ascontiguousarray(feeds[s.name])) for s in self.input_spec]
+            if half in (torch.float16, torch.bfloat16):
+                args = [a.to(half) if a.is_floating_point() else a for a in args]
             out = self.module(*args)
         out = out if isinstance(out, tuple | list) else (out,)
         return {name: t.float().numpy() for name, t in zip(self.output_names, out, strict=True)}

@@ -80,7 +80,9 @@ def load_weights(checkpoint: Path, allow_pickle: bool = False) -> dict:
     (single or sharded) with `allow_pickle`.
 
     Returns:
-        {tensor name: torch.Tensor} as stored (fp16/bf16 stay fp16/bf16; `check_state_dict` converts).
+        `Weights`: {tensor name: tensor} as stored (fp16/bf16 stay fp16/bf16; `check_state_dict`
+        converts); safetensors entries are meta tensors (shape and dtype only) until `Weights.take` maps
+        the tensor itself, so nothing is read here.
 
     Raises:
         VlaedgeError: no weights, two weight layouts at once, a shard missing or not named by the index,
@@ -96,11 +98,12 @@ def load_weights(checkpoint: Path, allow_pickle: bool = False) -> dict:
     if index.is_file():
         shards = _index_shards(index)
         _refuse_unread(checkpoint, set(shards) | {index.name})
-        state: dict = {}
+        state = Weights()
         for name, keys in shards.items():
             part = _load_safetensors(checkpoint / name)
             _check_shard(checkpoint / name, part, keys, index)
             state.update(part)
+            state.files.update(part.files)
         return state
     pickles = sorted(p for p in checkpoint.iterdir()
                      if p.suffix in PICKLE_SUFFIXES and p.name not in NOT_WEIGHTS)
@@ -114,7 +117,7 @@ def load_weights(checkpoint: Path, allow_pickle: bool = False) -> dict:
             "convert it to model.safetensors, or pass --allow-pickle if you trust its origin")
     if (checkpoint / PICKLE_INDEX_FILE).is_file():
         shards = _index_shards(checkpoint / PICKLE_INDEX_FILE)
-        state = {}
+        state = Weights()
         for name, keys in shards.items():
             part = _unpickle(checkpoint / name)
             _check_shard(checkpoint / name, part, keys, checkpoint / PICKLE_INDEX_FILE)
@@ -124,7 +127,57 @@ def load_weights(checkpoint: Path, allow_pickle: bool = False) -> dict:
         raise VlaedgeError(f"checkpoint: {checkpoint} holds {len(pickles)} pickle weight files "
                            f"({', '.join(p.name for p in pickles[:4])}) and no {PICKLE_INDEX_FILE}",
                            "keep only the weights file, or add the index that names the shards")
-    return _unpickle(pickles[0])
+    return Weights(_unpickle(pickles[0]))
+
+
+class Weights(dict):
+    """{tensor name: tensor} of a checkpoint. Safetensors entries are meta tensors (shape and dtype, from
+    the header) and `files` says where each lives; `take` reads one through its own `safe_open`, memory-
+    mapped, so its mapping lives exactly as long as the tensor (a converted tensor's source is released at
+    once). Pickle entries are the loaded tensors themselves."""
+
+    def __init__(self, *args):
+        super().__init__(*args)
+        self.files: dict[str, tuple[Path, str]] = {}  # name -> (safetensors file, name stored in it)
+
+    def take(self, name: str):
+        """The tensor `name` itself (memory-mapped for safetensors), dropped from the mapping.
+
+        Raises:
+            VlaedgeError: the file cannot be read any more (truncated since it was opened).
+        """
+        value = self.pop(name)
+        path, key = self.files.get(name, (None, name))
+        if path is None or not value.is_meta:
+            return value
+        from safetensors import SafetensorError, safe_open
+
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                return f.get_tensor(key)
+        except (SafetensorError, OSError, ValueError) as e:
+            raise VlaedgeError(f"checkpoint: {path} is truncated or corrupt ({e})",
+                               "re-copy the file, or re-save the checkpoint") from e
+
+
+def weight_files(checkpoint: Path, allow_pickle: bool = False) -> list[Path]:
+    """The weight files `load_weights` would read, found without reading them ([] when there are none, or
+    only pickles without `allow_pickle`: `load_weights` then raises the precise error).
+
+    Raises:
+        VlaedgeError: an index naming shards that are not there.
+    """
+    single, index = checkpoint / WEIGHTS_FILE, checkpoint / INDEX_FILE
+    if single.is_file():
+        return [single]
+    if index.is_file():
+        return [checkpoint / name for name in _index_shards(index)]
+    if not allow_pickle:
+        return []
+    if (checkpoint / PICKLE_INDEX_FILE).is_file():
+        return [checkpoint / name for name in _index_shards(checkpoint / PICKLE_INDEX_FILE)]
+    return sorted(p for p in checkpoint.iterdir()
+                  if p.suffix in PICKLE_SUFFIXES and p.name not in NOT_WEIGHTS)
 
 
 def _unpickle(path: Path) -> dict:
@@ -177,33 +230,66 @@ def _refuse_unread(checkpoint: Path, read: set[str]) -> None:
                            "names every shard")
 
 
-def _load_safetensors(path: Path) -> dict:
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
+def _load_safetensors(path: Path) -> Weights:
+    """The tensors of one safetensors file as meta tensors (the header checked by safetensors; no data
+    read)."""
+    import torch
+    from safetensors import SafetensorError, safe_open
 
+    state = Weights()
     try:
-        return load_file(str(path))
+        with safe_open(str(path), framework="pt") as f:
+            for name in f.keys():  # noqa: SIM118 (a safe_open handle, not a dict)
+                part = f.get_slice(name)
+                kind = part.get_dtype()
+                if kind not in _TORCH_DTYPES:
+                    raise VlaedgeError(f"checkpoint: tensor {name} in {path} has dtype {kind}, which vlaedge "
+                                       "does not load", "save the weights as float32, float16 or bfloat16")
+                state[name] = torch.empty(part.get_shape(), dtype=getattr(torch, _TORCH_DTYPES[kind]),
+                                          device="meta")
+                state.files[name] = (path, name)
     except (SafetensorError, OSError, ValueError) as e:
         raise VlaedgeError(f"checkpoint: {path} is truncated or corrupt ({e})",
                            "re-copy the file, or re-save the checkpoint") from e
+    return state
 
 
-def check_state_dict(module, state: dict, checkpoint: Path) -> None:
-    """Checks names, shapes and dtypes of `state` against `module` and loads it, naming any mismatch.
+_TORCH_DTYPES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16", "I64": "int64",
+                 "I32": "int32", "I16": "int16", "I8": "int8", "U8": "uint8", "BOOL": "bool",
+                 "F8_E4M3": "float8_e4m3fn", "F8_E5M2": "float8_e5m2"}
 
-    A tensor left out because it is tied to another one that is present (Hugging Face `save_pretrained`
-    drops `lm_head.weight` when it is the input embedding) is filled from its partner. fp16/bf16 weights
-    load into float32 parameters (an exact conversion).
+
+def check_state_dict(module, state: Weights | dict, checkpoint: Path, dtype: str | None = None) -> None:
+    """Checks names, shapes and dtypes of `state` against `module` and puts it into the module, naming
+    any mismatch.
+
+    Parameters are assigned, not copied (`vlaedge.models.weights.assign_state`): a module built with
+    `empty_parameters` (meta device) gets the memory-mapped tensors themselves, so the weights are in
+    memory once. A tensor left out because it is tied to another one that is present (Hugging Face
+    `save_pretrained` drops `lm_head.weight` when it is the input embedding) is filled from its partner.
+    fp16/bf16 weights load into float32 parameters (an exact conversion) unless `dtype` asks otherwise.
+
+    Args:
+        module: the policy's module (parameters on the meta device or real).
+        state: {name: tensor} from `load_weights` (consumed: each tensor is read as it is placed, so no
+            mapped source outlives the conversion of its tensor), or a plain dict of tensors.
+        checkpoint: named in errors.
+        dtype: "float16" / "bfloat16": floating parameters and buffers in that dtype; None: the module's.
 
     Raises:
         VlaedgeError: missing or unexpected keys (counted, the first ones named), a shape mismatch, an
             integer tensor for a float parameter (or the reverse), NaN/Inf weights.
     """
+    from vlaedge.models.weights import assign_state
+
+    if not isinstance(state, Weights):
+        state = Weights(state)
     expected = module.state_dict(keep_vars=True)
-    state = dict(state)
     for name, partner in _tied(expected).items():
         if name not in state and partner in state:
             state[name] = state[partner]
+            if partner in state.files:
+                state.files[name] = state.files[partner]
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
     if missing or unexpected:
@@ -216,8 +302,8 @@ def check_state_dict(module, state: dict, checkpoint: Path) -> None:
             raise VlaedgeError(
                 f"checkpoint: tensor {name} has shape {tuple(state[name].shape)}, the config needs "
                 f"{tuple(tensor.shape)}", "the weights and config.json come from different models")
-        _check_values(name, state[name], tensor, checkpoint)
-    module.load_state_dict(state)
+        _check_kind(name, state[name], tensor)
+    assign_state(module, state, dtype, checkpoint)
 
 
 def _tied(expected: dict) -> dict[str, str]:
@@ -234,9 +320,9 @@ def _tied(expected: dict) -> dict[str, str]:
     return tied
 
 
-def _check_values(name: str, saved, expected, checkpoint: Path) -> None:
+def _check_kind(name: str, saved, expected) -> None:
     """Refuses what load_state_dict would accept silently: an integer tensor copied (truncated) into a
-    float parameter, a float into an integer buffer, and NaN/Inf weights."""
+    float parameter, or a float into an integer buffer (NaN/Inf: `vlaedge.models.weights.check_finite`)."""
     import torch
 
     same_kind = (expected.is_floating_point() == saved.is_floating_point()
@@ -246,11 +332,6 @@ def _check_values(name: str, saved, expected, checkpoint: Path) -> None:
             f"checkpoint: tensor {name} is {str(saved.dtype).removeprefix('torch.')}, the model's is "
             f"{str(expected.dtype).removeprefix('torch.')}",
             "save the weights in the dtype they were trained in (loading would silently convert them)")
-    if saved.is_floating_point() and not bool(torch.isfinite(saved).all()):
-        bad = int((~torch.isfinite(saved)).sum())
-        raise VlaedgeError(
-            f"checkpoint: tensor {name} holds {bad} NaN/Inf value(s) of {saved.numel()}",
-            "the weights are corrupt or training diverged: restore a good checkpoint")
 
 
 def write_checkpoint(path: Path, config: dict, state: dict, spec_file: str = CONFIG_FILE,

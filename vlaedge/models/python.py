@@ -41,11 +41,13 @@ from vlaedge.models.checkpoint import (
     check_state_dict,
     load_weights,
     read_json,
+    weight_files,
     write_checkpoint,
 )
 from vlaedge.models.preprocess import DataInput, frame_field, image_feed, vector_feed
 from vlaedge.models.stages import StagePlan, check_plan
 from vlaedge.models.tokenizer import PAD, FileTokenizer, WordTokenizer
+from vlaedge.models.weights import HALF, empty_parameters
 
 FAMILY = "python"
 
@@ -223,8 +225,13 @@ class PythonPolicy(Policy):
                                 _spec_file(self.spec), files)
 
     @classmethod
-    def from_checkpoint(cls, checkpoint: Path, raw: dict, allow_pickle: bool = False) -> PythonPolicy:
+    def from_checkpoint(cls, checkpoint: Path, raw: dict, allow_pickle: bool = False,
+                        dtype: str = "float32") -> PythonPolicy:
         """The policy of a checkpoint directory whose spec is `raw`, with exactly the weights on disk.
+
+        The factory runs with parameters on the meta device (`empty_parameters`: no memory, no random
+        init; buffers real), then each weight, memory-mapped, becomes its parameter in `dtype` ("float32"
+        keeps the factory's dtypes; "float16" / "bfloat16" cast floating weights and buffers).
 
         Raises:
             VlaedgeError: an invalid spec, a factory that cannot be imported or fails, no weights, or
@@ -239,12 +246,14 @@ class PythonPolicy(Policy):
             raise VlaedgeError(f"policy spec: {checkpoint}/{name}: {where}: {err['msg']}",
                                "see the PythonPolicy docstring in vlaedge/models/python.py for the "
                                "format") from e
-        policy = cls(spec, root=checkpoint)
-        if spec.pruned:
-            from vlaedge.models.pruned_shapes import reshape_pruned
+        with empty_parameters(bool(weight_files(checkpoint, allow_pickle))):
+            policy = cls(spec, root=checkpoint)
+            if spec.pruned:
+                from vlaedge.models.pruned_shapes import reshape_pruned
 
-            reshape_pruned(policy.module, spec.pruned)
-        check_state_dict(policy.module, load_weights(checkpoint, allow_pickle), checkpoint)
+                reshape_pruned(policy.module, spec.pruned)
+        check_state_dict(policy.module, load_weights(checkpoint, allow_pickle), checkpoint,
+                         dtype if dtype in HALF else None)
         policy.module.eval()
         return policy
 

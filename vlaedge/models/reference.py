@@ -8,10 +8,11 @@ import numpy as np
 
 from vlaedge.errors import VlaedgeError
 from vlaedge.models.base import BATCH, ActionSpec, Policy, TensorSpec
-from vlaedge.models.checkpoint import check_state_dict, load_weights, write_checkpoint
+from vlaedge.models.checkpoint import check_state_dict, load_weights, weight_files, write_checkpoint
 from vlaedge.models.preprocess import DataInput, frame_field, resize_nearest
 from vlaedge.models.tokenizer import WordTokenizer
 from vlaedge.models.vla import SIZES, ReferenceVLA, VLAConfig
+from vlaedge.models.weights import HALF, empty_parameters
 
 FAMILY = "reference"
 
@@ -107,8 +108,10 @@ class ReferencePolicy(Policy):
         return write_checkpoint(Path(path), config, self.module.state_dict())
 
     @classmethod
-    def from_checkpoint(cls, checkpoint: Path, raw: dict, allow_pickle: bool = False) -> ReferencePolicy:
-        """Builds the policy from a parsed config.json and loads its weights."""
+    def from_checkpoint(cls, checkpoint: Path, raw: dict, allow_pickle: bool = False,
+                        dtype: str = "float32") -> ReferencePolicy:
+        """Builds the policy from a parsed config.json (parameters on the meta device) and puts its weights
+        in, memory-mapped, in `dtype` ("float32", "float16" or "bfloat16")."""
         fields = raw.get("config")
         if not isinstance(fields, dict):
             raise VlaedgeError(f"checkpoint: {checkpoint}/config.json has no 'config' object",
@@ -121,8 +124,10 @@ class ReferencePolicy(Policy):
             config = VLAConfig(**fields)
         except (TypeError, ValueError) as e:
             raise VlaedgeError(f"checkpoint: config.json is invalid: {e}", "fix the value or re-save") from e
-        policy = cls(config)
-        check_state_dict(policy.module, load_weights(checkpoint, allow_pickle), checkpoint)
+        with empty_parameters(bool(weight_files(checkpoint, allow_pickle))):
+            policy = cls(config)
+        check_state_dict(policy.module, load_weights(checkpoint, allow_pickle), checkpoint,
+                         dtype if dtype in HALF else None)
         policy.module.eval()
         return policy
 
