@@ -2,7 +2,12 @@
 a manifest.json recording inputs and outputs (sha256), the resolved recipe, versions, timings and the
 calibration/evaluation split. A directory without a complete manifest is never left at the output path.
 `resolve_model` turns what a user points verify/profile/gate at (an .onnx, a run directory, a checkpoint)
-into the model and what its run's manifest says about it."""
+into the model and what its run's manifest says about it.
+
+A model with external data (`model.onnx` + `model.onnx.data`) is fingerprinted as a whole by
+`model_sha256` (the .onnx and each data file it refers to), which is what reports carry and the gate
+compares; the manifest lists each file with its own sha256 and, on the .onnx's entry, its data files and
+that whole-model fingerprint."""
 
 from __future__ import annotations
 
@@ -13,8 +18,11 @@ import json
 import os
 import re
 import shutil
+import signal
 import tempfile
+import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +30,31 @@ from vlaedge.errors import VlaedgeError
 
 MANIFEST = "manifest.json"
 SCHEMA_VERSION = 1
+
+
+def model_sha256(path: str | Path, file_hashes: dict[Path, str] | None = None) -> str:
+    """The fingerprint of a model as a whole: for an .onnx with external data, the sha256 over the .onnx's
+    sha256 and each data file's name and sha256 (so a changed data file changes it); else `sha256(path)`.
+
+    Args:
+        path: the model file (or a directory: its files).
+        file_hashes: sha256 already computed, by path (spares hashing gigabytes twice).
+
+    Raises:
+        VlaedgeError: a data file the .onnx refers to is missing.
+    """
+    path = Path(path)
+    known = file_hashes or {}
+    own = known.get(path) or sha256(path)
+    if path.suffix != ".onnx" or not path.is_file():
+        return own
+    from vlaedge.onnx_file import external_data_files
+
+    data = external_data_files(path)
+    if not data:
+        return own
+    parts = [own] + [f"{f.name}:{known.get(f) or sha256(f)}" for f in data]
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()
 
 
 def sha256(path: Path) -> str:
@@ -62,6 +95,8 @@ class OutputDir:
         self._created = _missing_parents(self.final.parent)
         self.final.parent.mkdir(parents=True, exist_ok=True)
         self._lock = _lock(self.final)
+        self._sigterm = sigterm_as_exit()  # a SIGTERM unwinds through __exit__, which deletes the staging
+        self._sigterm.__enter__()
         try:
             _remove_stale(self.final)
             self.path = Path(tempfile.mkdtemp(prefix=f".{self.final.name}.partial-", dir=self.final.parent))
@@ -83,6 +118,7 @@ class OutputDir:
         self._release(failed=not committed)
 
     def _release(self, failed: bool) -> None:
+        self._sigterm.__exit__(None, None, None)
         lock_path, handle = self._lock
         with contextlib.suppress(OSError):
             lock_path.unlink()
@@ -112,10 +148,19 @@ class OutputDir:
         return value
 
     def commit(self) -> Path:
-        """Hashes every output, writes manifest.json last, then moves the directory into place."""
-        for f in sorted(p for p in self.path.rglob("*") if p.is_file()):
-            rel = str(f.relative_to(self.path))
-            self.manifest["outputs"][rel] = {"sha256": sha256(f), "bytes": f.stat().st_size}
+        """Hashes every output, writes manifest.json last, then moves the directory into place. An .onnx
+        with external data also lists its data files and the whole model's `model_sha256`."""
+        hashes = {f: sha256(f) for f in sorted(p for p in self.path.rglob("*") if p.is_file())}
+        for f, digest in hashes.items():
+            entry = {"sha256": digest, "bytes": f.stat().st_size}
+            if f.suffix == ".onnx":
+                from vlaedge.onnx_file import external_data_files
+
+                data = external_data_files(f)
+                if data:
+                    entry.update(external_data=[str(d.relative_to(self.path)) for d in data],
+                                 model_sha256=model_sha256(f, hashes))
+            self.manifest["outputs"][str(f.relative_to(self.path))] = entry
         (self.path / MANIFEST).write_text(json.dumps(self.manifest, indent=2, default=str) + "\n")
         if self.final.exists():
             old = self.final.with_name(f".{self.final.name}.old-{os.getpid()}")
@@ -126,6 +171,25 @@ class OutputDir:
             os.replace(self.path, self.final)
         self._created = []
         return self.final
+
+
+def check_model_files(directory: str | Path, manifest: dict, name: str = "model.onnx") -> None:
+    """Refuses a run directory whose model (the .onnx and each external data file its manifest entry
+    lists) is no longer what the run wrote. Files that are absent (a report folder copied without the
+    model) are not judged.
+
+    Raises:
+        VlaedgeError: a file's sha256 differs from the manifest's.
+    """
+    directory = Path(directory)
+    entry = manifest.get("outputs", {}).get(name) or {}
+    for rel in [name, *entry.get("external_data", [])]:
+        recorded = (manifest.get("outputs", {}).get(rel) or {}).get("sha256")
+        file = directory / rel
+        if recorded and file.is_file() and sha256(file) != recorded:
+            raise VlaedgeError(f"output: {file} changed after the run wrote it (sha256 {sha256(file)[:12]}, "
+                               f"the manifest says {recorded[:12]})",
+                               "restore the run's files, or re-run the command that wrote the directory")
 
 
 def check_output(final: Path, force: bool, protect: tuple[Path | None, ...] = ()) -> None:
@@ -178,10 +242,41 @@ def _lock(final: Path):
 
 
 def _remove_stale(final: Path) -> None:
-    """Staging folders of earlier runs on `final` that were killed: nobody else holds the lock."""
+    """Staging folders of earlier runs that were killed: those on `final` (we hold its lock) and those
+    beside it whose own output's lock nobody holds (a killed run on another --out in the same folder)."""
     for pattern in (f".{final.name}.partial-*", f".{final.name}.old-*"):
         for stale in final.parent.glob(pattern):
             shutil.rmtree(stale, ignore_errors=True)
+    for stale in final.parent.glob(".*.partial-*"):
+        other = re.match(r"^\.(.+)\.partial-[^/]+$", stale.name)
+        if not other or other.group(1) == final.name or not stale.is_dir():
+            continue
+        try:
+            lock = _lock(final.with_name(other.group(1)))
+        except VlaedgeError:
+            continue  # that run is alive
+        shutil.rmtree(stale, ignore_errors=True)
+        lock[0].unlink(missing_ok=True)
+        lock[1].close()
+
+
+@contextlib.contextmanager
+def sigterm_as_exit() -> Iterator[None]:
+    """SIGTERM (what `kill`, timeouts and job schedulers send) raises SystemExit(143) while the block runs,
+    so `finally` blocks and context managers remove their staging files; Python's default would end the
+    process on the spot. Only in the main thread (signals cannot be handled elsewhere)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum, frame):
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
 
 
 def _umask() -> int:

@@ -8,7 +8,7 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
-from vlaedge.artifact import OutputDir, check_output, resolve_model, sha256
+from vlaedge.artifact import OutputDir, check_model_files, check_output, resolve_model, sha256
 from vlaedge.errors import VlaedgeError
 
 PROFILE_SCHEMA = "vlaedge.profile/1"
@@ -115,7 +115,9 @@ def _check_against_manifest(report: dict, manifest_path: Path) -> None:
             f"{manifest_path.parent} was compressed from {run_sha[:12]} (a report from another policy)",
             "re-run 'vlaedge verify' on this run directory",
         )
-    model_sha = manifest.get("outputs", {}).get("model.onnx", {}).get("sha256")
+    check_model_files(manifest_path.parent, manifest)  # the .onnx and its data file are still the run's
+    entry = manifest.get("outputs", {}).get("model.onnx", {})
+    model_sha = entry.get("model_sha256") or entry.get("sha256")  # with external data: .onnx + data
     cand_sha = report["candidate"].get("sha256")
     if model_sha and cand_sha and model_sha != cand_sha:
         raise VlaedgeError(

@@ -53,7 +53,7 @@ def build_report(
 ) -> dict:
     """Assembles the report.json dict from the measurements (any of which may be None)."""
     from vlaedge import __version__
-    from vlaedge.artifact import sha256
+    from vlaedge.artifact import model_sha256
 
     spec = policy.action_spec
     model = Path(candidate_model) if candidate_model else None
@@ -80,7 +80,7 @@ def build_report(
         "candidate": {
             "model": str(model) if model else None,
             "runtime": runtime,
-            "sha256": sha256(model) if model is not None and model.exists() else None,
+            "sha256": model_sha256(model) if model is not None and model.exists() else None,  # + its data
             "file_bytes": file_bytes,
         },
         "data": None

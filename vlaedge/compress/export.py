@@ -23,15 +23,22 @@ What real VLAs contain, and what the export does about it (torch's legacy TorchS
 - An operator without an ONNX conversion is reported with the module it comes from (read from the
   exporter's graph dump, which is kept off the terminal).
 
-Nothing is left on disk when any of this fails: the export and its checks run in a staging folder
-beside `path` that is moved into place only when complete.
+Graphs over protobuf's 2 GB limit, and any graph with `export.external_data: always`, keep their weights
+in one data file beside the .onnx, named after it (`model.onnx.data`; `vlaedge.compress.external_data`):
+torch's loose per-tensor files are streamed into it and deleted. The result (and so the run's manifest)
+names the data file and its sha256. `external_data: never` refuses a graph that needs it.
+
+Every step prints within a second or so of starting and every `progress.HEARTBEAT_SECONDS` while it runs
+(`progress.heartbeat`). Nothing is left on disk when any of this fails or is interrupted (SIGTERM too):
+the export and its checks run in a hidden staging folder beside `path` (removed by the next export of
+the same path if the process was killed), and the files are moved into place data first, the .onnx
+last, after the old .onnx is removed, so a complete-looking .onnx always has its own data beside it.
 """
 
 from __future__ import annotations
 
 import os
 import re
-import shutil
 import sys
 import tempfile
 import time
@@ -43,7 +50,16 @@ from pathlib import Path
 
 import numpy as np
 
+from vlaedge import progress
+from vlaedge.artifact import sigterm_as_exit
 from vlaedge.compress.export_check import check_batches, loop_notes, module_at, run_in_torch
+from vlaedge.compress.external_data import (
+    DataFile,
+    data_file_name,
+    move_into_place,
+    staging_folder,
+    write_one_data_file,
+)
 from vlaedge.errors import VlaedgeError, one_line
 from vlaedge.models.base import Policy
 from vlaedge.recipe import ExportConfig
@@ -94,6 +110,9 @@ class ExportResult:
     check: ExportCheck | None = None
     notes: list[str] = field(default_factory=list)
     nodes: int = 0  # all graph nodes
+    data_file: str | None = None  # the external data file beside the .onnx (NAME.onnx.data), if any
+    data_sha256: str | None = None
+    data_bytes: int = 0
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -103,6 +122,9 @@ class ExportResult:
 
         lines = [f"ONNX {final_path(self.path)}: opset {self.opset}, {self.nodes} nodes, "
                  f"{self.size_bytes / 1e6:.1f} MB, {self.qdq_nodes} Q/DQ nodes"]
+        if self.data_file:
+            lines.append(f"weights in external data {self.data_file} beside it ({self.data_bytes / 1e6:.1f} "
+                         f"MB, sha256 {(self.data_sha256 or '?')[:16]}): keep the two files together")
         if self.check and not self.check.skipped:
             lines.append(f"ONNX Runtime vs torch on {self.check.frames} frames: max |action diff| "
                          f"{self.check.max_abs:.4f}, p99 {self.check.p99_abs:.4f}, "
@@ -147,32 +169,28 @@ def export_onnx(policy: Policy, path: str | Path, config: ExportConfig | None = 
     start = time.perf_counter()
     batch = EXPORT_BATCH if config.dynamic_batch else 1
     example = policy.example_inputs(batch=batch)
-    calls = run_in_torch(policy, example, batch, config.dynamic_batch)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    staging = path.parent / f".{path.name}.partial"
-    if staging.is_file():  # left by an older vlaedge, which staged the .onnx alone
-        staging.unlink()
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir()
-    try:
+    with progress.heartbeat(f"export: running {policy.name} in torch at batch {batch}"):
+        calls = run_in_torch(policy, example, batch, config.dynamic_batch)
+    with sigterm_as_exit(), staging_folder(path) as staging:
         staged = staging / path.name
-        _trace(policy, example, staged, opset, config.dynamic_batch)
+        data = _trace(policy, example, staged, opset, config.dynamic_batch, config.external_data)
         notes += _restore_unused_inputs(policy, staged, config.dynamic_batch)
         notes += loop_notes(policy, calls, staged)
-        if config.dynamic_batch:
+        if config.dynamic_batch:  # (shows its own progress)
             notes.append(check_batches(policy, staged, (1, 3), EXPORT_BATCH, config.max_check_error,
                                        quantized=precision is not None))
-        result = _describe(staged, path, opset, policy, start, notes)
+        result = _describe(staged, path, opset, policy, start, notes, data)
         if check_feeds is not None:
-            result.check = check_against_torch(policy, staged, check_feeds, config.max_check_error, precision)
+            frames = len(next(iter(check_feeds.values())))
+            with progress.heartbeat(f"export: ONNX Runtime vs torch on {frames} frames"):
+                result.check = check_against_torch(policy, staged, check_feeds, config.max_check_error,
+                                                   precision)
             if not result.check:
                 raise VlaedgeError(
                     f"export: ONNX Runtime differs from torch by {result.check.judged:.4f} in actions "
                     f"({'p99' if result.check.quantized else 'max'}; allowed {config.max_check_error})",
                     "raise export.max_check_error if this precision is expected to differ, or report a bug")
-        _move_into_place(staging, path)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        move_into_place(staging, path)
     result.seconds = time.perf_counter() - start
     return result
 
@@ -219,8 +237,11 @@ def _joined(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
     return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
 
-def _trace(policy: Policy, example: dict[str, np.ndarray], file: Path, opset: int, dynamic: bool) -> None:
-    """`torch.onnx.export` (legacy) with the patches above, its failures turned into one-line errors."""
+def _trace(policy: Policy, example: dict[str, np.ndarray], file: Path, opset: int, dynamic: bool,
+           external_data: str = "auto") -> DataFile | None:
+    """`torch.onnx.export` (legacy) with the patches above, its failures turned into one-line errors, then
+    the weights into one data file `file.name + ".data"` when the graph is over 2 GB or `external_data` is
+    "always" (returned; None when the graph holds its weights)."""
     import onnx
     import torch
 
@@ -231,18 +252,40 @@ def _trace(policy: Policy, example: dict[str, np.ndarray], file: Path, opset: in
     log: list[str] = []
     try:
         with warnings.catch_warnings(), torch.no_grad(), _mha_fastpath_off(), _sdpa_gqa_symbolic(opset), \
-                _captured_stdout(log):
+                _captured_stdout(log), progress.heartbeat(
+                    f"export: tracing {policy.name} and writing ONNX (torch.onnx.export, opset {opset})"):
             warnings.simplefilter("ignore")  # the legacy exporter's deprecation and tracer warnings
             torch.onnx.export(policy.module, args, str(file), dynamo=False, opset_version=opset,
                               input_names=names_in, output_names=names_out, dynamic_axes=axes,
                               do_constant_folding=True)
-        onnx.checker.check_model(str(file))
+        data = _one_data_file(file, external_data)
+        with progress.heartbeat("export: checking the graph (onnx.checker)"):
+            onnx.checker.check_model(str(file))  # by path: external data is checked beside the file
     except torch.onnx.errors.UnsupportedOperatorError as e:
         raise _unsupported(policy, e, "".join(log)) from None
     except (RuntimeError, AssertionError, torch.onnx.errors.OnnxExporterError,
             onnx.checker.ValidationError) as e:  # AssertionError: how torch's symbolics refuse a conversion
         raise VlaedgeError(f"export: ONNX export of {policy.name} failed: {one_line(e, 300)}",
                            TRACEABLE) from None
+    return data
+
+
+def _one_data_file(file: Path, mode: str) -> DataFile | None:
+    """Weights into `file.name + ".data"` as `export.external_data` says; torch's loose files removed."""
+    import onnx
+
+    from vlaedge.onnx_file import data_locations
+
+    model = onnx.load(str(file), load_external_data=False)
+    if not data_locations(model) and mode != "always":
+        return None
+    if mode == "never":
+        size = sum(f.stat().st_size for f in file.parent.iterdir() if f.is_file())
+        raise VlaedgeError(f"export: the graph is {size / 1e9:.2f} GB, over protobuf's 2 GB limit for one "
+                           ".onnx file, and export.external_data is never",
+                           f"set export.external_data: auto (weights in {data_file_name(file)} beside it)")
+    with progress.heartbeat(f"export: writing the weights to {data_file_name(file)}"):
+        return write_one_data_file(file, model)
 
 
 def _unsupported(policy: Policy, error: Exception, log: str) -> VlaedgeError:
@@ -388,22 +431,21 @@ def _captured_stdout(log: list[str]) -> Iterator[None]:
 
 
 def _describe(staged: Path, path: Path, opset: int, policy: Policy, start: float,
-              notes: list[str]) -> ExportResult:
+              notes: list[str], data: DataFile | None = None) -> ExportResult:
     import onnx
+
+    from vlaedge.artifact import sha256
+    from vlaedge.onnx_file import data_locations
 
     model = onnx.load(str(staged), load_external_data=False)
     qdq = sum(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in model.graph.node)
-    external = any(init.data_location == onnx.TensorProto.EXTERNAL for init in model.graph.initializer)
-    size = sum(f.stat().st_size for f in staged.parent.iterdir() if f.is_file())
-    return ExportResult(str(path), opset, size, external, [s.name for s in policy.input_spec],
-                        list(policy.output_names), qdq, time.perf_counter() - start, notes=notes,
-                        nodes=len(model.graph.node))
-
-
-def _move_into_place(staging: Path, path: Path) -> None:
-    """The staged external data files first, then the .onnx (so a complete .onnx implies its data)."""
-    staged = staging / path.name
-    for file in staging.iterdir():
-        if file != staged:
-            os.replace(file, path.parent / file.name)
-    os.replace(staged, path)
+    locations = data_locations(model)
+    if data is None and len(locations) == 1:  # written by another step: hashed here
+        file = staged.parent / locations[0]
+        data = DataFile(locations[0], file.stat().st_size, sha256(file))
+    files = [staged, *(staged.parent / loc for loc in locations)]
+    return ExportResult(str(path), opset, sum(f.stat().st_size for f in files), bool(locations),
+                        [s.name for s in policy.input_spec], list(policy.output_names), qdq,
+                        time.perf_counter() - start, notes=notes, nodes=len(model.graph.node),
+                        data_file=data.name if data else None, data_sha256=data.sha256 if data else None,
+                        data_bytes=data.bytes if data else 0)

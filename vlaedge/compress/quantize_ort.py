@@ -15,6 +15,17 @@ of the exported FP32 ONNX, optionally after graph fusion.
   weights, 98.6% and 0.93% with reduce_range; on an AVX512-VNNI CPU 8-bit weights gave 98.8% and 0.71%.
 - `optimize_graph`: ONNX Runtime's transformer optimizer first (constant folding, LayerNorm/GELU/SkipLayerNorm
   fusion; node names of MatMuls are kept, so keep patterns still map).
+
+At any size: the FP32 graph is read without its weights; when it keeps them in external data (or is over
+`EXTERNAL_FROM_BYTES`) ONNX Runtime reads and writes external data (`use_external_data_format`), so no
+protobuf over 2 GB is ever serialized, and the output's weights are in one `model.onnx.data` beside it.
+Everything ONNX Runtime writes on the way (the shape-inferred copy, the calibration graph
+`augmented_model.onnx`) goes to a temporary folder inside the hidden staging folder beside the output
+(`.model.onnx.partial`), removed when quantization ends, fails or is interrupted, and by the next run if
+the process was killed. Calibration feeds ONNX Runtime one batch at a time and folds each into the
+ranges (histograms) before the next (`CalibStridedMinMax`: ONNX Runtime otherwise keeps every batch's
+intermediate tensors until the end). A heartbeat line shows ONNX Runtime is still working while it builds
+the calibration graph and quantizes.
 """
 
 from __future__ import annotations
@@ -22,17 +33,28 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
-import os
+import shutil
+import tempfile
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 
 from vlaedge import progress
+from vlaedge.artifact import sha256, sigterm_as_exit
+from vlaedge.compress.external_data import (
+    data_file_name,
+    inline_bytes,
+    move_into_place,
+    staging_folder,
+    write_one_data_file,
+)
 from vlaedge.compress.quant_report import QuantDecision, QuantizeResult, confirm_onnx, kept_by, plan_onnx
 from vlaedge.errors import VlaedgeError
 from vlaedge.info import int8_dot_product
 from vlaedge.models.base import Policy
+from vlaedge.onnx_file import data_locations
 from vlaedge.recipe import QuantizeConfig
 from vlaedge.targets import Target
 
@@ -42,6 +64,7 @@ ORT_OP_TYPES = ("MatMul", "Gemm", "Conv")  # static mode: op types quantized
 # benchmarks/results/tune-default.md; the two differences were not measured apart)
 DYNAMIC_OP_TYPES = ("MatMul", "Gemm")
 _ORT_CALIBRATORS = {"minmax": "MinMax", "entropy": "Entropy", "percentile": "Percentile"}
+EXTERNAL_FROM_BYTES = 1_800_000_000  # from this size on: quantized with external data (protobuf: 2 GB)
 
 
 def ort_config(config: QuantizeConfig, target: Target) -> QuantizeConfig:
@@ -69,14 +92,15 @@ def quantize_onnx(policy: Policy, config: QuantizeConfig, batches: list[dict[str
     """
     import onnx
 
-    model = onnx.load(str(fp32_onnx))
+    model = onnx.load(str(fp32_onnx), load_external_data=False)  # the graph; weights stay on disk
     names = [i.name for i in model.graph.input if i.name not in {t.name for t in model.graph.initializer}]
     if sorted(names) != sorted(s.name for s in policy.input_spec):
         raise VlaedgeError(f"quantize: {fp32_onnx} takes inputs {names}, {policy.name} gives "
                            f"{[s.name for s in policy.input_spec]}", "export the ONNX from this policy")
     notes = []
     if config.optimize_graph:
-        model, fused = _optimized(fp32_onnx)
+        with progress.heartbeat("quantize: ONNX Runtime's transformer optimizer"):
+            model, fused = _optimized(fp32_onnx)
         notes.append(f"graph fused by ONNX Runtime's transformer optimizer first: {fused}")
     inline_shared_weights(model)
     # unset: decided from this CPU (on without VNNI/AMX; off where the flags cannot be read)
@@ -94,16 +118,20 @@ def quantize_onnx(policy: Policy, config: QuantizeConfig, batches: list[dict[str
     decisions, exclude = plan_onnx(model, policy.module, config, op_types)
     _check_keep_reached(config, decisions)
     batches = _fit_batch(model, batches, fp32_onnx)
-    out_onnx.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_onnx.with_name(f".{out_onnx.name}.partial")
-    try:
-        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), _quiet_root_logger():
+    external = bool(data_locations(model)) or _file_bytes(fp32_onnx) > EXTERNAL_FROM_BYTES or \
+        inline_bytes(model) > EXTERNAL_FROM_BYTES
+    with sigterm_as_exit(), staging_folder(out_onnx) as staging:
+        source = _input_model(model, fp32_onnx, staging)
+        del model  # its weights are in `source` now (optimize_graph's output holds them in memory)
+        staged = staging / out_onnx.name
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), _quiet_root_logger(), \
+                _temp_folder(staging / "tmp"):
             warnings.simplefilter("ignore")  # ORT prints calibration progress, logs "consider pre-processing"
-            _run_ort_quantizer(model, tmp, config, batches, op_types, exclude)
-        os.replace(tmp, out_onnx)
-    finally:
-        tmp.unlink(missing_ok=True)
-    quantized = onnx.load(str(out_onnx))
+            _run_ort_quantizer(source, staged, config, batches, op_types, exclude, external)
+        if external:
+            notes.append(_data_note(staged))
+        move_into_place(staging, out_onnx)
+    quantized = onnx.load(str(out_onnx), load_external_data=False)
     weights = "int8 per-channel" if config.per_channel else "int8 per-tensor"
     if dynamic:
         confirm_dynamic(decisions, quantized, weights)
@@ -116,11 +144,13 @@ def quantize_onnx(policy: Policy, config: QuantizeConfig, batches: list[dict[str
     algorithm = "dynamic" if dynamic else config.algorithm
     return QuantizeResult(
         "onnxruntime", config.precision, algorithm, decisions, config.num_calib_frames, 0.0,
-        output=str(out_onnx), fp32_bytes=fp32_onnx.stat().st_size, output_bytes=out_onnx.stat().st_size,
+        output=str(out_onnx), fp32_bytes=_file_bytes(fp32_onnx), output_bytes=_file_bytes(out_onnx),
         int8_weights=int8, output_drift=drift, notes=notes)
 
 
-def _run_ort_quantizer(model, out: Path, config: QuantizeConfig, batches, op_types, exclude) -> None:
+def _run_ort_quantizer(source: Path, out: Path, config: QuantizeConfig, batches, op_types, exclude,
+                       external: bool) -> None:
+    """ONNX Runtime's quantizer from the file `source` to `out` (+ `out.name + ".data"` when `external`)."""
     from onnxruntime.quantization import (
         CalibrationMethod,
         QuantFormat,
@@ -130,16 +160,74 @@ def _run_ort_quantizer(model, out: Path, config: QuantizeConfig, batches, op_typ
     )
 
     if config.mode == "dynamic":
-        quantize_dynamic(model, str(out), op_types_to_quantize=list(op_types), per_channel=config.per_channel,
-                         reduce_range=bool(config.reduce_range), weight_type=QuantType.QInt8,
-                         nodes_to_exclude=exclude)
+        with progress.heartbeat("quantize: ONNX Runtime dynamic quantization"):
+            quantize_dynamic(str(source), str(out), op_types_to_quantize=list(op_types),
+                             per_channel=config.per_channel, reduce_range=bool(config.reduce_range),
+                             weight_type=QuantType.QInt8, nodes_to_exclude=exclude,
+                             use_external_data_format=external)
         return
-    quantize_static(
-        model, str(out), _FeedReader(batches), quant_format=QuantFormat.QDQ,
-        op_types_to_quantize=list(op_types), per_channel=config.per_channel,
-        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, nodes_to_exclude=exclude,
-        reduce_range=bool(config.reduce_range),
-        calibrate_method=getattr(CalibrationMethod, _ORT_CALIBRATORS[config.algorithm]))
+    with progress.stage("calibration: batches (ONNX Runtime)", total=len(batches)) as bar, \
+            progress.heartbeat("quantize: ONNX Runtime static quantization (calibration graph, calibration, "
+                               "Q/DQ insertion)"):
+        quantize_static(
+            str(source), str(out), _FeedReader(batches, bar), quant_format=QuantFormat.QDQ,
+            op_types_to_quantize=list(op_types), per_channel=config.per_channel,
+            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, nodes_to_exclude=exclude,
+            reduce_range=bool(config.reduce_range), use_external_data_format=external,
+            calibrate_method=getattr(CalibrationMethod, _ORT_CALIBRATORS[config.algorithm]),
+            extra_options={"CalibStridedMinMax": 1})  # one batch at a time into the ranges / histograms
+
+
+def _input_model(model, fp32_onnx: Path, staging: Path) -> Path:
+    """`model` (the FP32 graph after our edits) as a file in `staging/input` for ONNX Runtime to read, its
+    external data files copied beside it (streamed, not loaded; onnx refuses hard links and symbolic links
+    to external data), so the FP32 model's folder gets no file of ONNX Runtime's (it writes a shape-inferred
+    copy beside its input) and no name can meet the output's data file."""
+    import onnx
+
+    folder = staging / "input"
+    folder.mkdir()
+    for location in data_locations(model):
+        shutil.copyfile(fp32_onnx.parent / location, folder / location)
+    source = folder / "fp32.onnx"
+    big = inline_bytes(model) > EXTERNAL_FROM_BYTES  # optimize_graph's output holds its weights inline
+    onnx.save_model(model, str(source), save_as_external_data=big, location=data_file_name(source))
+    return source
+
+
+def _data_note(staged: Path) -> str:
+    """The output's weights in one data file named after it (ONNX Runtime writes that already; anything
+    else is rewritten into it)."""
+    from vlaedge.onnx_file import external_data_files
+
+    files = external_data_files(staged, "quantize")
+    if [f.name for f in files] == [data_file_name(staged)]:
+        name, size, digest = files[0].name, files[0].stat().st_size, sha256(files[0])
+    else:
+        data = write_one_data_file(staged)
+        name, size, digest = (data.name, data.bytes, data.sha256) if data else ("(none)", 0, "")
+    return f"weights in external data {name} beside it ({size / 1e6:.1f} MB, sha256 {digest[:16]})"
+
+
+def _file_bytes(path: Path) -> int:
+    """An .onnx's size with its external data files."""
+    from vlaedge.onnx_file import external_data_files
+
+    return path.stat().st_size + sum(f.stat().st_size for f in external_data_files(path, "quantize"))
+
+
+@contextlib.contextmanager
+def _temp_folder(folder: Path) -> Iterator[None]:
+    """Python's temporary folder (where ONNX Runtime's quantizer puts its copies and the calibration graph,
+    each as large as the model) is `folder` while the block runs: beside the output, not in /tmp (often
+    memory) or the working directory; the staging folder that holds it is removed afterwards."""
+    folder.mkdir(parents=True, exist_ok=True)
+    previous = tempfile.tempdir
+    tempfile.tempdir = str(folder)
+    try:
+        yield
+    finally:
+        tempfile.tempdir = previous
 
 
 def _optimized(fp32_onnx: Path):
@@ -221,14 +309,27 @@ def _quiet_root_logger():
 
 
 class _FeedReader:
-    """An onnxruntime.quantization.CalibrationDataReader over feed batches (duck-typed: ORT only calls
-    get_next, and importing its base class would import onnxruntime with vlaedge.compress.quantize)."""
+    """An onnxruntime.quantization.CalibrationDataReader over feed batches (duck-typed: ORT calls get_next,
+    and with `CalibStridedMinMax` len and set_range; importing its base class would import onnxruntime
+    with vlaedge.compress.quantize). Hands out one batch at a time, advancing `bar` for each."""
 
-    def __init__(self, batches: list[dict[str, np.ndarray]]):
-        self._batches = iter(progress.track(batches, "calibration: batches (ONNX Runtime)"))
+    def __init__(self, batches: list[dict[str, np.ndarray]], bar: progress.Stage | None = None):
+        self._batches, self._bar = batches, bar
+        self._next = iter(range(len(batches)))
+
+    def __len__(self) -> int:
+        return len(self._batches)
+
+    def set_range(self, start_index: int, end_index: int) -> None:
+        self._next = iter(range(start_index, min(end_index, len(self._batches))))
 
     def get_next(self) -> dict[str, np.ndarray] | None:
-        return next(self._batches, None)
+        index = next(self._next, None)
+        if index is None:
+            return None
+        if self._bar is not None:
+            self._bar.advance()
+        return self._batches[index]
 
 
 def _check_keep_reached(config: QuantizeConfig, decisions: list[QuantDecision]) -> None:

@@ -1,0 +1,214 @@
+"""External data (issue 23, item 2): a model forced through the external-data path (`export.external_data:
+always`) is written as NAME.onnx + one NAME.onnx.data per model, never loose per-tensor files; every reader
+opens it from another working directory; the manifest lists the data file with its sha256, and a tampered
+data file is caught. Also: torch's loose files are consolidated, staging left by killed runs is removed."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from cli_runner import run_cli
+from onnx import TensorProto as T
+from onnx import helper as h
+from onnx import numpy_helper as nh
+
+from vlaedge.artifact import OutputDir, model_sha256, sha256, sigterm_as_exit
+from vlaedge.compress.export import export_onnx
+from vlaedge.compress.external_data import write_one_data_file
+from vlaedge.errors import VlaedgeError
+from vlaedge.recipe import ExportConfig
+
+ROOT = Path(__file__).resolve().parent.parent
+ALWAYS = ExportConfig(external_data="always")
+FAST = ["--set", "quantize.num_calib_frames=32", "--set", "export.check_frames=4", "--set",
+        "verify.eval_frames=16", "--set", "verify.profile_runs=5", "--set", "export.external_data=always"]
+
+
+def _data_files(folder: Path) -> list[str]:
+    """Files that are neither an .onnx nor a vlaedge output: what external data left behind."""
+    return sorted(p.name for p in folder.iterdir() if p.is_file() and p.suffix != ".onnx")
+
+
+@pytest.fixture(scope="module")
+def external_model(tmp_path_factory, tiny_run):
+    """tiny_run's policy exported with every weight in model.onnx.data."""
+    folder = tmp_path_factory.mktemp("external")
+    result = export_onnx(tiny_run.policy, folder / "model.onnx", ALWAYS, tiny_run.policy.example_inputs(2))
+    return folder / "model.onnx", result
+
+
+@pytest.fixture
+def elsewhere(tmp_path, monkeypatch):
+    """An unrelated working directory: readers must find the data file beside the .onnx, not here."""
+    cwd = tmp_path / "elsewhere"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    return cwd
+
+
+def test_export_writes_one_data_file_named_after_the_model(external_model):
+    path, result = external_model
+    assert sorted(p.name for p in path.parent.iterdir()) == ["model.onnx", "model.onnx.data"]
+    assert result.external_data and result.data_file == "model.onnx.data"
+    assert result.data_sha256 == sha256(path.with_name("model.onnx.data"))
+    assert result.data_bytes == path.with_name("model.onnx.data").stat().st_size
+    assert result.size_bytes == path.stat().st_size + result.data_bytes
+    assert path.stat().st_size < result.data_bytes / 5  # the graph alone
+    assert "model.onnx.data" in result.summary() and result.data_sha256[:16] in result.summary()
+    assert result.check and result.check.max_abs < 1e-4  # ONNX Runtime read the weights back
+
+
+def test_every_reader_opens_it_from_another_directory(external_model, tiny_run, elsewhere, capsys,
+                                                      monkeypatch):
+    path, _ = external_model
+    from vlaedge.check.profile import model_file_bytes
+    from vlaedge.deploy.engine import build_engine
+    from vlaedge.deploy.estimate import estimate
+    from vlaedge.recipe import EngineConfig
+    from vlaedge.runtimes import open_runtime
+
+    feeds = tiny_run.policy.example_inputs(2)
+    ours = open_runtime("ort-cpu", tiny_run.policy, path).infer(feeds)
+    theirs = open_runtime("ort-cpu", tiny_run.policy, tiny_run.onnx).infer(feeds)
+    assert all(np.allclose(ours[k], theirs[k], atol=1e-5) for k in theirs)
+    assert model_file_bytes(path) == path.stat().st_size + path.with_name("model.onnx.data").stat().st_size
+    assert estimate(path, "agx-orin-64gb").weights_bytes > 0
+    code, text = run_cli(["estimate", path, "--target", "agx-orin-64gb"], capsys, monkeypatch)
+    assert code == 0 and "estimated latency" in text, text
+    bundle = build_engine(path, EngineConfig(build=False), "agx-orin-64gb", None, elsewhere / "b")
+    folder = Path(bundle.bundle)
+    assert (folder / "model.onnx.data").read_bytes() == path.with_name("model.onnx.data").read_bytes()
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert "model.onnx.data" in json.dumps(manifest)
+    code, text = run_cli(["engine", path, "--target", "agx-orin-64gb", "--out", elsewhere / "cli"], capsys,
+                         monkeypatch)
+    assert code == 0, text
+    code, text = run_cli(["profile", path, "--checkpoint", tiny_run.checkpoint, "--runs", 3, "--warmup", 1,
+                          "--out", elsewhere / "prof"], capsys, monkeypatch)
+    assert code == 0, text
+    assert sorted(os.listdir(elsewhere)) == ["b", "cli", "prof"]  # only what was asked for
+
+
+def test_a_missing_data_file_is_named(external_model, tmp_path, elsewhere, capsys, monkeypatch):
+    path, _ = external_model
+    lone = tmp_path / "lone"
+    lone.mkdir()
+    (lone / "model.onnx").write_bytes(path.read_bytes())
+    code, text = run_cli(["estimate", lone / "model.onnx", "--target", "agx-orin-64gb"], capsys, monkeypatch)
+    assert code == 2 and "model.onnx.data, which is missing beside it" in text, text
+
+
+def test_compress_keeps_each_model_in_its_own_data_file_and_the_manifest_lists_them(
+        tiny_run, tmp_path, elsewhere, capsys, monkeypatch):
+    out = tmp_path / "run"
+    code, text = run_cli(["compress", tiny_run.checkpoint, "--data", tiny_run.data, "--recipe",
+                          ROOT / "recipes/cpu-int8.yaml", "--out", out, *FAST], capsys, monkeypatch)
+    assert code in (0, 1), text  # 1: an untrained policy may miss a budget; the output is complete
+    files = sorted(p.name for p in out.iterdir())
+    assert [f for f in files if "onnx" in f] == ["model.onnx", "model.onnx.data", "model_fp32.onnx",
+                                                 "model_fp32.onnx.data"]
+    assert not [f for f in files if f.startswith(("onnx__", "."))]  # no loose tensors, no staging
+    manifest = json.loads((out / "manifest.json").read_text())
+    for name in ("model.onnx", "model_fp32.onnx"):
+        entry, data = manifest["outputs"][name], manifest["outputs"][f"{name}.data"]
+        assert entry["external_data"] == [f"{name}.data"] and data["sha256"] == sha256(out / f"{name}.data")
+        assert entry["model_sha256"] == model_sha256(out / name) != entry["sha256"]
+    assert manifest["stages"]["export_fp32"]["data_file"] == "model_fp32.onnx.data"
+    assert manifest["stages"]["export_fp32"]["data_sha256"] == \
+        manifest["outputs"]["model_fp32.onnx.data"]["sha256"]
+    assert any("model.onnx.data" in note for note in manifest["stages"]["quantize"]["notes"])
+    report = json.loads((out / "report.json").read_text())
+    assert report["candidate"]["sha256"] == manifest["outputs"]["model.onnx"]["model_sha256"]
+    assert "weights in external data model_fp32.onnx.data" in text
+    assert not list(elsewhere.iterdir())  # nothing written to the working directory (no augmented_model.onnx)
+
+    # the reader of a run directory, and the gate, from here
+    budgets = tmp_path / "budgets.yaml"
+    budgets.write_text("max_drift_mean_pct: 100.0\n")
+    code, text = run_cli(["gate", out, "--budgets", budgets], capsys, monkeypatch)
+    assert code == 0, text
+    code, text = run_cli(["verify", out, "--frames", 8, "--no-profile", "--out", tmp_path / "v"], capsys,
+                         monkeypatch)
+    assert code == 0, text
+    assert json.loads((tmp_path / "v" / "report.json").read_text())["candidate"]["sha256"] == \
+        manifest["outputs"]["model.onnx"]["model_sha256"]
+
+    # a tampered data file: the fingerprint changes and the gate refuses the run
+    data = out / "model.onnx.data"
+    blob = bytearray(data.read_bytes())
+    blob[len(blob) // 2] ^= 0xFF
+    data.write_bytes(bytes(blob))
+    assert model_sha256(out / "model.onnx") != manifest["outputs"]["model.onnx"]["model_sha256"]
+    code, text = run_cli(["gate", out, "--budgets", budgets], capsys, monkeypatch)
+    assert code == 2 and "model.onnx.data changed after the run wrote it" in text, text
+
+
+def test_loose_per_tensor_files_become_one_data_file(tmp_path):
+    rng = np.random.default_rng(0)
+    weights = [nh.from_array(rng.random((64, 64)).astype(np.float32), f"onnx__MatMul_{i}") for i in range(3)]
+    nodes = [h.make_node("MatMul", [f"x{i}", w.name], [f"x{i + 1}"]) for i, w in enumerate(weights)]
+    graph = h.make_graph(nodes, "g", [h.make_tensor_value_info("x0", T.FLOAT, ["B", 64])],
+                         [h.make_tensor_value_info("x3", T.FLOAT, ["B", 64])], weights)
+    model = h.make_model(graph, opset_imports=[h.make_opsetid("", 17)], ir_version=8)
+    path = tmp_path / "model.onnx"
+    onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=False,
+                    size_threshold=0)
+    assert len(list(tmp_path.iterdir())) == 4  # what torch's legacy exporter writes above 2 GB
+    data = write_one_data_file(path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx", "model.onnx.data"]
+    assert data.sha256 == sha256(tmp_path / "model.onnx.data")
+    loaded = onnx.load(str(path))
+    for w in weights:
+        got = next(i for i in loaded.graph.initializer if i.name == w.name)
+        assert np.array_equal(nh.to_array(got), nh.to_array(w))
+
+
+def test_never_refuses_a_graph_that_needs_external_data(tmp_path):
+    from vlaedge.compress.export import _one_data_file
+
+    w = nh.from_array(np.ones((64, 64), np.float32), "W")
+    graph = h.make_graph([h.make_node("MatMul", ["x", "W"], ["y"])], "g",
+                         [h.make_tensor_value_info("x", T.FLOAT, [1, 64])],
+                         [h.make_tensor_value_info("y", T.FLOAT, [1, 64])], [w])
+    path = tmp_path / "model.onnx"
+    onnx.save_model(h.make_model(graph), str(path), save_as_external_data=True, location="W.bin",
+                    size_threshold=0)
+    with pytest.raises(VlaedgeError, match="over protobuf's 2 GB limit") as info:
+        _one_data_file(path, "never")
+    assert "external_data: auto" in info.value.hint
+    assert _one_data_file(path, "auto").name == "model.onnx.data"  # auto takes what torch wrote into one file
+    assert not (tmp_path / "W.bin").exists()
+
+
+def test_staging_left_by_killed_runs_is_removed(tiny_run, tmp_path):
+    stale_export = tmp_path / ".model.onnx.partial"
+    stale_export.mkdir()
+    (stale_export / "model.onnx.data").write_bytes(b"half")
+    export_onnx(tiny_run.policy, tmp_path / "model.onnx", ALWAYS)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx", "model.onnx.data"]
+    # a compress killed while writing another --out in the same folder (its lock is not held)
+    killed = tmp_path / ".other-run.partial-abc123"
+    (killed / ".model.onnx.partial").mkdir(parents=True)
+    with OutputDir(tmp_path / "run") as od:
+        assert not killed.exists()
+        od.commit()
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
+def test_sigterm_unwinds_so_staging_is_removed(tmp_path):
+    with pytest.raises(SystemExit) as info, OutputDir(tmp_path / "run") as od:
+        (od.path / "model.onnx.data").write_bytes(b"x" * 100)
+        os.kill(os.getpid(), signal.SIGTERM)
+    assert info.value.code == 128 + signal.SIGTERM
+    assert list(tmp_path.iterdir()) == []
+    before = signal.getsignal(signal.SIGTERM)
+    with sigterm_as_exit():
+        assert signal.getsignal(signal.SIGTERM) is not before
+    assert signal.getsignal(signal.SIGTERM) is before  # restored
