@@ -53,6 +53,9 @@ class DriftReport:
     nonfinite: int = 0  # candidate action values that were NaN/inf (counted as 100% error)
     tolerance_pct: float | None = None
     worst: dict = field(default_factory=dict)  # {"dim": name, "mean_pct": ...} of the worst dimension
+    # How the candidate computed a quantized graph (`vlaedge.runtimes.ort.qdq_label`): "Q/DQ simulated
+    # (fusion off), as TensorRT computes" for a graph TensorRT runs; None for a float candidate or torch.
+    method: str | None = None
 
     def __bool__(self) -> bool:
         if self.nonfinite:
@@ -72,6 +75,8 @@ class DriftReport:
             text += f", token agreement {self.token_agreement:.2%}"
         if self.gripper_flip_rate is not None:
             text += f", gripper flips {self.gripper_flip_rate:.2%}"
+        if self.method:
+            text += f" (candidate: {self.method})"
         return text
 
 

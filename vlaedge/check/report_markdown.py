@@ -108,6 +108,7 @@ def _drift_md(drift: dict | None, policy: dict) -> list[str]:
     lines = [
         f"## Open-loop drift ({drift['frames']} evaluation frames, % of action range)",
         "",
+        *([f"Candidate run as: {drift['method']}.", ""] if drift.get("method") else []),
         "| dim | mean | p99 | max | token agreement | gripper flips |",
         "|---|---|---|---|---|---|",
     ]

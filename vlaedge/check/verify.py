@@ -120,7 +120,7 @@ def verify(
     """
     from vlaedge.check.report import build_report
 
-    candidate = _open_candidate(policy, model, config, trust_code)
+    candidate, arithmetic = _open_candidate(policy, model, config, trust_code, target)
     notes = []
     n = min(config.eval_frames, evaluation.num_frames)
     if n < config.eval_frames:
@@ -128,8 +128,10 @@ def verify(
             f"note: the evaluation split has {n} frames, fewer than verify.eval_frames="
             f"{config.eval_frames}; all were used"
         )
-    log(f"verify: reference (torch FP32) vs candidate ({candidate.name}) on {n} evaluation frames")
+    log(f"verify: reference (torch FP32) vs candidate ({candidate.name}"
+        + (f", {arithmetic}" if arithmetic else "") + f") on {n} evaluation frames")
     drift, _, _ = open_loop_drift(policy, candidate, sample_frames(evaluation, n, config.seed), config.seed)
+    drift.method = arithmetic
     log(drift.summary())
     traces = _traces(policy, candidate, evaluation, config)
     loop = None
@@ -222,8 +224,15 @@ def baseline_comparison(model: str | Path, baseline: str | Path, prof: ProfileRe
     return out
 
 
-def _open_candidate(policy: Policy, model, config: VerifyConfig, trust_code: bool = False):
-    from vlaedge.runtimes import open_runtime
+def _open_candidate(policy: Policy, model, config: VerifyConfig, trust_code: bool = False,
+                    target: str | None = None):
+    """The candidate runtime and, for a quantized ONNX graph, how it computes the Q/DQ (None otherwise).
+
+    A graph TensorRT runs (a TensorRT target, or a ModelOpt Q/DQ graph with no target) is run with Q/DQ
+    fusion off on ort-cpu / ort-cuda (`vlaedge.runtimes.qdq_arithmetic`), so drift and the closed loop
+    measure what TensorRT computes, not ONNX Runtime's CPU INT8 kernels; the `cpu` target's graphs run
+    on those kernels, as deployed."""
+    from vlaedge.runtimes import model_quantization, open_runtime, qdq_arithmetic
 
     if config.runtime == "torch" and model is not None:
         from vlaedge.models import load_policy
@@ -234,10 +243,15 @@ def _open_candidate(policy: Policy, model, config: VerifyConfig, trust_code: boo
                 f"candidate: {model} is not a checkpoint directory (runtime torch)",
                 "pass a checkpoint directory, or an .onnx file with --runtime ort-cpu",
             )
-        return TorchRuntime(load_policy(model, trust_code=trust_code), config.threads)
+        return TorchRuntime(load_policy(model, trust_code=trust_code), config.threads), None
     if model is not None and not Path(model).is_file():
         raise VlaedgeError(f"candidate: {model} does not exist", "pass the exported .onnx file")
-    return open_runtime(config.runtime, policy, model, config.threads)
+    qdq = "fused"
+    if model is not None and config.runtime in ("ort-cpu", "ort-cuda"):
+        qdq = qdq_arithmetic(target, model)
+    runtime = open_runtime(config.runtime, policy, model, config.threads, qdq=qdq)
+    quantized = model is not None and config.runtime.startswith("ort-") and model_quantization(model)
+    return runtime, (getattr(runtime, "arithmetic", None) if quantized else None)
 
 
 def _act_fn(policy: Policy, candidate):
