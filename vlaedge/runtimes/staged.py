@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from vlaedge.models.base import TensorSpec
-from vlaedge.models.stages import StageGraph, read_plan_file, run_plan
+from vlaedge.models.stages import StageGraph, check_stage_hashes, read_plan_file, run_plan
 from vlaedge.runtimes.base import Runtime
 
 
@@ -27,18 +27,23 @@ class StagedRuntime(Runtime):
         output_names: the policy's outputs to return.
         name: "ort-cpu", "ort-cuda", "ort-trt", or "trt" (each stage's engine beside its ONNX).
         threads: intra-op threads of every stage's session.
+        qdq: how every stage computes Q/DQ ("fused" or "simulated", see `vlaedge.runtimes.ort`).
 
     Raises:
-        VlaedgeError: an unreadable plan, a missing stage file, or a stage ONNX Runtime cannot load.
+        VlaedgeError: an unreadable plan, a missing stage file, a stage file whose sha256 is not the one
+            stages.json records, or a stage ONNX Runtime cannot load.
     """
 
     def __init__(self, plan_file: str | Path, input_spec: tuple[TensorSpec, ...],
-                 output_names: tuple[str, ...], name: str = "ort-cpu", threads: int | None = None):
+                 output_names: tuple[str, ...], name: str = "ort-cpu", threads: int | None = None,
+                 qdq: str = "fused"):
         from vlaedge.runtimes.ort import OrtRuntime
 
         plan_file = Path(plan_file)
         self.name, self.input_spec, self.output_names = name, input_spec, output_names
+        self.qdq = qdq
         self.plan_file = read_plan_file(plan_file)
+        check_stage_hashes(plan_file, self.plan_file)  # before any session is built
         self.plan = self.plan_file.plan()
         self.stages: dict[str, OrtRuntime] = {}
         for g in self.plan_file.graphs:
@@ -49,10 +54,17 @@ class StagedRuntime(Runtime):
 
                 self.stages[g.name] = TrtRuntime(plan_file.parent / g.file, specs, outputs)
                 continue
-            self.stages[g.name] = OrtRuntime(plan_file.parent / g.file, specs, outputs, name, threads)
+            self.stages[g.name] = OrtRuntime(plan_file.parent / g.file, specs, outputs, name, threads, qdq)
         self.session = PlanInputs(self)  # get_inputs() of the policy inputs, as a session gives them
         self.stage_ms: dict[str, float] = {}
         self.stage_calls: dict[str, int] = {}
+
+    @property
+    def arithmetic(self) -> str:
+        """How every stage computes Q/DQ, in words (`vlaedge.runtimes.ort.qdq_label`)."""
+        from vlaedge.runtimes.ort import qdq_label
+
+        return qdq_label(self.qdq, self.name)
 
     def run_stage(self, stage: StageGraph, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """One stage on its feeds (checked against the stage's inputs), timed into `stage_ms`."""
