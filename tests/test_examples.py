@@ -70,7 +70,8 @@ def test_example_save_pretrained_sharded_round_trip(tmp_path, name):
 # Every CPU recipe, the ModelOpt INT8 recipe (Q/DQ ONNX for TensorRT, verified in ONNX Runtime here) and
 # structured pruning (cpu-pruned-int8, drift-bounded), on the trained weights: (example, recipe) ->
 # (max mean drift % of range, min token agreement or None, min candidate closed-loop successes of 100).
-# Measured on a 2-core Xeon with AVX512-VNNI (8-bit weights), figures in the README's examples table.
+# Measured on a 2-core Xeon with AVX512-VNNI (8-bit weights), figures in the README's examples table. The
+# orin-int8 rows do not depend on the CPU (the Q/DQ graph runs with fusion off, see test_trt_check.py).
 GATES = {
     ("openvla_style", "cpu-int8"): (1.5, 0.98, 85),
     ("openvla_style", "cpu-pruned-int8"): (2.5, 0.97, 80),
@@ -114,5 +115,14 @@ def test_example_compresses_and_gates_with_every_cpu_and_modelopt_recipe(tmp_pat
         attempts = manifest["stages"]["prune"]["attempts"]
         assert attempts and attempts[-1]["accepted"] and not any(a["accepted"] for a in attempts[:-1])
         assert manifest["stages"]["prune"]["params_after"] < manifest["stages"]["prune"]["params_before"]
+    check = manifest["stages"]["export"]["check"]
     if recipe == "orin-int8":  # ModelOpt Q/DQ in the exported graph, an engine bundle beside it
         assert (out / "engine" / "build.sh").exists()
+        # Judged by the graph's arithmetic (Q/DQ fusion off), as TensorRT computes it, on any CPU: equal to
+        # torch's fake-quant within rounding (ONNX Runtime's fused INT8 kernels were p99 0.04 off on a VNNI
+        # CPU and 0.21 on an AVX2 one, which refused smolvla_style); drift is measured the same way.
+        assert check["method"] == "Q/DQ simulated (fusion off), as TensorRT computes", check
+        assert check["p99_abs"] < 0.02, check
+        assert report["drift"]["method"] == check["method"]
+    else:  # the cpu target deploys ONNX Runtime's INT8 kernels: they are what is checked
+        assert check["method"] == "ONNX Runtime CPU INT8 kernels (Q/DQ fused)", check

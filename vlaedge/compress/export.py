@@ -84,6 +84,7 @@ class ExportCheck:
     tolerance: float
     skipped: str = ""  # why the check did not run
     quantized: bool = False  # torch fake-quant vs ONNX Runtime Q/DQ: rounding ties differ
+    method: str = ""  # how ONNX Runtime computed the graph (`vlaedge.runtimes.ort.qdq_label`)
 
     @property
     def judged(self) -> float:
@@ -128,7 +129,8 @@ class ExportResult:
         if self.check and not self.check.skipped:
             lines.append(f"ONNX Runtime vs torch on {self.check.frames} frames: max |action diff| "
                          f"{self.check.max_abs:.4f}, p99 {self.check.p99_abs:.4f}, "
-                         f"mean {self.check.mean_abs:.5f}")
+                         f"mean {self.check.mean_abs:.5f}"
+                         + (f"; export check: {self.check.method}" if self.check.method else ""))
         return "\n".join(lines + self.notes)
 
 
@@ -196,25 +198,41 @@ def export_onnx(policy: Policy, path: str | Path, config: ExportConfig | None = 
 
 
 def check_against_torch(policy: Policy, model: Path, feeds: dict[str, np.ndarray], tolerance: float,
-                        precision: str | None = None) -> ExportCheck:
+                        precision: str | None = None, qdq: str | None = None) -> ExportCheck:
     """Runs `feeds` through torch and ONNX Runtime CPU and compares decoded actions (and tokens).
 
-    A graph with a fixed batch is run in slices of that batch.
+    A Q/DQ graph that TensorRT will run is judged by its own arithmetic: ONNX Runtime with Q/DQ fusion off
+    ("simulated"), never by ONNX Runtime's CPU INT8 kernels, which saturate on CPUs without VNNI and so
+    would judge the CPU (`vlaedge.runtimes.ort`). ONNX Runtime's kernels ("fused") judge the graphs it
+    deploys itself (the `cpu` target). The check's `method` names the one used. A graph with a fixed
+    batch is run in slices of that batch.
+
+    Args:
+        policy: the policy (torch, fake-quantized for a ModelOpt graph) the graph was exported from.
+        model: the .onnx file (or a stage plan, stages.json).
+        feeds: the frames to compare on.
+        tolerance: largest allowed difference (max for float graphs, p99 for quantized ones).
+        precision: the ModelOpt precision of a graph exported for TensorRT (None: a float graph, or an
+            ONNX Runtime-quantized one).
+        qdq: "simulated" or "fused"; None: "simulated" when `precision` is given, else "fused".
 
     Raises:
         VlaedgeError: ONNX Runtime cannot load or run the graph.
     """
-    from vlaedge.runtimes import open_runtime
+    from vlaedge.runtimes import model_quantization, open_runtime
     from vlaedge.runtimes.ort import ORT_ERRORS
 
     frames = len(next(iter(feeds.values())))
+    qdq = qdq or ("simulated" if precision is not None else "fused")
     try:
-        candidate = open_runtime("ort-cpu", policy, model)
+        candidate = open_runtime("ort-cpu", policy, model, qdq=qdq)
     except VlaedgeError as e:
         if precision in ("fp8", "int4-weight-only"):  # TensorRT-only custom ops
             return ExportCheck(frames, float("nan"), float("nan"), float("nan"), None, tolerance,
                                skipped=f"ONNX Runtime cannot run this {precision} graph: check on TensorRT")
         raise e
+    quantized = precision is not None or model_quantization(model) is not None
+    method = candidate.arithmetic if quantized else "ONNX Runtime CPU, float graph"
     step = _fixed_batch(candidate.session) or frames  # a fixed-batch graph (and its model) run in slices
     slices = [{k: v[i:i + step] for k, v in feeds.items()} for i in range(0, frames, step)]
     try:
@@ -222,6 +240,8 @@ def check_against_torch(policy: Policy, model: Path, feeds: dict[str, np.ndarray
     except ORT_ERRORS as e:
         raise VlaedgeError(f"export: ONNX Runtime fails on {frames} frames: {one_line(e, 240)}",
                            "re-export the policy (vlaedge export) and report a bug if it persists") from None
+    finally:
+        candidate.close()
     ref_out = _joined([policy.run_torch(part) for part in slices])
     diff = np.abs(policy.decode(ref_out) - policy.decode(cand_out))
     agreement = None
@@ -230,7 +250,7 @@ def check_against_torch(policy: Policy, model: Path, feeds: dict[str, np.ndarray
                                   == cand_out["action_logits"].argmax(-1)))
     p99 = float(np.percentile(diff, 99))
     return ExportCheck(frames, float(diff.max()), float(diff.mean()), p99, agreement, tolerance,
-                       quantized=precision is not None)
+                       quantized=precision is not None, method=method)
 
 
 def _joined(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
