@@ -339,25 +339,9 @@ def external_data(path: Path) -> list[str]:
     Raises:
         VlaedgeError: one of them is missing.
     """
-    import onnx
+    from vlaedge.onnx_file import external_data_files
 
-    model = onnx.load(str(path), load_external_data=False)
-    locations = sorted(
-        {
-            e.value
-            for t in model.graph.initializer
-            if t.data_location == onnx.TensorProto.EXTERNAL
-            for e in t.external_data
-            if e.key == "location"
-        }
-    )
-    for loc in locations:
-        if not (path.parent / loc).is_file():
-            raise VlaedgeError(
-                f"engine: {path} refers to external data {loc} that is missing",
-                "keep the .onnx next to its data file(s)",
-            )
-    return locations
+    return [str(f.relative_to(path.parent)) for f in external_data_files(path, "engine")]
 
 
 def _why_no_build(config: EngineConfig) -> str:

@@ -75,12 +75,28 @@ def cached(folder: Path, name: str, key: str, budgets: Budgets) -> Measured | No
         data = json.loads(path.read_text())
     except json.JSONDecodeError:
         return None
-    if data.get("key") != key or not (folder.parent / data.get("model", "")).is_file():
+    if data.get("key") != key or not _complete(folder.parent / data.get("model", "")):
         return None
     measured = Measured(**data)
     measured.drift_failures = judge_drift(measured.drift, budgets)  # the budgets may have changed
     measured.search_failures = judge_drift(measured.search_drift, budgets)
     return measured
+
+
+def _complete(model: Path) -> bool:
+    """The model file is there, and so is its external data file (a model over 2 GB keeps its weights in
+    NAME.onnx.data beside it)."""
+    if not model.is_file():
+        return False
+    if model.suffix != ".onnx":
+        return True
+    from vlaedge.onnx_file import external_data_files
+
+    try:
+        external_data_files(model, "tune")
+    except VlaedgeError:
+        return False
+    return True
 
 
 def save(folder: Path, measured: Measured) -> None:
