@@ -174,3 +174,46 @@ def test_too_large_for_memory_is_refused_before_loading(tmp_path, monkeypatch):
     with pytest.raises(VlaedgeError) as e:
         load_policy(checkpoint, trust_code=True)
     assert "--dtype" not in e.value.hint and "more memory" in e.value.hint
+
+
+ROOT = Path(__file__).resolve().parent.parent
+FAST = ["--set", "quantize.num_calib_frames=64", "--set", "export.check_frames=8"]
+
+
+def test_compress_records_the_load_dtype_and_casts_for_export(tmp_path, trained_checkpoint, capsys,
+                                                              monkeypatch):
+    from cli_runner import run_cli
+
+    out = tmp_path / "run"
+    code, text = run_cli(["compress", trained_checkpoint("chunk"), "--recipe", ROOT / "recipes/cpu-int8.yaml",
+                          "--out", out, *FAST, "--set", "verify=null", "--set", "budgets=null",
+                          "--dtype", "bfloat16"], capsys, monkeypatch)
+    assert code == 0, text
+    load = json.loads((out / "manifest.json").read_text())["load"]
+    assert load["dtype"] == "bfloat16" and load["cast"].startswith("export: bfloat16 weights cast to float32")
+    assert "export: bfloat16 weights cast to float32" in text
+    code, text = run_cli(["compress", trained_checkpoint("chunk"), "--recipe", "cpu-pruned-int8", "--out",
+                          tmp_path / "pruned", "--dtype", "float16"], capsys, monkeypatch)
+    assert code == 2 and "pruning" in text and "--dtype float32" in text
+
+
+def test_modelopt_quantizes_in_place_and_verify_gets_the_fp32_reference_back(tmp_path, trained_checkpoint,
+                                                                            monkeypatch):
+    """orin-int8 no longer deep-copies the policy: ModelOpt quantizes it in place, and the FP32 reference
+    that verify compares against is reloaded from the checkpoint (memory-mapped) after the export."""
+    pytest.importorskip("modelopt.torch.quantization")
+    from vlaedge import pipeline
+    from vlaedge.compress.quantize import modelopt_quantizers
+    from vlaedge.recipe import load_recipe
+
+    seen = {}
+    monkeypatch.setattr(pipeline, "_run_verify", lambda od, recipe, target, inputs, log: seen.update(
+        policy=inputs.policy) or None)
+    checkpoint = Path(trained_checkpoint("chunk"))
+    recipe = load_recipe("orin-int8", ["quantize.num_calib_frames=64", "export.check_frames=8",
+                                       "budgets=null", "engine=null"])
+    pipeline.compress(recipe, tmp_path / "run", checkpoint, log=lambda line: None)
+    reference = seen["policy"].module
+    assert not modelopt_quantizers(reference)
+    fresh = load_policy(checkpoint).module.state_dict()
+    assert all(torch.equal(v, fresh[k]) for k, v in reference.state_dict().items())

@@ -198,6 +198,15 @@ ForceOpt = Annotated[bool, typer.Option("--force", help="Replace an existing out
 SetOpt = Annotated[list[str] | None, typer.Option(
     "--set", help="Override a recipe field, e.g. --set quantize.num_calib_frames=64 (repeatable).")]
 
+DtypeOpt = Annotated[str | None, typer.Option(
+    "--dtype", help="Load the weights as float32 (default), float16, bfloat16 or auto (as stored): half "
+    "precision halves their memory; stages that need FP32 cast there and say so (recipe: load.dtype).")]
+
+
+def _with_dtype(overrides: list[str] | None, dtype: str | None) -> list[str]:
+    """--dtype as the recipe override it stands for (load.dtype)."""
+    return [*(overrides or []), *([f"load.dtype={dtype}"] if dtype else [])]
+
 
 def _recipe(path: str | Path, overrides: list[str] | None):
     from vlaedge.recipe import load_recipe
@@ -227,14 +236,15 @@ def compress(
     trust_code: TrustCode = False,
     quiet: QuietOpt = False,
     json_mode: JsonOpt = False,
+    dtype: DtypeOpt = None,
 ) -> None:
     """Prune, quantize and export a policy as the recipe says, into one output directory."""
     from vlaedge.pipeline import compress as run
 
     _quiet(quiet)
     with _stdout_to_stderr(json_mode):
-        result = run(_recipe(recipe, overrides), out, checkpoint, data, force, allow_pickle, log=_log,
-                     trust_code=trust_code)
+        r = _recipe(recipe, _with_dtype(overrides, dtype))
+        result = run(r, out, checkpoint, data, force, allow_pickle, log=_log, trust_code=trust_code)
         _echo(f"wrote {result.out} (manifest.json lists every file with its sha256)")
         if result.gate is not None:
             _echo(result.gate.summary())
@@ -284,11 +294,12 @@ def prune(
     overrides: SetOpt = None,
     allow_pickle: AllowPickle = False,
     trust_code: TrustCode = False,
+    dtype: DtypeOpt = None,
 ) -> None:
     """Only the prune stage: writes the pruned checkpoint (and its manifest) to --out."""
     from vlaedge.pipeline import compress as run
 
-    r = _only_stage(recipe, overrides, "prune", "cpu-pruned-int8")
+    r = _only_stage(recipe, _with_dtype(overrides, dtype), "prune", "cpu-pruned-int8")
     result = run(r, out, checkpoint, data, force, allow_pickle, log=_log, trust_code=trust_code)
     _echo(f"wrote {result.out}/pruned (load it like any checkpoint)")
 
@@ -303,11 +314,12 @@ def quantize(
     overrides: SetOpt = None,
     allow_pickle: AllowPickle = False,
     trust_code: TrustCode = False,
+    dtype: DtypeOpt = None,
 ) -> None:
     """Only quantize (and the export it needs): writes the quantized ONNX to --out/model.onnx."""
     from vlaedge.pipeline import compress as run
 
-    r = _only_stage(recipe, overrides, "quantize", "cpu-int8")
+    r = _only_stage(recipe, _with_dtype(overrides, dtype), "quantize", "cpu-int8")
     result = run(r, out, checkpoint, data, force, allow_pickle, log=_log, trust_code=trust_code)
     _echo(f"wrote {result.out}/model.onnx")
 
@@ -320,6 +332,7 @@ def export(
     force: ForceOpt = False,
     allow_pickle: AllowPickle = False,
     trust_code: TrustCode = False,
+    dtype: DtypeOpt = None,
 ) -> None:
     """Only export: the FP32 policy to ONNX, checked against torch in ONNX Runtime."""
     from vlaedge.compress.export import export_onnx
@@ -335,7 +348,12 @@ def export(
     if source == out.resolve() or source in out.resolve().parents:
         raise VlaedgeError(f"output: {out} lies inside the checkpoint {source}",
                            "write the .onnx outside the checkpoint folder")
-    policy = load_policy(source, allow_pickle, trust_code)
+    policy = load_policy(source, allow_pickle, trust_code, dtype or "float32")
+    from vlaedge.models.weights import ensure_float32
+
+    cast = ensure_float32(policy, "export", "the export check runs ONNX Runtime on the CPU in FP32")
+    if cast:
+        _log(cast)
     result = export_onnx(policy, out, ExportConfig(opset=opset), policy.example_inputs(batch=8))
     _echo(result.summary())
 

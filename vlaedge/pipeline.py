@@ -9,7 +9,6 @@ the wings below: `vlaedge.compress` (prune, quantize, export), `vlaedge.deploy` 
 
 from __future__ import annotations
 
-import copy
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -76,7 +75,8 @@ def load_inputs(checkpoint: Path | None, data: Path | None, allow_pickle: bool =
     (`check_counts`), and a closed-loop env's action and observation spaces (`check_env`, no episode)."""
     checkpoint = Path(checkpoint) if checkpoint else default_checkpoint()
     data = Path(data) if data else default_dataset()
-    policy = load_policy(checkpoint, allow_pickle, trust_code)
+    dtype = recipe.load.dtype if recipe and recipe.load else "float32"
+    policy = load_policy(checkpoint, allow_pickle, trust_code, dtype)
     dataset = load_dataset(data)
     binding = bind_data(policy, dataset, recipe.data.map if recipe and recipe.data else None)
     calibration, evaluation = split_episodes(dataset, EVAL_FRACTION, seed)
@@ -310,6 +310,7 @@ def _run_quantize_and_export(od: OutputDir, recipe: Recipe, target, inputs: Inpu
 
     export_cfg = recipe.export or ExportConfig()
     q = recipe.quantize
+    _record_load(od, policy, summaries, log)
     check = calibration_feeds(policy, inputs.calibration, export_cfg.check_frames, seed=1)
     check = {k: np.concatenate([f[k] for f in check]) for k in check[0]}
     start = time.perf_counter()
@@ -345,13 +346,15 @@ def _run_quantize_and_export(od: OutputDir, recipe: Recipe, target, inputs: Inpu
                                        export_cfg.max_check_error)
         od.record_stage("export", 0.0, check=exported.__dict__)
     else:
-        student = copy.deepcopy(policy)
-        result = quantize(student, q, feeds, target)
+        reference = policy is inputs.policy  # verify needs its FP32 module again: reloaded below
+        result = quantize(policy, q, feeds, target)  # ModelOpt, in place: never two copies of the policy
         od.record_stage("quantize", time.perf_counter() - start, **_details(result))
         start = time.perf_counter()
-        exported = export_onnx(student, final, export_cfg, check, precision=q.precision)
+        exported = export_onnx(policy, final, export_cfg, check, precision=q.precision)
         od.record_stage("export", time.perf_counter() - start, **_details(exported))
         log(exported.summary())
+        if reference:
+            _reload_reference(od, inputs)
     summaries.append(result.summary())
     log(result.summary())
 
@@ -373,6 +376,35 @@ def _quantize_stages(od: OutputDir, q, target, reference: Policy, policy: Policy
         f"{exported.max_abs:.4f}, p99 {exported.p99_abs:.4f}, mean {exported.mean_abs:.5f}"]
     summaries.append("\n".join(lines))
     log("\n".join(lines))
+
+
+def _record_load(od: OutputDir, policy: Policy, summaries: list[str], log) -> None:
+    """Records the load dtype in the manifest. A half-precision policy (`load.dtype`) is cast to float32
+    here, said in the summary: the export check runs the graph in ONNX Runtime on the CPU and quantization
+    calibrates in FP32."""
+    from vlaedge.models.weights import ensure_float32, module_dtype
+
+    od.manifest["load"] = {"dtype": module_dtype(policy.module)}
+    note = ensure_float32(policy, "export", "the export check runs ONNX Runtime on the CPU in FP32, and "
+                          "quantization calibrates in FP32")
+    if note:
+        od.manifest["load"]["cast"] = note
+        summaries.append(note)
+        log(note)
+
+
+def _reload_reference(od: OutputDir, inputs: Inputs) -> None:
+    """Gives the FP32 reference its weights back after ModelOpt quantized its module in place: the
+    quantized module is dropped first, then the checkpoint is loaded again (memory-mapped: cheap), so two
+    copies of the policy never coexist."""
+    import gc
+
+    inputs.policy.module = None
+    gc.collect()
+    consent = od.manifest.get("consent", {})
+    fresh = load_policy(inputs.checkpoint, consent.get("allow_pickle", False),
+                        consent.get("trust_code", False))
+    inputs.policy.module = fresh.module
 
 
 def _run_verify(od: OutputDir, recipe: Recipe, target: str, inputs: Inputs, log) -> object | None:

@@ -250,12 +250,23 @@ class DataConfig(Section):
         {}, description="model input name (or `action`) -> dataset feature (`observation.images.cam_high`)")
 
 
+class LoadConfig(Section):
+    """How the checkpoint is loaded (`--dtype` on the command line). Half precision halves the memory the
+    weights take; a stage that needs FP32 on the CPU (ONNX export and its ONNX Runtime check,
+    quantization) casts to float32 there and says so in its summary; pruning needs `float32`."""
+
+    dtype: Literal["float32", "float16", "bfloat16", "auto"] = Field(
+        "float32", description="weights in float32 (as the policy builds them), float16, bfloat16, or auto "
+        "(the dtype most of the checkpoint's weights are stored in)")
+
+
 class Recipe(Section):
     """A whole recipe. `target` is required; every other section is optional and skips its stage."""
 
     target: str = Field(description="a name from `vlaedge targets`")
     description: str = Field("", description="free text: what the recipe is for")
     data: DataConfig | None = Field(None, description="dataset feature -> model input mapping")
+    load: LoadConfig | None = Field(None, description="checkpoint loading: the weights' dtype")
     prune: PruneConfig | None = Field(None, description="pruning or 2:4 sparsity")
     quantize: QuantizeConfig | None = Field(None, description="post-training quantization")
     export: ExportConfig | None = Field(None, description="ONNX export")
@@ -270,6 +281,14 @@ class Recipe(Section):
             raise ValueError("budgets.max_success_drop needs verify.closed_loop_episodes above 0 "
                              "(at least verify.min_episodes); without a closed loop drop the budget too: "
                              "--set budgets.max_success_drop=null")
+        return self
+
+    @model_validator(mode="after")
+    def _prune_in_float32(self):
+        dtype = self.load.dtype if self.load else "float32"
+        if self.prune is not None and dtype in ("float16", "bfloat16"):
+            raise ValueError(f"load.dtype {dtype} with prune: pruning scores and recovery-trains in torch in "
+                             "float32 on the CPU; use --dtype float32 (or drop the prune section)")
         return self
 
     @model_validator(mode="after")
