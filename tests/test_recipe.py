@@ -202,8 +202,8 @@ def test_readme_lists_every_shipped_recipe():
 
 def test_every_recipe_field_has_a_meaning_in_pipeline_order():
     sections = dict(_sections(Recipe, ""))
-    assert list(sections) == ["", "data", "prune", "prune.recover", "quantize", "export", "engine", "verify",
-                              "budgets", "budgets.targets.<name>"]
+    assert list(sections) == ["", "data", "load", "prune", "prune.recover", "quantize", "export", "engine",
+                              "verify", "budgets", "budgets.targets.<name>"]
     for path, model in sections.items():
         for name, field in model.model_fields.items():
             assert field.description, f"{path or 'recipe'}.{name}: add Field(description=...)"
