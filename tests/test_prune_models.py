@@ -99,6 +99,47 @@ class EncoderPolicy(nn.Module):
         return torch.tanh(self.head(h.mean(1))).view(-1, CHUNK, 3)
 
 
+class PlainGQA(nn.Module):
+    """Hand-written grouped-query attention: head counts as `num_heads` / `num_kv_heads`, no `head_dim`."""
+
+    def __init__(self, heads: int = 4, kv_heads: int = 2):
+        super().__init__()
+        self.num_heads, self.num_kv_heads = heads, kv_heads
+        kv = WIDTH // heads * kv_heads
+        self.q_proj, self.o_proj = nn.Linear(WIDTH, WIDTH), nn.Linear(WIDTH, WIDTH)
+        self.k_proj, self.v_proj = nn.Linear(WIDTH, kv), nn.Linear(WIDTH, kv)
+
+    def forward(self, x):
+        b, t, _ = x.shape
+        q = self.q_proj(x).view(b, t, self.num_heads, -1).transpose(1, 2)  # (B, nh, T, hd)
+        k, v = (p(x).view(b, t, self.num_kv_heads, -1).transpose(1, 2) for p in (self.k_proj, self.v_proj))
+        r = self.num_heads // self.num_kv_heads
+        y = torch.nn.functional.scaled_dot_product_attention(q, k.repeat_interleave(r, 1),
+                                                             v.repeat_interleave(r, 1))
+        return self.o_proj(y.transpose(1, 2).reshape(b, t, -1))
+
+
+class FlatPolicy(nn.Module):
+    """One attention and one MLP, residual, not in a layer stack (no ModuleList)."""
+
+    def __init__(self):
+        super().__init__()
+        self.patch, self.state = nn.Linear(192, WIDTH), nn.Linear(4, WIDTH)
+        self.attn = PlainGQA()
+        self.mlp = nn.Sequential(nn.Linear(WIDTH, 2 * WIDTH), nn.GELU(), nn.Linear(2 * WIDTH, WIDTH))
+        self.head = nn.Linear(WIDTH, CHUNK * 3)
+
+    def forward(self, rgb, text, proprio):
+        x = torch.cat([self.patch(_patches(rgb)), self.state(proprio)[:, None]], 1)
+        x = x + self.attn(x)
+        x = x + self.mlp(x)
+        return torch.tanh(self.head(x.mean(1))).view(-1, CHUNK, 3)
+
+
+def build_flat() -> FlatPolicy:
+    return FlatPolicy()
+
+
 def build_llama() -> LlamaPolicy:
     return LlamaPolicy()
 
@@ -176,6 +217,43 @@ def test_pruned_is_smaller_reloads_and_exports(factory, tmp_path):
     np.testing.assert_array_equal(loaded.run_torch(feeds)["actions"], pruned.run_torch(feeds)["actions"])
     exported = export_onnx(loaded, tmp_path / "model.onnx", check_feeds=feeds)  # ONNX Runtime vs torch
     assert exported.check and exported.check.max_abs < 1e-4
+
+
+def test_gqa_without_head_dim_and_no_layer_stack(tmp_path):
+    """Issue 25: a hand-written GQA block without `head_dim` has its heads cut (head size from the query
+    width over `num_heads`), and a policy whose layers are in no stack gets its heads and channels pruned
+    with a note that no layer could go, under the shipped recipe's amounts (blocks 2)."""
+    policy = _policy("build_flat")
+    config = PruneConfig(method="structured", blocks=2, heads=0.25, mlp=0.5, num_frames=8)
+    result = prune(policy, config, [policy.example_inputs(8)])
+    attn = result.policy.module.attn
+    # 2 kv groups of 2 query heads, heads=0.25 rounds to 1 group: 2 query heads / 1 kv head of 8 left
+    assert (attn.num_heads, attn.num_kv_heads) == (2, 1)
+    assert attn.q_proj.out_features == attn.o_proj.in_features == 16 and attn.k_proj.out_features == 8
+    assert result.policy.module.mlp[0].out_features == WIDTH
+    assert result.removed_blocks == []
+    assert any("prune.blocks=2 but the model's residual layer stacks (none) can give at most 0" in n
+               and "heads and MLP channels pruned as asked" in n for n in result.notes)
+    feeds = policy.example_inputs(4, seed=1)
+    assert _drift(policy, result.policy, feeds) < 0.5
+    loaded = load_policy(result.policy.save(tmp_path / "pruned"), trust_code=True)
+    assert loaded.module.attn.num_kv_heads == 1
+    np.testing.assert_array_equal(loaded.run_torch(feeds)["actions"],
+                                  result.policy.run_torch(feeds)["actions"])
+    with pytest.raises(VlaedgeError, match=r"blocks=2 but .*\(none\) can give at most 0"):
+        prune(policy, PruneConfig(method="structured", blocks=2, num_frames=8), [policy.example_inputs(8)])
+
+
+def test_head_size_unknown_is_named():
+    from vlaedge.compress.prune_modules import find_heads
+
+    model = FlatPolicy()
+    del model.attn.num_heads
+    with pytest.raises(VlaedgeError, match=r"attn \(PlainGQA\): its head size is unknown"):
+        find_heads(model)
+    model.attn.o_proj = nn.Identity()
+    with pytest.raises(VlaedgeError, match=r"attn \(PlainGQA\): it has q/k/v_proj but no o_proj"):
+        find_heads(model)
 
 
 def test_mha_conversion_is_exact():

@@ -3,10 +3,12 @@
 What is found and what it can lose (`find_units`):
 
 - **Attention heads.** Hugging Face-style attention (`q_proj`, `k_proj`, `v_proj` and `o_proj` or
-  `out_proj` Linears and an int `head_dim`: Llama, Gemma, Qwen2/3 decoder layers, SigLIP/ViT encoder
-  layers). Grouped-query attention loses *whole key/value groups together with their query heads*, so
-  `num_key_value_groups` (query heads per kv head) stays what the forward expects; without GQA a group is
-  one head. `nn.MultiheadAttention` (also inside `nn.TransformerEncoderLayer`) becomes a
+  `out_proj` Linears: Llama, Gemma, Qwen2/3 decoder layers, SigLIP/ViT encoder layers, hand-written GQA
+  blocks); the head size is the module's int `head_dim`, its config's, or the query width over the head
+  count (`num_heads`/`n_heads`/... or `config.num_attention_heads`). Grouped-query attention loses
+  *whole key/value groups together with their query heads*, so `num_key_value_groups` (query heads per
+  kv head) stays what the forward expects; without GQA a group is one head. `nn.MultiheadAttention`
+  (also inside `nn.TransformerEncoderLayer`) becomes a
   `PrunedMultiheadAttention` with the same math and parameter names (`vlaedge.models.pruned_shapes`).
 - **MLP channels** of any Linear -> activation (-> gate product) -> Linear inside one module (Llama-style
   `gate/up/down_proj`, SigLIP `fc1/fc2`, `nn.TransformerEncoderLayer` `linear1/linear2`, a plain
@@ -14,7 +16,8 @@ What is found and what it can lose (`find_units`):
   module with the input it received on a calibration frame, and pruned by its group (a group that reaches
   anything but Linear in/out channels and elementwise ops is not an MLP channel and is left alone).
 - **Whole layers** of a `nn.ModuleList` of two or more layers of one class whose output has the shape of
-  its input (residual blocks), greedily by how far skipping one moves the outputs.
+  its input (residual blocks), greedily by how far skipping one moves the outputs, measured for the few
+  layers with the lowest Block Influence (ShortGPT; `vlaedge.compress.prune_ops.block_influence`).
 
 Why not Torch-Pruning for everything: its `DependencyGraph` over a whole transformers Llama policy did not
 finish in 14 minutes here (2-core CPU), and its head pruning neither keeps GQA groups with our
@@ -83,16 +86,42 @@ def _linear(module: nn.Module, name: str) -> nn.Linear | None:
     return m if isinstance(m, nn.Linear) else None
 
 
+QUERY_HEADS = ("num_heads", "num_attention_heads", "n_heads", "n_head")  # int attributes: query heads
+KV_HEADS = ("num_key_value_heads", "num_kv_heads", "n_kv_heads", "n_kv_head")  # ... key/value heads
+
+
+def _head_dim(m: nn.Module) -> int | None:
+    """The head size of a q/k/v/o attention module: its int `head_dim`, else its config's `head_dim`, else
+    the query width over the query head count (an attribute of `QUERY_HEADS`, or the config's
+    `num_attention_heads`)."""
+    config = getattr(m, "config", None)
+    for owner in (m, config):
+        hd = getattr(owner, "head_dim", None)
+        if isinstance(hd, int) and hd > 0:
+            return hd
+    for owner, names in ((m, QUERY_HEADS), (config, ("num_attention_heads",))):
+        for attr in names:
+            n = getattr(owner, attr, None)
+            if isinstance(n, int) and n > 0 and m.q_proj.out_features % n == 0:
+                return m.q_proj.out_features // n
+    return None
+
+
 def _hf_heads(name: str, m: nn.Module) -> Heads | None:
     if not all(_linear(m, n) for n in ("q_proj", "k_proj", "v_proj")):
         return None
     o = "o_proj" if _linear(m, "o_proj") else "out_proj" if _linear(m, "out_proj") else None
-    hd = getattr(m, "head_dim", None)
-    if o is None or not isinstance(hd, int):
+    if o is None:
         raise VlaedgeError(f"prune: cannot remove heads of {name or 'the model'} ({type(m).__name__}): "
-                           "it has q/k/v_proj but no o_proj/out_proj Linear or int head_dim", FIX_HEADS)
+                           "it has q/k/v_proj but no o_proj/out_proj Linear", FIX_HEADS)
+    hd = _head_dim(m)
+    if hd is None:
+        raise VlaedgeError(f"prune: cannot remove heads of {name or 'the model'} ({type(m).__name__}): "
+                           "its head size is unknown (no int head_dim, no head count in "
+                           f"{'/'.join(QUERY_HEADS)}, no config.num_attention_heads)",
+                           FIX_HEADS + "; or give the module a head_dim or num_heads attribute")
     nq, nkv = m.q_proj.out_features // hd, m.k_proj.out_features // hd
-    if nq * hd != m.q_proj.out_features or nkv * hd != m.v_proj.out_features or nq % nkv:
+    if nq * hd != m.q_proj.out_features or nkv * hd != m.v_proj.out_features or not nkv or nq % nkv:
         raise VlaedgeError(f"prune: cannot remove heads of {name} ({type(m).__name__}): q/k/v widths "
                            f"{m.q_proj.out_features}/{m.k_proj.out_features}/{m.v_proj.out_features} do not "
                            f"split into heads of {hd}", FIX_HEADS)
@@ -257,10 +286,10 @@ def cut_heads(h: Heads, keep_groups: torch.Tensor, mean_contrib: torch.Tensor) -
         if m.in_proj_bias is not None:
             m.in_proj_bias = nn.Parameter(m.in_proj_bias.data[keep].clone())
     new_groups = h.groups - len(removed)
-    for attr, value in (("num_heads", new_groups * r), ("num_key_value_heads", new_groups),
-                        ("num_attention_heads", new_groups * r)):
-        if isinstance(getattr(h.module, attr, None), int):
-            setattr(h.module, attr, value)
+    for names, old, value in ((QUERY_HEADS, h.groups * r, new_groups * r), (KV_HEADS, h.groups, new_groups)):
+        for attr in names:  # the counts a forward reads (a count that is not this one is left alone)
+            if getattr(h.module, attr, None) == old and isinstance(getattr(h.module, attr), int):
+                setattr(h.module, attr, value)
     h.groups = new_groups
 
 
@@ -288,7 +317,7 @@ def record(student: nn.Module, units: Units, removed_layers: dict[str, list[int]
                                       "head_dim": m.head_dim, "batch_first": m.batch_first,
                                       "bias": m.in_proj_bias is not None}
         elif id(m) in heads:
-            attrs = {a: getattr(m, a) for a in ("num_heads", "num_key_value_heads", "num_attention_heads")
+            attrs = {a: getattr(m, a) for a in (*QUERY_HEADS, *KV_HEADS)
                      if isinstance(getattr(m, a, None), int)}
             if attrs:
                 out["attributes"][name] = attrs
@@ -368,9 +397,7 @@ def taylor_scores(module: nn.Module, units: Units, calib: ops.Calib, means: list
                 view = ops.output_view(ops.forward(module, args), calib.logits, gen)
                 pairs = [(i, y, z) for i, v in store.items() for y, z in v]
                 tensors = [t for _, y, z in pairs for t in (y, z)]
-                for o in range(view.shape[1]):
-                    grads = torch.autograd.grad(view[:, o].sum(), tensors, retain_graph=True,
-                                                allow_unused=True)
+                for _, grads in ops.per_output_grads(view, tensors, allow_unused=True):
                     for n, (i, y, z) in enumerate(pairs):
                         gy, gz = grads[2 * n], grads[2 * n + 1]
                         if gy is None:
@@ -410,6 +437,7 @@ class Shrunk:
     blocks_before: list[dict]  # [{"block": "llm.layers.0", "heads": 4, "mlp": 64}, ...] per stack layer
     blocks_after: list[dict]
     removed_blocks: list[str]
+    notes: list[str] = field(default_factory=list)  # what could not be done as asked
 
 
 def shrink(student: nn.Module, config, calib: ops.Calib, ranking: str, rng: np.random.Generator,
@@ -424,7 +452,9 @@ def shrink(student: nn.Module, config, calib: ops.Calib, ranking: str, rng: np.r
     stacks = find_stacks(student)
     labels = {id(layer): f"{name}.{i}" for name, s in stacks for i, layer in enumerate(s)}
     before = _layer_shapes(student, stacks, labels, calib)
-    removed = _remove_layers(student, stacks, config.blocks, calib, ranking, rng, labels)
+    notes: list[str] = []
+    removed = _remove_layers(student, stacks, config.blocks, calib, ranking, rng, labels,
+                             bool(config.heads or config.mlp), notes)
     attention: list[nn.Module] = []
     units = Units(stacks=stacks)
     if config.heads:
@@ -457,7 +487,7 @@ def shrink(student: nn.Module, config, calib: ops.Calib, ranking: str, rng: np.r
     stacks = find_stacks(student) or stacks
     labels_after = {id(layer): labels[id(layer)] for _, s in stacks for layer in s if id(layer) in labels}
     after = _layer_shapes(student, stacks, labels_after, calib)
-    return Shrunk(rec, before, after, [labels[k] for k in removed_ids])
+    return Shrunk(rec, before, after, [labels[k] for k in removed_ids], notes)
 
 
 def _layer_shapes(module: nn.Module, stacks, labels: dict[int, str], calib: ops.Calib) -> list[dict]:
@@ -494,9 +524,12 @@ def _residual(module: nn.Module, stacks, calib: ops.Calib) -> set[int]:
 
 
 def _remove_layers(student: nn.Module, stacks, count: int, calib: ops.Calib, ranking: str,
-                   rng: np.random.Generator, labels: dict[int, str]) -> dict:
+                   rng: np.random.Generator, labels: dict[int, str], also_units: bool = False,
+                   notes: list[str] | None = None) -> dict:
     """Greedily removes the `count` residual layers whose skipping moves the outputs least (never a
-    stack's last); returns {stack path: original indices removed, "_ids": [layer ids]}."""
+    stack's last); returns {stack path: original indices removed, "_ids": [layer ids]}. With fewer
+    removable layers than `count`: refused, unless heads or MLP channels are pruned too (`also_units`),
+    then as many as can go and a note in `notes`."""
     if not count:
         return {}
     residual = _residual(student, stacks, calib)
@@ -504,16 +537,27 @@ def _remove_layers(student: nn.Module, stacks, count: int, calib: ops.Calib, ran
     available = sum(len(s) - 1 for _, s in stacks if all(id(x) in residual for x in s))
     if count > available:
         sizes = ", ".join(f"{name} ({len(s)})" for name, s in stacks) or "none"
-        raise VlaedgeError(f"prune: blocks={count} but the model's residual layer stacks ({sizes}) can give "
-                           f"at most {available} (every stack keeps one)", "lower prune.blocks")
-    refs = ops.run(student, calib)
+        what = (f"prune.blocks={count} but the model's residual layer stacks ({sizes}) can give at most "
+                f"{available}")
+        if not also_units:  # layers were all that was asked
+            raise VlaedgeError(f"prune: {what} (every stack keeps one)", "lower prune.blocks")
+        notes.append(f"{what} (every stack keeps one): {available} removed, heads and MLP channels pruned "
+                     "as asked")
+        count = available
+        if not count:
+            return {}
+    if ranking == "importance":
+        layers = [x for _, s in stacks if all(id(y) in residual for y in s) for x in s]
+        influence = dict(zip(map(id, layers), ops.block_influence(student, layers, calib), strict=True))
+        few = ops.subset(calib, ops.SKIP_FRAMES)
+        refs = ops.run(student, few)
     removed: dict = {"_ids": []}
-    for _ in progress.track(range(count), "prune: layers removed (each scores every layer skipped)"):
+    for _ in progress.track(range(count), "prune: layers removed (Block Influence shortlist, skips scored)"):
         candidates = [(name, s, i) for name, s in stacks if len(s) > 1 and all(id(x) in residual for x in s)
                       for i in range(len(s))]
-        scores = (rng.random(len(candidates)) if ranking == "random" else
-                  [ops.skip_effect(student, s[i], calib, refs) for _, s, i in candidates])
-        name, stack, i = candidates[int(np.argmin(scores))]
+        pick = (int(np.argmin(rng.random(len(candidates)))) if ranking == "random" else
+                ops.least_skip_effect(student, [s[i] for _, s, i in candidates], influence, few, refs))
+        name, stack, i = candidates[pick]
         removed.setdefault(name, []).append(original[id(stack[i])])
         removed["_ids"].append(id(stack[i]))
         del stack[i]
