@@ -46,11 +46,7 @@ def model_sha256(path: str | Path, file_hashes: dict[Path, str] | None = None) -
     path = Path(path)
     known = file_hashes or {}
     own = known.get(path) or sha256(path)
-    if path.suffix != ".onnx" or not path.is_file():
-        return own
-    from vlaedge.onnx_file import external_data_files
-
-    data = external_data_files(path)
+    data = _data_files(path) if path.is_file() else []
     if not data:
         return own
     parts = [own] + [f"{f.name}:{known.get(f) or sha256(f)}" for f in data]
@@ -153,13 +149,10 @@ class OutputDir:
         hashes = {f: sha256(f) for f in sorted(p for p in self.path.rglob("*") if p.is_file())}
         for f, digest in hashes.items():
             entry = {"sha256": digest, "bytes": f.stat().st_size}
-            if f.suffix == ".onnx":
-                from vlaedge.onnx_file import external_data_files
-
-                data = external_data_files(f)
-                if data:
-                    entry.update(external_data=[str(d.relative_to(self.path)) for d in data],
-                                 model_sha256=model_sha256(f, hashes))
+            data = _data_files(f)
+            if data:
+                entry.update(external_data=[str(d.relative_to(self.path)) for d in data],
+                             model_sha256=model_sha256(f, hashes))
             self.manifest["outputs"][str(f.relative_to(self.path))] = entry
         (self.path / MANIFEST).write_text(json.dumps(self.manifest, indent=2, default=str) + "\n")
         if self.final.exists():
@@ -171,6 +164,24 @@ class OutputDir:
             os.replace(self.path, self.final)
         self._created = []
         return self.final
+
+
+def _data_files(path: Path) -> list[Path]:
+    """The external data files of an .onnx output (none for other files or one that is not ONNX).
+
+    Raises:
+        VlaedgeError: a data file it refers to is missing (the output would be broken).
+    """
+    if path.suffix != ".onnx":
+        return []
+    from google.protobuf.message import DecodeError
+
+    from vlaedge.onnx_file import external_data_files
+
+    try:
+        return external_data_files(path)
+    except (DecodeError, ValueError, RuntimeError):  # not an ONNX model: listed as a plain file
+        return []
 
 
 def check_model_files(directory: str | Path, manifest: dict, name: str = "model.onnx") -> None:
