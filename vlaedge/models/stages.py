@@ -373,6 +373,27 @@ def read_plan_file(path: str | Path) -> PlanFile:
     return plan
 
 
+def check_stage_hashes(path: str | Path, plan: PlanFile) -> None:
+    """Every stage graph file's sha256 equals the one the plan file recorded when it was written (a stage
+    file edited, or swapped for another stage's or another run's, would otherwise run silently).
+
+    Only the .onnx is hashed, as export records it; an external-data file beside it is not.
+
+    Raises:
+        VlaedgeError: one line naming the first stage whose file differs.
+    """
+    from vlaedge.artifact import sha256
+
+    path = Path(path)
+    for g in plan.graphs:
+        got = sha256(path.parent / g.file)
+        if got != g.sha256:
+            raise VlaedgeError(f"stages: stage {g.name!r} file {path.parent / g.file} has sha256 {got[:12]}, "
+                               f"{path.name} records {g.sha256[:12]} (changed or swapped after export)",
+                               "restore the run folder's stage files, or re-run 'vlaedge compress' / "
+                               "'vlaedge export' to write a new plan")
+
+
 def write_plan_file(path: Path, graphs: list[StageFile], denoise: DenoiseLoop | None) -> Path:
     """Writes stages.json (validated as `PlanFile`)."""
     plan = PlanFile(format=PLAN_FORMAT, graphs=graphs, denoise=denoise)
