@@ -105,7 +105,9 @@ def load_inputs(checkpoint: Path | None, data: Path | None, allow_pickle: bool =
 
 def fit_recipe(recipe: Recipe, policy: Policy) -> Recipe:
     """The recipe checked against the policy before any stage runs, with `quantize.keep_action_head`
-    resolved into `quantize.keep` (the adapter's declared action head, else its last layer with weights).
+    resolved into `quantize.keep` (the adapter's declared action head, else its last layer with weights)
+    and, for a policy exported per stage on the cpu target, its denoise loop's stage quantized dynamically
+    unless the recipe sets `quantize.mode` (`vlaedge.compress.quantize_stages.loop_stage_default`).
 
     Raises:
         VlaedgeError: a `quantize.keep` pattern that matches no module of the policy, or a per-dimension
@@ -123,9 +125,17 @@ def fit_recipe(recipe: Recipe, policy: Policy) -> Recipe:
                                f"module of {policy.name} (top-level modules: {top[:200]})",
                                "patterns are fnmatch on module names (e.g. 'vision.*'); to keep the action "
                                "head on any policy use quantize.keep_action_head: true")
-        from vlaedge.compress.quantize_stages import check_stage_overrides  # per-stage graphs (issue 23)
+        from vlaedge.compress.quantize_stages import (  # per-stage graphs (issue 23)
+            check_stage_overrides,
+            loop_stage_default,
+        )
 
-        check_stage_overrides(policy, q, recipe.export is None or recipe.export.stages is not False)
+        per_stage, runtime = recipe.export is None or recipe.export.stages is not False, \
+            get_target(recipe.target).runtime
+        check_stage_overrides(policy, q, per_stage, runtime)
+        if per_stage and runtime == "onnxruntime":  # the denoise loop's stage: dynamic (see its docstring)
+            q = loop_stage_default(policy, q)
+            recipe = recipe.model_copy(update={"quantize": q})
         if q.keep_action_head:
             head, _ = policy.action_head_modules()
             recipe = recipe.model_copy(update={"quantize": q.model_copy(

@@ -98,17 +98,22 @@ class QuantizeConfig(Section):
         "sum pairs into saturating int16 (vpmaddubsw). Default (null): on when the CPU running compress "
         "has none of them; set false for a VNNI robot computer quantized elsewhere")
     # per-stage graphs (issue 23): checked against the policy's declared stage names in fit_recipe
-    stages: dict[str, Literal["int8", "fp8", "int8-weight-only", "int4-weight-only", "fp32", "keep"]] = Field(
-        {}, description='policies that declare stages: stage name -> the recipe\'s precision (quantized) or '
-        '"fp32" / "keep" (left in FP32), e.g. {expert: fp32}; stages not named are quantized')
+    stages: dict[str, Literal["int8", "fp8", "int8-weight-only", "int4-weight-only", "fp32", "keep", "static",
+                              "dynamic"]] = Field(
+        {}, description='policies that declare stages: stage name -> the recipe\'s precision (quantized), '
+        '"fp32" / "keep" (left in FP32), or on the cpu target (int8) "static" / "dynamic" (that stage\'s '
+        'quantize.mode), e.g. {expert: fp32}; stages not named are quantized, the denoise loop\'s stage '
+        'dynamically on the cpu target unless quantize.mode is set (vlaedge.compress.quantize_stages)')
 
     @model_validator(mode="after")
     def _stage_precisions(self):
-        other = {k: v for k, v in self.stages.items() if v not in (self.precision, "fp32", "keep")}
+        modes = ("static", "dynamic") if self.precision == "int8" else ()
+        other = {k: v for k, v in self.stages.items() if v not in (self.precision, "fp32", "keep", *modes)}
         if other:
             name, value = next(iter(other.items()))
+            allowed = ", ".join((self.precision, "fp32", "keep", *modes))
             raise ValueError(f"stages.{name}: {value} differs from precision {self.precision}; a stage is "
-                             f"quantized at the recipe's precision or kept: {self.precision}, fp32 or keep")
+                             f"quantized at the recipe's precision or kept: {allowed}")
         return self
 
 
