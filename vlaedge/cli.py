@@ -521,7 +521,8 @@ def gate(
 
 @app.command()
 def engine(
-    model: Annotated[Path, typer.Argument(help="The exported (Q/DQ) ONNX, or a compress output directory.")],
+    model: Annotated[Path, typer.Argument(
+        help="The exported (Q/DQ) ONNX, a stages.json, or a compress output directory.")],
     recipe: Annotated[Path | None, typer.Option(
         "--recipe", "-r",
         help="Take the engine section, precision and target from this recipe (file or name).")] = None,
@@ -531,15 +532,21 @@ def engine(
     overrides: SetOpt = None,
 ) -> None:
     """TensorRT engine: a plan here if TensorRT and a GPU are present; always an on-device build bundle."""
+    from vlaedge.commands import graph_path, run_engine_plan
     from vlaedge.deploy.engine import build_engine, detect_precision
+    from vlaedge.models.stages import is_plan_file
     from vlaedge.onnx_file import read_onnx
     from vlaedge.recipe import EngineConfig
 
-    onnx_path = model / "model.onnx" if model.is_dir() else model
-    read_onnx(onnx_path, "engine")  # a truncated or foreign file is one line, before any work
+    onnx_path = graph_path(model)  # a run folder's model.onnx, or its stages.json (per-stage graphs)
+    if not is_plan_file(onnx_path):
+        read_onnx(onnx_path, "engine")  # a truncated or foreign file is one line, before any work
     r = _recipe(recipe, overrides) if recipe else None
     if r is None and target is None:
         raise VlaedgeError("engine: no target", "pass --target (e.g. agx-orin-64gb) or --recipe")
+    if is_plan_file(onnx_path):  # one engine bundle per stage (issue 23)
+        _echo(run_engine_plan(onnx_path, r, target, out).summary())
+        return
     precision = r.quantize.precision if r and r.quantize else detect_precision(onnx_path)
     config = (r.engine if r else None) or EngineConfig()
     result = build_engine(onnx_path, config, target or r.target, precision, out or onnx_path.parent)
@@ -566,7 +573,8 @@ def device_check(
 
 @app.command()
 def estimate(
-    model: Annotated[Path, typer.Argument(help="The ONNX model (external data is not needed).")],
+    model: Annotated[Path, typer.Argument(
+        help="The ONNX model (external data is not needed), a stages.json, or a compress output directory.")],
     target: Annotated[str, typer.Option(help="A TensorRT target; see vlaedge targets.")],
     batch: Annotated[int, typer.Option(min=1, help="Batch size for dynamic batch dimensions.")] = 1,
     precision: Annotated[str, typer.Option(help="Non-quantized ops in: fp16, bf16, fp32.")] = "fp16",
@@ -582,15 +590,25 @@ def estimate(
     """Fusion-aware, calibrated roofline latency and memory estimate of MODEL on a target (no device)."""
     import json
 
+    from vlaedge.commands import graph_path, run_estimate_plan
     from vlaedge.deploy.estimate import estimate as run
+    from vlaedge.models.stages import is_plan_file
     from vlaedge.onnx_file import read_onnx
 
-    read_onnx(model, "estimate")  # a truncated or foreign file is one line, before any work
-    result = run(model, target, batch, precision, input_shape or [], allow_unknown_dims)
-    _echo(result.table(top))
-    _echo("assumptions: " + "; ".join(result.assumptions))
+    model = graph_path(model)  # a run folder's model.onnx, or its stages.json (per-stage graphs)
+    if is_plan_file(model):  # each stage priced, the denoise loop's stage per step (issue 23)
+        priced, table = run_estimate_plan(model, target, batch, precision, input_shape or [],
+                                          allow_unknown_dims)
+        _echo(table)
+        _echo("assumptions: " + "; ".join(priced["assumptions"]))
+    else:
+        read_onnx(model, "estimate")  # a truncated or foreign file is one line, before any work
+        result = run(model, target, batch, precision, input_shape or [], allow_unknown_dims)
+        _echo(result.table(top))
+        _echo("assumptions: " + "; ".join(result.assumptions))
+        priced = result.to_dict()
     if json_out:
-        json_out.write_text(json.dumps(result.to_dict(), indent=1) + "\n")
+        json_out.write_text(json.dumps(priced, indent=1) + "\n")
         _echo(f"wrote {json_out}")
 
 

@@ -275,3 +275,35 @@ def json_summary(command: str, report: dict | None, verdict, out: Path) -> str:
         "paths": paths,
     }
     return json.dumps(summary, allow_nan=False)
+
+
+def graph_path(model: Path) -> Path:
+    """What `engine` and `estimate` read from MODEL: an .onnx or a stages.json as given; a run folder's model
+    (its manifest's: model.onnx, or stages.json for per-stage graphs); another folder's model.onnx."""
+    model = Path(model)
+    if not model.is_dir():
+        return model
+    resolved = resolve_model(model)
+    return resolved.model if resolved.manifest is not None else model / "model.onnx"
+
+
+def run_engine_plan(plan: Path, recipe, target: str | None, out: Path | None):
+    """`vlaedge engine` on a stage plan (issue 23): one engine bundle per stage, `build_stage_engines`.
+    The precision is the recipe's, else the plan's (its stages' precisions; FP32 stages build without it)."""
+    from vlaedge.deploy.stage_plan import build_stage_engines
+    from vlaedge.models.stages import read_plan_file
+    from vlaedge.recipe import EngineConfig
+
+    quantized = [g.precision for g in read_plan_file(plan).graphs if g.precision != "fp32"]
+    precision = recipe.quantize.precision if recipe and recipe.quantize else (quantized or [None])[0]
+    config = (recipe.engine if recipe else None) or EngineConfig()
+    return build_stage_engines(plan, config, target or recipe.target, precision, out or plan.parent)
+
+
+def run_estimate_plan(plan: Path, target: str, batch: int, precision: str, input_shapes: list[str],
+                      allow_unknown_dims: bool) -> tuple[dict, str]:
+    """`vlaedge estimate` on a stage plan (issue 23): (the `estimate_plan` dict, its table)."""
+    from vlaedge.deploy.stage_plan import estimate_plan, plan_table
+
+    priced = estimate_plan(plan, target, batch, precision, allow_unknown_dims, input_shapes)
+    return priced, plan_table(priced)

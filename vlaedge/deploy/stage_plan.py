@@ -100,16 +100,19 @@ done
 
 
 def estimate_plan(plan_json: str | Path, target, batch: int = 1, default_precision: str = "fp16",
-                  allow_unknown_dims: bool = False) -> dict:
+                  allow_unknown_dims: bool = False, input_shapes: list[str] | None = None) -> dict:
     """Prices a stage plan: `vlaedge.deploy.estimate.estimate` of each stage graph, its latency times its
     calls per inference (the loop's stage: `steps`), weights and peak activations once per graph.
 
+    Args:
+        input_shapes: "name=1x3x224x224" strings; each goes to the stages that take that input.
+
     Returns:
         {"stages": {name: {"calls", "latency_ms", "weights_bytes", ...}}, "latency_ms", "weights_bytes",
-        "memory_bytes", "fits"}: the whole inference.
+        "memory_bytes", "fits", "assumptions"}: the whole inference.
 
     Raises:
-        VlaedgeError: as `estimate` does, for any stage.
+        VlaedgeError: as `estimate` does, for any stage; an input shape no stage takes.
     """
     from vlaedge.deploy.estimate import RUNTIME_OVERHEAD_MB, USABLE_MEMORY_FRACTION, estimate
     from vlaedge.targets import get_target
@@ -118,16 +121,50 @@ def estimate_plan(plan_json: str | Path, target, batch: int = 1, default_precisi
     target = get_target(target) if isinstance(target, str) else target
     plan = read_plan_file(plan_json)
     d = plan.denoise
-    stages = {}
+    shapes = _shapes_by_stage(plan, input_shapes or [])
+    stages, assumptions = {}, []
     for g in plan.graphs:
-        e = estimate(plan_json.parent / g.file, target, batch, default_precision,
+        e = estimate(plan_json.parent / g.file, target, batch, default_precision, shapes[g.name],
                      allow_unknown_dims=allow_unknown_dims)
         calls = d.steps if d is not None and g.name == d.stage else 1
         stages[g.name] = {"calls": calls, "latency_ms": e.latency_ms * calls, "per_call_ms": e.latency_ms,
-                          "weights_bytes": e.weights_bytes, "peak_activation_bytes": e.peak_activation_bytes}
+                          "weights_bytes": e.weights_bytes, "peak_activation_bytes": e.peak_activation_bytes,
+                          "warnings": e.warnings}
+        assumptions += [a for a in e.assumptions if a not in assumptions]
     weights = sum(s["weights_bytes"] for s in stages.values())
     memory = weights + max(s["peak_activation_bytes"] for s in stages.values()) + RUNTIME_OVERHEAD_MB * 1e6
     capacity = (target.memory_gb or 0) * 1024**3 * USABLE_MEMORY_FRACTION
     return {"target": target.name, "batch": batch, "stages": stages,
             "latency_ms": sum(s["latency_ms"] for s in stages.values()), "weights_bytes": weights,
-            "memory_bytes": memory, "fits": memory <= capacity}
+            "memory_bytes": memory, "fits": memory <= capacity, "assumptions": assumptions}
+
+
+def _shapes_by_stage(plan, input_shapes: list[str]) -> dict[str, list[str]]:
+    from vlaedge.errors import VlaedgeError
+
+    by_stage: dict[str, list[str]] = {g.name: [] for g in plan.graphs}
+    for item in input_shapes:
+        name = item.split("=", 1)[0]
+        takers = [g.name for g in plan.graphs if name in {i.name for i in g.inputs}]
+        if not takers:
+            inputs = sorted({i.name for g in plan.graphs for i in g.inputs})
+            raise VlaedgeError(f"estimate: --input-shape {item!r}: no stage takes {name!r} (stage inputs: "
+                               f"{', '.join(inputs)})", "name a stage input, e.g. image=1x3x224x224")
+        for stage in takers:
+            by_stage[stage].append(item)
+    return by_stage
+
+
+def plan_table(priced: dict) -> str:
+    """`estimate_plan`'s result as text: one line per stage, then the whole inference."""
+    rows = [f"{'stage':<16} {'calls':>5} {'ms/call':>9} {'ms':>9} {'weights MB':>11} {'peak act MB':>12}"]
+    for name, s in priced["stages"].items():
+        rows.append(f"{name[:16]:<16} {s['calls']:>5} {s['per_call_ms']:>9.3f} {s['latency_ms']:>9.3f} "
+                    f"{s['weights_bytes'] / 1e6:>11.1f} {s['peak_activation_bytes'] / 1e6:>12.1f}")
+        rows += [f"  {name}: {w}" for w in s.get("warnings", [])]
+    fits = "fits" if priced["fits"] else "DOES NOT FIT"
+    rows.append(f"estimated latency {priced['latency_ms']:.3f} ms per inference at batch {priced['batch']} "
+                f"on {priced['target']} (each stage once, the denoise loop's stage per step)")
+    rows.append(f"memory: weights {priced['weights_bytes'] / 1e6:.1f} MB (each stage once) + the largest "
+                f"stage's peak activations + runtime = {priced['memory_bytes'] / 1024**3:.2f} GiB: {fits}")
+    return "\n".join(rows)
