@@ -163,12 +163,22 @@ verify: {eval_frames: 32, profile_runs: 20, profile_warmup: 2, closed_loop_episo
 """
 
 
-def test_compress_cpu_int8_per_stage(ckpt, tmp_path, capsys, monkeypatch):
-    (tmp_path / "r.yaml").write_text(RECIPE)
-    out = tmp_path / "run"
-    code, text = run_cli(["compress", ckpt, "--recipe", tmp_path / "r.yaml", "--out", out, "--trust-code"],
-                         capsys, monkeypatch)
-    assert code == 0, text[-2000:]
+@pytest.fixture(scope="module")
+def cpu_run(ckpt, tmp_path_factory):
+    """`compress` of the tiny policy with RECIPE (cpu-int8), shared by the CLI tests below: (the run folder,
+    what it logged)."""
+    from vlaedge.pipeline import compress
+    from vlaedge.recipe import load_recipe
+
+    folder = tmp_path_factory.mktemp("cpu_run")
+    (folder / "r.yaml").write_text(RECIPE)
+    lines: list[str] = []
+    result = compress(load_recipe(folder / "r.yaml"), folder / "run", ckpt, log=lines.append, trust_code=True)
+    return result.out, "\n".join(lines + result.summaries)
+
+
+def test_compress_cpu_int8_per_stage(cpu_run):
+    out, text = cpu_run
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["model"] == "stages.json"
     for name in ("stages.json", "stages_fp32.json", "stages/expert.onnx", "stages_fp32/vision.onnx"):
@@ -176,7 +186,10 @@ def test_compress_cpu_int8_per_stage(ckpt, tmp_path, capsys, monkeypatch):
     parity = manifest["stages"]["export"]["parity"]
     assert [p["stage"] for p in parity] == ["vision", "prefix", "expert"]
     assert all(p["cosine_mean"] > 0.99 for p in parity) and parity[2]["calls"] == STEPS
-    assert set(manifest["stages"]["quantize"]["stages"]) == {"vision", "prefix", "expert"}
+    quantized = manifest["stages"]["quantize"]["stages"]
+    assert set(quantized) == {"vision", "prefix", "expert"}
+    # the denoise loop's stage dynamically (ranges per step), the others static (loop_stage_default)
+    assert quantized["expert"]["algorithm"] == "dynamic" and quantized["vision"]["algorithm"] == "minmax"
     report = json.loads((out / "report.json").read_text())
     staged = report["profile"]["models"][0]["stages"]
     assert staged["stages"]["expert"]["calls"] == STEPS and staged["stages"]["vision"]["calls"] == 1
@@ -229,3 +242,123 @@ def test_bundle_builds_one_engine_per_stage_and_estimate_prices_the_loop(exports
     expert = priced["stages"]["expert"]
     assert expert["calls"] == STEPS and expert["latency_ms"] == pytest.approx(STEPS * expert["per_call_ms"])
     assert priced["latency_ms"] == pytest.approx(sum(s["latency_ms"] for s in priced["stages"].values()))
+
+
+def test_the_loop_stage_is_quantized_dynamically_on_cpu_unless_the_recipe_says(exports):
+    from vlaedge.pipeline import fit_recipe
+    from vlaedge.recipe import validate_recipe
+
+    policy = exports[0]
+
+    def fitted(target: str, **quantize):
+        raw = {"target": target, "quantize": {"precision": "int8", **quantize}}
+        return fit_recipe(validate_recipe(raw, "test"), policy).quantize.stages
+
+    assert fitted("cpu") == {"expert": "dynamic"}
+    assert fitted("cpu", mode="static") == {}  # said explicitly: every stage static
+    assert fitted("cpu", stages={"expert": "fp32"}) == {"expert": "fp32"}
+    assert fitted("agx-orin-64gb", algorithm="max") == {}  # ModelOpt: Q/DQ per stage, no runtime ranges
+    with pytest.raises(VlaedgeError, match=r"quantize.stages.expert: dynamic .*ONNX Runtime"):
+        fitted("agx-orin-64gb", algorithm="max", stages={"expert": "dynamic"})
+
+
+def test_stage_calibration_streams_one_batch_of_one_stage(exports):
+    from vlaedge.compress.quantize_stages import StageCalibration
+    from vlaedge.models.stages import plan_of, record_torch
+
+    policy = exports[0]
+    plan = plan_of(policy)
+    batches = [policy.example_inputs(4, seed=s) for s in (3, 4)]
+    expert = StageCalibration(policy, plan, "expert", batches)
+    assert len(expert) == 2 * STEPS and expert.frames == 8 * STEPS
+    assert len(StageCalibration(policy, plan, "vision", batches)) == 2
+    recorded = [feeds for b in batches for feeds, _ in record_torch(policy, plan, b)[1].calls["expert"]]
+    for i, feeds in enumerate(expert):  # what the calibrator reads, in order: one torch run per batch
+        assert len(expert._calls) == STEPS  # only the current batch's calls are held
+        for name in ("x", "t", "context"):
+            np.testing.assert_array_equal(feeds[name], recorded[i][name])
+
+
+def test_profile_prints_each_stage_of_a_run_folder(cpu_run, tmp_path, capsys, monkeypatch):
+    run, _ = cpu_run
+    code, text = run_cli(["profile", run, "--runs", 5, "--warmup", 1, "--out", tmp_path / "p",
+                          "--trust-code"], capsys, monkeypatch)
+    assert code == 0, text[-2000:]
+    line = next(x for x in text.splitlines() if x.startswith("stages of"))
+    assert "vision" in line and "prefix" in line and "expert" in line and f"({STEPS}x" in line, line
+    stages = json.loads((tmp_path / "p" / "profile.json").read_text())["models"][0]["stages"]["stages"]
+    assert stages["expert"]["calls"] == STEPS and stages["vision"]["calls"] == 1
+
+
+def test_estimate_and_engine_take_a_run_folder_or_its_stages_json(cpu_run, tmp_path, capsys, monkeypatch):
+    run, _ = cpu_run
+    for model in (run, run / "stages.json"):
+        code, text = run_cli(["estimate", model, "--target", "agx-orin-64gb", "--json", tmp_path / "e.json"],
+                             capsys, monkeypatch)
+        assert code == 0, text[-2000:]
+        assert any(x.split()[:2] == ["expert", str(STEPS)] for x in text.splitlines()), text
+        priced = json.loads((tmp_path / "e.json").read_text())
+        assert priced["stages"]["expert"]["calls"] == STEPS and "per inference" in text
+    code, text = run_cli(["estimate", run, "--target", "agx-orin-64gb", "--input-shape", "nope=1x2"],
+                         capsys, monkeypatch)
+    assert code == 2 and "no stage takes 'nope'" in text
+    for model in (run, run / "stages.json"):
+        out = tmp_path / model.name
+        code, text = run_cli(["engine", model, "--target", "agx-orin-64gb", "--out", out], capsys,
+                             monkeypatch)
+        assert code == 0, text[-2000:]
+        plan = json.loads((out / "engine" / "stages.json").read_text())
+        assert [g["name"] for g in plan["graphs"]] == ["vision", "prefix", "expert"]
+        assert (out / "engine" / "build.sh").is_file() and "3 stage engines" in text
+
+
+@pytest.mark.parametrize("tamper", ["swap", "edit"])
+def test_a_tampered_stage_file_is_one_line(exports, ckpt, tmp_path, capsys, monkeypatch, tamper):
+    _, staged, _ = exports
+    source = Path(staged.path)
+    shutil.copytree(source.with_name("stages"), tmp_path / "stages")
+    shutil.copyfile(source, tmp_path / "stages.json")
+    vision, prefix = tmp_path / "stages" / "vision.onnx", tmp_path / "stages" / "prefix.onnx"
+    if tamper == "swap":
+        vision.write_bytes(prefix.read_bytes())
+    else:
+        vision.write_bytes(vision.read_bytes() + b"\0")
+    code, text = run_cli(["profile", tmp_path / "stages.json", "-c", ckpt, "--trust-code", "--runs", 2,
+                          "--out", tmp_path / "p"], capsys, monkeypatch)
+    assert code == 2
+    error = [line for line in text.splitlines() if line.startswith("error:")]
+    assert len(error) == 1 and "stage 'vision'" in error[0] and "sha256" in error[0], text
+
+
+ORIN_RECIPE = """target: agx-orin-64gb
+quantize: {precision: int8, algorithm: max, num_calib_frames: 32}
+export: {check_frames: 8}
+engine: {build: false}
+verify: {eval_frames: 32, profile_runs: 5, profile_warmup: 1, closed_loop_episodes: 0, trace_episodes: 0}
+"""
+
+
+def test_compress_orin_int8_per_stage_with_modelopt(ckpt, tmp_path, capsys, monkeypatch):
+    """ModelOpt quantizes the module in place through its full forward (every stage, the expert at every
+    step: one amax per quantizer, shared by the steps as in the unrolled graph), then each stage is
+    exported with its Q/DQ nodes, checked per stage, and bundled one engine per stage."""
+    pytest.importorskip("modelopt.torch.quantization")
+    import onnx
+
+    (tmp_path / "r.yaml").write_text(ORIN_RECIPE)
+    out = tmp_path / "run"
+    code, text = run_cli(["compress", ckpt, "--recipe", tmp_path / "r.yaml", "--out", out, "--trust-code"],
+                         capsys, monkeypatch)
+    assert code == 0, text[-3000:]
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["model"] == "stages.json" and manifest["stages"]["quantize"]["path"] == "modelopt"
+    plan = json.loads((out / "stages.json").read_text())
+    for g in plan["graphs"]:
+        ops = [n.op_type for n in onnx.load(str(out / g["file"]), load_external_data=False).graph.node]
+        assert g["precision"] == "int8" and ops.count("QuantizeLinear") > 0, g["name"]
+    parity = manifest["stages"]["export"]["parity"]
+    assert [p["stage"] for p in parity] == ["vision", "prefix", "expert"] and parity[2]["calls"] == STEPS
+    assert all(p["cosine_mean"] > 0.99 for p in parity), parity
+    bundle = json.loads((out / "engine" / "stages.json").read_text())
+    assert all((out / "engine" / g["file"]).is_file() for g in bundle["graphs"])
+    assert json.loads((out / "report.json").read_text())["drift"]["frames"] == 32
