@@ -26,6 +26,11 @@ the process was killed. Calibration feeds ONNX Runtime one batch at a time and f
 ranges (histograms) before the next (`CalibStridedMinMax`: ONNX Runtime otherwise keeps every batch's
 intermediate tensors until the end). A heartbeat line shows ONNX Runtime is still working while it builds
 the calibration graph and quantizes.
+
+Measured (issue 23; 123 M-parameter reference policy, 492 MB FP32, external data, one 32-frame batch, 2
+busy cores): peak RSS 4.9 GB in the process that also holds the torch policy (0.7 GB before quantizing),
+213 s. ONNX Runtime's quantizer holds the model, the calibration graph and its session at once: the
+2.5x-of-FP32 target of issue 23 is not met on this path yet.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import os
 import shutil
 import tempfile
 import warnings
@@ -201,6 +207,10 @@ def _data_note(staged: Path) -> str:
     from vlaedge.onnx_file import external_data_files
 
     files = external_data_files(staged, "quantize")
+    for file in files:  # onnx creates data files readable by their owner only; outputs follow the umask
+        mask = os.umask(0)
+        os.umask(mask)
+        os.chmod(file, 0o666 & ~mask)
     if [f.name for f in files] == [data_file_name(staged)]:
         name, size, digest = files[0].name, files[0].stat().st_size, sha256(files[0])
     else:
