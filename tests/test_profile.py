@@ -59,7 +59,7 @@ def test_profile_of_a_bare_onnx_reports_latency_rate_memory_size_and_host(tiny_r
     assert m.rate["actions_per_s"] == pytest.approx(4 * m.rate["inferences_per_s"])
     assert m.rate["realtime_margin"] == pytest.approx(400.0 / lat.p99_ms)  # 4 actions at 10 Hz = 400 ms
     assert m.file_bytes == tiny_run.onnx.stat().st_size
-    assert m.memory["peak_rss_delta_mb"] >= 0 and m.memory["method"] in ("vmhwm", "ru_maxrss")
+    assert m.memory["peak_rss_delta_mb"] > 0 and m.memory["method"] == "fresh process"
     assert report.host["cores"] >= 1 and report.host["versions"]["onnxruntime"] and report.threads == 1
     assert "median" in report.table()
 

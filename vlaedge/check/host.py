@@ -1,13 +1,12 @@
 """Where a profile ran and what it cost the process: host and runtime versions, and peak memory.
 
-Memory: for each model, the process's resident set (RSS) is read before the runtime is opened and its
-high-water mark after the warm-up runs. The difference ("peak_rss_delta_mb") is what loading and running
-that model added to this process at its peak: weights, the runtime's arenas, activations. On Linux the
-high-water mark is reset first (writing 5 to `/proc/self/clear_refs`), so the figure is per model; where
-that is not possible, the growth of the process's lifetime peak (`getrusage`) is reported instead, a lower
-bound ("method" says which). GPU memory is not included. Freed heap memory that the allocator reuses
-does not raise RSS, so inside a long process (e.g. `vlaedge compress`) the figure can undercount; a
-fresh `vlaedge profile` process gives the model's footprint.
+Memory (`MemoryProbe`, used by profile only for the torch runtime's policy, which has no file to open
+in another process; model files are measured in a fresh process, `vlaedge.check.memory`): the process's
+resident set (RSS) is read before the runtime is opened and its high-water mark after the warm-up runs.
+On Linux the high-water mark is reset first (writing 5 to `/proc/self/clear_refs`); where that is not
+possible, the growth of the process's lifetime peak (`getrusage`) is reported instead, a lower bound
+("method" says which). Freed heap memory that the allocator reuses does not raise RSS, so inside a long
+process this undercounts. GPU memory is not included.
 
 Load (`LoadProbe`): what else the machine was doing while a profile ran, since a shared CI runner or a
 busy laptop moves absolute latencies by tens of percent (two identical demo runs on a loaded machine: p99

@@ -4,12 +4,12 @@ Several models are timed interleaved in one run (in turns of 20 runs after 3 unt
 model rotated every round) so that clock changes, thermal throttling and other processes affect them
 alike; the report gives each model's ratio to the first.
 
-Memory: for each model, the process's resident set (RSS) is measured before the runtime is opened and
-its high-water mark after the warm-up runs. The difference ("peak_rss_delta_mb") is what loading and
-running that model added to this process at its peak: weights, the runtime's arenas, activations. On
-Linux the high-water mark is reset first (`/proc/self/clear_refs`), so the figure is per model; where
-that is not possible, the growth of the process's lifetime peak (`getrusage`) is reported instead, a
-lower bound ("method" says which). It does not include GPU memory.
+Memory ("peak_rss_delta_mb", what `max_memory_mb` judges): each model file is opened in a fresh process
+first (`vlaedge.check.memory`, "method": "fresh process"), with the same runtime, threads and warm-up
+feeds, and its peak resident set above the process's baseline is reported: weights, the runtime's arenas,
+activations, the same whatever was measured before it or ran earlier in this process. The torch
+runtime's policy has no file to open elsewhere: it is measured in this process (`host.MemoryProbe`,
+"method" "vmhwm" or "ru_maxrss"). GPU memory is not included.
 
 Load: the machine's load over the timed window is recorded under "load" (`vlaedge.check.host.LoadProbe`:
 load average, other processes' share of the CPU, steal), with warnings when it is high.
@@ -253,14 +253,27 @@ def load_line(load: dict) -> str:
 
 
 def _open_and_warm(runtime: str, spec, path: Path | None, threads: int | None, feeds: dict, warmup: int):
+    """Opens one model here for timing and warms it up; returns it with its memory record, measured in a
+    fresh process before this one opens it (the torch runtime's policy: in this process)."""
+    from vlaedge.check.memory import measure_in_fresh_process
     from vlaedge.runtimes import open_runtime
 
-    probe = MemoryProbe()
+    memory, failure, probe = None, None, None
+    if path is not None and runtime != "torch":
+        try:
+            memory = measure_in_fresh_process(runtime, path, spec, feeds, threads, warmup)
+        except VlaedgeError as e:
+            failure = e  # opening the model here says what is wrong with it, if anything is
+    else:
+        probe = MemoryProbe()
     rt = open_runtime(runtime, spec, path, threads)
     rt.check_feeds(feeds)
     for _ in range(warmup):
         rt.infer(feeds)
-    return rt, probe.peak()
+    if failure is not None:
+        rt.close()
+        raise failure
+    return rt, memory if memory is not None else probe.peak()
 
 
 BLOCK = 20  # timed runs of one model before the next model's turn
