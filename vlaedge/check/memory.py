@@ -58,7 +58,7 @@ def measure_in_fresh_process(runtime: str, model: str | Path, spec, feeds: dict,
             "runs": max(1, min(warmup, MAX_WARMUP)), "feeds": str(Path(tmp) / "feeds.npz"),
             "inputs": [asdict(s) for s in spec.input_spec], "outputs": list(spec.output_names),
         }
-        (Path(tmp) / "request.json").write_text(json.dumps(request))
+        (Path(tmp) / "request.json").write_text(json.dumps(request, default=_plain))
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(
             [str(Path(__file__).resolve().parents[2])] + [p for p in [os.environ.get("PYTHONPATH")] if p])}
         try:
@@ -72,6 +72,11 @@ def measure_in_fresh_process(runtime: str, model: str | Path, spec, feeds: dict,
         raise VlaedgeError(f"profile: measuring the memory of {model} in a fresh process failed: {last}",
                            "run 'vlaedge profile' on the model alone to see the error")
     return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def _plain(value):
+    """numpy scalars in a spec (an adapter's low/high or shape) as Python numbers."""
+    return value.item() if hasattr(value, "item") else str(value)
 
 
 def _child(request_file: str) -> dict:
