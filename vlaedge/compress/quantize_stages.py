@@ -171,7 +171,8 @@ class StagedQuantizeResult:
         return {"output": self.output, "seconds": self.seconds, "notes": self.notes, "stages": stages}
 
     def summary(self) -> str:
-        each = [f"{k} {'fp32 (kept)' if r is None else r.precision}" for k, r in self.stages.items()]
+        each = [f"{k} {'fp32 (kept)' if r is None else f'{r.precision} ({r.algorithm})'}"
+                for k, r in self.stages.items()]
         lines = [f"quantize per stage: {', '.join(each)}"]
         for name, r in self.stages.items():
             if r is not None:
