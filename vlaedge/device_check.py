@@ -136,11 +136,11 @@ def device_check(run_dir: str | Path, frames: int = 64, runs: int = 200, warmup:
     policy, evaluation = _reference(resolved, trust_code)
     batch = _batch(check.plan, recipe)
     from vlaedge.data import sample_frames
-    from vlaedge.runtimes import open_runtime
+    from vlaedge.runtimes import open_runtime, qdq_arithmetic
 
     candidate = open_runtime("trt", policy, onnx)
-    try:
-        reference = open_runtime("ort-cpu", policy, onnx)
+    try:  # ONNX Runtime computes a TensorRT Q/DQ graph with fusion off: the arithmetic TensorRT runs
+        reference = open_runtime("ort-cpu", policy, onnx, qdq=qdq_arithmetic(None, onnx))
     except VlaedgeError as e:
         check.compare_skipped = f"ONNX Runtime cannot load it: {e.message[:160]}"
     else:

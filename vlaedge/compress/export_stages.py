@@ -265,12 +265,13 @@ def check_staged(policy: Policy, plan_json: Path, feeds: dict[str, np.ndarray], 
     Raises:
         VlaedgeError: ONNX Runtime cannot load or run a stage.
     """
-    from vlaedge.runtimes import open_runtime
+    from vlaedge.runtimes import open_runtime, qdq_arithmetic
 
     check = check_against_torch(policy, plan_json, feeds, tolerance, precision)
     if check.skipped:
         return check, []
-    runtime = open_runtime("ort-cpu", policy, plan_json)
+    # a TensorRT Q/DQ plan's stages are judged with Q/DQ fusion off, as check_against_torch judged the plan
+    runtime = open_runtime("ort-cpu", policy, plan_json, qdq=qdq_arithmetic(None, plan_json))
     try:
         _, recorder = record_torch(policy, plan_of(policy), feeds)
         parity = stage_parity(recorder, runtime.plan, runtime.run_stage)
