@@ -4,6 +4,7 @@ budgets, strict budgets files, and exit codes 0/1/2 through `vlaedge verify` / `
 from __future__ import annotations
 
 import json
+import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import numpy as np
@@ -304,6 +305,84 @@ def test_a_candidate_slower_than_fp32_is_called_out_even_when_the_gate_passes():
     assert result.passed and head.startswith("gate: PASS") and "SLOWER than FP32: 0.98x" in head
     faster = gate(with_baseline(make_report(latency_ms=5.0), fp32_ms=10.0), Budgets(max_latency_p99_ms=50))
     assert "2.00x faster" in faster.summary().splitlines()[0] and "SLOWER" not in faster.summary()
+
+
+# The load a LoadProbe records (vlaedge.check.host): busy = other processes used 62% of the CPU while timing.
+BUSY = {"loadavg_1m_before": 3.9, "loadavg_1m_after": 4.1, "cores": 2, "busy_others_share": 0.62,
+        "steal_share": 0.0, "window_s": 1.5, "warnings": []}
+QUIET = {**BUSY, "loadavg_1m_before": 0.3, "loadavg_1m_after": 0.4, "busy_others_share": 0.02}
+TIMING = Budgets(max_drift_mean_pct=5, max_latency_p99_ms=50, min_rate_hz=20, min_speedup=0.5)
+
+
+def timed_report(latency_ms: float, load: dict) -> dict:
+    """A report whose candidate and FP32 both took `latency_ms`, timed under `load`."""
+    report = with_baseline(make_report(latency_ms=latency_ms), fp32_ms=latency_ms)
+    report["profile"]["load"] = dict(load)
+    return report
+
+
+@pytest.mark.parametrize("latency_ms, quiet_status", [(5.0, "pass"), (80.0, "fail")])
+def test_absolute_timing_is_not_measurable_on_a_busy_machine_and_judged_on_a_quiet_one(
+    latency_ms, quiet_status
+):
+    quiet = gate(timed_report(latency_ms, QUIET), TIMING)
+    assert statuses(quiet) == {"max_drift_mean_pct": "pass", "max_latency_p99_ms": quiet_status,
+                               "min_rate_hz": quiet_status, "min_speedup": "pass"}
+    assert bool(quiet) == (quiet_status == "pass") and quiet.to_dict()["not_measurable"] == []
+    busy = gate(timed_report(latency_ms, BUSY), TIMING)
+    # the same milliseconds on a busy machine: neither pass nor fail; the ratio is still judged
+    assert statuses(busy) == {"max_drift_mean_pct": "pass", "max_latency_p99_ms": "not_measurable",
+                              "min_rate_hz": "not_measurable", "min_speedup": "pass"}
+    assert busy.passed and not busy.failures
+    assert busy.to_dict()["not_measurable"] == ["max_latency_p99_ms", "min_rate_hz"]
+    lines = busy.summary().splitlines()
+    assert lines[0].startswith("gate: PASS (2 of 4 budgets met, 2 not measurable)")
+    latency = next(line for line in lines if "max_latency_p99_ms" in line)
+    assert latency.lstrip().startswith("not measurable") and "other processes used 62% of the CPU" in latency
+
+
+def test_a_not_measurable_latency_exits_0_and_every_report_shows_the_state(tmp_path, capsys, monkeypatch):
+    path = tmp_path / "report.json"
+    path.write_text(json.dumps(timed_report(80.0, BUSY)))
+    budgets = tmp_path / "budgets.yaml"
+    budgets.write_text("max_drift_mean_pct: 5\nmax_latency_p99_ms: 50\n")
+    code, text = run_cli(["gate", path, "--budgets", budgets, "--out", tmp_path / "g"], capsys, monkeypatch)
+    assert code == 0, text
+    head = "1 of 2 budgets met, 1 not measurable"
+    assert f"gate: PASS ({head})" in text and "not measurable max_latency_p99_ms" in " ".join(text.split())
+    report = json.loads((tmp_path / "g" / "report.json").read_text())
+    assert report["gate"]["passed"] and report["gate"]["not_measurable"] == ["max_latency_p99_ms"]
+    by_name = {c["name"]: c["status"] for c in report["gate"]["checks"]}
+    assert by_name["max_latency_p99_ms"] == "not_measurable"
+    suite = ET.parse(tmp_path / "g" / "junit.xml").getroot().find("testsuite")
+    assert (suite.get("tests"), suite.get("failures"), suite.get("skipped")) == ("2", "0", "1")
+    case = next(c for c in suite.findall("testcase") if c.get("name") == "max_latency_p99_ms")
+    skipped = case.find("skipped")
+    assert case.find("failure") is None and skipped.get("type") == "NotMeasurable"
+    assert skipped.get("message").startswith("not measurable: measured 80 ms, allowed <= 50 ms")
+    md = (tmp_path / "g" / "report.md").read_text()
+    assert md.startswith(f"# vlaedge report: PASS, {head} (the machine was busy while timing")  # CLI's words
+    assert "| `max_latency_p99_ms` | 80 | <= 50 ms | **NOT MEASURABLE** |" in md
+    assert f"PASS</span> {head}" in (tmp_path / "g" / "report.html").read_text()
+    code, text = run_cli(["gate", path, "--budgets", budgets, "--json"], capsys, monkeypatch)
+    summary = json.JSONDecoder().raw_decode(text[text.index("{"):])[0]  # stdout; the summary went to stderr
+    assert code == 0 and summary["verdict"] == "pass" and summary["not_measurable"] == ["max_latency_p99_ms"]
+    # the same report timed on a quiet machine: judged, and 80 ms > 50 ms is a violation (exit 1)
+    path.write_text(json.dumps(timed_report(80.0, QUIET)))
+    code, text = run_cli(["gate", path, "--budgets", budgets], capsys, monkeypatch)
+    assert code == 1 and "max_latency_p99_ms fail: measured 80 ms" in text and "not measurable" not in text
+
+
+def test_report_md_and_html_count_the_budgets_as_the_cli_does():
+    from vlaedge.check.report_html import render_html
+    from vlaedge.check.report_markdown import render_markdown
+
+    report = make_report(offset=(0.01, 0.0, 0.0))  # continuous head: token agreement does not apply
+    result = gate(report, Budgets(max_drift_mean_pct=5, min_token_agreement=0.98))
+    report["gate"] = result.to_dict()
+    assert result.summary().startswith("gate: PASS (1 of 2 budgets met, 1 skipped)")
+    assert render_markdown(report).startswith("# vlaedge report: PASS, 1 of 2 budgets met, 1 skipped\n")
+    assert "PASS</span> 1 of 2 budgets met, 1 skipped</h1>" in render_html(report)
 
 
 def test_a_broken_candidate_exits_1_naming_the_failing_dimension(

@@ -44,6 +44,10 @@ def test_every_recipe_loads_and_says_when_to_use_it(path):
     assert recipe.quantize is not None and recipe.budgets.max_drift_mean_pct is not None
     if recipe.target != "cpu":  # no on-device latency numbers we cannot justify
         assert recipe.budgets.max_latency_p99_ms is None and recipe.budgets.min_rate_hz is None
+    else:  # a shared CI runner: speed relative to FP32 timed interleaved, never absolute milliseconds
+        assert recipe.budgets.min_speedup is not None, path.name
+        assert recipe.budgets.max_latency_p99_ms is None and recipe.budgets.min_rate_hz is None, path.name
+        assert not any(t.max_latency_p99_ms or t.min_rate_hz for t in recipe.budgets.targets.values())
 
 
 def test_shipped_recipes_keep_layernorm_unquantized():

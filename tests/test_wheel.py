@@ -49,9 +49,9 @@ def installed(tmp_path_factory) -> Path:
 def test_installed_wheel_compresses_the_default_from_an_empty_folder(installed: Path, tmp_path: Path) -> None:
     listing = run([installed, "recipes"], tmp_path).stdout
     assert "cpu-int8" in listing and "orin-int8" in listing
-    # the p99 latency budget is absolute and flakes on a loaded runner; this test is about packaging
+    # the speed budget is timed and this test is about packaging: judge drift and success only
     result = run([installed, "compress", "--recipe", "cpu-int8", "--out", "run",
-                  "--set", "budgets.max_latency_p99_ms=null"], tmp_path)
+                  "--set", "budgets.min_speedup=null"], tmp_path)
     assert "gate: PASS" in result.stdout, result.stdout[-2000:]
     manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
     data = Path(manifest["inputs"]["data"]["path"])

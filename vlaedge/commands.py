@@ -241,7 +241,8 @@ def json_summary(command: str, report: dict | None, verdict, out: Path) -> str:
 
     Returns:
         JSON text of {command, verdict ("pass" | "fail" | "no budgets"), passed (bool or null), failed
-        (names of violated or inconclusive budgets), drift_mean_pct, drift_p99_pct (% of action range),
+        (names of violated or inconclusive budgets), not_measurable (absolute timing budgets not judged: the
+        machine was busy while timing), drift_mean_pct, drift_p99_pct (% of action range),
         success_reference, success_candidate, success_drop (closed loop, fractions), latency_median_ms,
         latency_p99_ms (the candidate), median_speedup, p99_speedup, size_ratio (against FP32), paths
         {out, report_json, report_md, report_html, junit_xml, model}}; a figure not measured is null.
@@ -262,6 +263,7 @@ def json_summary(command: str, report: dict | None, verdict, out: Path) -> str:
         "passed": None if gate is None else gate["passed"],
         "failed": [c["name"] for c in (gate or {}).get("checks", [])
                    if c["status"] in ("fail", "inconclusive")],
+        "not_measurable": [] if gate is None else gate["not_measurable"],
         "drift_mean_pct": drift.get("mean_pct"),
         "drift_p99_pct": drift.get("p99_pct"),
         "success_reference": (loop.get("reference") or {}).get("rate"),

@@ -1,24 +1,32 @@
 """The gate: a report (vlaedge.report/1) judged against budgets -> a verdict per budget and an exit code.
 
-Exit codes (through `vlaedge.cli.main`): 0 every budget met, 1 a budget violated or inconclusive
-(`GateFailed`), 2 the gate could not run (`VlaedgeError`): a report from another policy, a malformed
-report, a budgets file with a typo, a budget whose measurement the report lacks, a per-dimension budget
-naming a dimension the policy does not have.
+Exit codes (through `vlaedge.cli.main`): 0 every budget met (or skipped, or not measurable), 1 a budget
+violated or inconclusive (`GateFailed`), 2 the gate could not run (`VlaedgeError`): a report from another
+policy, a malformed report, a budgets file with a typo, a budget whose measurement the report lacks, a
+per-dimension budget naming a dimension the policy does not have.
 
 Statuses: "pass", "fail", "inconclusive" (the closed-loop check below `verify.min_episodes` episodes, or
 a success interval that straddles the budget: never a pass), "skipped" (the budget does not apply to
-this policy: token agreement on a continuous head, gripper flips without gripper dims).
+this policy: token agreement on a continuous head, gripper flips without gripper dims), "not_measurable"
+(an absolute timing budget, `max_latency_p99_ms` or `min_rate_hz`, on a profile timed while the machine
+was busy: the report's profile "load" has a warning, `vlaedge.check.host.load_warnings`; other processes'
+share or steal above its threshold, or a load average above the core count. Those milliseconds say how
+busy the runner was, not how fast the candidate is: neither a pass nor a fail, exit 0 with the state
+shown, so that two runs on a loaded machine give the same verdict. Ratios timed interleaved in the same
+window, `min_speedup`, are judged as usual).
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-from vlaedge.check.report_markdown import speed_note
+from vlaedge.check.host import load_warnings
+from vlaedge.check.report_markdown import STATUS_LABEL, budget_counts, speed_note
 from vlaedge.errors import VlaedgeError
 from vlaedge.recipe import Budgets
 
-PASSING = ("pass", "skipped")
+PASSING = ("pass", "skipped", "not_measurable")
+ABSOLUTE_TIMING = ("max_latency_p99_ms", "min_rate_hz")  # milliseconds a busy machine inflates
 
 
 @dataclass
@@ -26,7 +34,7 @@ class Check:
     """One budget: what was measured against what was allowed."""
 
     name: str  # the budget's key, e.g. "max_drift_mean_pct" or "max_drift_per_dim_pct[gripper]"
-    status: str  # pass / fail / inconclusive / skipped
+    status: str  # pass / fail / inconclusive / skipped / not_measurable
     measured: float | None
     allowed: float | None
     op: str  # "<=" or ">=": how measured must compare with allowed
@@ -50,21 +58,23 @@ class GateResult:
     def failures(self) -> list[Check]:
         return [c for c in self.checks if c.status not in PASSING]
 
+    @property
+    def not_measurable(self) -> list[Check]:
+        """Absolute timing budgets not judged: the machine was busy while timing."""
+        return [c for c in self.checks if c.status == "not_measurable"]
+
     def __bool__(self) -> bool:
         return self.passed
 
     def summary(self) -> str:
-        counts = {
-            s: sum(c.status == s for c in self.checks) for s in ("pass", "fail", "inconclusive", "skipped")
-        }
-        head = ", ".join(f"{n} {s}" for s, n in counts.items() if n) or "no budgets"
+        head = budget_counts([c.status for c in self.checks])
         lines = [f"gate: {'PASS' if self.passed else 'FAIL'} ({head})"]
         if self.baseline:  # a candidate slower than FP32 is called out whatever the budgets say
             lines[0] += f"; vs FP32: {speed_note(self.baseline)}"
         for c in self.checks:
             lines.append(
-                f"  {c.status:<12} {c.name}: measured {_fmt(c.measured)} {c.unit}, allowed {c.op} "
-                f"{_fmt(c.allowed)} {c.unit}" + (f" ({c.detail})" if c.detail else "")
+                f"  {STATUS_LABEL[c.status]:<14} {c.name}: measured {_fmt(c.measured)} {c.unit}, "
+                f"allowed {c.op} {_fmt(c.allowed)} {c.unit}" + (f" ({c.detail})" if c.detail else "")
             )
         return "\n".join(lines)
 
@@ -79,6 +89,7 @@ class GateResult:
         return {
             "passed": self.passed,
             "failed": len(self.failures),
+            "not_measurable": [c.name for c in self.not_measurable],  # absolute timing on a busy machine
             "target": self.target,
             "checks": [asdict(c) for c in self.checks],
         }
@@ -265,11 +276,15 @@ def _closed_loop_checks(report: dict, b: Budgets) -> list[Check]:
 def _profile_checks(report: dict, b: Budgets, target: str | None) -> list[Check]:
     own = b.targets.get(target) if target else None
     checks = []
+    busy = None
     for key in ("max_latency_p99_ms", "min_rate_hz", "max_memory_mb"):
         allowed = getattr(own, key, None) if own and getattr(own, key, None) is not None else getattr(b, key)
         if allowed is None:
             continue
-        model = _need(report, "profile", key)["models"][0]
+        profile = _need(report, "profile", key)
+        model = profile["models"][0]
+        if busy is None:
+            busy = load_warnings(profile.get("load") or {})
         where = f"{model['runtime']}" + (f", target {target}" if own else "")
         if key == "max_latency_p99_ms":
             lat = model["latency"]
@@ -282,7 +297,12 @@ def _profile_checks(report: dict, b: Budgets, target: str | None) -> list[Check]
             mem = model["memory"]
             measured, op, unit = mem["peak_rss_delta_mb"], "<=", "MB"
             detail = f"peak RSS added ({mem['method']})"
-        checks.append(_limit(key, measured, allowed, op, unit, f"{detail}, {where}"))
+        check = _limit(key, measured, allowed, op, unit, f"{detail}, {where}")
+        if busy and key in ABSOLUTE_TIMING:
+            check.status = "not_measurable"
+            check.detail += (f"; not judged, the machine was busy while timing ({'; '.join(busy)}); "
+                             "re-run on a quiet machine, or budget min_speedup (timed interleaved)")
+        checks.append(check)
     if b.max_file_size_mb is not None:
         size = report["candidate"].get("file_bytes")
         if size is None and report.get("profile"):

@@ -15,7 +15,10 @@ report.json schema "vlaedge.report/1" (top-level keys; sections absent from a ru
   baseline   the candidate vs the FP32 reference ONNX (`vlaedge.check.verify.baseline_comparison`):
              median/p99 speedup, size_ratio, parameter_ratio, slower; null when not compared
   traces     [{episode, instruction, reference [[A]...], candidate [[A]...]}] first action per frame
-  gate       `vlaedge.check.gate.GateResult` as a dict, or null when no budgets were given
+  gate       `vlaedge.check.gate.GateResult` as a dict, or null when no budgets were given: passed, failed
+             (count), not_measurable (names of absolute timing budgets not judged: the machine was busy
+             while timing), target, checks [{name, status (pass, fail, inconclusive, skipped,
+             not_measurable), measured, allowed, op, unit, detail}]
   notes      [str]
 """
 
@@ -176,11 +179,13 @@ def _jsonable(value):
 
 
 def render_junit(report: dict) -> str:
-    """junit.xml: one test case per budget; failures carry measured vs allowed."""
+    """junit.xml: one test case per budget; failures carry measured vs allowed. A budget that did not apply
+    is a skipped test case, and so is one not measurable (an absolute timing budget on a busy machine), its
+    `skipped` element typed "NotMeasurable" with a message saying why."""
     gate = report["gate"]
     checks = gate["checks"]
     failures = sum(c["status"] in ("fail", "inconclusive") for c in checks)
-    skipped = sum(c["status"] == "skipped" for c in checks)
+    skipped = sum(c["status"] in ("skipped", "not_measurable") for c in checks)
     counts = {"tests": str(len(checks)), "failures": str(failures), "errors": "0", "skipped": str(skipped)}
     root = ET.Element("testsuites", name="vlaedge", **counts)
     suite = ET.SubElement(root, "testsuite", name="vlaedge.gate", time="0", **counts)
@@ -207,6 +212,9 @@ def render_junit(report: dict) -> str:
             failure.text = f"{c['name']}: {text}\n{c['detail']}"
         elif c["status"] == "skipped":
             ET.SubElement(case, "skipped", message=c["detail"])
+        elif c["status"] == "not_measurable":  # neither pass nor fail: JUnit's skipped, saying why
+            message = f"not measurable: {text}: {c['detail']}"
+            ET.SubElement(case, "skipped", type="NotMeasurable", message=message)
         else:
             ET.SubElement(case, "system-out").text = text
     ET.indent(root)

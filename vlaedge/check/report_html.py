@@ -15,6 +15,7 @@ import html
 
 from vlaedge.check import plots
 from vlaedge.check.report_markdown import (
+    STATUS_LABEL,
     baseline_rows,
     format_number,
     render_markdown,
@@ -35,10 +36,10 @@ h3{font-size:1em;margin:1em 0 .3em}
 .verdict.none{background:#f1f3f4;border-color:#80868b}.verdict p{margin:.3em 0 0}
 .word{font-weight:bold;padding:1px 8px;border-radius:4px;color:#fff}
 .pass .word,.word.pass{background:#1e8e3e}.fail .word,.word.fail{background:#c5221f}
-.none .word,.word.skipped{background:#80868b}.word.inconclusive{background:#b06000}
+.none .word,.word.skipped{background:#80868b}.word.inconclusive,.word.not_measurable{background:#b06000}
 table{border-collapse:collapse;margin:.4em 0}td,th{border:1px solid #ccc;padding:3px 8px;font-size:13px;
  text-align:left;vertical-align:top}th{background:#f8f9fa}
-tr.fail td{background:#fce8e6}tr.inconclusive td{background:#fef7e0}
+tr.fail td{background:#fce8e6}tr.inconclusive td,tr.not_measurable td{background:#fef7e0}
 figure{margin:.6em 0;break-inside:avoid}figure svg{width:100%;height:auto;display:block}
 figcaption{font-size:12px;color:#5f6368}
 .warning{background:#fef7e0;border-left:4px solid #b06000;padding:4px 8px}
@@ -120,7 +121,7 @@ def _budget_table(gate: dict) -> str:
     rows = "".join(
         f"<tr class='{c['status']}'><td><code>{_esc(c['name'])}</code></td><td>{format_number(c['measured'])}"
         f"</td><td>{_esc(c['op'])} {format_number(c['allowed'])} {_esc(c['unit'])}</td>"
-        f"<td><span class='word {c['status']}'>{_esc(c['status'].upper())}</span></td>"
+        f"<td><span class='word {c['status']}'>{_esc(STATUS_LABEL[c['status']].upper())}</span></td>"
         f"<td>{_esc(c['detail'])}</td></tr>"
         for c in gate["checks"]
     )

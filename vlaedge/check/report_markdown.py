@@ -8,18 +8,33 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-STATUS_MARK = {"pass": "pass", "fail": "**FAIL**", "inconclusive": "**inconclusive**", "skipped": "skipped"}
+STATUS_MARK = {"pass": "pass", "fail": "**FAIL**", "inconclusive": "**inconclusive**", "skipped": "skipped",
+               "not_measurable": "**NOT MEASURABLE**"}
+STATUS_LABEL = {"pass": "pass", "fail": "fail", "inconclusive": "inconclusive", "skipped": "skipped",
+                "not_measurable": "not measurable"}  # how the CLI, report.md and report.html name a status
+
+
+def budget_counts(statuses: list[str]) -> str:
+    """The budgets' statuses counted, as the CLI summary, report.md and report.html all say it, e.g.
+    "6 of 6 budgets met", "5 of 6 budgets met, 1 skipped", "4 of 6 budgets met, 1 fail, 1 not measurable"."""
+    if not statuses:
+        return "no budgets"
+    n = len(statuses)
+    text = f"{statuses.count('pass')} of {n} budget{'' if n == 1 else 's'} met"
+    others = [f"{statuses.count(s)} {STATUS_LABEL[s]}" for s in STATUS_LABEL if s != "pass" and s in statuses]
+    return ", ".join([text, *others])
 
 
 def verdict(report: dict) -> tuple[str, str]:
-    """The verdict word ("PASS", "FAIL" or "NO BUDGETS") and what it means, e.g. "5 of 5 budgets met"; a
-    candidate slower than FP32 is called out whatever the gate says."""
+    """The verdict word ("PASS", "FAIL" or "NO BUDGETS") and what it means (`budget_counts`, the CLI's
+    words), e.g. "5 of 6 budgets met, 1 skipped"; a candidate slower than FP32 is called out whatever the
+    gate says."""
     gate = report.get("gate")
     if gate:
-        n = len(gate["checks"])
-        budgets = "budget" if n == 1 else "budgets"
-        word, text = ("PASS", f"{n} of {n} {budgets} met") if gate["passed"] else (
-            "FAIL", f"{gate['failed']} of {n} {budgets} not met")
+        word = "PASS" if gate["passed"] else "FAIL"
+        text = budget_counts([c["status"] for c in gate["checks"]])
+        if gate.get("not_measurable"):
+            text += " (the machine was busy while timing: absolute latency not judged)"
     else:
         word, text = "NO BUDGETS", "nothing judged"
     base = report.get("baseline") or {}

@@ -6,6 +6,8 @@ silent pass. Every number must be finite. Fields the gate does not read are allo
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from vlaedge.errors import VlaedgeError
@@ -80,8 +82,32 @@ class ModelProfile(_Part):
     file_bytes: int | None = Field(None, ge=0)
 
 
+class Load(_Part):
+    """The machine's load while timing (`vlaedge.check.host.LoadProbe`): it decides whether an absolute
+    timing budget is judged or not measurable."""
+
+    loadavg_1m_before: float | None = Field(None, ge=0)
+    cores: int = Field(1, ge=1)
+    busy_others_share: float | None = Field(None, ge=0, le=1)
+    steal_share: float | None = Field(None, ge=0, le=1)
+
+
 class Profile(_Part):
     models: list[ModelProfile] = Field(min_length=1)
+    load: Load | None = None
+
+
+class GateCheck(_Part):
+    name: str
+    status: Literal["pass", "fail", "inconclusive", "skipped", "not_measurable"]
+    measured: float | None = None
+    allowed: float | None = None
+
+
+class Gate(_Part):
+    passed: bool
+    checks: list[GateCheck]
+    not_measurable: list[str] = []  # absent from reports written before the state existed
 
 
 class Report(_Part):
@@ -92,7 +118,7 @@ class Report(_Part):
     drift: Drift | None
     closed_loop: ClosedLoop | None
     profile: Profile | None
-    gate: dict | None
+    gate: Gate | None
 
 
 def validate(document: dict, model: type[BaseModel], where: str) -> dict:
