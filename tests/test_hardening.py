@@ -84,6 +84,36 @@ def test_trust_code_runs_the_factory_and_the_manifest_records_it(tmp_path, capsy
     assert manifest["consent"] == {"trust_code": True, "allow_pickle": False}
 
 
+STOPPING_FACTORIES = {  # policy.py: what it does -> (the code, the words the error line must carry)
+    "sys.exit(0) at import": ("import sys\nsys.exit(0)\n", "importing 'policy.py'", "sys.exit(0)"),
+    "SystemExit(3) at import": ("raise SystemExit(3)\n", "importing 'policy.py'", "sys.exit(3)"),
+    "exit() at import": ("exit()\n", "importing 'policy.py'", "sys.exit(None)"),
+    "KeyboardInterrupt at import": ("raise KeyboardInterrupt\n", "importing 'policy.py'",
+                                    "KeyboardInterrupt"),
+    "sys.exit(0) when called": ("import sys\ndef build(**kw):\n    sys.exit(0)\n", "factory policy.py:build",
+                                "sys.exit(0)"),
+    "sys.exit('bye') when called": ("import sys\ndef build(**kw):\n    sys.exit('bye')\n",
+                                    "factory policy.py:build", "sys.exit('bye')"),
+    "KeyboardInterrupt when called": ("def build(**kw):\n    raise KeyboardInterrupt\n",
+                                      "factory policy.py:build", "KeyboardInterrupt"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(STOPPING_FACTORIES))
+def test_a_factory_that_exits_or_interrupts_is_one_line_exit_2(case, tmp_path, capsys, monkeypatch):
+    """A checkpoint's sys.exit(0) must not make compress exit 0 with nothing written (a CI pass)."""
+    code_text, *needles = STOPPING_FACTORIES[case]
+    ckpt = tmp_path / "stopper"
+    ckpt.mkdir()
+    (ckpt / "policy.py").write_text(code_text)
+    (ckpt / "config.json").write_text(json.dumps({**SPEC, "factory": "policy.py:build"}))
+    out = tmp_path / "run"
+    code, text = run_cli(["compress", ckpt, "--recipe", "cpu-int8", "--out", out, "--trust-code"],
+                         capsys, monkeypatch)
+    assert_refused(code, text, *needles, "never exit or interrupt")
+    assert not out.exists() and listing(tmp_path) == ["stopper", "stopper/config.json", "stopper/policy.py"]
+
+
 # --- 2. no traceback, and never exit 1 for a crash ---------------------------------------------------------
 
 
@@ -295,7 +325,34 @@ OUTPUTS = {  # args (with {t} = tmp_path) -> what the message names
     "profile --out existing": (["profile", "{run}/model.onnx", "--out", "{existing}", "--runs", "2"],
                                "already exists"),
     "verify --out the run directory": (["verify", "{run}", "--out", "{run}", "--force"], "input"),
+    "estimate --json a run's report.json": (["estimate", "{run}", "--target", "agx-orin-64gb", "--json",
+                                             "{run}/report.json", "--force"], "run directory"),
+    "estimate --json a new file in a run": (["estimate", "{run}", "--target", "agx-orin-64gb", "--json",
+                                             "{run}/estimate.json"], "run directory"),
+    "estimate --json the model": (["estimate", "{run}/model.onnx", "--target", "agx-orin-64gb", "--json",
+                                   "{run}/model.onnx", "--force"], "is the input"),
+    "estimate --json existing": (["estimate", "{run}", "--target", "agx-orin-64gb", "--json",
+                                  "{existing}/keep.txt"], "already exists"),
+    "estimate --json a folder": (["estimate", "{run}", "--target", "agx-orin-64gb", "--json", "{existing}",
+                                  "--force"], "not a regular file"),
+    "estimate --json a fifo": (["estimate", "{run}", "--target", "agx-orin-64gb", "--json", "{fifo}",
+                                "--force"], "not a regular file"),
 }
+
+
+def test_estimate_json_writes_a_new_file_and_replaces_one_only_with_force(run_dir, tmp_path, capsys,
+                                                                          monkeypatch):
+    path = tmp_path / "estimate.json"
+    args = ["estimate", run_dir, "--target", "agx-orin-64gb", "--json", path]
+    code, text = run_cli(args, capsys, monkeypatch)
+    assert code == 0, text
+    assert isinstance(json.loads(path.read_text()), dict) and "wrote" in text
+    path.write_text("mine")
+    code, text = run_cli(args, capsys, monkeypatch)
+    assert_refused(code, text, "already exists", "--force")
+    assert path.read_text() == "mine"
+    code, text = run_cli([*args, "--force"], capsys, monkeypatch)
+    assert code == 0 and json.loads(path.read_text()) and listing(tmp_path) == ["estimate.json"]
 
 
 @pytest.fixture(scope="module")

@@ -579,7 +579,9 @@ def estimate(
     batch: Annotated[int, typer.Option(min=1, help="Batch size for dynamic batch dimensions.")] = 1,
     precision: Annotated[str, typer.Option(help="Non-quantized ops in: fp16, bf16, fp32.")] = "fp16",
     top: Annotated[int, typer.Option(min=1, help="Slowest kernels to list.")] = 15,
-    json_out: Annotated[Path | None, typer.Option("--json", help="Also write the estimate here.")] = None,
+    json_out: Annotated[Path | None, typer.Option(
+        "--json", help="Also write the estimate to this file (not inside a run directory).")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Replace an existing --json file.")] = False,
     input_shape: Annotated[
         list[str] | None, typer.Option(help="Fix an input's shape, e.g. image=1x3x224x224 (repeatable).")
     ] = None,
@@ -590,12 +592,15 @@ def estimate(
     """Fusion-aware, calibrated roofline latency and memory estimate of MODEL on a target (no device)."""
     import json
 
-    from vlaedge.commands import graph_path, run_estimate_plan
+    from vlaedge.commands import check_output_file, graph_path, run_estimate_plan, write_output_file
     from vlaedge.deploy.estimate import estimate as run
     from vlaedge.models.stages import is_plan_file
     from vlaedge.onnx_file import read_onnx
 
+    given = model
     model = graph_path(model)  # a run folder's model.onnx, or its stages.json (per-stage graphs)
+    if json_out:  # refused before any work: never clobbered, never inside a run directory
+        check_output_file(json_out, force, "--json", inputs=(given, model))
     if is_plan_file(model):  # each stage priced, the denoise loop's stage per step (issue 23)
         priced, table = run_estimate_plan(model, target, batch, precision, input_shape or [],
                                           allow_unknown_dims)
@@ -608,7 +613,7 @@ def estimate(
         _echo("assumptions: " + "; ".join(result.assumptions))
         priced = result.to_dict()
     if json_out:
-        json_out.write_text(json.dumps(priced, indent=1) + "\n")
+        write_output_file(json_out, json.dumps(priced, indent=1) + "\n")
         _echo(f"wrote {json_out}")
 
 

@@ -210,6 +210,45 @@ def refuse_run_directory(out: Path, command: str) -> None:
             f"write to a folder of its own, e.g. --out {out / command}")
 
 
+def check_output_file(path: Path, force: bool, option: str, inputs: tuple[Path, ...] = ()) -> None:
+    """Refuses a file an option would write, before any work: the file rules `check_output` applies to
+    output folders.
+
+    Raises:
+        VlaedgeError: `path` is a folder, a symlink or not a regular file; it is one of `inputs`; its folder
+            is a run directory (its manifest.json lists files with their sha256); it exists without `force`.
+    """
+    if path.is_symlink() or (path.exists() and not path.is_file()):
+        raise VlaedgeError(f"{option}: {path} exists and is not a regular file",
+                           f"choose another {option} path")
+    if not path.parent.is_dir():
+        raise VlaedgeError(f"{option}: folder {path.parent} does not exist",
+                           f"create it first, or choose another {option} path")
+    if any(path.resolve() == Path(item).resolve() for item in inputs):
+        raise VlaedgeError(f"{option}: {path} is the input; writing there would replace it",
+                           f"choose another {option} path")
+    if (path.parent / "manifest.json").is_file():
+        raise VlaedgeError(f"{option}: {path.parent} is a run directory; its manifest.json lists files with "
+                           "their sha256, which writing there would invalidate",
+                           f"write it outside the run directory, e.g. {option} "
+                           f"{path.parent.name}-{path.name}")
+    if path.exists() and not force:
+        raise VlaedgeError(f"{option}: {path} already exists",
+                           "pass --force to replace it, or choose another path")
+
+
+def write_output_file(path: Path, text: str) -> None:
+    """Writes `text` to `path` whole or not at all (a staged file moved into place)."""
+    import os
+
+    staged = path.with_name(f".{path.name}.partial")
+    try:
+        staged.write_text(text, encoding="utf-8")
+        os.replace(staged, path)
+    finally:
+        staged.unlink(missing_ok=True)
+
+
 def _policy_feeds(resolved, allow_pickle: bool, trust_code: bool = False):
     """(policy, batch-1 feeds, fps): from make_inputs on one calibration frame when a checkpoint is known;
     (None, None, None) otherwise (feeds are then synthesized from the graph)."""

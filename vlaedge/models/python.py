@@ -299,6 +299,8 @@ def _call_factory(spec: PythonPolicySpec, root: Path | None):
         source = _import_file(root, module_name) if module_name.endswith(".py") else (
             importlib.import_module(module_name))
         factory = getattr(source, attr)
+    except (SystemExit, KeyboardInterrupt) as e:  # the checkpoint's code must not end vlaedge (exit 0)
+        raise _stopped(f"importing {module_name!r} for factory {spec.factory}", e) from None
     except ImportError as e:
         raise VlaedgeError(f"policy spec: cannot import {module_name!r} ({e})",
                            "install the package that defines the policy, or add it to PYTHONPATH") from e
@@ -307,6 +309,8 @@ def _call_factory(spec: PythonPolicySpec, root: Path | None):
     args = [_factory_config(spec, root)] if spec.factory_config else []
     try:
         module = factory(*args, **spec.factory_kwargs)
+    except (SystemExit, KeyboardInterrupt) as e:
+        raise _stopped(f"factory {spec.factory}", e) from None
     except Exception as e:  # noqa: BLE001 (the user's code: any failure is the checkpoint's, named here)
         passed = f"{spec.factory_config} as the first argument and " if spec.factory_config else ""
         raise VlaedgeError(f"policy spec: factory {spec.factory} raised {type(e).__name__}: {str(e)[:200]}",
@@ -318,6 +322,15 @@ def _call_factory(spec: PythonPolicySpec, root: Path | None):
         raise VlaedgeError(f"policy spec: factory {spec.factory} returned a {type(module).__name__}, "
                            "not a torch.nn.Module", "point factory at a function that builds the model")
     return module
+
+
+def _stopped(what: str, e: SystemExit | KeyboardInterrupt) -> VlaedgeError:
+    """A factory (or its module) that tried to end the process: a user error naming it, exit 2, so that
+    a `sys.exit(0)` in a checkpoint's code is never read as a passing run."""
+    how = f"called sys.exit({e.code!r})" if isinstance(e, SystemExit) else "raised KeyboardInterrupt"
+    return VlaedgeError(f"policy spec: {what} {how}",
+                        "a factory must return the model (a torch.nn.Module), never exit or interrupt: "
+                        "remove the sys.exit/exit()/KeyboardInterrupt from the checkpoint's code")
 
 
 def _in_folder(root: Path | None, name: str, what: str) -> Path:
@@ -343,6 +356,9 @@ def _import_file(root: Path | None, name: str):
     sys.modules[key] = module  # before exec: dataclasses and transformers look the module up
     try:
         loader_spec.loader.exec_module(module)
+    except (SystemExit, KeyboardInterrupt):
+        del sys.modules[key]
+        raise
     except Exception as e:  # noqa: BLE001 (the checkpoint's code)
         del sys.modules[key]
         if isinstance(e, ImportError):
