@@ -1,6 +1,7 @@
 """The `vlaedge` command line. Each command is a thin adapter over one library verb; errors are mapped
 to exit codes in one place (`main`, through `vlaedge.errors.describe`): 0 ok, 1 a budget violated or a
-check inconclusive, 2 could not run. No traceback reaches the user without `--debug`."""
+check inconclusive, 2 could not run (Ctrl-C included: one "interrupted:" line, exit 2). No traceback
+reaches the user without `--debug`."""
 
 from __future__ import annotations
 
@@ -623,8 +624,8 @@ def main() -> None:
     _debug = os.environ.get("VLAEDGE_DEBUG", "") not in ("", "0")
     try:
         code = app(standalone_mode=False, prog_name="vlaedge")  # typer.Exit(n) returns n; --help returns 0
-    except typer.Abort:
-        sys.exit(130)  # Ctrl-C
+    except (typer.Abort, KeyboardInterrupt):  # Ctrl-C outside a command
+        _interrupted()
     except typer.TyperException as e:  # a usage error: one line and the fix, not a panel
         command = e.ctx.command_path if getattr(e, "ctx", None) else "vlaedge"
         message = e.format_message() if hasattr(e, "format_message") else str(e)
@@ -638,7 +639,19 @@ def main() -> None:
         for i, line in enumerate(lines):
             typer.secho(line, err=True, fg="red" if i == 0 else None)
         sys.exit(code)
+    if code == INTERRUPTED:  # typer turns a KeyboardInterrupt inside a command into Exit(130)
+        _interrupted()
     sys.exit(code if isinstance(code, int) else 0)
+
+
+INTERRUPTED = 130  # what typer returns for Ctrl-C; no vlaedge command exits with it
+
+
+def _interrupted() -> None:
+    typer.secho("interrupted: stopped by Ctrl-C (KeyboardInterrupt) before the command finished",
+                err=True, fg="red")
+    typer.echo("  fix: run it again; an output it was staging was not moved into place", err=True)
+    sys.exit(2)  # the command could not run: exit codes are 0/1/2 only, never a shell's 130
 
 
 if __name__ == "__main__":
