@@ -57,6 +57,7 @@ from vlaedge.compress.external_data import (
     DataFile,
     data_file_name,
     move_into_place,
+    release_memory,
     staging_folder,
     write_one_data_file,
 )
@@ -178,10 +179,12 @@ def export_onnx(policy: Policy, path: str | Path, config: ExportConfig | None = 
         data = _trace(policy, example, staged, opset, config.dynamic_batch, config.external_data)
         notes += _restore_unused_inputs(policy, staged, config.dynamic_batch)
         notes += loop_notes(policy, calls, staged)
+        release_memory()  # the graphs the steps above parsed (a self-contained .onnx: with its weights)
         if config.dynamic_batch:  # (shows its own progress)
             notes.append(check_batches(policy, staged, (1, 3), EXPORT_BATCH, config.max_check_error,
                                        quantized=precision is not None))
         result = _describe(staged, path, opset, policy, start, notes, data)
+        release_memory()  # ONNX Runtime's sessions of the batch check, the graph _describe read
         if check_feeds is not None:
             frames = len(next(iter(check_feeds.values())))
             with progress.heartbeat(f"export: ONNX Runtime vs torch on {frames} frames"):
@@ -278,9 +281,11 @@ def _trace(policy: Policy, example: dict[str, np.ndarray], file: Path, opset: in
             torch.onnx.export(policy.module, args, str(file), dynamo=False, opset_version=opset,
                               input_names=names_in, output_names=names_out, dynamic_axes=axes,
                               do_constant_folding=True)
+        release_memory()  # the exporter's ModelProto, its serialized copy and the folded weights
         data = _one_data_file(file, external_data)
         with progress.heartbeat("export: checking the graph (onnx.checker)"):
             onnx.checker.check_model(str(file))  # by path: external data is checked beside the file
+        release_memory()
     except torch.onnx.errors.UnsupportedOperatorError as e:
         raise _unsupported(policy, e, "".join(log)) from None
     except (RuntimeError, AssertionError, torch.onnx.errors.OnnxExporterError,
@@ -291,11 +296,15 @@ def _trace(policy: Policy, example: dict[str, np.ndarray], file: Path, opset: in
 
 
 def _one_data_file(file: Path, mode: str) -> DataFile | None:
-    """Weights into `file.name + ".data"` as `export.external_data` says; torch's loose files removed."""
+    """Weights into `file.name + ".data"` as `export.external_data` says; torch's loose files removed.
+    The graph is read only when there is something to do: torch wrote loose files beside `file` (in its own
+    staging folder) or `mode` is "always" (a self-contained .onnx is parsed with all its weights)."""
     import onnx
 
     from vlaedge.onnx_file import data_locations
 
+    if mode != "always" and not any(f != file for f in file.parent.iterdir()):
+        return None
     model = onnx.load(str(file), load_external_data=False)
     if not data_locations(model) and mode != "always":
         return None

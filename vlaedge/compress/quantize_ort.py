@@ -53,6 +53,7 @@ from vlaedge.compress.external_data import (
     data_file_name,
     inline_bytes,
     move_into_place,
+    release_memory,
     staging_folder,
     write_one_data_file,
 )
@@ -129,6 +130,7 @@ def quantize_onnx(policy: Policy, config: QuantizeConfig, batches: list[dict[str
     with sigterm_as_exit(), staging_folder(out_onnx) as staging:
         source = _input_model(model, fp32_onnx, staging)
         del model  # its weights are in `source` now (optimize_graph's output holds them in memory)
+        release_memory()
         staged = staging / out_onnx.name
         with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), _quiet_root_logger(), \
                 _temp_folder(staging / "tmp"):
@@ -156,14 +158,12 @@ def quantize_onnx(policy: Policy, config: QuantizeConfig, batches: list[dict[str
 
 def _run_ort_quantizer(source: Path, out: Path, config: QuantizeConfig, batches, op_types, exclude,
                        external: bool) -> None:
-    """ONNX Runtime's quantizer from the file `source` to `out` (+ `out.name + ".data"` when `external`)."""
-    from onnxruntime.quantization import (
-        CalibrationMethod,
-        QuantFormat,
-        QuantType,
-        quantize_dynamic,
-        quantize_static,
-    )
+    """ONNX Runtime's quantizer from the file `source` to `out` (+ `out.name + ".data"` when `external`).
+
+    Static mode calibrates first (`_calibrate`, into a ranges file) and then runs `quantize_static` on those
+    ranges (its calibration cache), so ONNX Runtime never holds the model to quantize beside the calibration
+    graph and its session (ONNX Runtime's own single call does)."""
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_dynamic, quantize_static
 
     if config.mode == "dynamic":
         with progress.heartbeat("quantize: ONNX Runtime dynamic quantization"):
@@ -172,16 +172,55 @@ def _run_ort_quantizer(source: Path, out: Path, config: QuantizeConfig, batches,
                              weight_type=QuantType.QInt8, nodes_to_exclude=exclude,
                              use_external_data_format=external)
         return
-    with progress.stage("calibration: batches (ONNX Runtime)", total=len(batches)) as bar, \
-            progress.heartbeat("quantize: ONNX Runtime static quantization (calibration graph, calibration, "
-                               "Q/DQ insertion)"):
+    ranges = _calibrate(source, config, batches, op_types, external)
+    with progress.heartbeat("quantize: ONNX Runtime static quantization (Q/DQ insertion)"):
         quantize_static(
-            str(source), str(out), _FeedReader(batches, bar), quant_format=QuantFormat.QDQ,
+            str(source), str(out), None, quant_format=QuantFormat.QDQ,
             op_types_to_quantize=list(op_types), per_channel=config.per_channel,
             activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, nodes_to_exclude=exclude,
             reduce_range=bool(config.reduce_range), use_external_data_format=external,
-            calibrate_method=getattr(CalibrationMethod, _ORT_CALIBRATORS[config.algorithm]),
-            extra_options={"CalibStridedMinMax": 1})  # one batch at a time into the ranges / histograms
+            calibrate_method=_method(config), calibration_cache_path=str(ranges))
+    release_memory()
+
+
+def _method(config: QuantizeConfig):
+    from onnxruntime.quantization import CalibrationMethod
+
+    return getattr(CalibrationMethod, _ORT_CALIBRATORS[config.algorithm])
+
+
+def _calibrate(source: Path, config: QuantizeConfig, batches, op_types, external: bool) -> Path:
+    """The activation ranges of `source` on `batches`, as `quantize_static` computes them (its calibrator,
+    with `CalibStridedMinMax`: one run at a time folded into the ranges / histograms), written to a ranges
+    file in the temporary folder (ONNX Runtime's calibration cache format); the calibration graph and its
+    session are freed before returning.
+
+    Each batch runs as given: ONNX Runtime's kernels can round differently at another batch size (measured:
+    the 123 M policy's ranges, and so its INT8 file, changed when its 32-frame batches ran one frame at a
+    time; they did not at 4), and the calibration graph's activations grow with the batch (+4.8 GB at 32
+    frames of 224 px there, +0.7 GB at 4): the batch size is `vlaedge.pipeline.CALIBRATION_BATCH`'s."""
+    from onnxruntime.quantization.calibrate import create_calibrator, save_tensors_data
+
+    folder = Path(tempfile.mkdtemp(prefix="calibration."))
+    reader = _FeedReader(batches)
+    with progress.heartbeat("quantize: ONNX Runtime calibration graph"):
+        # the calibration graph's weights in a data file, which ONNX Runtime's session memory-maps instead
+        # of parsing them out of one protobuf
+        calibrator = create_calibrator(source, list(op_types), str(folder / "augmented_model.onnx"),
+                                       _method(config), use_external_data_format=True)
+        calibrator.model = None  # the calibration graph with its weights: saved and in the session now,
+        release_memory()  # never read again (collect_data and compute_data use the session's outputs)
+    with progress.stage("calibration: runs (ONNX Runtime)", total=len(reader)) as bar, \
+            progress.heartbeat("quantize: ONNX Runtime calibration"):
+        reader.bar = bar
+        for start in range(len(reader)):
+            reader.set_range(start, start + 1)
+            calibrator.collect_data(reader)
+        ranges = calibrator.compute_data()
+    del calibrator
+    release_memory()
+    save_tensors_data(ranges, folder / "ranges.json")
+    return folder / "ranges.json"
 
 
 def _input_model(model, fp32_onnx: Path, staging: Path) -> Path:
@@ -196,8 +235,9 @@ def _input_model(model, fp32_onnx: Path, staging: Path) -> Path:
     for location in data_locations(model):
         shutil.copyfile(fp32_onnx.parent / location, folder / location)
     source = folder / "fp32.onnx"
-    big = inline_bytes(model) > EXTERNAL_FROM_BYTES  # optimize_graph's output holds its weights inline
-    onnx.save_model(model, str(source), save_as_external_data=big, location=data_file_name(source))
+    # weights written tensor by tensor into a data file (ONNX Runtime loads them into the model it
+    # quantizes): saving them inline would serialize the whole model in memory (+1.9x the FP32 bytes)
+    onnx.save_model(model, str(source), save_as_external_data=True, location=data_file_name(source))
     return source
 
 
@@ -324,7 +364,7 @@ class _FeedReader:
     with vlaedge.compress.quantize). Hands out one batch at a time, advancing `bar` for each."""
 
     def __init__(self, batches: list[dict[str, np.ndarray]], bar: progress.Stage | None = None):
-        self._batches, self._bar = batches, bar
+        self._batches, self.bar = batches, bar
         self._next = iter(range(len(batches)))
 
     def __len__(self) -> int:
@@ -337,8 +377,8 @@ class _FeedReader:
         index = next(self._next, None)
         if index is None:
             return None
-        if self._bar is not None:
-            self._bar.advance()
+        if self.bar is not None:
+            self.bar.advance()
         return self._batches[index]
 
 
