@@ -220,7 +220,7 @@ def _export_stage(sp: StagePolicy, staging: Path, folder: Path, opset: int, conf
     own.mkdir()
     file = own / f"{sp.stage.name}.onnx"
     example = sp.example_inputs(EXPORT_BATCH if config.dynamic_batch else 1)
-    _trace(sp, example, file, opset, config.dynamic_batch)
+    _trace(sp, example, file, opset, config.dynamic_batch, config.external_data)  # STAGE.onnx.data
     notes = _restore_unused_inputs(sp, file, config.dynamic_batch)
     if config.dynamic_batch:
         notes.append(check_batches(sp, file, (1, 3), EXPORT_BATCH, config.max_check_error,
