@@ -31,12 +31,14 @@ as one protobuf in memory). The quantized model is the same as ONNX Runtime's si
 minmax, entropy, percentile and dynamic on a small policy, minmax on the 123 M one). A heartbeat line shows
 ONNX Runtime is still working while it builds the calibration graph, calibrates and quantizes.
 
-Measured (issue 23; 123 M-parameter reference policy, 506 MB FP32, self-contained FP32 ONNX, one 32-frame
-batch of 224 px frames, in a process that also holds the torch policy): peak RSS 8.0 GB before, 6.5 GB
-now, of which ~4.3 GB are the calibration run's activations at 32 frames (the rest: the policy, ONNX
-Runtime's session with the weights); with 4-frame batches the peak was 2.8 GB (byte-identical file there,
-but ONNX Runtime's kernels are not batch-invariant: one frame at a time changed the ranges), so the batch
-stays the pipeline's. The 2.5x-of-FP32 target of issue 23 is not met on this path at 32-frame batches.
+Measured (issue 23; 123 M-parameter reference policy, 506 MB FP32, self-contained FP32 ONNX, 32-frame
+batches of 224 px frames, in a process that also holds the torch policy, 0.99 GB after loading it): peak
+RSS with one batch 8.0 GB before; with 8 batches (cpu-int8's 256 frames) `vlaedge compress` was killed at
+12.3 GB before, and quantization peaks at 6.6 GB now (11.0 GB without the calibration session's arena
+off: it grew batch after batch). What is left is the calibration run's activations at 32 frames (~4.3 GB)
+beside the policy and the session; 4-frame batches peaked at 2.8 GB (a byte-identical file there, but
+ONNX Runtime's kernels are not batch-invariant: one frame at a time changed the ranges), so the batch stays
+the pipeline's. The 2.5x-of-FP32 target of issue 23 is not met on this path at 32-frame batches.
 """
 
 from __future__ import annotations
@@ -215,18 +217,33 @@ def _calibrate(source: Path, config: QuantizeConfig, batches, op_types, external
         calibrator = create_calibrator(source, list(op_types), str(folder / "augmented_model.onnx"),
                                        _method(config), use_external_data_format=True)
         calibrator.model = None  # the calibration graph with its weights: saved and in the session now,
-        release_memory()  # never read again (collect_data and compute_data use the session's outputs)
+        calibrator.infer_session = None  # never read again (collect_data and compute_data use the session)
+        release_memory()
+        calibrator.infer_session = _calibration_session(calibrator)
     with progress.stage("calibration: runs (ONNX Runtime)", total=len(reader)) as bar, \
             progress.heartbeat("quantize: ONNX Runtime calibration"):
         reader.bar = bar
         for start in range(len(reader)):
             reader.set_range(start, start + 1)
             calibrator.collect_data(reader)
+            release_memory()  # the run's outputs, folded into the ranges
         ranges = calibrator.compute_data()
     del calibrator
     release_memory()
     save_tensors_data(ranges, folder / "ranges.json")
     return folder / "ranges.json"
+
+
+def _calibration_session(calibrator):
+    """The calibrator's session as ONNX Runtime makes it (no graph optimization), without the CPU memory
+    arena, which keeps (and grows, in powers of two) the largest set of activations any run needed."""
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()
+    options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_DISABLE_ALL
+    options.enable_cpu_mem_arena = False
+    return onnxruntime.InferenceSession(calibrator.augmented_model_path, sess_options=options,
+                                        providers=calibrator.execution_providers)
 
 
 def _input_model(model, fp32_onnx: Path, staging: Path) -> Path:
