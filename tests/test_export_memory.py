@@ -71,7 +71,7 @@ def test_a_self_contained_export_is_not_parsed_for_its_data_file(tmp_path, monke
     from onnx import TensorProto as T
     from onnx import helper as h
 
-    from vlaedge.compress.export import _one_data_file
+    from vlaedge.compress.export_graph import _one_data_file
 
     x, y = h.make_tensor_value_info("x", T.FLOAT, [1]), h.make_tensor_value_info("y", T.FLOAT, [1])
     graph = h.make_graph([h.make_node("Relu", ["x"], ["y"])], "g", [x], [y])

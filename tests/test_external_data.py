@@ -171,7 +171,7 @@ def test_loose_per_tensor_files_become_one_data_file(tmp_path):
 
 
 def test_never_refuses_a_graph_that_needs_external_data(tmp_path):
-    from vlaedge.compress.export import _one_data_file
+    from vlaedge.compress.export_graph import _one_data_file
 
     w = nh.from_array(np.ones((64, 64), np.float32), "W")
     graph = h.make_graph([h.make_node("MatMul", ["x", "W"], ["y"])], "g",
@@ -241,8 +241,9 @@ def test_device_check_builds_from_an_external_data_run(external_model, tiny_run,
     monkeypatch.setattr(engine, "_why_no_build", lambda config: "")
     monkeypatch.setattr(trt_build, "gpu_compute_capability", lambda: "8.7")
     real = vlaedge.runtimes.open_runtime
-    monkeypatch.setattr(vlaedge.runtimes, "open_runtime", lambda name, policy, model=None, threads=None:
-                        real("ort-cpu" if name == "trt" else name, policy, model, threads))
+    monkeypatch.setattr(vlaedge.runtimes, "open_runtime",
+                        lambda name, policy, model=None, threads=None, qdq="fused":
+                        real("ort-cpu" if name == "trt" else name, policy, model, threads, qdq))
     import vlaedge.device_check
 
     # profiling measures memory in a fresh process, which cannot see the fake tensorrt: not judged here

@@ -292,12 +292,13 @@ def test_profile_prints_each_stage_of_a_run_folder(cpu_run, tmp_path, capsys, mo
 
 def test_estimate_and_engine_take_a_run_folder_or_its_stages_json(cpu_run, tmp_path, capsys, monkeypatch):
     run, _ = cpu_run
-    for model in (run, run / "stages.json"):
-        code, text = run_cli(["estimate", model, "--target", "agx-orin-64gb", "--json", tmp_path / "e.json"],
+    for i, model in enumerate((run, run / "stages.json")):
+        out = tmp_path / f"e{i}.json"  # estimate --json refuses an existing file
+        code, text = run_cli(["estimate", model, "--target", "agx-orin-64gb", "--json", out],
                              capsys, monkeypatch)
         assert code == 0, text[-2000:]
         assert any(x.split()[:2] == ["expert", str(STEPS)] for x in text.splitlines()), text
-        priced = json.loads((tmp_path / "e.json").read_text())
+        priced = json.loads(out.read_text())
         assert priced["stages"]["expert"]["calls"] == STEPS and "per inference" in text
     code, text = run_cli(["estimate", run, "--target", "agx-orin-64gb", "--input-shape", "nope=1x2"],
                          capsys, monkeypatch)

@@ -96,3 +96,13 @@ def external_data_files(path: str | Path, what: str = "model", model: Any = None
             raise VlaedgeError(f"{what}: {path} keeps its weights in {file.name}, which is missing beside it",
                                f"copy {file.name} into the folder of {path.name} (they travel together)")
     return files
+
+
+def onnx_file_bytes(path: str | Path) -> int:
+    """Bytes of an .onnx file plus the external data files beside it (what copying the model moves).
+
+    Raises:
+        VlaedgeError: an external data file it names is missing.
+    """
+    path = Path(path)
+    return path.stat().st_size + sum(f.stat().st_size for f in external_data_files(path))

@@ -127,8 +127,8 @@ class ExportConfig(Section):
         0.05, gt=0, description="ONNX Runtime vs torch action difference allowed: the max for FP32 graphs, "
                                 "the p99 for quantized ones (rounding ties differ)")
     external_data: Literal["auto", "always", "never"] = Field(
-        "auto", description="weights in one data file beside the .onnx (NAME.onnx.data): auto = only when the "
-                            "graph exceeds protobuf's 2 GB limit; never refuses a graph over 2 GB")
+        "auto", description="weights in one data file beside the .onnx (NAME.onnx.data): auto = only when "
+                            "the graph exceeds protobuf's 2 GB limit; never refuses a graph over 2 GB")
     # per-stage graphs (issue 23, vlaedge.models.stages): null = on when the policy declares stages
     stages: bool | None = Field(
         None, description="policies that declare stages: one ONNX per stage + stages.json, the denoise loop "

@@ -24,7 +24,8 @@ from pathlib import Path
 import numpy as np
 
 from vlaedge.artifact import final_path, sha256
-from vlaedge.compress.export import (
+from vlaedge.compress.export_check import check_batches
+from vlaedge.compress.export_graph import (
     EXPORT_BATCH,
     FP8_MIN_OPSET,
     ExportCheck,
@@ -34,7 +35,6 @@ from vlaedge.compress.export import (
     _trace,
     check_against_torch,
 )
-from vlaedge.compress.export_check import check_batches
 from vlaedge.errors import VlaedgeError
 from vlaedge.models.base import BATCH, Policy, TensorSpec
 from vlaedge.models.stages import (
@@ -235,13 +235,13 @@ def _export_stage(sp: StagePolicy, staging: Path, folder: Path, opset: int, conf
 def stage_file(g: StageGraph, root: Path, rel: str, sp: StagePolicy, recorder: Recorder, nodes: int,
                dynamic: bool, precision: str) -> StageFile:
     """The plan file's entry for a stage graph at `root / rel` (I/O shapes from the recorded torch call)."""
-    from vlaedge.check.profile import model_file_bytes
+    from vlaedge.onnx_file import onnx_file_bytes
 
     feeds, out = recorder.calls[g.name][0]
     io = [StageIO(name=s.name, shape=list(s.shape), dtype=s.dtype) for s in sp.input_spec]
     outs = [StageIO(name=n, shape=list(_shape(out[n], dynamic)), dtype=out[n].dtype.name) for n in g.outputs]
     return StageFile(name=g.name, call=g.call, file=rel, inputs=io, outputs=outs, sha256=sha256(root / rel),
-                     bytes=model_file_bytes(root / rel), nodes=nodes, precision=precision)
+                     bytes=onnx_file_bytes(root / rel), nodes=nodes, precision=precision)
 
 
 def _combined(plan_json: Path, opset: int, policy: Policy, results: list[ExportResult],

@@ -314,9 +314,9 @@ def _entry(fp32: StageFile, root: Path, folder: str, precision: str) -> StageFil
     import onnx
 
     from vlaedge.artifact import sha256
-    from vlaedge.check.profile import model_file_bytes
+    from vlaedge.onnx_file import onnx_file_bytes
 
     path = root / folder / f"{fp32.name}.onnx"
     nodes = len(onnx.load(str(path), load_external_data=False).graph.node)
     return fp32.model_copy(update={"file": f"{folder}/{fp32.name}.onnx", "sha256": sha256(path),
-                                   "bytes": model_file_bytes(path), "nodes": nodes, "precision": precision})
+                                   "bytes": onnx_file_bytes(path), "nodes": nodes, "precision": precision})
