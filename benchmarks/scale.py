@@ -181,6 +181,8 @@ def run_step(step: str, checkpoint: Path, work: Path, timeout: int, dtype: str |
            "rc": rc, "wall_s": round(time.monotonic() - start, 1), "load_before": load_before,
            "load_after": os.getloadavg(), "peak_rss_gb": _peak_rss_gb(log),
            "files_mb": _files_mb(out), "error": _error_line(log) if rc not in (0, 1) else None}
+    if rc == "timeout":
+        row["error"] = f"stopped at the {timeout} s limit; its last line: {row['error']}"
     imports = re.search(r"^imports_kb (\d+)", log, re.M)
     if imports and row["peak_rss_gb"] is not None:  # the load's own peak, above torch + transformers imported
         row["above_imports_gb"] = round(row["peak_rss_gb"] - int(imports.group(1)) / 1024**2, 2)
