@@ -22,6 +22,8 @@ import tempfile
 from dataclasses import asdict
 from pathlib import Path
 
+from vlaedge.check.host import _maxrss_kb, _status_kb  # /proc readers shared with the in-process probe
+
 METHOD = "fresh process"
 MAX_WARMUP = 3  # runs in the child: ONNX Runtime's arena and memory pattern are settled after the second
 TIMEOUT_S = 1800
@@ -113,23 +115,6 @@ def _peak_kb() -> float:
     own, since exec keeps the peak of the process that forked it (a profiler holding a large model)."""
     values = [v for v in (_status_kb("VmHWM"), _status_kb("VmRSS")) if v is not None]
     return max(values) if values else _maxrss_kb()
-
-
-def _status_kb(key: str) -> float | None:
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith(key + ":"):
-                return float(line.split()[1])
-    except OSError:
-        return None
-    return None
-
-
-def _maxrss_kb() -> float:
-    import resource
-
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / 1024.0 if sys.platform == "darwin" else float(peak)  # bytes on macOS, KiB on Linux
 
 
 if __name__ == "__main__":
