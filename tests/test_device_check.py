@@ -12,6 +12,7 @@ import pytest
 from cli_runner import run_cli
 from trt_fakes import FakeTensorRT
 
+import vlaedge.check.memory
 import vlaedge.info
 import vlaedge.runtimes
 import vlaedge.runtimes.plan
@@ -85,11 +86,15 @@ def test_device_check_builds_compares_profiles_and_writes_its_report(tmp_path, t
     monkeypatch.setattr(trt_build, "gpu_compute_capability", lambda: "8.7")
     real, opened = vlaedge.runtimes.open_runtime, []
 
-    def plan_as_ort(name, policy, model=None, threads=None):
+    def plan_as_ort(name, policy, model=None, threads=None, qdq="fused"):
         opened.append((name, model))
-        return real("ort-cpu" if name == "trt" else name, policy, model, threads)
+        return real("ort-cpu" if name == "trt" else name, policy, model, threads, qdq)
 
     monkeypatch.setattr(vlaedge.runtimes, "open_runtime", plan_as_ort)
+    # memory is measured in a fresh process, which cannot see the fake tensorrt: a fixed record here
+    monkeypatch.setattr(vlaedge.check.memory, "measure_in_fresh_process", lambda *args, **kwargs: {
+        "peak_rss_delta_mb": 1.0, "method": "fresh process", "counter": "VmHWM", "baseline_rss_mb": 1.0,
+        "process_peak_rss_mb": 2.0})
     check = device_check(run, frames=6, runs=3, warmup=1, log=lambda line: None)
     bundle_onnx = run / "engine" / "model.onnx"
     assert ("trt", bundle_onnx) in opened and ("ort-cpu", bundle_onnx) in opened
