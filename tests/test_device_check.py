@@ -5,23 +5,20 @@ from __future__ import annotations
 
 import json
 import shutil
-import sys
 
 import numpy as np
 import pytest
 from cli_runner import run_cli
-from trt_fakes import FakeTensorRT
+from trt_fakes import fake_orin_run
 
 import vlaedge.check.memory
 import vlaedge.info
 import vlaedge.runtimes
 import vlaedge.runtimes.plan
 from vlaedge.data import sample_frames
-from vlaedge.deploy import engine, trt_build
 from vlaedge.device_check import compare_runtimes, device_check
 from vlaedge.errors import VlaedgeError
 from vlaedge.info import tensorrt_version
-from vlaedge.recipe import load_recipe
 from vlaedge.runtimes import open_runtime
 
 
@@ -76,14 +73,7 @@ def test_device_check_builds_compares_profiles_and_writes_its_report(tmp_path, t
     run.mkdir()
     for f in tiny_run.onnx.parent.glob("model.onnx*"):
         shutil.copyfile(f, run / f.name)
-    recipe = load_recipe("orin-int8").model_dump(mode="json")
-    inputs = {"checkpoint": {"path": str(tiny_run.checkpoint)}, "data": {"path": str(tiny_run.data)}}
-    (run / "manifest.json").write_text(json.dumps({"recipe": recipe, "inputs": inputs}))
-    monkeypatch.setattr(vlaedge.info, "tensorrt_version", lambda: "10.3.0")
-    monkeypatch.setattr(vlaedge.runtimes.plan, "gpu_compute_capability", lambda: "8.7")
-    monkeypatch.setitem(sys.modules, "tensorrt", FakeTensorRT())
-    monkeypatch.setattr(engine, "_why_no_build", lambda config: "")
-    monkeypatch.setattr(trt_build, "gpu_compute_capability", lambda: "8.7")
+    fake_orin_run(run, tiny_run, monkeypatch)
     real, opened = vlaedge.runtimes.open_runtime, []
 
     def plan_as_ort(name, policy, model=None, threads=None, qdq="fused"):

@@ -218,28 +218,17 @@ def test_device_check_builds_from_an_external_data_run(external_model, tiny_run,
                                                        monkeypatch):
     """device-check on stand-ins (as tests/test_device_check.py): the fake tensorrt builds from the bundle's
     model.onnx, whose data file the bundle copied beside it; ONNX Runtime plays the plan."""
-    from trt_fakes import FakeTensorRT
+    from trt_fakes import fake_orin_run
 
-    import vlaedge.info
     import vlaedge.runtimes
-    import vlaedge.runtimes.plan
-    from vlaedge.deploy import engine, trt_build
     from vlaedge.device_check import device_check
-    from vlaedge.recipe import load_recipe
 
     path, _ = external_model
     run = tmp_path / "run"
     run.mkdir()
     for f in path.parent.glob("model.onnx*"):
         (run / f.name).write_bytes(f.read_bytes())
-    recipe = load_recipe("orin-int8").model_dump(mode="json")
-    inputs = {"checkpoint": {"path": str(tiny_run.checkpoint)}, "data": {"path": str(tiny_run.data)}}
-    (run / "manifest.json").write_text(json.dumps({"recipe": recipe, "inputs": inputs}))
-    monkeypatch.setattr(vlaedge.info, "tensorrt_version", lambda: "10.3.0")
-    monkeypatch.setattr(vlaedge.runtimes.plan, "gpu_compute_capability", lambda: "8.7")
-    monkeypatch.setitem(sys.modules, "tensorrt", FakeTensorRT())
-    monkeypatch.setattr(engine, "_why_no_build", lambda config: "")
-    monkeypatch.setattr(trt_build, "gpu_compute_capability", lambda: "8.7")
+    fake_orin_run(run, tiny_run, monkeypatch)
     real = vlaedge.runtimes.open_runtime
     monkeypatch.setattr(vlaedge.runtimes, "open_runtime",
                         lambda name, policy, model=None, threads=None, qdq="fused":

@@ -272,3 +272,23 @@ class FakeTorch(types.ModuleType):
         )
         self.from_numpy = lambda a: _Tensor(trt, np.asarray(a))
         self.empty = lambda shape, dtype, device: _Tensor(trt, np.empty(shape, dtype))
+
+
+def fake_orin_run(run, tiny_run, monkeypatch) -> None:
+    """Makes `run` (holding a model.onnx) look like an orin-int8 compress run of `tiny_run`'s checkpoint
+    and data, on a host whose TensorRT 10.3 is this file's fake on a compute-capability 8.7 GPU."""
+    import sys
+
+    import vlaedge.info
+    import vlaedge.runtimes.plan
+    from vlaedge.deploy import engine, trt_build
+    from vlaedge.recipe import load_recipe
+
+    recipe = load_recipe("orin-int8").model_dump(mode="json")
+    inputs = {"checkpoint": {"path": str(tiny_run.checkpoint)}, "data": {"path": str(tiny_run.data)}}
+    (run / "manifest.json").write_text(json.dumps({"recipe": recipe, "inputs": inputs}))
+    monkeypatch.setattr(vlaedge.info, "tensorrt_version", lambda: "10.3.0")
+    monkeypatch.setattr(vlaedge.runtimes.plan, "gpu_compute_capability", lambda: "8.7")
+    monkeypatch.setitem(sys.modules, "tensorrt", FakeTensorRT())
+    monkeypatch.setattr(engine, "_why_no_build", lambda config: "")
+    monkeypatch.setattr(trt_build, "gpu_compute_capability", lambda: "8.7")
