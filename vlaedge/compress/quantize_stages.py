@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from vlaedge import progress
 from vlaedge.compress.quant_report import QuantizeResult, unmatched_patterns
 from vlaedge.errors import VlaedgeError
 from vlaedge.models.base import Policy
@@ -293,7 +294,9 @@ def quantize_stages(policy: Policy, config: QuantizeConfig, calibration: list[di
                                                            "mode": mode}), target)
                 sp = StagePolicy(policy, plan, g, feeds[0])
                 began = time.perf_counter()
-                results[g.name] = quantize_onnx(sp, cfg, feeds, src, dst)
+                with progress.heartbeat(f"quantize: stage {g.name} ({mode}; its calibration inputs from the "
+                                        f"torch stages before it, {feeds.frames} frames)"):
+                    results[g.name] = quantize_onnx(sp, cfg, feeds, src, dst)
                 results[g.name].seconds = time.perf_counter() - began
                 results[g.name].output = str(out_dir / dst.name)
             precision = config.precision if results[entry.name] is not None else "fp32"
