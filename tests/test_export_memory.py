@@ -5,13 +5,10 @@ so it never holds the model to quantize beside the calibration graph and its ses
 transposed weights, its ModelProto and the serialized bytes; 3.8x before, 3.7x after): guarded, not yet
 at the target."""
 
-import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from test_load_memory import _write  # noqa: E402
+from test_load_memory import _write, run_measurement  # noqa: E402
 
 MEASURE = r'''
 import json, sys
@@ -47,10 +44,7 @@ print(json.dumps({"fp32": fp32, "export": export, "quantize": {"peak": status("V
 
 
 def _measure(checkpoint: Path, out: Path) -> dict:
-    done = subprocess.run([sys.executable, "-c", MEASURE, str(checkpoint), str(out)], capture_output=True,
-                          text=True, timeout=600, check=False)
-    assert done.returncode == 0, done.stderr[-2000:]
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    return run_measurement(MEASURE, str(checkpoint), str(out), timeout=600)
 
 
 @pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="needs Linux /proc")

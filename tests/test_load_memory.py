@@ -89,11 +89,17 @@ MEASURE = textwrap.dedent('''
 ''')
 
 
-def _measure(checkpoint: Path, dtype: str = "float32") -> dict:
-    done = subprocess.run([sys.executable, "-c", MEASURE, str(checkpoint), dtype], capture_output=True,
-                          text=True, timeout=120, check=False)
+def run_measurement(script: str, *args: str, timeout: int = 120) -> dict:
+    """Runs `script` in a fresh Python process (so nothing earlier in pytest counts) and returns the JSON
+    object its last output line holds."""
+    done = subprocess.run([sys.executable, "-c", script, *args], capture_output=True, text=True,
+                          timeout=timeout, check=False)
     assert done.returncode == 0, done.stderr[-2000:]
     return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def _measure(checkpoint: Path, dtype: str = "float32") -> dict:
+    return run_measurement(MEASURE, str(checkpoint), dtype)
 
 
 @pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="needs Linux /proc")
