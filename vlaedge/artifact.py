@@ -80,23 +80,26 @@ class OutputDir:
         force: replace an existing `final` (a directory; never a file, a device, `.`, `/`, the folder you
             are in or one above it).
         protect: input paths (checkpoint, dataset) that `final` must not be, contain or lie inside.
+        command: what a second run refused by the lock is told holds it ("another vlaedge tune is
+            writing OUT (pid N)").
 
     Raises:
         VlaedgeError: any of the refusals above, or another run holding the lock.
     """
 
-    def __init__(self, final: str | Path, force: bool = False, protect: tuple[Path | None, ...] = ()):
+    def __init__(self, final: str | Path, force: bool = False, protect: tuple[Path | None, ...] = (),
+                 command: str = "run"):
         self.final = Path(final)
         check_output(self.final, force, protect)
         self._created = _missing_parents(self.final.parent)
         self.final.parent.mkdir(parents=True, exist_ok=True)
-        self._lock = _lock(self.final)
+        self._lock = _lock(self.final, command)
         self._sigterm = sigterm_as_exit()  # a SIGTERM unwinds through __exit__, which deletes the staging
         self._sigterm.__enter__()
         try:
             _remove_stale(self.final)
             self.path = Path(tempfile.mkdtemp(prefix=f".{self.final.name}.partial-", dir=self.final.parent))
-            os.chmod(self.path, 0o777 & ~_umask())  # mkdtemp makes it 0700; the output gets the umask
+            os.chmod(self.path, 0o777 & ~current_umask())  # mkdtemp makes it 0700; the output gets the umask
         except BaseException:
             self._release(failed=True)
             raise
@@ -155,6 +158,10 @@ class OutputDir:
                              model_sha256=model_sha256(f, hashes))
             self.manifest["outputs"][str(f.relative_to(self.path))] = entry
         (self.path / MANIFEST).write_text(json.dumps(self.manifest, indent=2, default=str) + "\n")
+        return self.move_into_place()
+
+    def move_into_place(self) -> Path:
+        """Replaces `final` with the staging directory (the previous `final`, if any, is removed after)."""
         if self.final.exists():
             old = self.final.with_name(f".{self.final.name}.old-{os.getpid()}")
             os.replace(self.final, old)
@@ -239,16 +246,24 @@ def _missing_parents(folder: Path) -> list[Path]:
     return missing
 
 
-def _lock(final: Path):
-    """An exclusive, non-blocking lock beside `final`: (lock path, open handle)."""
+def _lock(final: Path, command: str = "run"):
+    """An exclusive, non-blocking lock beside `final`: (lock path, open handle). The holder writes its pid
+    and `command` into the lock file, so a refused second run can say who holds it."""
     path = final.with_name(f".{final.name}.lock")
-    handle = path.open("a")
+    handle = path.open("a+")
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().split()
         handle.close()
-        raise VlaedgeError(f"output: another vlaedge run is writing {final} right now",
+        who = f"vlaedge {holder[1]}" if len(holder) == 2 else "vlaedge run"
+        pid = f" (pid {holder[0]})" if holder and holder[0].isdigit() else ""
+        raise VlaedgeError(f"output: another {who} is writing {final}{pid}",
                            "wait for it to finish, or choose another --out") from None
+    handle.truncate(0)
+    handle.write(f"{os.getpid()} {command}\n")
+    handle.flush()
     return path, handle
 
 
@@ -290,7 +305,8 @@ def sigterm_as_exit() -> Iterator[None]:
         signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
 
 
-def _umask() -> int:
+def current_umask() -> int:
+    """The process's umask (read without changing it): what a folder from `mkdtemp` (0700) is opened up to."""
     mask = os.umask(0)
     os.umask(mask)
     return mask

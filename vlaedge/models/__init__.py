@@ -7,9 +7,10 @@ from pathlib import Path
 from vlaedge.errors import VlaedgeError
 from vlaedge.models.base import ActionSpec, Policy, TensorSpec
 from vlaedge.models.checkpoint import CONFIG_FILE, SPEC_FILE, read_config, weight_files
+from vlaedge.models.lerobot.layout import is_lerobot
 from vlaedge.models.weights import LOAD_DTYPES, check_fits
 
-FAMILIES = ("reference", "python")
+FAMILIES = ("reference", "python", "lerobot")
 
 __all__ = ["ActionSpec", "Policy", "TensorSpec", "load_policy", "FAMILIES"]
 
@@ -23,7 +24,9 @@ def load_policy(checkpoint: str | Path, allow_pickle: bool = False, trust_code: 
     Args:
         checkpoint: the directory. Its spec (config.json, or vlaedge.json beside a Hugging Face
             config.json) has `"family": "reference"` (the built-in VLA) or `"family": "python"` (any
-            torch module via `package.module:factory` or `policy.py:factory`). Weights: model.safetensors
+            torch module via `package.module:factory` or `policy.py:factory`); or a LeRobot
+            `pretrained_model/` folder (config.json with `"type"`: act, diffusion, smolvla; processor files
+            beside it; `vlaedge.models.lerobot`), built with no code to write. Weights: model.safetensors
             or sharded safetensors with model.safetensors.index.json (`vlaedge.models.checkpoint`).
         allow_pickle: also accept .pt/.pth weights. Unpickling runs code: only for files you trust.
         trust_code: allow a `python` checkpoint to import and call the factory its config.json names
@@ -49,6 +52,14 @@ def load_policy(checkpoint: str | Path, allow_pickle: bool = False, trust_code: 
         raise VlaedgeError(f"load: dtype {dtype!r} is not a load dtype",
                            f"use one of {', '.join(LOAD_DTYPES)}")
     checkpoint = Path(checkpoint)
+    if checkpoint.is_dir() and is_lerobot(checkpoint):
+        from vlaedge.models.lerobot.policy import LeRobotPolicy
+
+        dtype = check_fits(checkpoint, weight_files(checkpoint), dtype)
+        return LeRobotPolicy.from_checkpoint(checkpoint, dtype)
+    if checkpoint.is_dir() and is_lerobot(checkpoint / "pretrained_model"):
+        raise VlaedgeError(f"checkpoint: {checkpoint} is a LeRobot training checkpoint; the policy is in its "
+                           "pretrained_model/ folder", f"pass {checkpoint / 'pretrained_model'}")
     raw = read_config(checkpoint)
     spec_name = SPEC_FILE if (checkpoint / SPEC_FILE).is_file() else CONFIG_FILE
     family = raw.get("family")

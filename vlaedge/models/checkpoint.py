@@ -22,6 +22,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from vlaedge.artifact import current_umask
 from vlaedge.errors import VlaedgeError
 
 CONFIG_FILE = "config.json"
@@ -75,9 +76,16 @@ def read_json(path: Path) -> dict:
     return config
 
 
-def load_weights(checkpoint: Path, allow_pickle: bool = False) -> dict:
+def load_weights(checkpoint: Path, allow_pickle: bool = False,
+                 read_elsewhere: frozenset[str] = frozenset()) -> dict:
     """Loads the state dict of a checkpoint directory: single or sharded safetensors, or pickle
     (single or sharded) with `allow_pickle`.
+
+    Args:
+        checkpoint: the folder.
+        allow_pickle: also accept pickle weights (unpickling runs code).
+        read_elsewhere: .safetensors files of the folder that are not weights but are read by the loader
+            (LeRobot's processor statistics), so not refused as stray shards.
 
     Returns:
         `Weights`: {tensor name: tensor} as stored (fp16/bf16 stay fp16/bf16; `check_state_dict`
@@ -93,11 +101,11 @@ def load_weights(checkpoint: Path, allow_pickle: bool = False) -> dict:
         raise VlaedgeError(f"checkpoint: {checkpoint} holds both {WEIGHTS_FILE} and {INDEX_FILE}",
                            "keep one layout: remove the stale single file or the stale shards")
     if single.is_file():
-        _refuse_unread(checkpoint, {single.name})
+        _refuse_unread(checkpoint, {single.name} | read_elsewhere)
         return _load_safetensors(single)
     if index.is_file():
         shards = _index_shards(index)
-        _refuse_unread(checkpoint, set(shards) | {index.name})
+        _refuse_unread(checkpoint, set(shards) | {index.name} | read_elsewhere)
         state = Weights()
         for name, keys in shards.items():
             part = _load_safetensors(checkpoint / name)
@@ -345,8 +353,10 @@ def write_checkpoint(path: Path, config: dict, state: dict, spec_file: str = CON
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    os.chmod(tmp, 0o777 & ~current_umask())  # mkdtemp makes it 0700: the checkpoint gets the umask's mode
     try:
         save_file({k: v.detach().clone().contiguous() for k, v in state.items()}, str(tmp / WEIGHTS_FILE))
+        os.chmod(tmp / WEIGHTS_FILE, 0o666 & ~current_umask())
         (tmp / spec_file).write_text(json.dumps(config, indent=2) + "\n")
         for name, source in (files or {}).items():
             shutil.copyfile(source, tmp / name)

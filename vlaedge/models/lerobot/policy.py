@@ -1,0 +1,219 @@
+"""A LeRobot `pretrained_model/` folder as a vlaedge `Policy`: LeRobot's processors folded into the graph.
+
+The exported graph is what the robot runs between LeRobot's `prepare_observation_for_inference` and its
+robot-side action processors: camera images float32 (B, 3, H, W) in [0, 1], the raw state, the task's
+token ids and attention mask (language policies) and the sampler's noise (diffusion / flow policies) in;
+the `n_action_steps` executed actions (B, n_action_steps, A) in the dataset's units out. In between, as
+LeRobot runs it: the preprocessor's normalizer (per `normalization_mapping`, statistics from its state
+file), the network (`<type>.build`), the postprocessor's unnormalizer. Nothing of LeRobot is imported.
+
+Inputs are named after LeRobot's features (`observation.images.top`, `observation.state`,
+`observation.language.tokens`, `observation.language.attention_mask`, `noise`), so a LeRobot v3 dataset
+feeds them by name (the rename step, if any, inverted).
+"""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from vlaedge.models.base import ActionSpec, Policy, TensorSpec
+from vlaedge.models.lerobot.layout import WEIGHTS, LeRobotCheckpoint, Normalization, read_checkpoint
+from vlaedge.models.preprocess import DataInput, frame_field, image_feed, vector_feed
+
+TOKENS, MASK = "observation.language.tokens", "observation.language.attention_mask"
+
+
+def network_module(kind: str):
+    """The module that builds type `kind`'s network (`ROOT`, `build`, `noise_shapes`)."""
+    return importlib.import_module(f"vlaedge.models.lerobot.{kind}")
+
+
+class LeRobotNetwork(torch.nn.Module):
+    """normalize -> LeRobot's network -> first n_action_steps -> unnormalize, with positional inputs (the
+    ONNX graph's inputs, in `names` order).
+
+    The network sits at LeRobot's attribute (`root`: "model", "diffusion"), so the state dict's keys are
+    model.safetensors' keys; the statistics are non-persistent buffers (they live in the processor files).
+    The arithmetic is LeRobot's normalizer's: MEAN_STD (x - mean) / (std + eps), inverse y * std + mean;
+    MIN_MAX / QUANTILES / QUANTILE10 2 (x - lo) / (hi - lo) - 1 with a zero range replaced by eps.
+    """
+
+    def __init__(self, net: torch.nn.Module, root: str, names: list[str], norms: dict[str, Normalization],
+                 steps: int):
+        super().__init__()
+        self.root, self.names, self.steps = root, list(names), steps
+        setattr(self, root, net)
+        self.modes: dict[str, tuple[int, str, float]] = {}
+        for i, (name, norm) in enumerate(norms.items()):
+            self.modes[name] = (i, norm.mode, norm.eps)
+            for j, value in enumerate(norm.stats.values()):
+                self.register_buffer(f"stat_{i}_{j}", torch.from_numpy(np.ascontiguousarray(value)),
+                                     persistent=False)
+
+    def _norm(self, name: str, x: torch.Tensor, inverse: bool = False) -> torch.Tensor:
+        i, mode, eps = self.modes.get(name, (0, "IDENTITY", 0.0))
+        if mode == "IDENTITY":
+            return x
+        lo, hi = getattr(self, f"stat_{i}_0"), getattr(self, f"stat_{i}_1")
+        if mode == "MEAN_STD":
+            return x * hi + lo if inverse else (x - lo) / (hi + eps)
+        span = torch.where(hi - lo == 0, torch.full_like(lo, eps), hi - lo)
+        return (x + 1) / 2 * span + lo if inverse else 2 * (x - lo) / span - 1
+
+    def forward(self, *args: torch.Tensor) -> torch.Tensor:
+        """args in `names` order -> actions (B, n_action_steps, A) in the dataset's units."""
+        batch = {name: x.bool() if name == MASK else self._norm(name, x)
+                 for name, x in zip(self.names, args, strict=True)}
+        actions = getattr(self, self.root)(batch)  # (B, chunk_size, A), normalized
+        return self._norm("action", actions[:, : self.steps], inverse=True)
+
+
+class LeRobotPolicy(Policy):
+    """A LeRobot checkpoint behind the adapter protocol (see the module docstring)."""
+
+    def __init__(self, ckpt: LeRobotCheckpoint, module=None):
+        self.ckpt = ckpt
+        self.name = f"lerobot {ckpt.type} ({ckpt.root.name})"
+        kinds = network_module(ckpt.type)
+        self.tokenizer = _tokenizer(ckpt) if ckpt.text is not None else None
+        self.input_spec = tuple(self._specs(kinds.noise_shapes(ckpt.config)))
+        self.output_names = ("action",)
+        dims = ckpt.action.shape[0]
+        low, high = _range(ckpt.norms["action"], dims)
+        self.action_spec = ActionSpec(tuple(f"action.{i}" for i in range(dims)), tuple(low), tuple(high), (),
+                                      ckpt.n_action_steps)
+        if module is None:
+            fed = [f.name for f in ckpt.inputs if f.type != "LANGUAGE"] + ["action"]
+            module = LeRobotNetwork(kinds.build(ckpt.config, ckpt.root), kinds.ROOT,
+                                    [s.name for s in self.input_spec], {n: ckpt.norms[n] for n in fed},
+                                    ckpt.n_action_steps)
+        self.module = module
+
+    def _specs(self, noise: dict[str, tuple[int, ...]]) -> list[TensorSpec]:
+        """Cameras float32 [0, 1], state/env vectors (range from their statistics), the task's tokens and
+        attention mask, then the noise inputs: the graph's inputs in order."""
+        ckpt, specs = self.ckpt, []
+        for f in ckpt.inputs:
+            low, high = (0.0, 1.0) if f.type == "VISUAL" else _range(ckpt.norms[f.name])
+            specs.append(TensorSpec(f.name, ("B", *f.shape), "float32", low, high))
+        if self.tokenizer is not None:
+            length = ckpt.text.max_length
+            specs += [TensorSpec(TOKENS, ("B", length), "int64", 0, self.tokenizer.size - 1),
+                      TensorSpec(MASK, ("B", length), "int64", 0, 1)]
+        return specs + [TensorSpec(n, ("B", *s), "float32", -3.0, 3.0) for n, s in noise.items()]
+
+    def data_inputs(self) -> list[DataInput]:
+        kinds = {f.name: "image" if f.type == "VISUAL" else "state" for f in self.ckpt.inputs}
+        kinds.update({TOKENS: "instruction", MASK: "instruction_mask"})
+        out = []
+        for s in self.input_spec:
+            source = kinds.get(s.name, "noise")
+            feature = {"instruction": "task", "instruction_mask": "task", "noise": "noise"}.get(
+                source, self.ckpt.rename.get(s.name, s.name))
+            out.append(DataInput(s.name, source, feature))
+        return out
+
+    def make_inputs(self, frames: dict, seed: int = 0) -> dict[str, np.ndarray]:
+        """Frames -> feeds: images resized to the feature's H x W and scaled to [0, 1] (LeRobot's
+        `prepare_observation_for_inference`), state as recorded, the task tokenized as the tokenizer step
+        says (with "\\n" appended where a new-line step runs first), noise standard normal from `seed`."""
+        rng = np.random.default_rng(seed)
+        batch = _batch_size(frames)
+        feeds = {}
+        texts = None
+        for s in self.input_spec:
+            d, _ = self.fed(s.name)
+            shape = s.concrete_shape(batch)
+            if d.source == "noise":
+                feeds[s.name] = rng.standard_normal(shape).astype(np.float32)
+            elif d.source in ("instruction", "instruction_mask"):
+                if texts is None:
+                    texts = self._tokens(list(frame_field(frames, d.feature, d.source)))
+                feeds[s.name] = texts[0] if d.source == "instruction" else texts[1]
+            elif d.source == "image":
+                images = frame_field(frames, d.feature, "image")
+                feeds[s.name] = image_feed(images, shape, "float32", 0.0, 1.0, d, None)
+            else:
+                values = frame_field(frames, d.feature, "state")
+                feeds[s.name] = vector_feed(values, shape, "float32", d, None)
+        return feeds
+
+    def _tokens(self, tasks: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        if self.ckpt.text.new_line:
+            tasks = [t if t.endswith("\n") else t + "\n" for t in tasks]
+        return self.tokenizer.encode_with_mask(tasks)
+
+    def decode(self, outputs: dict[str, np.ndarray]) -> np.ndarray:
+        """The graph's output is already (B, n_action_steps, A) in the dataset's units."""
+        return np.asarray(outputs["action"], np.float32)
+
+    def save(self, path: str | Path) -> Path:
+        """Writes the pretrained_model/ folder atomically: every file as it was, model.safetensors from the
+        module (keys as LeRobot's), so LeRobot and vlaedge both load it back."""
+        from vlaedge.models.checkpoint import write_checkpoint
+
+        root = self.ckpt.root
+        files = {p.name: p for p in root.iterdir() if p.is_file() and p.name not in (WEIGHTS, "config.json")}
+        return write_checkpoint(Path(path), self.ckpt.config, self.module.state_dict(), "config.json", files)
+
+    @classmethod
+    def from_checkpoint(cls, root: Path, dtype: str = "float32") -> LeRobotPolicy:
+        """Reads and checks the folder, builds the network without weights (meta device) and loads
+        model.safetensors into it with vlaedge's strict checks (missing, unexpected, shape, dtype, NaN).
+
+        Raises:
+            VlaedgeError: see `read_checkpoint` and `vlaedge.models.checkpoint.check_state_dict`.
+        """
+        from vlaedge.models.checkpoint import check_state_dict, load_weights
+        from vlaedge.models.weights import HALF, empty_parameters
+
+        ckpt = read_checkpoint(root)
+        with empty_parameters():
+            policy = cls(ckpt)
+        check_state_dict(policy.module, load_weights(root, read_elsewhere=ckpt.state_files), root, dtype if dtype in HALF else None)
+        policy.module.eval()
+        return policy
+
+
+def _batch_size(frames: dict) -> int:
+    """Frames in a batch: the length of any array in it (an env's observation may have no instruction)."""
+    for value in frames.values():
+        if isinstance(value, np.ndarray) and value.ndim:
+            return len(value)
+    return len(frames.get("instruction") or frames.get("task") or [])
+
+
+def _range(norm: Normalization, dims: int | None = None):
+    """A feature's value range: its recorded [min, max] where the state file has them, else the mode's
+    statistics ([q01, q99], [q10, q90], mean +- 3 std), else [-1, 1] (normalized units). Per dimension
+    (lists) when `dims` is given, else one (low, high) pair."""
+    s = norm.stats
+    if norm.bounds is not None:
+        low, high = norm.bounds
+    elif norm.mode == "MEAN_STD":
+        low, high = s["mean"] - 3 * s["std"], s["mean"] + 3 * s["std"]
+    elif norm.mode != "IDENTITY":
+        low, high = s.values()
+    else:
+        low, high = np.full(dims or 1, -1.0), np.full(dims or 1, 1.0)
+    low, high = np.ravel(low).astype(float), np.ravel(high).astype(float)
+    if dims is None:
+        return float(low.min()), float(high.max())
+    return low.tolist(), np.maximum(high, low + 1e-6).tolist()
+
+
+def _tokenizer(ckpt: LeRobotCheckpoint):
+    """The task tokenizer: tokenizer.json from the tokenizer step's folder (never the Hub)."""
+    from vlaedge.models.lerobot.local_files import local_folder
+    from vlaedge.models.tokenizer import FileTokenizer
+
+    t = ckpt.text
+    folder = local_folder(t.tokenizer_name, ckpt.root, "tokenizer.json",
+                          "policy_preprocessor.json: tokenizer_processor.tokenizer_name")
+    # LeRobot's tokenizer step truncates at max_length on the right (Hugging Face's default side)
+    return FileTokenizer(folder / "tokenizer.json", t.max_length, t.padding_side, "right")
+

@@ -1,0 +1,80 @@
+"""Seeded LeRobot checkpoints from a config: the `pretrained_model/` folder LeRobot 0.4 saves, with random
+weights, for benchmarks at a published size and for tests of policy shapes no fixture covers.
+
+The layout follows what LeRobot's training script writes (see `layout.py` and the fixtures in
+`../shared/cases/lerobot_policies/`): config.json, model.safetensors (the network's state dict under its
+`ROOT` prefix), `policy_preprocessor.json` (rename -> to_batch -> [new line -> tokenizer] -> device ->
+normalizer) with `policy_preprocessor_step_<i>_normalizer_processor.safetensors`, and
+`policy_postprocessor.json` (unnormalizer -> device) with its state file. Statistics are per feature
+`mean`, `std`, `min`, `max`, `q01`, `q99` (float32; images (3, 1, 1)).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from vlaedge.models.checkpoint import write_checkpoint
+
+
+def write_pretrained(folder: Path, config: dict, stats: dict[str, dict[str, np.ndarray]], seed: int = 0,
+                     text: dict | None = None) -> Path:
+    """Writes a LeRobot `pretrained_model/` folder for `config` with seeded random weights.
+
+    Args:
+        folder: where (replaced atomically).
+        config: a LeRobot config.json (with `type`, `input_features`, `output_features`,
+            `normalization_mapping`, `chunk_size`, `n_action_steps` and the network's sizes).
+        stats: feature name -> {"mean", "std", "min", "max", ...} float arrays, for every input and
+            "action" (images: (3, 1, 1)).
+        seed: torch seed for the network's initialisation.
+        text: the tokenizer step's config (`tokenizer_name`, `max_length`, ...) for language policies.
+
+    Returns:
+        `folder`.
+    """
+    import torch
+    from safetensors.numpy import save_file
+
+    from vlaedge.models.lerobot.policy import network_module
+
+    kinds = network_module(config["type"])
+    torch.manual_seed(seed)
+    net = kinds.build(config, folder)
+    state = {f"{kinds.ROOT}.{k}": v for k, v in net.state_dict().items()}
+    features = {**config["input_features"], **config["output_features"]}
+    norm_map = config["normalization_mapping"]
+    pre = [{"registry_name": "rename_observations_processor", "config": {"rename_map": {}}},
+           {"registry_name": "to_batch_processor", "config": {}}]
+    if text is not None:
+        pre.append({"registry_name": f"{config['type']}_new_line_processor", "config": {}})
+        pre.append({"registry_name": "tokenizer_processor", "config": {"task_key": "task", "padding_side": "right",
+                                                                      "padding": "longest", "truncation": True,
+                                                                      **text}})
+    pre.append({"registry_name": "device_processor", "config": {"device": "cpu", "float_dtype": None}})
+    pre_file = f"policy_preprocessor_step_{len(pre)}_normalizer_processor.safetensors"
+    pre.append({"registry_name": "normalizer_processor",
+                "config": {"eps": 1e-8, "features": features, "norm_map": norm_map}, "state_file": pre_file})
+    post_file = "policy_postprocessor_step_0_unnormalizer_processor.safetensors"
+    post = [{"registry_name": "unnormalizer_processor",
+             "config": {"eps": 1e-8, "features": config["output_features"], "norm_map": norm_map},
+             "state_file": post_file},
+            {"registry_name": "device_processor", "config": {"device": "cpu", "float_dtype": None}}]
+    flat = {f"{name}.{k}": np.ascontiguousarray(v, np.float32) for name, s in stats.items() for k, v in s.items()}
+    folder = Path(folder)
+    tmp = folder.parent / f".{folder.name}.files"
+    tmp.mkdir(parents=True, exist_ok=True)
+    save_file(flat, str(tmp / pre_file))
+    save_file({k: v for k, v in flat.items() if k.startswith("action.")}, str(tmp / post_file))
+    (tmp / "policy_preprocessor.json").write_text(json.dumps({"name": "policy_preprocessor", "steps": pre}, indent=2))
+    (tmp / "policy_postprocessor.json").write_text(json.dumps({"name": "policy_postprocessor", "steps": post},
+                                                              indent=2))
+    files = {p.name: p for p in tmp.iterdir()}
+    try:
+        return write_checkpoint(folder, config, state, "config.json", files)
+    finally:
+        for p in files.values():
+            p.unlink()
+        tmp.rmdir()
