@@ -353,7 +353,7 @@ def _run_quantize_and_export(od: OutputDir, recipe: Recipe, target, inputs: Inpu
         from vlaedge.compress.export import check_against_torch
 
         exported = check_against_torch(inputs.policy if not recipe.prune else policy, final, check,
-                                       export_cfg.max_check_error)
+                                       export_cfg.max_check_error_pct)
         od.record_stage("export", 0.0, check=exported.__dict__)
     else:
         reference = policy is inputs.policy  # verify needs its FP32 module again: reloaded below
@@ -379,11 +379,10 @@ def _quantize_stages(od: OutputDir, q, target, reference: Policy, policy: Policy
 
     result = quantize_stages(policy, q, feeds, target, od.path / "stages_fp32.json", od.path / "model.onnx")
     od.record_stage("quantize", time.perf_counter() - start, **_details(result))
-    exported, parity = check_staged(reference, od.path / "stages.json", check, export_cfg.max_check_error)
+    exported, parity = check_staged(reference, od.path / "stages.json", check, export_cfg.max_check_error_pct)
     od.record_stage("export", 0.0, check=exported.__dict__, parity=parity)
     lines = [result.summary()] + [StageParity(**p).line() for p in parity] + [
-        f"ONNX Runtime (staged) vs torch on {exported.frames} frames: max |action diff| "
-        f"{exported.max_abs:.4f}, p99 {exported.p99_abs:.4f}, mean {exported.mean_abs:.5f}"]
+        exported.line("ONNX Runtime (staged)")]
     summaries.append("\n".join(lines))
     log("\n".join(lines))
 

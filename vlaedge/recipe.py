@@ -123,9 +123,10 @@ class ExportConfig(Section):
     opset: int = Field(17, ge=13, le=23, description="FP8 needs >= 19 (raised automatically)")
     dynamic_batch: bool = Field(True, description="dynamic batch axis on every input and output")
     check_frames: int = Field(32, ge=1, description="frames for the ONNX Runtime vs torch check")
-    max_check_error: float = Field(
-        0.05, gt=0, description="ONNX Runtime vs torch action difference allowed: the max for FP32 graphs, "
-                                "the p99 for quantized ones (rounding ties differ)")
+    max_check_error_pct: float = Field(
+        2.5, gt=0, le=100, description="ONNX Runtime vs torch action difference allowed, in % of each action "
+                                       "dimension's range: the max for FP32 graphs, the p99 for quantized "
+                                       "ones (rounding ties differ)")
     external_data: Literal["auto", "always", "never"] = Field(
         "auto", description="weights in one data file beside the .onnx (NAME.onnx.data): auto = only when "
                             "the graph exceeds protobuf's 2 GB limit; never refuses a graph over 2 GB")
@@ -134,6 +135,15 @@ class ExportConfig(Section):
         None, description="policies that declare stages: one ONNX per stage + stages.json, the denoise loop "
                           "in the runtime (null/true); false forces one unrolled graph. No effect without "
                           "stages")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed(cls, data):
+        if isinstance(data, dict) and "max_check_error" in data:
+            raise ValueError("max_check_error (environment units) was replaced by max_check_error_pct (% of "
+                             "each action dimension's range): 0.05 on a range of 2 is "
+                             "max_check_error_pct: 2.5")
+        return data
 
 
 class EngineConfig(Section):

@@ -34,8 +34,9 @@ def check_batches(policy: Policy, model: Path, batches: tuple[int, ...], export_
         model: the .onnx file, with a dynamic batch axis.
         batches: the batch sizes to try, other than `export_batch`, e.g. (1, 3).
         export_batch: the batch the graph was traced at.
-        tolerance: largest allowed |action difference| in environment units (FP32 graphs; quantized
-            graphs are held to their output shapes here and to values by the export's frame check).
+        tolerance: largest allowed |action difference|, % of each action dimension's range (FP32 graphs;
+            quantized graphs are held to their output shapes here and to values by the export's frame
+            check).
         quantized: the graph has Q/DQ nodes.
 
     Returns:
@@ -71,10 +72,12 @@ def check_batches(policy: Policy, model: Path, batches: tuple[int, ...], export_
                  if v.ndim == 0 or v.shape[0] != batch]
         if wrong:
             raise _refusal(policy, model, batch, export_batch, f"output {wrong[0]}")
-        diff = float(np.abs(policy.decode(policy.run_torch(feeds)) - policy.decode(out)).max())
-        if not quantized and diff > tolerance:
+        diff = np.abs(policy.decode(policy.run_torch(feeds)) - policy.decode(out))
+        pct = float((diff / np.maximum(policy.action_spec.range, 1e-12)).max() * 100.0)
+        if not quantized and pct > tolerance:
             raise _refusal(policy, model, batch, export_batch,
-                           f"actions differ from torch by {diff:.4f} (allowed {tolerance})")
+                           f"actions differ from torch by {pct:.3f}% of the action range (allowed "
+                           f"{tolerance:g}%)")
     sizes = " and ".join(map(str, batches))
     return f"ONNX Runtime matches torch at batches {sizes} too (traced at batch {export_batch})"
 

@@ -89,21 +89,39 @@ class ExportCheck:
     frames: int
     max_abs: float  # on decoded actions, environment units
     mean_abs: float
-    p99_abs: float  # judged for quantized graphs (see `judged`)
+    p99_abs: float
     token_agreement: float | None  # discrete heads: fraction of equal argmax tokens
-    tolerance: float
+    tolerance: float  # allowed `judged`, % of each action dimension's range
     skipped: str = ""  # why the check did not run
     quantized: bool = False  # torch fake-quant vs ONNX Runtime Q/DQ: rounding ties differ
     method: str = ""  # how ONNX Runtime computed the graph (`vlaedge.runtimes.ort.qdq_label`)
+    max_pct: float = 0.0  # |diff| / the dimension's action range, in %
+    p99_pct: float = 0.0  # judged for quantized graphs (see `judged`)
 
     @property
     def judged(self) -> float:
-        """The max for FP32 graphs; the p99 for quantized ones, where a rounding tie that torch and ONNX
-        Runtime break differently can move a saturated output (a gripper) on a single frame."""
-        return self.p99_abs if self.quantized else self.max_abs
+        """% of the action range: the max for FP32 graphs; the p99 for quantized ones, where a rounding tie
+        that torch and ONNX Runtime break differently can move a saturated output (a gripper) on a single
+        frame."""
+        return self.p99_pct if self.quantized else self.max_pct
 
     def __bool__(self) -> bool:
         return bool(self.skipped) or self.judged <= self.tolerance
+
+    def line(self, what: str = "ONNX Runtime") -> str:
+        """The summary line: max / p99 / mean |action diff| in environment units and the judged % of range."""
+        return (f"{what} vs torch on {self.frames} frames: max |action diff| {self.max_abs:.4f}, p99 "
+                f"{self.p99_abs:.4f}, mean {self.mean_abs:.5f} ({'p99' if self.quantized else 'max'} "
+                f"{self.judged:.3f}% of range, allowed {self.tolerance:g}%)"
+                + (f"; export check: {self.method}" if self.method else ""))
+
+    def refusal(self, what: str = "ONNX Runtime") -> VlaedgeError:
+        """The error for a failed check."""
+        return VlaedgeError(
+            f"export: {what} differs from torch by {self.judged:.3f}% of the action range "
+            f"({'p99' if self.quantized else 'max'}; allowed {self.tolerance:g}%; {self.max_abs:.4g} in "
+            "action units at most)",
+            "raise export.max_check_error_pct if this precision is expected to differ, or report a bug")
 
 
 @dataclass
@@ -137,10 +155,7 @@ class ExportResult:
             lines.append(f"weights in external data {self.data_file} beside it ({self.data_bytes / 1e6:.1f} "
                          f"MB, sha256 {(self.data_sha256 or '?')[:16]}): keep the two files together")
         if self.check and not self.check.skipped:
-            lines.append(f"ONNX Runtime vs torch on {self.check.frames} frames: max |action diff| "
-                         f"{self.check.max_abs:.4f}, p99 {self.check.p99_abs:.4f}, "
-                         f"mean {self.check.mean_abs:.5f}"
-                         + (f"; export check: {self.check.method}" if self.check.method else ""))
+            lines.append(self.check.line())
         return "\n".join(lines + self.notes)
 
 
@@ -165,7 +180,8 @@ def export_graph(policy: Policy, path: str | Path, config: ExportConfig | None =
     Raises:
         VlaedgeError: the model fails in torch at the export batch, an operator has no ONNX conversion
             (named with its module), the graph only runs at the export batch, the graph is invalid, or
-            ONNX Runtime disagrees with torch beyond `config.max_check_error`. Nothing is left at `path`.
+            ONNX Runtime disagrees with torch beyond `config.max_check_error_pct` of the action range.
+            Nothing is left at `path`.
 
     Example:
         >>> result = export_graph(policy, "out/model.onnx", check_feeds=policy.example_inputs(8))
@@ -186,20 +202,17 @@ def export_graph(policy: Policy, path: str | Path, config: ExportConfig | None =
         notes += loop_notes(policy, calls, staged)
         release_memory()  # the graphs the steps above parsed (a self-contained .onnx: with its weights)
         if config.dynamic_batch:  # (shows its own progress)
-            notes.append(check_batches(policy, staged, (1, 3), EXPORT_BATCH, config.max_check_error,
+            notes.append(check_batches(policy, staged, (1, 3), EXPORT_BATCH, config.max_check_error_pct,
                                        quantized=precision is not None))
         result = _describe(staged, path, opset, policy, start, notes, data)
         release_memory()  # ONNX Runtime's sessions of the batch check, the graph _describe read
         if check_feeds is not None:
             frames = len(next(iter(check_feeds.values())))
             with progress.heartbeat(f"export: ONNX Runtime vs torch on {frames} frames"):
-                result.check = check_against_torch(policy, staged, check_feeds, config.max_check_error,
+                result.check = check_against_torch(policy, staged, check_feeds, config.max_check_error_pct,
                                                    precision)
             if not result.check:
-                raise VlaedgeError(
-                    f"export: ONNX Runtime differs from torch by {result.check.judged:.4f} in actions "
-                    f"({'p99' if result.check.quantized else 'max'}; allowed {config.max_check_error})",
-                    "raise export.max_check_error if this precision is expected to differ, or report a bug")
+                raise result.check.refusal()
         move_into_place(staging, path)
     result.seconds = time.perf_counter() - start
     return result
@@ -219,7 +232,8 @@ def check_against_torch(policy: Policy, model: Path, feeds: dict[str, np.ndarray
         policy: the policy (torch, fake-quantized for a ModelOpt graph) the graph was exported from.
         model: the .onnx file (or a stage plan, stages.json).
         feeds: the frames to compare on.
-        tolerance: largest allowed difference (max for float graphs, p99 for quantized ones).
+        tolerance: largest allowed difference, % of each action dimension's range (max for float graphs,
+            p99 for quantized ones).
         precision: the ModelOpt precision of a graph exported for TensorRT (None: a float graph, or an
             ONNX Runtime-quantized one).
         qdq: "simulated" or "fused"; None: "simulated" when `precision` is given, else "fused".
@@ -252,13 +266,15 @@ def check_against_torch(policy: Policy, model: Path, feeds: dict[str, np.ndarray
         candidate.close()
     ref_out = _joined([policy.run_torch(part) for part in slices])
     diff = np.abs(policy.decode(ref_out) - policy.decode(cand_out))
+    pct = diff / np.maximum(policy.action_spec.range, 1e-12) * 100.0
     agreement = None
     if "action_logits" in ref_out:
         agreement = float(np.mean(ref_out["action_logits"].argmax(-1)
                                   == cand_out["action_logits"].argmax(-1)))
     p99 = float(np.percentile(diff, 99))
     return ExportCheck(frames, float(diff.max()), float(diff.mean()), p99, agreement, tolerance,
-                       quantized=precision is not None, method=method)
+                       quantized=precision is not None, method=method, max_pct=float(pct.max()),
+                       p99_pct=float(np.percentile(pct, 99)))
 
 
 def _joined(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:

@@ -35,7 +35,6 @@ from vlaedge.compress.export_graph import (
     _trace,
     check_against_torch,
 )
-from vlaedge.errors import VlaedgeError
 from vlaedge.models.base import BATCH, Policy, TensorSpec
 from vlaedge.models.stages import (
     Recorder,
@@ -144,9 +143,7 @@ class StagedExportResult(ExportResult):
                   + (f", {s['qdq_nodes']} Q/DQ" if s["qdq_nodes"] else "") for s in self.stages]
         lines += ["  " + StageParity(**p).line() for p in self.parity]
         if self.check and not self.check.skipped:
-            c = self.check
-            lines.append(f"ONNX Runtime (staged) vs torch on {c.frames} frames: max |action diff| "
-                         f"{c.max_abs:.4f}, p99 {c.p99_abs:.4f}, mean {c.mean_abs:.5f}")
+            lines.append(self.check.line("ONNX Runtime (staged)"))
         return "\n".join(lines + self.notes)
 
 
@@ -168,7 +165,7 @@ def export_stages(policy: Policy, path: str | Path, config: ExportConfig | None 
 
     Raises:
         VlaedgeError: the staged composition differs from forward, a stage fails to export or check, or
-            the actions differ from torch beyond `config.max_check_error`. Nothing is left on disk then.
+            the actions differ from torch beyond `config.max_check_error_pct`. Nothing is left on disk then.
     """
     config = config or ExportConfig()
     plan, start = plan_of(policy), time.perf_counter()
@@ -196,7 +193,7 @@ def export_stages(policy: Policy, path: str | Path, config: ExportConfig | None 
                             f"{_loop_note(plan)}")
         if check_feeds is not None:
             result.check, result.parity = check_staged(policy, staged_json, check_feeds,
-                                                       config.max_check_error, precision)
+                                                       config.max_check_error_pct, precision)
             _refuse_failed(result.check, config)
         _move_into_place(staging, plan_json, folder)
     finally:
@@ -223,7 +220,7 @@ def _export_stage(sp: StagePolicy, staging: Path, folder: Path, opset: int, conf
     _trace(sp, example, file, opset, config.dynamic_batch, config.external_data)  # STAGE.onnx.data
     notes = _restore_unused_inputs(sp, file, config.dynamic_batch)
     if config.dynamic_batch:
-        notes.append(check_batches(sp, file, (1, 3), EXPORT_BATCH, config.max_check_error,
+        notes.append(check_batches(sp, file, (1, 3), EXPORT_BATCH, config.max_check_error_pct,
                                    quantized=precision is not None))
     result = _describe(file, folder / file.name, opset, sp, time.perf_counter(), notes)
     for f in own.iterdir():
@@ -282,10 +279,7 @@ def check_staged(policy: Policy, plan_json: Path, feeds: dict[str, np.ndarray], 
 
 def _refuse_failed(check: ExportCheck, config: ExportConfig) -> None:
     if not check:
-        raise VlaedgeError(
-            f"export: ONNX Runtime (staged) differs from torch by {check.judged:.4f} in actions "
-            f"({'p99' if check.quantized else 'max'}; allowed {config.max_check_error})",
-            "raise export.max_check_error if this precision is expected to differ, or report a bug")
+        raise check.refusal("ONNX Runtime (staged)")
 
 
 def _move_into_place(staging: Path, plan_json: Path, folder: Path) -> None:
