@@ -297,7 +297,7 @@ class SmolVLA(nn.Module):
         block = torch.cat([torch.zeros_like(pad[:, :-1], dtype=torch.int64),
                            torch.ones_like(pad[:, -1:], dtype=torch.int64)], dim=1)
         mask = (block[:, None, :] <= block[:, :, None]) & pad[:, None, :] & pad[:, :, None]
-        positions = torch.cumsum(pad, dim=1) - 1
+        positions = torch.cumsum(pad.long(), dim=1) - 1
         keys, values = self.vlm_with_expert.prefix_cache(embs, mask, positions)
         return keys, values, pad
 

@@ -22,8 +22,9 @@ Inference is two passes:
    cached keys/values only, its queries with RoPE positions 0..S-1.
 
 RoPE is LeRobot's own (wavelength 10000, halves rotated), not the backbone's `rope_theta`. Attention is
-LeRobot's eager attention (scores in float32, padding set to the float32 minimum). The dtype casts follow
-LeRobot's, so a bfloat16 VLM (`load_vlm_weights: true`) computes as it does there.
+LeRobot's eager attention (scores in float32, padding set to the float32 minimum); the vision encoder keeps
+transformers' SDPA attention. The dtype casts follow LeRobot's, so a bfloat16 VLM (`load_vlm_weights: true`)
+computes as it does there.
 """
 
 from __future__ import annotations
@@ -147,7 +148,8 @@ class SmolVLMWithExpert(nn.Module):
         text = config.text_config
         if num_vlm_layers > 0:
             text.num_hidden_layers = min(num_vlm_layers, text.num_hidden_layers)
-        config.vision_config._attn_implementation = "eager"  # the encoder layers run as plain torch ops
+        # transformers' default, as LeRobot built it (a bfloat16 VLM matches LeRobot exactly only with it)
+        config.vision_config._attn_implementation = "sdpa"
         self.vlm = SmolVLMForConditionalGeneration(config).to(vlm_dtype)
         self.lm_expert = LlamaModel(self._expert_config(text, expert_width_multiplier))
         self.lm_expert.embed_tokens = None
@@ -242,7 +244,7 @@ class SmolVLMWithExpert(nn.Module):
         steps = torch.arange(suffix.shape[1], device=suffix.device)
         own = (steps[None, :] <= steps[:, None])[None].expand(suffix.shape[0], -1, -1)  # causal (B, S, S)
         to_prefix = prefix_mask[:, None, :].expand(-1, suffix.shape[1], -1)  # (B, S, Lp)
-        after_prefix = prefix_mask.sum(dim=-1, keepdim=True) + steps[None, :]  # (B, S) positions
+        after_prefix = prefix_mask.long().sum(dim=-1, keepdim=True) + steps[None, :]  # (B, S) positions
         from_zero = steps[None, :].expand(suffix.shape[0], -1)
         h = suffix
         for i, layer in enumerate(self.lm_expert.layers):
