@@ -25,7 +25,8 @@ ACT = CASES / "act_aloha14"
 SMOLVLA = CASES / "smolvla_tiny"
 BOUND = 1e-4  # of the action range: the fidelity contract
 
-pytestmark = pytest.mark.skipif(not CASES.is_dir(), reason="../shared/cases/lerobot_policies is not beside the repo")
+pytestmark = pytest.mark.skipif(not CASES.is_dir(),
+                                reason="../shared/cases/lerobot_policies is not beside the repo")
 
 
 def frames_of(reference: dict, cameras: list[str]) -> dict:
@@ -63,7 +64,8 @@ def test_smolvla_fixture_matches_lerobot_with_its_noise():
     feeds = policy.make_inputs(frames_of(ref, cameras))
     tokens = ref["pre/observation.language.tokens"]
     mask = ref["pre/observation.language.attention_mask"]
-    np.testing.assert_array_equal(feeds["observation.language.tokens"][:, : tokens.shape[1]] * mask, tokens * mask)
+    got = feeds["observation.language.tokens"][:, : tokens.shape[1]]
+    np.testing.assert_array_equal(got * mask, tokens * mask)
     np.testing.assert_array_equal(feeds["observation.language.attention_mask"][:, : mask.shape[1]], mask)
     assert not feeds["observation.language.attention_mask"][:, mask.shape[1]:].any()
     feeds["noise"] = ref["noise/00_normal"]  # the exact noise LeRobot drew
@@ -129,8 +131,8 @@ BROKEN = {
                       "observation.state.mean holds NaN or Inf"),
     "zero std": (lambda d: edit_stats(d / PRE_STATS, "observation.state.std", 0.0),
                  "observation.state has a zero or negative std"),
-    "bad feature": (lambda d: edit_json(d / "config.json",
-                                        lambda c: c["input_features"]["observation.state"].update(type="PROPRIO")),
+    "bad feature": (lambda d: edit_json(d / "config.json", lambda c: c["input_features"][
+                        "observation.state"].update(type="PROPRIO")),
                     "input_features.observation.state.type is 'PROPRIO'"),
     "steps beyond chunk": (lambda d: edit_json(d / "config.json", lambda c: c.update(n_action_steps=21)),
                            "n_action_steps 21 must be in 1..chunk_size (20)"),

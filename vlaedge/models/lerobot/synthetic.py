@@ -36,7 +36,6 @@ def write_pretrained(folder: Path, config: dict, stats: dict[str, dict[str, np.n
         `folder`.
     """
     import torch
-    from safetensors.numpy import save_file
 
     from vlaedge.models.lerobot.policy import network_module
 
@@ -44,33 +43,10 @@ def write_pretrained(folder: Path, config: dict, stats: dict[str, dict[str, np.n
     torch.manual_seed(seed)
     net = kinds.build(config, folder)
     state = {f"{kinds.ROOT}.{k}": v for k, v in net.state_dict().items()}
-    features = {**config["input_features"], **config["output_features"]}
-    norm_map = config["normalization_mapping"]
-    pre = [{"registry_name": "rename_observations_processor", "config": {"rename_map": {}}},
-           {"registry_name": "to_batch_processor", "config": {}}]
-    if text is not None:
-        pre.append({"registry_name": f"{config['type']}_new_line_processor", "config": {}})
-        pre.append({"registry_name": "tokenizer_processor", "config": {"task_key": "task", "padding_side": "right",
-                                                                      "padding": "longest", "truncation": True,
-                                                                      **text}})
-    pre.append({"registry_name": "device_processor", "config": {"device": "cpu", "float_dtype": None}})
-    pre_file = f"policy_preprocessor_step_{len(pre)}_normalizer_processor.safetensors"
-    pre.append({"registry_name": "normalizer_processor",
-                "config": {"eps": 1e-8, "features": features, "norm_map": norm_map}, "state_file": pre_file})
-    post_file = "policy_postprocessor_step_0_unnormalizer_processor.safetensors"
-    post = [{"registry_name": "unnormalizer_processor",
-             "config": {"eps": 1e-8, "features": config["output_features"], "norm_map": norm_map},
-             "state_file": post_file},
-            {"registry_name": "device_processor", "config": {"device": "cpu", "float_dtype": None}}]
-    flat = {f"{name}.{k}": np.ascontiguousarray(v, np.float32) for name, s in stats.items() for k, v in s.items()}
     folder = Path(folder)
     tmp = folder.parent / f".{folder.name}.files"
     tmp.mkdir(parents=True, exist_ok=True)
-    save_file(flat, str(tmp / pre_file))
-    save_file({k: v for k, v in flat.items() if k.startswith("action.")}, str(tmp / post_file))
-    (tmp / "policy_preprocessor.json").write_text(json.dumps({"name": "policy_preprocessor", "steps": pre}, indent=2))
-    (tmp / "policy_postprocessor.json").write_text(json.dumps({"name": "policy_postprocessor", "steps": post},
-                                                              indent=2))
+    _write_processors(tmp, config, stats, text)
     files = {p.name: p for p in tmp.iterdir()}
     try:
         return write_checkpoint(folder, config, state, "config.json", files)
@@ -78,3 +54,31 @@ def write_pretrained(folder: Path, config: dict, stats: dict[str, dict[str, np.n
         for p in files.values():
             p.unlink()
         tmp.rmdir()
+
+
+def _write_processors(folder: Path, config: dict, stats: dict[str, dict[str, np.ndarray]],
+                      text: dict | None) -> None:
+    """policy_preprocessor.json / policy_postprocessor.json and their normalizer state files."""
+    from safetensors.numpy import save_file
+
+    features = {**config["input_features"], **config["output_features"]}
+    norm_map = config["normalization_mapping"]
+    device = {"registry_name": "device_processor", "config": {"device": "cpu", "float_dtype": None}}
+    pre = [{"registry_name": "rename_observations_processor", "config": {"rename_map": {}}},
+           {"registry_name": "to_batch_processor", "config": {}}]
+    if text is not None:
+        tokenizer = {"task_key": "task", "padding_side": "right", "padding": "longest", "truncation": True, **text}
+        pre += [{"registry_name": f"{config['type']}_new_line_processor", "config": {}},
+                {"registry_name": "tokenizer_processor", "config": tokenizer}]
+    pre_file = f"policy_preprocessor_step_{len(pre) + 1}_normalizer_processor.safetensors"
+    pre += [device, {"registry_name": "normalizer_processor", "state_file": pre_file,
+                     "config": {"eps": 1e-8, "features": features, "norm_map": norm_map}}]
+    post_file = "policy_postprocessor_step_0_unnormalizer_processor.safetensors"
+    post = [{"registry_name": "unnormalizer_processor", "state_file": post_file,
+             "config": {"eps": 1e-8, "features": config["output_features"], "norm_map": norm_map}}, device]
+    flat = {f"{name}.{k}": np.ascontiguousarray(v, np.float32)
+            for name, values in stats.items() for k, v in values.items()}
+    save_file(flat, str(folder / pre_file))
+    save_file({k: v for k, v in flat.items() if k.startswith("action.")}, str(folder / post_file))
+    for name, steps in (("policy_preprocessor", pre), ("policy_postprocessor", post)):
+        (folder / f"{name}.json").write_text(json.dumps({"name": name, "steps": steps}, indent=2))

@@ -1,0 +1,138 @@
+"""A LeRobot checkpoint through every stage with no code to write: a PushT-shaped ACT `pretrained_model/`
+(the folder LeRobot saves: config.json, model.safetensors, processor JSONs and normalizer state files;
+written by `vlaedge.models.lerobot.synthetic` with seeded weights) and a LeRobot v3 dataset recorded from
+gym-pusht itself; `vlaedge compress` with cpu-int8 and orin-int8, closed loop on gym-pusht, gate.
+
+The weights are random, so this tests the plumbing (features mapped by name, normalization in the graph,
+the export check in % of PushT's 0-512 pixel range, the gate), not accuracy: `make_solved` starts every
+episode with the block on the goal, so success is the env's own `is_success` (see
+tests/test_closedloop_pusht.py).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from cli_runner import run_cli
+
+from vlaedge.data import Episode, EpisodeDataset, save_lerobot
+from vlaedge.models import load_policy
+from vlaedge.models.lerobot.synthetic import write_pretrained
+
+pytest.importorskip("gym_pusht")
+gym = pytest.importorskip("gymnasium")
+
+HERE = "test_lerobot_compress"  # this module, as recipes name it (tests/ is on sys.path)
+SOLVED = [100.0, 100.0, 224.18, 242.82, np.pi / 4]  # block on the goal: success at the first step
+
+
+class _Solved(gym.Wrapper):
+    def reset(self, *, seed=None, options=None):
+        return self.env.reset(seed=seed, options={"reset_to_state": SOLVED})
+
+
+def make_solved():
+    """`verify.env`: PushT with every episode starting solved."""
+    return _Solved(gym.make("gym_pusht/PushT-v0", obs_type="pixels_agent_pos"))
+
+
+def adapt(obs):
+    """PushT's observation -> frames: LeRobot's PushT feature names, no instruction."""
+    return {"observation.image": obs["pixels"], "observation.state": obs["agent_pos"]}
+
+
+def act_config() -> dict:
+    """ACT for PushT (one camera, 2-dim agent position, 2-dim target position), small transformer; the
+    camera at 48x48 (PushT renders 96x96: vlaedge resizes, as a user training at a lower resolution does)."""
+    return {"type": "act", "n_obs_steps": 1,
+            "input_features": {"observation.image": {"type": "VISUAL", "shape": [3, 48, 48]},
+                               "observation.state": {"type": "STATE", "shape": [2]}},
+            "output_features": {"action": {"type": "ACTION", "shape": [2]}},
+            "chunk_size": 8, "n_action_steps": 4,
+            "normalization_mapping": {"VISUAL": "MEAN_STD", "STATE": "MIN_MAX", "ACTION": "MIN_MAX"},
+            "vision_backbone": "resnet18", "dim_model": 32, "n_heads": 2, "dim_feedforward": 64,
+            "n_encoder_layers": 1, "n_decoder_layers": 1, "use_vae": False, "latent_dim": 8}
+
+
+PIXELS = {"mean": np.zeros(2) + 256, "std": np.zeros(2) + 150, "min": np.zeros(2), "max": np.zeros(2) + 512}
+IMAGE = {"mean": np.full((3, 1, 1), 0.5), "std": np.full((3, 1, 1), 0.25), "min": np.zeros((3, 1, 1)),
+         "max": np.ones((3, 1, 1))}
+
+
+@pytest.fixture(scope="module")
+def act_pusht(tmp_path_factory) -> Path:
+    return write_pretrained(tmp_path_factory.mktemp("act") / "pretrained_model", act_config(),
+                            {"observation.image": IMAGE, "observation.state": PIXELS, "action": PIXELS})
+
+
+@pytest.fixture(scope="module")
+def pusht_dataset(tmp_path_factory) -> Path:
+    """6 short episodes recorded from PushT (random targets) with LeRobot's PushT feature names."""
+    env = gym.make("gym_pusht/PushT-v0", obs_type="pixels_agent_pos")
+    rng, episodes = np.random.default_rng(0), []
+    for e in range(6):
+        obs, _ = env.reset(seed=e)
+        images, states, actions = [], [], []
+        for _ in range(8):
+            action = rng.uniform(50, 460, 2).astype(np.float32)
+            images.append(obs["pixels"])
+            states.append(obs["agent_pos"])
+            actions.append(action)
+            obs, *_ = env.step(action)
+        episodes.append(Episode("Push the T", np.stack(images), np.stack(states), np.stack(actions), index=e))
+    env.close()
+    dataset = EpisodeDataset.from_episodes(episodes, fps=10, action_names=["x", "y"])
+    return save_lerobot(dataset, tmp_path_factory.mktemp("pusht") / "ds", image_key="observation.image")
+
+
+RECIPE = """\
+target: {target}
+quantize: {{precision: int8, num_calib_frames: 16}}
+export: {{check_frames: 16}}
+verify:
+  eval_frames: 16
+  profile_runs: 3
+  profile_warmup: 1
+  closed_loop_episodes: 4
+  min_episodes: 4
+  env: {here}:make_solved
+  env_adapter: {here}:adapt
+  max_steps: 300
+budgets:
+  max_success_drop: 0.5
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("target", ["cpu", "agx-orin-64gb"])
+def test_act_checkpoint_compresses_and_gates_on_pusht(tmp_path, act_pusht, pusht_dataset, target, capsys,
+                                                       monkeypatch):
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(RECIPE.format(target=target, here=HERE))
+    code, text = run_cli(["compress", act_pusht, "--data", pusht_dataset, "--recipe", recipe,
+                          "--out", tmp_path / "run"], capsys, monkeypatch)
+    assert code == 0, text
+    # no spec and no factory: LeRobot's features feed the inputs by name
+    assert "data: observation.image <- observation.image (image in parquet, 96x96 -> 48x48" in text
+    assert "data: observation.state <- observation.state" in text
+    report = json.loads((tmp_path / "run" / "report.json").read_text())
+    assert report["policy"]["name"].startswith("lerobot act") and report["policy"]["chunk"] == 4
+    assert report["closed_loop"]["candidate"]["successes"] == 4
+    assert report["drift"]["p99_pct"] < 5.0, report["drift"]
+    assert "gate: PASS" in text
+    if target != "cpu":
+        assert "Q/DQ simulated (fusion off), as TensorRT computes" in text
+
+
+def test_graph_takes_raw_observations_and_returns_executed_actions(act_pusht):
+    policy = load_policy(act_pusht)
+    assert [(s.name, s.shape) for s in policy.input_spec] == [("observation.image", ("B", 3, 48, 48)),
+                                                             ("observation.state", ("B", 2))]
+    assert policy.action_spec.chunk == 4  # n_action_steps of chunk_size 8
+    assert policy.action_spec.low == (0.0, 0.0) and policy.action_spec.high == (512.0, 512.0)
+    frames = {"observation.image": np.zeros((2, 96, 96, 3), np.uint8),
+              "observation.state": np.full((2, 2), 256.0, np.float32)}
+    assert policy.act(frames).shape == (2, 4, 2)
