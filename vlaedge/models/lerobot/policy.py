@@ -174,7 +174,8 @@ class LeRobotPolicy(Policy):
         ckpt = read_checkpoint(root)
         with empty_parameters():
             policy = cls(ckpt)
-        check_state_dict(policy.module, load_weights(root, read_elsewhere=ckpt.state_files), root, dtype if dtype in HALF else None)
+        weights = load_weights(root, read_elsewhere=ckpt.state_files)
+        check_state_dict(policy.module, weights, root, dtype if dtype in HALF else None)
         policy.module.eval()
         return policy
 

@@ -67,7 +67,8 @@ def _write_processors(folder: Path, config: dict, stats: dict[str, dict[str, np.
     pre = [{"registry_name": "rename_observations_processor", "config": {"rename_map": {}}},
            {"registry_name": "to_batch_processor", "config": {}}]
     if text is not None:
-        tokenizer = {"task_key": "task", "padding_side": "right", "padding": "longest", "truncation": True, **text}
+        tokenizer = {"task_key": "task", "padding_side": "right", "padding": "longest", "truncation": True,
+                     **text}
         pre += [{"registry_name": f"{config['type']}_new_line_processor", "config": {}},
                 {"registry_name": "tokenizer_processor", "config": tokenizer}]
     pre_file = f"policy_preprocessor_step_{len(pre) + 1}_normalizer_processor.safetensors"
