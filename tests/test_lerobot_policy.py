@@ -33,7 +33,7 @@ def frames_of(reference: dict, cameras: list[str]) -> dict:
     """The fixture's raw observations as a vlaedge frame batch (uint8 HWC cameras, state, task)."""
     frames = {c: reference[f"obs/{c}"] for c in cameras}
     frames["observation.state"] = reference["obs/observation.state"]
-    frames["instruction"] = [str(t) for t in reference["task"]]
+    frames["instruction"] = frames["task"] = [str(t) for t in reference["task"]]
     return frames
 
 
