@@ -6,7 +6,8 @@ Shukor et al. 2025, "SmolVLA: A Vision-Language-Action Model for Affordable and 
 
 1. each camera (B, 3, H, W) in [0, 1] is resized to fit `resize_imgs_with_padding` keeping its aspect
    ratio (bilinear), padded on the top/left with 0, scaled to [-1, 1], and encoded by the SmolVLM vision
-   encoder and connector into image tokens, times sqrt(hidden);
+   encoder and connector into image tokens, times sqrt(hidden) (patch position ids as transformers 4.57,
+   LeRobot 0.4.4's, computes them: see `smolvla_expert.patch_positions`);
 2. the prefix is [image tokens of every camera, language token embeddings * sqrt(hidden), the projected
    state (zero-padded to `max_state_dim`)]; the images and language attend to each other, the state token
    attends to everything; one pass through the VLM layers keeps every layer's keys and values;
@@ -14,11 +15,12 @@ Shukor et al. 2025, "SmolVLA: A Vision-Language-Action Model for Affordable and 
    dt = -1/num_steps, x += dt * v(x, t), v from the action expert reading the cached prefix
    (`smolvla_expert.py`); the first `action_dim` dims of x_0 are the normalized actions.
 
-The three stages are methods with tensors in and out (`embed_images`, `encode_prefix`, `denoise_step`), so
-vlaedge can export them as separate graphs and run the Euler loop outside (`vlaedge.models.stages`);
-`forward` is their composition. Tensor names equal LeRobot's `SmolVLAPolicy.model` state dict (checkpoint
-keys without the `model.` prefix). The backbone's config.json is read from the folder `vlm_model_name`
-names (`vlm_folder`); its weights are in the policy's model.safetensors.
+The stages are methods with tensors in and out (`embed_images`, `encode_prefix`, `denoise_step` run by the
+Euler loop, `unpad_actions`), so vlaedge can export them as separate graphs and run the loop outside
+(`vlaedge.models.stages`; t_start 1, t_end 0); `forward` is their composition. Tensor names equal
+LeRobot's `SmolVLAPolicy.model` state dict (checkpoint keys without the `model.` prefix). The backbone's
+config.json is read from the folder `vlm_model_name` names (`vlm_folder`); its weights are in the policy's
+model.safetensors.
 
 Example:
     >>> net = build(json.loads((folder / "config.json").read_text()), folder)
@@ -252,7 +254,7 @@ class SmolVLA(nn.Module):
         for step in range(self.spec.num_steps):
             t = torch.full_like(x[:, 0, 0], 1.0 + step * dt)
             x = x + dt * self.denoise_step(x, t, keys, values, prefix_mask)
-        return x[:, :, : self.spec.action_dim]
+        return self.unpad_actions(x)
 
     def embed_images(self, *images: Tensor) -> Tensor:
         """Stage 1: image tokens of every camera.
@@ -316,6 +318,10 @@ class SmolVLA(nn.Module):
         suffix = self.embed_suffix(x, t)
         out = self.vlm_with_expert.expert(suffix, keys, values, prefix_mask)
         return self.action_out_proj(out[:, -self.spec.chunk_size:].float())
+
+    def unpad_actions(self, x: Tensor) -> Tensor:
+        """Stage 4: (B, chunk_size, max_action_dim) loop output -> (B, chunk_size, action_dim) actions."""
+        return x[:, :, : self.spec.action_dim]
 
     def embed_suffix(self, x: Tensor, t: Tensor) -> Tensor:
         """(B, S, max_action_dim) sample and (B,) time -> (B, S, expert hidden) action-time tokens.

@@ -43,25 +43,37 @@ def expert_intermediate_size(hidden: int, multiplier: int = 4, multiple_of: int 
     return multiple_of * ((size + multiple_of - 1) // multiple_of)
 
 
-def rope(x: Tensor, positions: Tensor) -> Tensor:
+def rope_angles(positions: Tensor, head_dim: int) -> tuple[Tensor, Tensor]:
+    """Sine and cosine of LeRobot's rotary angles, computed once and shared by every layer.
+
+    Args:
+        positions: (B, L) int64 positions.
+        head_dim: D, the rotated width.
+
+    Returns:
+        sin, cos: (B, L, 1, D/2) float32.
+    """
+    exponents = (2.0 / head_dim) * torch.arange(head_dim // 2, dtype=torch.float32, device=positions.device)
+    timescale = ROPE_WAVELENGTH**exponents
+    radians = (positions[..., None].float() / timescale[None, None, :])[..., None, :]
+    return torch.sin(radians), torch.cos(radians)
+
+
+def rope(x: Tensor, angles: tuple[Tensor, Tensor]) -> Tensor:
     """Rotary position embedding, LeRobot's variant (first and second halves of each head rotated).
 
     Args:
         x: (B, L, H, D) queries or keys, any float dtype (computed in float32, returned in x's dtype).
-        positions: (B, L) int64 positions.
+        angles: `rope_angles` of the positions.
 
     Returns:
         (B, L, H, D) rotated, in x's dtype.
     """
+    sin, cos = angles
     half = x.shape[-1] // 2
-    dtype = x.dtype
-    x = x.float()
-    exponents = (2.0 / x.shape[-1]) * torch.arange(half, dtype=torch.float32, device=x.device)
-    timescale = ROPE_WAVELENGTH**exponents
-    radians = (positions[..., None].float() / timescale[None, None, :])[..., None, :]  # (B, L, 1, D/2)
-    sin, cos = torch.sin(radians), torch.cos(radians)
-    x1, x2 = x[..., :half], x[..., half:]
-    return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1).to(dtype)
+    x32 = x.float()
+    x1, x2 = x32[..., :half], x32[..., half:]
+    return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1).to(x.dtype)
 
 
 def attend(q: Tensor, k: Tensor, v: Tensor, mask: Tensor, num_heads: int) -> Tensor:
@@ -218,11 +230,12 @@ class SmolVLMWithExpert(nn.Module):
             keys, values: (layers, B, kv_heads, Lp, head_dim) each.
         """
         keys, values, h = [], [], embs
+        angles = rope_angles(positions, self.head_dim)
         last = len(self.text_layers) - 1
         for i, layer in enumerate(self.text_layers):
             normed = layer.input_layernorm(h)
-            q = rope(_heads(layer.self_attn.q_proj, normed, self.head_dim), positions)
-            k = rope(_heads(layer.self_attn.k_proj, normed, self.head_dim), positions)
+            q = rope(_heads(layer.self_attn.q_proj, normed, self.head_dim), angles)
+            k = rope(_heads(layer.self_attn.k_proj, normed, self.head_dim), angles)
             v = _heads(layer.self_attn.v_proj, normed, self.head_dim)
             keys.append(k.transpose(1, 2))
             values.append(v.transpose(1, 2))
@@ -245,7 +258,8 @@ class SmolVLMWithExpert(nn.Module):
         own = (steps[None, :] <= steps[:, None])[None].expand(suffix.shape[0], -1, -1)  # causal (B, S, S)
         to_prefix = prefix_mask[:, None, :].expand(-1, suffix.shape[1], -1)  # (B, S, Lp)
         after_prefix = prefix_mask.long().sum(dim=-1, keepdim=True) + steps[None, :]  # (B, S) positions
-        from_zero = steps[None, :].expand(suffix.shape[0], -1)
+        after_prefix = rope_angles(after_prefix, self.head_dim)  # self-attention layers
+        from_zero = rope_angles(steps[None, :].expand(suffix.shape[0], -1), self.head_dim)  # cross layers
         h = suffix
         for i, layer in enumerate(self.lm_expert.layers):
             normed = layer.input_layernorm(h)
