@@ -265,24 +265,36 @@ def tune(
     recipe: RecipeOpt = "cpu-int8",
     data: DataOpt = None,
     out: Annotated[Path, typer.Option("--out", "-o", help=(
-        "Output directory. An existing one is resumed: variants whose inputs did not change are reused."
+        "Output directory (written atomically). An existing tune folder is resumed: variants whose inputs "
+        "did not change are reused from its validated cache."
     ))] = Path("runs/tune"),
     max_minutes: Annotated[float, typer.Option(help="Time box for building variants, in minutes.")] = 5.0,
     space: Annotated[str, typer.Option(help="Variant space: full or quick (vlaedge.tune.space).")] = "full",
     overrides: SetOpt = None,
     trust_code: TrustCode = False,
+    force: Annotated[bool, typer.Option("--force", help=(
+        "Replace an existing output directory: start over without its cache."))] = False,
+    quiet: QuietOpt = False,
+    json_mode: JsonOpt = False,
 ) -> None:
     """Measure quantization variants, pick the fastest within every budget, write a recipe reproducing it."""
+    from vlaedge.recipe import recipe_path
     from vlaedge.tune import tune as run
     from vlaedge.tune.space import SPACES
 
-    if space not in SPACES:
-        raise VlaedgeError(f"tune: --space {space!r} is not a variant space",
-                           f"use one of {', '.join(SPACES)}")
-    result = run(_recipe(recipe, overrides), out, checkpoint, data, max_minutes, space,
-                 recipe_name=str(recipe), log=_log, trust_code=trust_code)
+    _quiet(quiet)
+    with _stdout_to_stderr(json_mode):
+        if space not in SPACES:
+            raise VlaedgeError(f"tune: --space {space!r} is not a variant space",
+                               f"use one of {', '.join(SPACES)}")
+        result = run(_recipe(recipe, overrides), out, checkpoint, data, max_minutes, space,
+                     recipe_name=str(recipe), log=_log, trust_code=trust_code, force=force,
+                     protect=(recipe_path(recipe),))  # --out must not replace the recipe it reads
+        _echo(result.summary())
+    if json_mode:
+        _echo(result.to_json())
     if not result:
-        raise GateFailed(f"tune: {result.reason}")
+        raise GateFailed(f"tune: {result.reason}; no recipe.yaml written")
 
 
 @app.command()

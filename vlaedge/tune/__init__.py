@@ -14,8 +14,10 @@ every budget, instead of guessing it.
 4. Choose: the Pareto front over (drift, median latency, file size), the fastest variant within every
    budget (FP32 when nothing quantized is faster), and a plain recipe that reproduces it.
 
-Output directory: tune.json, tune.md, tune.html (Pareto plot), recipe.yaml, and variants/ (each variant's
-.onnx and its cached result: a rerun with the same inputs resumes, rebuilding only what changed).
+Output directory: tune.json, tune.md, tune.html (Pareto plot), recipe.yaml (only when something is within
+every budget), and variants/ (each variant's .onnx and its cached result: a rerun with the same inputs
+resumes, rebuilding only what changed and what does not validate, `vlaedge.tune.cache`). It is refused,
+locked, staged and moved into place as `vlaedge compress`'s output is (`vlaedge.tune.output`).
 """
 from vlaedge.tune.run import tune
 from vlaedge.tune.work import TuneResult

@@ -1,7 +1,8 @@
 """Building and measuring one tuner variant: quantize (exactly as `vlaedge compress` would, from the same
 FP32 export and calibration frames), then its action drift against the FP32 policy on the calibration
 split's search frames and on the evaluation split. Each variant's result is cached as JSON next to its
-model, keyed by everything that decides it, so a rerun on the same output directory resumes."""
+model, keyed by everything that decides it, so a rerun on the same output directory resumes (the cache and
+how a resume validates it: `vlaedge.tune.cache`)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from vlaedge.artifact import model_sha256
 from vlaedge.check.gate import gate
 from vlaedge.check.profile import model_file_bytes, model_parameter_count
 from vlaedge.errors import VlaedgeError
@@ -40,6 +42,7 @@ class Measured:
     seconds: float = 0.0
     key: str = ""
     fp32: bool = False
+    model_sha256: str = ""  # of the model and its external data (`artifact.model_sha256`): checked on resume
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -63,46 +66,6 @@ def variant_key(variant: Variant, base: QuantizeConfig, context: dict) -> str:
     config = base.model_copy(update=variant.config_update(base.keep)).model_dump(mode="json")
     blob = json.dumps({"config": config, **context}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
-
-
-def cached(folder: Path, name: str, key: str, budgets: Budgets) -> Measured | None:
-    """The cached result of variant `name` when its key and model file still match, else None; its
-    budget verdicts are judged again against `budgets`."""
-    path = folder / f"{name}.json"
-    if not path.is_file():
-        return None
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError:
-        return None
-    if data.get("key") != key or not _complete(folder.parent / data.get("model", "")):
-        return None
-    measured = Measured(**data)
-    measured.drift_failures = judge_drift(measured.drift, budgets)  # the budgets may have changed
-    measured.search_failures = judge_drift(measured.search_drift, budgets)
-    return measured
-
-
-def _complete(model: Path) -> bool:
-    """The model file is there, and so is its external data file (a model over 2 GB keeps its weights in
-    NAME.onnx.data beside it)."""
-    if not model.is_file():
-        return False
-    if model.suffix != ".onnx":
-        return True
-    from vlaedge.onnx_file import external_data_files
-
-    try:
-        external_data_files(model, "tune")
-    except VlaedgeError:
-        return False
-    return True
-
-
-def save(folder: Path, measured: Measured) -> None:
-    tmp = folder / f".{measured.name}.json.partial"
-    tmp.write_text(json.dumps(measured.to_dict(), indent=1, default=str))
-    tmp.replace(folder / f"{measured.name}.json")
 
 
 def quantize_variant(work, variant: Variant, out_onnx: Path):
@@ -138,7 +101,7 @@ def measure_variant(work, variant: Variant, key: str) -> Measured:
         model_parameter_count(out_onnx), _drift_dict(search), _drift_dict(evaluation),
         judge_drift(_drift_dict(evaluation), work.drift_budgets),
         judge_drift(_drift_dict(search), work.drift_budgets), quantized_groups(result.decisions),
-        time.perf_counter() - start, key)
+        time.perf_counter() - start, key, model_sha256=model_sha256(out_onnx))
 
 
 def measure_fp32(work, onnx_path: Path) -> Measured:

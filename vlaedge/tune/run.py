@@ -4,7 +4,9 @@ described in `vlaedge.tune`."""
 
 from __future__ import annotations
 
+import glob
 import json
+import math
 import shlex
 import time
 from pathlib import Path
@@ -14,6 +16,7 @@ import numpy as np
 from vlaedge import progress
 from vlaedge.artifact import sha256
 from vlaedge.data import sample_frames
+from vlaedge.defaults import default_checkpoint, default_dataset
 from vlaedge.errors import VlaedgeError
 from vlaedge.pipeline import calibration_feeds, load_inputs, prune_feeds
 from vlaedge.recipe import ExportConfig, VerifyConfig
@@ -21,13 +24,13 @@ from vlaedge.targets import get_target
 from vlaedge.tune.build import (
     Measured,
     build_error,
-    cached,
     drift_only,
     measure_fp32,
     measure_variant,
-    save,
     variant_key,
 )
+from vlaedge.tune.cache import cached, save
+from vlaedge.tune.output import TuneOutput
 from vlaedge.tune.select import (
     budget_failures,
     chosen_recipe,
@@ -37,7 +40,7 @@ from vlaedge.tune.select import (
     render_markdown,
 )
 from vlaedge.tune.space import Variant, declared_space
-from vlaedge.tune.work import FrameSet, TuneResult, Work
+from vlaedge.tune.work import FrameSet, TuneResult, Work, finite
 
 BUILD_ERRORS = (VlaedgeError, ValueError, RuntimeError)  # ONNX Runtime's quantizers raise the last two
 
@@ -45,13 +48,17 @@ BUILD_ERRORS = (VlaedgeError, ValueError, RuntimeError)  # ONNX Runtime's quanti
 def tune(recipe, out: str | Path, checkpoint: Path | None = None, data: Path | None = None,
          max_minutes: float = 5.0, space: str | dict = "full", search_frames: int = 128,
          max_fallback: int = 8, recipe_name: str = "recipe", log=print,
-         trust_code: bool = False) -> TuneResult:
+         trust_code: bool = False, force: bool = False, protect: tuple[Path, ...] = ()) -> TuneResult:
     """Explores the variant space for a recipe's target and writes the choice into `out`.
+
+    `out` is written as `vlaedge compress` writes its output (`vlaedge.tune.output`): refused before any
+    work when it is or touches an input, locked, staged beside it and moved into place when complete; an
+    existing tune folder is resumed from its validated cache (`vlaedge.tune.cache`).
 
     Args:
         recipe: the validated recipe; its quantize section is the base every variant changes, its verify
             section sets frames, seed, threads and runtime, its budgets decide what is acceptable.
-        out: the output directory (created; reused to resume).
+        out: the output directory (created; an existing tune folder is resumed and replaced).
         checkpoint: the FP32 policy; default: the embedded default policy.
         data: the episodes; default: the calibration sample.
         max_minutes: time box for building variants (the fallback search included); the latency run and
@@ -61,12 +68,17 @@ def tune(recipe, out: str | Path, checkpoint: Path | None = None, data: Path | N
         max_fallback: most module groups kept in FP32 by the sensitivity search.
         recipe_name: how the recipe is named in the report.
         log: progress lines.
+        trust_code: let a `python` checkpoint import and call its factory.
+        force: start over: replace an existing `out` (also a folder tune did not write) without reading
+            its cache.
+        protect: more inputs `out` must not be, contain or lie inside (the CLI passes the recipe file).
 
     Returns:
-        The `TuneResult` (rows, the pick and why, the written recipe).
+        The `TuneResult` (rows, the pick and why, the written recipe: None when nothing is within budget).
 
     Raises:
-        VlaedgeError: a recipe without a quantize section, bad inputs (as `vlaedge compress`).
+        VlaedgeError: a recipe without a quantize section, a time box that is not a positive number, a
+            refused output, another run on it, bad inputs (as `vlaedge compress`); `out` is as it was then.
 
     Example:
         >>> result = tune(load_recipe("recipes/cpu-int8.yaml"), "runs/tune", max_minutes=5)
@@ -75,26 +87,29 @@ def tune(recipe, out: str | Path, checkpoint: Path | None = None, data: Path | N
     if recipe.quantize is None:
         raise VlaedgeError("tune: the recipe has no quantize section, there is nothing to tune",
                            "start from a quantizing recipe, e.g. --recipe cpu-int8")
-    if max_minutes <= 0:
-        raise VlaedgeError(f"tune: --max-minutes {max_minutes}", "give a positive time box, e.g. 5")
-    return run_tune(recipe, Path(out), checkpoint, data, max_minutes, space, search_frames, max_fallback,
-                    recipe_name, log, time.monotonic(), trust_code)
+    if not math.isfinite(max_minutes) or max_minutes <= 0:
+        raise VlaedgeError(f"tune: --max-minutes {max_minutes:g}",
+                           "give a finite, positive time box in minutes, e.g. 5")
+    started = time.monotonic()
+    inputs = (Path(checkpoint) if checkpoint else default_checkpoint(),
+              Path(data) if data else default_dataset(), *protect)
+    with TuneOutput(out, force, protect=inputs) as staging:
+        result = run_tune(recipe, staging, checkpoint, data, max_minutes, space, search_frames, max_fallback,
+                          recipe_name, log, started, trust_code)
+        staging.commit()
+    return result
 
 
-def run_tune(recipe, out: Path, checkpoint, data, max_minutes, space, search_frames, max_fallback,
+def run_tune(recipe, staging: TuneOutput, checkpoint, data, max_minutes, space, search_frames, max_fallback,
              recipe_name, log, started, trust_code: bool = False) -> TuneResult:
+    """The tuner's steps (see `vlaedge.tune`) into `staging.path`, resuming from `staging.previous`."""
     deadline = started + max_minutes * 60
-    work, context, notes = _prepare(recipe, out, checkpoint, data, search_frames, log, trust_code)
+    work, context, notes = _prepare(recipe, staging, checkpoint, data, search_frames, log, trust_code)
     measured, errors = [measure_fp32(work, work.baseline_onnx)], []
-    timed_out = []
     variants = declared_space(work.target.runtime, recipe.quantize.precision, space)
-    for variant in progress.track(variants, "tune: variants built and measured"):
-        if time.monotonic() > deadline:
-            timed_out.append(variant.name)
-            continue
-        row = _build(work, variant, context, log, errors)
-        if row is not None:
-            measured.append(row)
+    built, counts = _explore(work, variants, context, deadline, log, errors)
+    measured += built
+    timed_out = [v.name for v in variants[len(variants) - counts["not_explored"]:]]
     sensitivity = []
     quantized = [m for m in measured if not m.fp32]
     if quantized and not any(not m.search_failures for m in quantized) and time.monotonic() < deadline:
@@ -109,8 +124,40 @@ def run_tune(recipe, out: Path, checkpoint, data, max_minutes, space, search_fra
     box = f"time box of {max_minutes:g} min reached: {', '.join(timed_out)} not explored" if timed_out else ""
     if box:
         log(f"tune: {box}")
-    return _write(recipe, out, work, rows, chosen, reason, sensitivity, notes, box, recipe_name,
-                  time.monotonic() - started, log, reproduce_command(out, checkpoint, data, trust_code))
+    reproduce = reproduce_command(staging.final, checkpoint, data, trust_code) if chosen else ""
+    return _write(recipe, staging, work, rows, chosen, reason, sensitivity, notes, box, recipe_name,
+                  time.monotonic() - started, reproduce, counts)
+
+
+def _explore(work, variants: list[Variant], context: dict, deadline: float, log, errors: list):
+    """Builds (or takes from the cache) each declared variant until the time box ends; then one line says
+    what happened to them. Returns (the built rows, the counts: total, built, from_cache, not_built,
+    not_explored)."""
+    rows, counts = [], dict.fromkeys(("built", "from_cache", "not_built", "not_explored"), 0)
+    with progress.stage("tune: variants", total=len(variants)) as bar:
+        for variant in variants:
+            if time.monotonic() > deadline:
+                break
+            row, how = _build(work, variant, context, log, errors)
+            counts[how] += 1
+            rows += [row] if row is not None else []
+            bar.advance()
+    counts = {"total": len(variants), **counts, "not_explored": len(variants) - sum(counts.values())}
+    log(counts_line(counts))
+    return rows, counts
+
+
+def counts_line(counts: dict) -> str:
+    """"tune: 9 variants: 5 built, 3 from cache, 1 could not be built, 0 not explored (time box)" (the last
+    two only when not 0)."""
+    n = counts["total"]
+    line = (f"tune: {n} variant{'' if n == 1 else 's'}: {counts['built']} built, "
+            f"{counts['from_cache']} from cache")
+    if counts["not_built"]:
+        line += f", {counts['not_built']} could not be built"
+    if counts["not_explored"]:
+        line += f", {counts['not_explored']} not explored (time box)"
+    return line
 
 
 def reproduce_command(out: Path, checkpoint, data, trust_code: bool) -> str:
@@ -123,7 +170,8 @@ def reproduce_command(out: Path, checkpoint, data, trust_code: bool) -> str:
     return shlex.join(words)
 
 
-def _prepare(recipe, out: Path, checkpoint, data, search_frames: int, log, trust_code: bool = False):
+def _prepare(recipe, staging: TuneOutput, checkpoint, data, search_frames: int, log,
+             trust_code: bool = False):
     from vlaedge.compress.export import export_onnx
 
     target = get_target(recipe.target)
@@ -131,8 +179,8 @@ def _prepare(recipe, out: Path, checkpoint, data, search_frames: int, log, trust
     inputs = load_inputs(checkpoint, data, recipe=recipe, trust_code=trust_code)
     recipe = inputs.recipe  # keep_action_head resolved; keep patterns and budget names checked
     config = recipe.verify or VerifyConfig()
-    folder = out / "variants"
-    folder.mkdir(parents=True, exist_ok=True)
+    folder = staging.path / "variants"
+    folder.mkdir()
     policy, notes = inputs.policy, []
     if recipe.prune:
         from vlaedge.compress.prune import prune
@@ -159,7 +207,7 @@ def _prepare(recipe, out: Path, checkpoint, data, search_frames: int, log, trust
                  FrameSet(inputs.policy, sample_frames(inputs.calibration, n_search, config.seed + 7),
                           config.seed + 7),
                  FrameSet(inputs.policy, sample_frames(inputs.evaluation, n_eval, config.seed), config.seed),
-                 config.seed)
+                 config.seed, staging.previous)
     context = {"checkpoint": sha256(inputs.checkpoint), "data": str(inputs.data_path), "eval": n_eval,
                "search": n_search, "seed": config.seed, "target": target.name,
                "export": export_cfg.model_dump(mode="json"),
@@ -169,24 +217,29 @@ def _prepare(recipe, out: Path, checkpoint, data, search_frames: int, log, trust
     return work, context, notes
 
 
-def _build(work, variant: Variant, context: dict, log, errors: list) -> Measured | None:
+def _build(work, variant: Variant, context: dict, log, errors: list) -> tuple[Measured | None, str]:
+    """The variant's row, from the previous run's cache when valid, else built (and cached); with how:
+    "from_cache", "built" or "not_built" (its error is added to `errors`, its files removed)."""
     key = variant_key(variant, work.base, context)
-    hit = cached(work.folder, variant.name, key, work.drift_budgets)
+    hit = cached(work.previous, work.folder, variant.name, key, work.drift_budgets, log)
     if hit is not None:
         log(f"tune: {variant.name}: cached (drift mean {hit.drift['mean_pct']:.3f}%)")
-        return hit
+        return hit, "from_cache"
     try:
         row = measure_variant(work, variant, key)
     except BUILD_ERRORS as e:
         errors.append(build_error(variant, e))
         log(f"tune: {variant.name}: could not be built ({errors[-1]['error'][:120]})")
-        return None
-    save(work.folder, row)
+        for partial in work.folder.glob(f"{glob.escape(variant.name)}.onnx*"):  # nothing that looks built
+            partial.unlink()
+        return None, "not_built"
+    if not save(work.folder, row):
+        log(f"tune: {variant.name}: a measured figure is NaN or infinite; its result is not cached")
     ok = "within" if not row.search_failures else "over"
     log(f"tune: {variant.name}: drift mean {row.drift['mean_pct']:.3f}% (search "
         f"{row.search_drift['mean_pct']:.3f}%, {ok} the drift budgets), {row.file_bytes / 1e6:.2f} MB, "
         f"{row.seconds:.1f} s")
-    return row
+    return row, "built"
 
 
 def _fallback(work, seed: Measured, context, max_fallback: int, deadline: float, log, errors):
@@ -198,7 +251,7 @@ def _fallback(work, seed: Measured, context, max_fallback: int, deadline: float,
         if time.monotonic() > deadline:
             break
         alone = Variant(f"{seed.name}+only-{g}", base.settings, [o for o in groups if o != g])
-        row = _build(work, alone, context, log, errors)
+        row, _ = _build(work, alone, context, log, errors)
         if row is not None:
             scores.append((g, row.search_drift["mean_pct"]))
     ranking = sorted(scores, key=lambda s: -s[1])
@@ -207,8 +260,8 @@ def _fallback(work, seed: Measured, context, max_fallback: int, deadline: float,
         if time.monotonic() > deadline:
             break
         kept.append(g)
-        row = _build(work, Variant(f"{seed.name}+fp32-{len(kept)}", base.settings, list(kept)), context, log,
-                     errors)
+        row, _ = _build(work, Variant(f"{seed.name}+fp32-{len(kept)}", base.settings, list(kept)), context,
+                        log, errors)
         if row is None:
             continue
         found.append(row)
@@ -255,10 +308,13 @@ def _time_and_judge(work, recipe, measured: list[Measured], log) -> list[dict]:
     return rows
 
 
-def _write(recipe, out: Path, work, rows, chosen, reason, sensitivity, notes, box, recipe_name, seconds, log,
-           reproduce: str):
+def _write(recipe, staging: TuneOutput, work, rows, chosen, reason, sensitivity, notes, box, recipe_name,
+           seconds, reproduce: str, counts: dict) -> TuneResult:
+    """tune.json, tune.md, tune.html and, when a row is within every budget, recipe.yaml, into the staging
+    folder; paths in them are the final ones."""
     from vlaedge.check.profile import load_line
 
+    out, folder = staging.final, staging.path
     load = rows[0].pop("load", None)
     result = {
         "schema": "vlaedge.tune/1", "verdict": reason, "chosen": chosen["name"] if chosen else None,
@@ -266,21 +322,22 @@ def _write(recipe, out: Path, work, rows, chosen, reason, sensitivity, notes, bo
         "latency_source": ("one interleaved ONNX Runtime run (batch 1)" if work.target.runtime ==
                            "onnxruntime" else
                            f"vlaedge.deploy.estimate roofline for {work.target.name} (no device here)"),
-        "eval_frames": work.evaluation.frames, "search_frames": work.search.frames,
+        "eval_frames": work.evaluation.frames, "search_frames": work.search.frames, "variants": counts,
         "rows": rows, "sensitivity": sensitivity, "notes": notes, "seconds": seconds, "load": load,
         "load_line": load_line(load) if load else "", "time_box": box,
-        "recipe_out": str(out / "recipe.yaml"), "reproduce": reproduce,
+        "recipe_out": str(out / "recipe.yaml") if chosen else None, "reproduce": reproduce or None,
     }
-    comment = [f"written by vlaedge tune from {recipe_name}: {reason}"]
-    if chosen and not chosen.get("fp32"):
-        comment.append(f"measured: {chosen['speedup']:.2f}x FP32 median, drift mean "
-                       f"{chosen['drift']['mean_pct']:.3f}% of range, {chosen['size_ratio']:.2f}x the FP32 "
-                       "size")
-    recipe_path = chosen_recipe(recipe, chosen, out / "recipe.yaml", comment)
-    (out / "tune.json").write_text(json.dumps(result, indent=1, default=str) + "\n")
-    (out / "tune.md").write_text(render_markdown(result))
+    if chosen:  # nothing within budget: no recipe that could pass for a pick
+        comment = [f"written by vlaedge tune from {recipe_name}: {reason}"]
+        if not chosen.get("fp32"):
+            comment.append(f"measured: {chosen['speedup']:.2f}x FP32 median, drift mean "
+                           f"{chosen['drift']['mean_pct']:.3f}% of range, {chosen['size_ratio']:.2f}x the "
+                           "FP32 size")
+        chosen_recipe(recipe, chosen, folder / "recipe.yaml", comment)
+    text = json.dumps(finite(result), indent=1, default=str, allow_nan=False)  # strict JSON: no NaN
+    (folder / "tune.json").write_text(text + "\n")
+    (folder / "tune.md").write_text(render_markdown(result))
     budget = recipe.budgets.max_drift_mean_pct if recipe.budgets else None
-    (out / "tune.html").write_text(render_html(result, budget))
-    tuned = TuneResult(out, rows, chosen, reason, recipe_path, sensitivity, notes, reproduce)
-    log(tuned.summary())
-    return tuned
+    (folder / "tune.html").write_text(render_html(result, budget))
+    return TuneResult(out, rows, chosen, reason, out / "recipe.yaml" if chosen else None, sensitivity, notes,
+                      reproduce, counts)

@@ -85,15 +85,15 @@ def pick(rows: list[dict]) -> tuple[dict | None, str]:
     return best, f"{best['name']}: the fastest within every budget ({detail})"
 
 
-def chosen_recipe(recipe: Recipe, row: dict | None, path: Path, comment: list[str]) -> Path:
+def chosen_recipe(recipe: Recipe, row: dict, path: Path, comment: list[str]) -> Path:
     """Writes a plain recipe reproducing the chosen row with `vlaedge compress` (FP32: no quantize
-    section)."""
+    section). Only for a row within every budget: with none, `vlaedge tune` writes no recipe."""
     data = recipe.model_dump(mode="json", exclude_none=True)
-    if row is None or row.get("fp32"):
+    if row.get("fp32"):
         data.pop("quantize", None)
     else:
         data["quantize"] = {**data["quantize"], **row["settings"]}
-    data["description"] = f"tuned by vlaedge tune: {row['name'] if row else 'fp32'}"
+    data["description"] = f"tuned by vlaedge tune: {row['name']}"
     header = "".join(f"# {line}\n" for line in comment)
     path.write_text(header + yaml.safe_dump(data, sort_keys=False))
     return path
@@ -139,7 +139,10 @@ def render_markdown(result: dict) -> str:
         lines += [f"| `{g}` | {d:.4f} |" for g, d in result["sensitivity"]]
     if result.get("load"):
         lines += ["", result["load_line"].replace("machine load:", "Machine load during the latency run:", 1)]
-    lines += ["", f"Reproduce the pick: `{result['reproduce']}`", ""]
+    if result.get("reproduce"):
+        lines += ["", f"Reproduce the pick: `{result['reproduce']}`", ""]
+    else:
+        lines += ["", "No recipe.yaml was written: nothing, FP32 included, is within every budget.", ""]
     return "\n".join(lines)
 
 

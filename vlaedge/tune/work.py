@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,17 +19,54 @@ class TuneResult:
     rows: list[dict]
     chosen: dict | None  # the picked row (FP32's row when nothing quantized is faster)
     reason: str
-    recipe: Path
+    recipe: Path | None  # OUT/recipe.yaml; None when nothing is within budget (no recipe is written then)
     sensitivity: list[tuple[str, float]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     reproduce: str = ""  # the `vlaedge compress` command line that rebuilds the pick
+    counts: dict = field(default_factory=dict)  # declared variants: total, built, from_cache, not_built, ...
 
     def __bool__(self) -> bool:
         return self.chosen is not None
 
     def summary(self) -> str:
-        return (f"tune: {self.reason}\nwrote {self.out}/tune.md, tune.html, tune.json and {self.recipe}"
+        """The verdict, what was written and the command that rebuilds the pick; when nothing is within
+        budget only what was written (the verdict is then the command's failure line)."""
+        files = f"{self.out}/tune.md, tune.html, tune.json"
+        if self.recipe is None:
+            return f"wrote {files} (no recipe.yaml: nothing is within every budget)"
+        return (f"tune: {self.reason}\nwrote {files} and {self.recipe}"
                 + (f"\nreproduce the pick: {self.reproduce}" if self.reproduce else ""))
+
+    def to_json(self) -> str:
+        """The one JSON object `vlaedge tune --json` prints: {command, verdict ("pass" | "fail"), passed,
+        chosen, reason, speedup, drift_mean_pct, drift_p99_pct (% of action range), size_ratio (the pick
+        against FP32), variants (counts), reproduce, paths {out, tune_json, tune_md, tune_html, recipe}}; a
+        figure not measured (or nothing chosen) is null."""
+        pick = self.chosen or {}
+        drift = pick.get("drift") or {}
+        names = ("tune.json", "tune.md", "tune.html")
+        summary = {
+            "command": "tune", "verdict": "pass" if self else "fail", "passed": bool(self),
+            "chosen": pick.get("name"), "reason": self.reason, "speedup": pick.get("speedup"),
+            "drift_mean_pct": drift.get("mean_pct"), "drift_p99_pct": drift.get("p99_pct"),
+            "size_ratio": pick.get("size_ratio"), "variants": self.counts,
+            "reproduce": self.reproduce or None,
+            "paths": {"out": str(self.out), **{n.replace(".", "_"): str(self.out / n) for n in names},
+                      "recipe": str(self.recipe) if self.recipe else None},
+        }
+        return json.dumps(finite(summary), allow_nan=False, default=float)
+
+
+def finite(value):
+    """`value` (nested dicts and lists) with every NaN or infinite float replaced by None: what strict JSON
+    holds (tune.json and --json are read by tools that refuse NaN)."""
+    if isinstance(value, dict):
+        return {k: finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [finite(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
 
 
 @dataclass
@@ -49,6 +88,7 @@ class Work:
     search: FrameSet  # drift frames of the calibration split
     evaluation: FrameSet  # of the evaluation split
     seed: int
+    previous: Path | None = None  # the previous run's variants/ to resume from (read, never written)
 
     def drift(self, runtime):
         """(drift on the search frames, drift on the evaluation frames) of a candidate runtime."""
