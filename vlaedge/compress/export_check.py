@@ -72,11 +72,11 @@ def check_batches(policy: Policy, model: Path, batches: tuple[int, ...], export_
                  if v.ndim == 0 or v.shape[0] != batch]
         if wrong:
             raise _refusal(policy, model, batch, export_batch, f"output {wrong[0]}")
-        diff = np.abs(policy.decode(policy.run_torch(feeds)) - policy.decode(out))
-        pct = float((diff / np.maximum(policy.action_spec.range, 1e-12)).max() * 100.0)
+        reference = policy.decode(policy.run_torch(feeds))
+        pct = float((np.abs(reference - policy.decode(out)) / policy.check_scale(reference)).max() * 100.0)
         if not quantized and pct > tolerance:
             raise _refusal(policy, model, batch, export_batch,
-                           f"actions differ from torch by {pct:.3f}% of the action range (allowed "
+                           f"outputs differ from torch by {pct:.3f}% of their range (allowed "
                            f"{tolerance:g}%)")
     sizes = " and ".join(map(str, batches))
     return f"ONNX Runtime matches torch at batches {sizes} too (traced at batch {export_batch})"

@@ -265,8 +265,9 @@ def check_against_torch(policy: Policy, model: Path, feeds: dict[str, np.ndarray
     finally:
         candidate.close()
     ref_out = _joined([policy.run_torch(part) for part in slices])
-    diff = np.abs(policy.decode(ref_out) - policy.decode(cand_out))
-    pct = diff / np.maximum(policy.action_spec.range, 1e-12) * 100.0
+    reference = policy.decode(ref_out)
+    diff = np.abs(reference - policy.decode(cand_out))
+    pct = diff / policy.check_scale(reference) * 100.0
     agreement = None
     if "action_logits" in ref_out:
         agreement = float(np.mean(ref_out["action_logits"].argmax(-1)

@@ -117,6 +117,10 @@ class StagePolicy(Policy):
         return np.concatenate([np.asarray(outputs[n], np.float32).reshape(len(outputs[n]), -1)
                                for n in self.output_names], axis=1)
 
+    def check_scale(self, reference: np.ndarray) -> float:
+        """A stage's outputs are not actions: differences are a percentage of max(1, max |output|)."""
+        return max(1.0, float(np.abs(reference).max()))
+
     def make_inputs(self, frames: dict, seed: int = 0) -> dict[str, np.ndarray]:
         raise NotImplementedError("a stage takes tensors from earlier stages, not dataset frames")
 

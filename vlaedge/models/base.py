@@ -200,6 +200,11 @@ class Policy(ABC):
         out = out if isinstance(out, tuple | list) else (out,)
         return {name: t.float().numpy() for name, t in zip(self.output_names, out, strict=True)}
 
+    def check_scale(self, reference: np.ndarray) -> np.ndarray | float:
+        """What a difference in decoded outputs is a percentage of in the export check: the action range
+        of each dimension (a stage's graph, whose outputs are not actions, overrides it)."""
+        return np.maximum(self.action_spec.range, 1e-12)
+
     def act(self, frames: dict, seed: int = 0) -> np.ndarray:
         """Frames in, actions [B, T, A] out, with the torch module."""
         return self.decode(self.run_torch(self.make_inputs(frames, seed)))

@@ -23,8 +23,11 @@ import torch
 from vlaedge.models.base import ActionSpec, Policy, TensorSpec
 from vlaedge.models.lerobot.layout import WEIGHTS, LeRobotCheckpoint, Normalization, read_checkpoint
 from vlaedge.models.preprocess import DataInput, frame_field, image_feed, vector_feed
+from vlaedge.models.stages import StagePlan, check_plan
 
 TOKENS, MASK = "observation.language.tokens", "observation.language.attention_mask"
+STATE = "observation.state"
+STAGED = ("embed_images", "encode_prefix", "denoise_step", "unpad_actions")  # a flow network's stage methods
 
 
 def network_module(kind: str):
@@ -64,6 +67,33 @@ class LeRobotNetwork(torch.nn.Module):
         span = torch.where(hi - lo == 0, torch.full_like(lo, eps), hi - lo)
         return (x + 1) / 2 * span + lo if inverse else 2 * (x - lo) / span - 1
 
+    def stage_images(self, *images: torch.Tensor) -> torch.Tensor:
+        """Stage `vision`: cameras (B, 3, H, W) in [0, 1], normalized, -> the network's image tokens."""
+        cameras = [n for n in self.names if n.startswith("observation.images.") or n == "observation.image"]
+        return getattr(self, self.root).embed_images(*(self._norm(n, x) for n, x in zip(cameras, images,
+                                                                                       strict=True)))
+
+    def stage_prefix(self, image_tokens: torch.Tensor, tokens: torch.Tensor, mask: torch.Tensor,
+                     state: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Stage `prefix`: image tokens, task tokens and mask, raw state -> the KV cache batch first
+        (keys, values (B, layers, kv_heads, L, head_dim); prefix_mask (B, L)): every stage tensor has the
+        batch on axis 0, so each graph has one dynamic batch axis."""
+        net = getattr(self, self.root)
+        keys, values, prefix_mask = net.encode_prefix(image_tokens, tokens, mask.bool(),
+                                                      self._norm(STATE, state))
+        return keys.transpose(0, 1), values.transpose(0, 1), prefix_mask
+
+    def stage_expert(self, x: torch.Tensor, t: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
+                     prefix_mask: torch.Tensor) -> torch.Tensor:
+        """Stage `expert` (the denoise loop's): the velocity at (x, t) given the batch-first cache."""
+        return getattr(self, self.root).denoise_step(x, t, keys.transpose(0, 1), values.transpose(0, 1),
+                                                     prefix_mask)
+
+    def stage_actions(self, sample: torch.Tensor) -> torch.Tensor:
+        """Stage `actions`: the denoise loop's sample -> the executed actions in the dataset's units."""
+        actions = getattr(self, self.root).unpad_actions(sample)
+        return self._norm("action", actions[:, : self.steps], inverse=True)
+
     def forward(self, *args: torch.Tensor) -> torch.Tensor:
         """args in `names` order -> actions (B, n_action_steps, A) in the dataset's units."""
         batch = {name: x.bool() if name == MASK else self._norm(name, x)
@@ -92,6 +122,27 @@ class LeRobotPolicy(Policy):
                                     [s.name for s in self.input_spec], {n: ckpt.norms[n] for n in fed},
                                     ckpt.n_action_steps)
         self.module = module
+        self.stage_plan = self._plan(kinds) if all(hasattr(getattr(module, kinds.ROOT), m) for m in STAGED) \
+            else None
+
+    def _plan(self, kinds) -> StagePlan:
+        """vision -> prefix (KV cache) -> expert x `num_steps` (Euler, t from 1 to 0 as LeRobot) -> actions:
+        the per-stage graphs of a flow-matching VLA (`vlaedge.models.stages`)."""
+        cameras = [f.name for f in self.ckpt.inputs if f.type == "VISUAL"]
+        kv = ["keys", "values", "prefix_mask"]
+        steps = int(self.ckpt.config.get("num_steps", 10))
+        plan = StagePlan.model_validate({
+            "graphs": [
+                {"name": "vision", "call": "stage_images", "inputs": cameras, "outputs": ["image_tokens"]},
+                {"name": "prefix", "call": "stage_prefix", "inputs": ["image_tokens", TOKENS, MASK, STATE],
+                 "outputs": kv},
+                {"name": "expert", "call": "stage_expert", "inputs": ["x", "t", *kv],
+                 "outputs": ["velocity"]},
+                {"name": "actions", "call": "stage_actions", "inputs": ["sample"], "outputs": ["action"]}],
+            "denoise": {"stage": "expert", "steps": steps, "init": "noise", "t_start": 1.0, "t_end": 0.0,
+                        "output": "sample"}})
+        check_plan(plan, self.module, [s.name for s in self.input_spec], list(self.output_names))
+        return plan
 
     def _specs(self, noise: dict[str, tuple[int, ...]]) -> list[TensorSpec]:
         """Cameras float32 [0, 1], state/env vectors (range from their statistics), the task's tokens and
