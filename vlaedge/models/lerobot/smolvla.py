@@ -174,7 +174,9 @@ def build(config: dict, root: Path) -> nn.Module:
     Returns:
         `SmolVLA`: `net(batch) -> (B, chunk_size, action_dim)` float32 normalized actions; its state dict
         keys are the checkpoint's without the `model.` prefix. Under
-        `vlaedge.models.weights.empty_parameters()` its parameters are on the meta device.
+        `vlaedge.models.weights.empty_parameters()` its parameters are on the meta device. With
+        `load_vlm_weights: true` the VLM's parameters are bfloat16 (LeRobot loads the Hub VLM in bfloat16
+        and copies the checkpoint into it), the rest float32.
 
     Raises:
         VlaedgeError: transformers is missing, a config field this module does not build, or the
@@ -188,9 +190,9 @@ def build(config: dict, root: Path) -> nn.Module:
     folder = vlm_folder(config, root)
     vlm_config = SmolVLMConfig.from_pretrained(str(folder), local_files_only=True)
     if vlm_config.model_type != "smolvlm":
-        raise VlaedgeError(f"lerobot: {folder / 'config.json'} is a {vlm_config.model_type!r} model, not "
-                           "smolvlm",
-                           "point vlm_model_name at a SmolVLM(2) backbone folder")
+        raise VlaedgeError(
+            f"lerobot: {folder / 'config.json'} is a {vlm_config.model_type!r} model, not smolvlm",
+            "point vlm_model_name at a SmolVLM(2) backbone folder")
     return SmolVLA(spec, vlm_config).eval()
 
 
