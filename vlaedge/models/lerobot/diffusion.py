@@ -241,7 +241,10 @@ class RgbEncoder(nn.Module):
 
     def __init__(self, spec: DiffusionSpec):
         super().__init__()
-        self.crop = spec.crop_shape
+        self.crop = None  # (top, left, height, width) of the eval-mode center crop, static for export
+        if spec.crop_shape is not None:  # torchvision's center_crop: offsets rounded half to even
+            (h, w), (crop_h, crop_w) = spec.image_shape[1:], spec.crop_shape
+            self.crop = (int(round((h - crop_h) / 2.0)), int(round((w - crop_w) / 2.0)), crop_h, crop_w)
         height, width = spec.crop_shape or spec.image_shape[1:]
         norm = (lambda c: nn.GroupNorm(c // 16, c)) if spec.group_norm else nn.BatchNorm2d
         self.backbone = nn.Sequential(*resnet18_layers(norm).values())
@@ -252,10 +255,9 @@ class RgbEncoder(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """(B, 3, H, W) float32 -> (B, 2K)."""
-        if self.crop is not None:  # torchvision's center_crop: offsets rounded half to even
-            top = int(round((x.shape[-2] - self.crop[0]) / 2.0))
-            left = int(round((x.shape[-1] - self.crop[1]) / 2.0))
-            x = x[..., top : top + self.crop[0], left : left + self.crop[1]]
+        if self.crop is not None:
+            top, left, h, w = self.crop
+            x = x[..., top : top + h, left : left + w]
         return self.relu(self.out(torch.flatten(self.pool(self.backbone(x)), start_dim=1)))
 
 
