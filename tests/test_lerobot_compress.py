@@ -136,3 +136,39 @@ def test_graph_takes_raw_observations_and_returns_executed_actions(act_pusht):
     frames = {"observation.image": np.zeros((2, 96, 96, 3), np.uint8),
               "observation.state": np.full((2, 2), 256.0, np.float32)}
     assert policy.act(frames).shape == (2, 4, 2)
+
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "cases" / "lerobot_policies"
+
+
+@pytest.fixture(scope="module")
+def two_camera_dataset(tmp_path_factory) -> Path:
+    """SmolVLA fixture's features: two 96x128 cameras, 6-dim state and action, three tasks."""
+    rng, episodes = np.random.default_rng(0), []
+    tasks = ["pick up the red cube", "open the drawer", "put the cup on the plate"]
+    for e in range(4):
+        top, wrist = (rng.integers(0, 256, (6, 96, 128, 3), dtype=np.uint8) for _ in range(2))
+        episodes.append(Episode(tasks[e % 3], top, rng.normal(0, 1, (6, 6)).astype(np.float32),
+                                rng.normal(0, 1, (6, 6)).astype(np.float32), index=e,
+                                cameras={"observation.images.top": top, "observation.images.wrist": wrist}))
+    dataset = EpisodeDataset.from_episodes(episodes, fps=10, action_names=[f"a{i}" for i in range(6)])
+    return save_lerobot(dataset, tmp_path_factory.mktemp("two-cameras") / "ds")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not SHARED.is_dir(), reason="../shared/cases/lerobot_policies is not beside the repo")
+def test_smolvla_checkpoint_exports_and_quantizes_per_stage(tmp_path, two_camera_dataset, capsys, monkeypatch):
+    pytest.importorskip("transformers")
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("target: cpu\nquantize: {precision: int8, num_calib_frames: 8}\nexport: {check_frames: 8}\n"
+                      "verify: {eval_frames: 8, profile_runs: 2, profile_warmup: 1}\n")
+    code, text = run_cli(["compress", SHARED / "smolvla_tiny" / "pretrained_model", "--data", two_camera_dataset,
+                          "--recipe", recipe, "--out", tmp_path / "run"], capsys, monkeypatch)
+    assert code == 0, text
+    assert "data: observation.language.tokens <- task (tokens [48])" in text
+    plan = json.loads((tmp_path / "run" / "stages.json").read_text())
+    assert [g["name"] for g in plan["graphs"]] == ["vision", "prefix", "expert", "actions"]
+    assert plan["denoise"]["steps"] == 10 and plan["denoise"]["t_start"] == 1.0
+    assert "stage expert (velocity): cosine" in text and "over 10 call(s)" in text
+    drift = json.loads((tmp_path / "run" / "report.json").read_text())["drift"]
+    assert drift["p99_pct"] < 2.0, drift
