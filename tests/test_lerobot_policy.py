@@ -164,3 +164,47 @@ def test_save_writes_a_folder_lerobot_reads(tmp_path):
     saved = load_file(str(out / "model.safetensors"))
     assert saved.keys() == original.keys()
     assert all(np.array_equal(saved[k], original[k]) for k in original)
+
+
+DIFFUSION = Path(__file__).resolve().parent / "fixtures" / "lerobot_diffusion"
+
+
+@pytest.fixture(scope="module", params=["ddim_pusht", "ddpm_two_cameras"])
+def diffusion_case(request, tmp_path_factory):
+    """A Diffusion fixture folder written by LeRobot 0.4.4, its weights regenerated from the seed into a
+    copy (tests/fixtures/lerobot_diffusion/README.md)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("seeded_weights", DIFFUSION / "seeded_weights.py")
+    seeded = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(seeded)
+    folder = tmp_path_factory.mktemp(request.param) / "pretrained_model"
+    shutil.copytree(DIFFUSION / request.param / "pretrained_model", folder)
+    seeded.write(request.param, folder)
+    return load_policy(folder), dict(np.load(DIFFUSION / request.param / "reference.npz"))
+
+
+def test_diffusion_fixtures_match_lerobot_from_raw_observations(diffusion_case):
+    policy, ref = diffusion_case
+    feeds = {}
+    for s in policy.input_spec:
+        if s.name in ("noise", "variance_noise"):
+            feeds[s.name] = ref[f"noise/{'initial' if s.name == 'noise' else 'variance'}"]
+        elif s.name.startswith("observation.images."):  # uint8 HWC (with history) -> [0, 1] CHW
+            feeds[s.name] = np.ascontiguousarray(np.moveaxis(ref[f"obs/{s.name}"], -1, -3) / np.float32(255))
+        else:
+            feeds[s.name] = ref[f"obs/{s.name}"]
+    assert action_error(policy, ref, feeds) < BOUND
+
+
+def test_observation_history_is_the_frame_repeated_as_at_an_episode_start(diffusion_case):
+    policy, ref = diffusion_case
+    if policy.history == 1:
+        pytest.skip("no observation history in this variant")
+    frames = {"observation.images.top": ref["obs/observation.images.top"][:, -1],
+              "observation.state": ref["obs/observation.state"][:, -1], "instruction": [""] * 4}
+    feeds = policy.make_inputs(frames)
+    assert feeds["observation.images.top"].shape == (4, 2, 3, 96, 96)
+    np.testing.assert_array_equal(feeds["observation.state"][:, 0], feeds["observation.state"][:, 1])
+    np.testing.assert_allclose(feeds["observation.images.top"][:, 1],
+                               np.moveaxis(frames["observation.images.top"], -1, 1) / 255.0, atol=1e-7)

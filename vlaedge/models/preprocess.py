@@ -46,6 +46,8 @@ class DataInput:
         layout: "CHW" or "HWC" for images.
         normalize: "none", "mean_std" or "min_max".
         stats: statistics from the checkpoint (``mean``/``std``/``min``/``max`` lists); None: the dataset's.
+        history: observation steps the input holds on axis 1 ([B, history, ...]; 1: no history axis), as
+            LeRobot's `n_obs_steps`.
     """
 
     input: str
@@ -54,6 +56,7 @@ class DataInput:
     layout: str = "CHW"
     normalize: str = "none"
     stats: dict | None = None
+    history: int = 1
 
 
 @dataclass
@@ -260,7 +263,7 @@ def describe_features(dataset) -> dict[str, dict]:
 
 def _check_input(d: DataInput, spec, info: dict) -> tuple[tuple[str, str] | None, str]:
     """(mismatch or None, preprocessing text) for one input against its dataset feature."""
-    shape = list(spec.shape[1:])
+    shape = list(spec.shape[2:] if d.history > 1 else spec.shape[1:])  # one observation step
     if d.source == "image":
         if info["kind"] != "camera":
             return (f"data: input {d.input!r} takes images, feature {d.feature!r} is {info['text']}",

@@ -103,9 +103,10 @@ class LeRobotCheckpoint:
             postprocessor).
         rename: policy feature -> the dataset feature it is read from (the rename step, inverted).
         text: the tokenizer step, or None for policies without language.
-        chunk_size: actions the network predicts per call.
+        chunk_size: actions the network predicts per call (`chunk_size`, or Diffusion Policy's `horizon`).
         n_action_steps: actions executed per call (the graph's output length).
         state_files: the processor state files the JSONs name (read here, not weights).
+        n_obs_steps: observation steps each call sees (1, or a history as Diffusion Policy's).
     """
 
     root: Path
@@ -119,6 +120,7 @@ class LeRobotCheckpoint:
     chunk_size: int
     n_action_steps: int
     state_files: frozenset[str] = frozenset()
+    n_obs_steps: int = 1
 
 
 def is_lerobot(checkpoint: Path) -> bool:
@@ -163,7 +165,10 @@ def read_checkpoint(root: Path) -> LeRobotCheckpoint:
         raise VlaedgeError(f"lerobot: {root / CONFIG}: output_features must hold one ACTION feature of shape "
                            f"(A,), got {[(f.name, f.type, f.shape) for f in outputs]}",
                            "re-save the checkpoint with LeRobot")
-    chunk, steps = _int(config, "chunk_size", root), _int(config, "n_action_steps", root)
+    # actions per network call: `chunk_size` (ACT, SmolVLA, pi0) or the diffusion `horizon`
+    chunk_key = "chunk_size" if "chunk_size" in config or "horizon" not in config else "horizon"
+    chunk = _int(config, chunk_key, root)
+    steps = _int(config, "n_action_steps", root)
     if not 1 <= steps <= chunk:
         raise VlaedgeError(f"lerobot: {root / CONFIG}: n_action_steps {steps} must be in 1..chunk_size "
                            f"({chunk})", "set n_action_steps <= chunk_size")
@@ -172,8 +177,9 @@ def read_checkpoint(root: Path) -> LeRobotCheckpoint:
     norms = _normalizations(root, pre, "normalizer_processor", list(inputs))
     norms.update(_normalizations(root, post, "unnormalizer_processor", actions))
     named = frozenset(s["state_file"] for s in pre + post if isinstance(s.get("state_file"), str))
+    history = _int(config, "n_obs_steps", root) if "n_obs_steps" in config else 1
     return LeRobotCheckpoint(root, kind, config, tuple(inputs), actions[0], norms, _rename(pre),
-                             _text(root, pre), chunk, steps, named)
+                             _text(root, pre), chunk, steps, named, history)
 
 
 def _json(path: Path) -> dict:

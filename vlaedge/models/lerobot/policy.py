@@ -109,6 +109,7 @@ class LeRobotPolicy(Policy):
         self.ckpt = ckpt
         self.name = f"lerobot {ckpt.type} ({ckpt.root.name})"
         kinds = network_module(ckpt.type)
+        self.history = ckpt.n_obs_steps
         self.tokenizer = _tokenizer(ckpt) if ckpt.text is not None else None
         self.input_spec = tuple(self._specs(kinds.noise_shapes(ckpt.config)))
         self.output_names = ("action",)
@@ -148,9 +149,10 @@ class LeRobotPolicy(Policy):
         """Cameras float32 [0, 1], state/env vectors (range from their statistics), the task's tokens and
         attention mask, then the noise inputs: the graph's inputs in order."""
         ckpt, specs = self.ckpt, []
+        history = (self.history,) if self.history > 1 else ()
         for f in ckpt.inputs:
             low, high = (0.0, 1.0) if f.type == "VISUAL" else _range(ckpt.norms[f.name])
-            specs.append(TensorSpec(f.name, ("B", *f.shape), "float32", low, high))
+            specs.append(TensorSpec(f.name, ("B", *history, *f.shape), "float32", low, high))
         if self.tokenizer is not None:
             length = ckpt.text.max_length
             specs += [TensorSpec(TOKENS, ("B", length), "int64", 0, self.tokenizer.size - 1),
@@ -165,13 +167,18 @@ class LeRobotPolicy(Policy):
             source = kinds.get(s.name, "noise")
             feature = {"instruction": "task", "instruction_mask": "task", "noise": "noise"}.get(
                 source, self.ckpt.rename.get(s.name, s.name))
-            out.append(DataInput(s.name, source, feature))
+            out.append(DataInput(s.name, source, feature, history=self.history if source in ("image", "state")
+                                 else 1))
         return out
 
     def make_inputs(self, frames: dict, seed: int = 0) -> dict[str, np.ndarray]:
         """Frames -> feeds: images resized to the feature's H x W and scaled to [0, 1] (LeRobot's
         `prepare_observation_for_inference`), state as recorded, the task tokenized as the tokenizer step
-        says (with "\\n" appended where a new-line step runs first), noise standard normal from `seed`."""
+        says (with "\\n" appended where a new-line step runs first), noise standard normal from `seed`.
+
+        A policy with an observation history (`n_obs_steps` > 1, e.g. Diffusion Policy) gets each frame
+        repeated `n_obs_steps` times, which is what LeRobot's observation queue holds at an episode's first
+        step; the exported graph takes the history as axis 1, so a robot feeds its real history."""
         rng = np.random.default_rng(seed)
         batch = _batch_size(frames)
         feeds = {}
@@ -179,6 +186,8 @@ class LeRobotPolicy(Policy):
         for s in self.input_spec:
             d, _ = self.fed(s.name)
             shape = s.concrete_shape(batch)
+            if d.history > 1:  # one step, repeated below
+                shape = (shape[0], *shape[2:])
             if d.source == "noise":
                 feeds[s.name] = rng.standard_normal(shape).astype(np.float32)
             elif d.source in ("instruction", "instruction_mask"):
@@ -191,6 +200,8 @@ class LeRobotPolicy(Policy):
             else:
                 values = frame_field(frames, d.feature, "state")
                 feeds[s.name] = vector_feed(values, shape, "float32", d, None)
+            if d.history > 1:
+                feeds[s.name] = np.ascontiguousarray(np.repeat(feeds[s.name][:, None], d.history, axis=1))
         return feeds
 
     def _tokens(self, tasks: list[str]) -> tuple[np.ndarray, np.ndarray]:
