@@ -1,0 +1,139 @@
+"""What the pi0 / pi0.5 network is built from: config.json's fields (LeRobot 0.4.4's `PI0Config` /
+`PI05Config`), checked, and the sizes LeRobot fixes in code (`get_gemma_config`'s variants, SigLIP So400m,
+the 257,152-token vocabulary)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from vlaedge.errors import VlaedgeError
+from vlaedge.models.lerobot.pi0_gemma import GemmaSize, PaliGemmaSizes
+
+STATE_KEY = "observation.state"
+TOKENS_KEY = "observation.language.tokens"
+MASK_KEY = "observation.language.attention_mask"
+NOISE_KEY = "noise"
+ACTION_KEY = "action"
+EMPTY_CAMERA = "observation.images.empty_camera_"  # LeRobot's name for the `empty_cameras` placeholders
+KINDS = ("pi0", "pi05")
+# LeRobot's get_gemma_config (openpi's gemma.py): (width, depth, mlp_dim, num_heads, num_kv_heads, head_dim)
+VARIANTS = {"gemma_300m": GemmaSize(1024, 18, 4096, 8, 1, 256),
+            "gemma_2b": GemmaSize(2048, 18, 16_384, 8, 1, 256)}
+PROJECTION_WIDTH = 2048  # LeRobot sets the SigLIP projector's output to 2048 whatever the VLM variant
+# PI0Config / PI05Config defaults (LeRobot 0.4.4), for config.json files written before a field existed
+_DEFAULTS = {"paligemma_variant": "gemma_2b", "action_expert_variant": "gemma_300m", "dtype": "float32",
+             "chunk_size": 50, "max_state_dim": 32, "max_action_dim": 32, "num_inference_steps": 10,
+             "min_period": 4e-3, "max_period": 4.0, "rtc_config": None, "image_resolution": [224, 224],
+             "empty_cameras": 0}
+
+
+@dataclass(frozen=True)
+class PI0Spec:
+    """The network's build parameters, read and checked from config.json by `PI0Spec.from_config`."""
+
+    kind: str  # "pi0" or "pi05"
+    cameras: tuple[str, ...]  # VISUAL inputs fed to the network, config order, empty cameras left out
+    image_size: int  # the square side SigLIP gets (`image_resolution`)
+    state_dim: int  # `observation.state` size (pi0 zero-pads it to max_state_dim; pi0.5 does not read it)
+    action_dim: int  # the first action_dim of max_action_dim are the actions
+    chunk_size: int  # actions per chunk
+    max_state_dim: int
+    max_action_dim: int
+    num_steps: int  # Euler steps (`num_inference_steps`)
+    min_period: float  # time embedding period range
+    max_period: float
+    dtype: str  # "float32" or "bfloat16" (LeRobot's mixed precision)
+    sizes: PaliGemmaSizes
+
+    @classmethod
+    def from_config(cls, config: dict, sizes: PaliGemmaSizes | None = None) -> PI0Spec:
+        """Reads config.json's fields (LeRobot's defaults where absent).
+
+        Args:
+            config: parsed config.json.
+            sizes: replaces the variants' sizes (tests with tiny networks), else from the variant names.
+
+        Raises:
+            VlaedgeError: a field this module does not build, naming it and its value.
+        """
+        c = {**_DEFAULTS, **config}
+        _check_supported(c)
+        sizes = sizes or PaliGemmaSizes(VARIANTS[c["paligemma_variant"]],
+                                        VARIANTS[c["action_expert_variant"]])
+        _check_sizes(sizes)
+        inputs = c.get("input_features") or {}
+        empty = {f"{EMPTY_CAMERA}{i}" for i in range(c["empty_cameras"])}
+        cameras = tuple(k for k, f in inputs.items() if f.get("type") == "VISUAL" and k not in empty)
+        state, action = inputs.get(STATE_KEY), (c.get("output_features") or {}).get(ACTION_KEY)
+        _check_features(c, cameras, state, action)
+        return cls(
+            kind=c["type"], cameras=cameras, image_size=c["image_resolution"][0],
+            state_dim=state["shape"][0] if state else 0, action_dim=action["shape"][0],
+            chunk_size=c["chunk_size"], max_state_dim=c["max_state_dim"], max_action_dim=c["max_action_dim"],
+            num_steps=c["num_inference_steps"], min_period=float(c["min_period"]),
+            max_period=float(c["max_period"]), dtype=c["dtype"], sizes=sizes)
+
+
+def noise_shapes(config: dict) -> dict[str, tuple[int, ...]]:
+    """{"noise": (chunk_size, max_action_dim)}: the flow-matching start sample, standard normal."""
+    c = {**_DEFAULTS, **config}
+    return {NOISE_KEY: (c["chunk_size"], c["max_action_dim"])}
+
+
+def _refuse(field: str, value: object, fix: str) -> VlaedgeError:
+    return VlaedgeError(f"lerobot: config.json: {field} = {value!r} is not supported", fix)
+
+
+def _check_supported(c: dict) -> None:
+    if c.get("type") not in KINDS:
+        raise _refuse("type", c.get("type"), f"this module builds {', '.join(KINDS)}")
+    if c["paligemma_variant"] != "gemma_2b":
+        raise _refuse("paligemma_variant", c["paligemma_variant"],
+                      f"LeRobot 0.4.4 projects SigLIP to {PROJECTION_WIDTH} wide, which only gemma_2b reads "
+                      "(it cannot run another variant either); set it to gemma_2b")
+    if c["action_expert_variant"] not in VARIANTS:
+        raise _refuse("action_expert_variant", c["action_expert_variant"],
+                      f"use one of {', '.join(VARIANTS)}")
+    if c["dtype"] not in ("float32", "bfloat16"):
+        raise _refuse("dtype", c["dtype"], "LeRobot builds float32 or bfloat16")
+    rtc = c["rtc_config"]
+    if rtc is not None and (not isinstance(rtc, dict) or rtc.get("enabled", False)):
+        raise _refuse("rtc_config", rtc, "vlaedge does not port Real-Time Chunking (it guides the denoising "
+                      "with the previous chunk); set rtc_config to null or enabled to false")
+    for field in ("chunk_size", "num_inference_steps", "max_state_dim", "max_action_dim"):
+        if not isinstance(c[field], int) or isinstance(c[field], bool) or c[field] < 1:
+            raise _refuse(field, c[field], "it must be a positive integer")
+    for field in ("min_period", "max_period"):
+        if not isinstance(c[field], int | float) or isinstance(c[field], bool) or c[field] <= 0:
+            raise _refuse(field, c[field], "it must be a positive number")
+    size = c["image_resolution"]
+    if (not isinstance(size, list | tuple) or len(size) != 2 or size[0] != size[1]
+            or not isinstance(size[0], int) or size[0] < 1):
+        raise _refuse("image_resolution", size, "PaliGemma takes square images: give [side, side]")
+    if not isinstance(c["empty_cameras"], int) or c["empty_cameras"] < 0:
+        raise _refuse("empty_cameras", c["empty_cameras"], "a count of placeholder cameras, 0 or more")
+
+
+def _check_sizes(sizes: PaliGemmaSizes) -> None:
+    vlm, expert = sizes.vlm, sizes.expert
+    if (vlm.depth, vlm.num_kv_heads, vlm.head_dim) != (expert.depth, expert.num_kv_heads, expert.head_dim):
+        raise VlaedgeError(f"lerobot: pi0 sizes: the expert ({expert}) must match the VLM's ({vlm}) in "
+                           "depth, key/value heads and head width (it reads the VLM's cache layer by layer)",
+                           "use LeRobot's variants")
+
+
+def _check_features(c: dict, cameras: tuple, state: dict | None, action: dict | None) -> None:
+    inputs = c.get("input_features") or {}
+    if not cameras:
+        raise _refuse("input_features", sorted(inputs), f"{c['type']} needs at least one VISUAL input")
+    shapes = {tuple(inputs[k]["shape"]) for k in cameras}
+    if any(len(s) != 3 or s[0] != 3 for s in shapes):
+        raise _refuse("input_features", sorted(shapes), "images must be (3, H, W)")
+    if c["type"] == "pi0" and (state is None or state.get("type") != "STATE"
+                               or state["shape"][0] > c["max_state_dim"]):
+        raise _refuse(f"input_features.{STATE_KEY}", state,
+                      f"pi0 needs a STATE input of at most max_state_dim = {c['max_state_dim']} values")
+    if action is None or action.get("type") != "ACTION" or action["shape"][0] > c["max_action_dim"]:
+        raise _refuse(f"output_features.{ACTION_KEY}", action,
+                      f"{c['type']} needs an ACTION output of at most max_action_dim = {c['max_action_dim']} "
+                      "values")
