@@ -66,9 +66,13 @@ class PaliGemmaSizes:
 
 
 def rope(positions: Tensor, head_dim: int, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
-    """cos, sin (B, 1, L, head_dim) of transformers' Gemma RoPE for (B, L) int64 positions, in `dtype`."""
+    """cos, sin (B, 1, L, head_dim) of transformers' Gemma RoPE for (B, L) int64 positions, in `dtype`.
+
+    The inverse frequencies are rounded to `dtype` first: transformers keeps them in a buffer, which
+    LeRobot's bfloat16 cast of the whole PaliGemma-with-expert rounds too (then upcasts them per call).
+    """
     exponents = torch.arange(0, head_dim, 2, device=positions.device).float() / head_dim
-    inv_freq = 1.0 / (ROPE_THETA**exponents)
+    inv_freq = (1.0 / (ROPE_THETA**exponents)).to(dtype).float()
     freqs = positions.float()[:, :, None] * inv_freq[None, None, :]
     emb = torch.cat([freqs, freqs], dim=-1)[:, None]
     return emb.cos().to(dtype), emb.sin().to(dtype)
