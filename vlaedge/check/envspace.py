@@ -135,7 +135,7 @@ def _check_value(value, where: str, d, spec) -> None:
                 "(x * 255).astype(np.uint8) for [0, 1] floats)")
     elif d.source == "state":
         x = np.asarray(value)
-        want = int(np.prod([int(n) for n in shape[1:]]))
+        want = int(np.prod([int(n) for n in shape[1 + (d.history > 1):]]))  # one step of a history
         if x.size != want or not np.issubdtype(x.dtype, np.number):
             raise VlaedgeError(
                 f"env: {where} has shape {tuple(x.shape)} {x.dtype}, input {spec.name!r} takes ({want},) "
