@@ -12,7 +12,7 @@ Usage (from the repository root)::
     .venv/bin/python examples/train.py examples/openvla_style --out runs/openvla_style --threads 1
 
 writes `--out` as a vlaedge checkpoint (config.json, model.safetensors, policy.py, training.json) that
-`vlaedge rollout --checkpoint runs/openvla_style --trust-code` evaluates.
+`vlaedge rollout runs/openvla_style --trust-code` evaluates.
 """
 
 from __future__ import annotations
