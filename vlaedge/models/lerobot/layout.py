@@ -13,9 +13,13 @@ The folder, as LeRobot's training script saves it (0.4.x; see `../shared/cases/l
   (`<feature>.<stat>` tensors), whose step index differs between policy types and LeRobot versions, so it
   is read from the JSON, never guessed.
 
-Everything is validated here, before any stage: a missing file, an unknown type, processor step or
-normalization mode, a statistic the normalization needs but the state file lacks, NaN/Inf statistics or
-a zero std/range are one-line errors naming the file and field.
+Other LeRobot versions (docs/lerobot_versions.md): 0.5 / 0.6 folders load the same way (their new steps,
+which shift the normalizer's index, and their new fields are known, `versions`); LeRobot <= 0.3 folders have
+no processor files and keep the statistics as buffers in model.safetensors (`legacy`), read from there.
+
+Everything is validated here, before any stage: a missing file, an unknown type, config.json field,
+processor step, step config key or normalization mode, a statistic the normalization needs but the state
+file lacks, NaN/Inf statistics or a zero std/range are one-line errors naming the file and field.
 """
 
 from __future__ import annotations
@@ -28,6 +32,9 @@ from pathlib import Path
 import numpy as np
 
 from vlaedge.errors import VlaedgeError
+from vlaedge.models.lerobot import legacy
+from vlaedge.models.lerobot.fields import NEWER_TYPES
+from vlaedge.models.lerobot.versions import check_config, check_step
 
 CONFIG = "config.json"
 PREPROCESSOR = "policy_preprocessor.json"
@@ -35,7 +42,8 @@ POSTPROCESSOR = "policy_postprocessor.json"
 WEIGHTS = "model.safetensors"
 BUILT = ("act", "diffusion", "smolvla")  # types vlaedge builds (one module each in this package)
 KNOWN = ("act", "diffusion", "smolvla", "pi0", "pi05", "pi0_fast", "tdmpc", "vqbet", "sac", "groot", "xvla",
-         "wall_x", "sarm", "reward_classifier")  # LeRobot's registered policy types (0.4.x)
+         "wall_x", "sarm", "reward_classifier") + NEWER_TYPES  # LeRobot's registered policy types (0.4-0.6)
+LEGACY_TYPES = ("act", "diffusion", "smolvla")  # types whose LeRobot <= 0.3 checkpoints load (`legacy`)
 MODES = ("IDENTITY", "MEAN_STD", "MIN_MAX", "QUANTILES", "QUANTILE10")
 STATS_OF = {"MEAN_STD": ("mean", "std"), "MIN_MAX": ("min", "max"), "QUANTILES": ("q01", "q99"),
             "QUANTILE10": ("q10", "q90")}
@@ -44,9 +52,10 @@ FEATURE_TYPES = ("VISUAL", "STATE", "ENV", "LANGUAGE", "ACTION", "REWARD")
 NO_OP_STEPS = ("to_batch_processor", "device_processor", "to_batch_processor_observation",
                "to_batch_processor_action", "to_batch_processor_complementary_data")
 NEW_LINE_STEPS = ("smolvla_new_line_processor", "pi0_new_line_processor")
+# relative / absolute actions (0.5+): no-ops while disabled, refused when enabled (`versions.check_step`)
 PRE_STEPS = NO_OP_STEPS + NEW_LINE_STEPS + ("rename_observations_processor", "tokenizer_processor",
-                                            "normalizer_processor")
-POST_STEPS = NO_OP_STEPS + ("unnormalizer_processor",)
+                                            "normalizer_processor", "relative_actions_processor")
+POST_STEPS = NO_OP_STEPS + ("unnormalizer_processor", "absolute_actions_processor")
 
 
 @dataclass(frozen=True)
@@ -107,6 +116,8 @@ class LeRobotCheckpoint:
         n_action_steps: actions executed per call (the graph's output length).
         state_files: the processor state files the JSONs name (read here, not weights).
         n_obs_steps: observation steps each call sees (1, or a history as Diffusion Policy's).
+        consumed: tensors of model.safetensors read here as statistics, not weights (LeRobot <= 0.3
+            normalization buffers; empty for 0.4+ folders).
     """
 
     root: Path
@@ -121,6 +132,7 @@ class LeRobotCheckpoint:
     n_action_steps: int
     state_files: frozenset[str] = frozenset()
     n_obs_steps: int = 1
+    consumed: frozenset[str] = frozenset()
 
 
 def is_lerobot(checkpoint: Path) -> bool:
@@ -148,11 +160,14 @@ def read_checkpoint(root: Path) -> LeRobotCheckpoint:
     config = _json(root / CONFIG)
     kind = config.get("type")
     if kind not in BUILT:
-        known = "a LeRobot policy type vlaedge does not build yet" if kind in KNOWN else "not a LeRobot type"
+        known = ("a LeRobot policy type vlaedge does not build yet" if kind in KNOWN
+                 else "not a LeRobot type (LeRobot 0.4-0.6)")
         raise VlaedgeError(f"lerobot: {root / CONFIG}: type {kind!r} is {known}",
                            f"vlaedge builds {', '.join(BUILT)}; for others write a python-family spec "
                            "(README: 'Bring your own VLA')")
-    for name in (WEIGHTS, PREPROCESSOR, POSTPROCESSOR):
+    config = check_config(config, kind, root / CONFIG)
+    processors = [name for name in (PREPROCESSOR, POSTPROCESSOR) if (root / name).is_file()]
+    for name in (WEIGHTS, *((PREPROCESSOR, POSTPROCESSOR) if processors else ())):
         if not (root / name).is_file():
             raise VlaedgeError(f"lerobot: {root} has no {name}",
                                "copy the whole pretrained_model/ folder LeRobot saved (config.json, "
@@ -172,14 +187,58 @@ def read_checkpoint(root: Path) -> LeRobotCheckpoint:
     if not 1 <= steps <= chunk:
         raise VlaedgeError(f"lerobot: {root / CONFIG}: n_action_steps {steps} must be in 1..chunk_size "
                            f"({chunk})", "set n_action_steps <= chunk_size")
+    read = _processors(root, inputs, actions) if processors else _legacy(root, kind, config, inputs, actions)
+    history = _int(config, "n_obs_steps", root) if "n_obs_steps" in config else 1
+    return LeRobotCheckpoint(root, kind, config, tuple(inputs), actions[0], chunk_size=chunk,
+                             n_action_steps=steps, n_obs_steps=history, **read)
+
+
+def _processors(root: Path, inputs: list[Feature], actions: list[Feature]) -> dict:
+    """Normalizations, rename map, text settings and state files from the processor JSONs (0.4+)."""
     pre = _steps(root, PREPROCESSOR, PRE_STEPS)
     post = _steps(root, POSTPROCESSOR, POST_STEPS)
-    norms = _normalizations(root, pre, "normalizer_processor", list(inputs))
+    norms = _normalizations(root, pre, "normalizer_processor", inputs)
     norms.update(_normalizations(root, post, "unnormalizer_processor", actions))
     named = frozenset(s["state_file"] for s in pre + post if isinstance(s.get("state_file"), str))
-    history = _int(config, "n_obs_steps", root) if "n_obs_steps" in config else 1
-    return LeRobotCheckpoint(root, kind, config, tuple(inputs), actions[0], norms, _rename(pre),
-                             _text(root, pre), chunk, steps, named, history)
+    return {"norms": norms, "rename": _rename(pre), "text": _text(root, pre), "state_files": named}
+
+
+def _legacy(root: Path, kind: str, config: dict, inputs: list[Feature], actions: list[Feature]) -> dict:
+    """The same from a LeRobot <= 0.3 folder: statistics from model.safetensors' normalization buffers,
+    modes from config.json's `normalization_mapping`, the tokenizer from the config (`legacy`)."""
+    weights = root / WEIGHTS
+    names = legacy.buffer_names(weights)
+    if not names:
+        raise VlaedgeError(f"lerobot: {root} has neither {PREPROCESSOR} / {POSTPROCESSOR} (LeRobot 0.4+) nor "
+                           f"normalization buffers in {WEIGHTS} (LeRobot <= 0.3)",
+                           "copy the whole pretrained_model/ folder LeRobot saved")
+    if kind not in LEGACY_TYPES:
+        raise VlaedgeError(f"lerobot: {root}: a {kind} checkpoint of LeRobot <= 0.3 (normalization buffers "
+                           f"in {WEIGHTS}) is not read", "migrate it with LeRobot 0.4's "
+                           "processor/migrate_policy_normalization.py")
+    modes = _legacy_modes(root, config)
+    legacy.buffer_stats(weights, names, legacy.TARGETS, actions)  # training only: checked, not used
+    norms = {}
+    for prefix, features in ((legacy.INPUTS, inputs), (legacy.OUTPUTS, actions)):
+        state = legacy.buffer_stats(weights, names, prefix, features)
+        norms.update({f.name: _one(root, f"{WEIGHTS} ({prefix} buffers)", f, modes.get(f.type, "IDENTITY"),
+                                   state, legacy.EPS) for f in features})
+    text = None
+    if kind == "smolvla":  # <= 0.3 SmolVLA tokenized itself: "\n" appended, padded right, untruncated
+        name = config.get("vlm_model_name")
+        if not isinstance(name, str):
+            raise VlaedgeError(f"lerobot: {root / CONFIG}: vlm_model_name is {name!r}", "name the VLM folder")
+        text = TextSettings(name, _int(config, "tokenizer_max_length", root), truncation=False, new_line=True)
+    return {"norms": norms, "rename": {}, "text": text, "consumed": names}
+
+
+def _legacy_modes(root: Path, config: dict) -> dict[str, str]:
+    modes = config.get("normalization_mapping")
+    if not isinstance(modes, dict) or any(v not in MODES for v in modes.values()):
+        raise VlaedgeError(f"lerobot: {root / CONFIG}: normalization_mapping is {modes!r}; a LeRobot <= 0.3 "
+                           "checkpoint needs it to read its normalization buffers",
+                           f"map feature types to {', '.join(MODES)}")
+    return modes
 
 
 def _json(path: Path) -> dict:
@@ -233,12 +292,14 @@ def _steps(root: Path, name: str, allowed: tuple[str, ...]) -> list[dict]:
     for i, step in enumerate(raw):
         reg = step.get("registry_name") if isinstance(step, dict) else None
         if reg not in allowed:
-            raise VlaedgeError(f"lerobot: {root / name}: steps[{i}] is {reg!r}, a processor step vlaedge "
+            what = f"class {step['class']!r}" if isinstance(step, dict) and "class" in step else repr(reg)
+            raise VlaedgeError(f"lerobot: {root / name}: steps[{i}] is {what}, a processor step vlaedge "
                                "does not run",
                                f"vlaedge runs {', '.join(allowed)}; remove the step or export its effect "
                                "into the policy")
         if not isinstance(step.get("config", {}), dict):
             raise VlaedgeError(f"lerobot: {root / name}: steps[{i}].config is not an object", "restore it")
+        check_step(root / name, i, step)
     return raw
 
 
@@ -290,10 +351,23 @@ def _normalizations(root: Path, steps: list[dict], registry: str,
     eps = config.get("eps", 1e-8)
     if not isinstance(eps, int | float) or isinstance(eps, bool) or not math.isfinite(eps) or eps < 0:
         raise VlaedgeError(f"lerobot: {root / file}: {registry}.eps is {eps!r}", "a small positive number")
-    needed = {f.name: norm_map.get(f.type, "IDENTITY") for f in features}
+    needed = {f.name: norm_map.get(f.type, "IDENTITY") if _normalized(root / file, config, f) else "IDENTITY"
+              for f in features}
     state = _state(root, file, step) if any(m != "IDENTITY" for m in needed.values()) else {}
     return {f.name: _one(root, step.get("state_file", file), f, needed[f.name], state, float(eps))
             for f in features}
+
+
+def _normalized(path: Path, config: dict, feature: Feature) -> bool:
+    """Whether the step normalizes `feature`: actions always, observations only those named by
+    `normalize_observation_keys` when the step has that key (LeRobot's normalizer skips the others)."""
+    keys = config.get("normalize_observation_keys")
+    if keys is None or feature.type == "ACTION":
+        return True
+    if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys):
+        raise VlaedgeError(f"lerobot: {path}: normalize_observation_keys is {keys!r}",
+                           "a list of observation feature names")
+    return feature.name in keys
 
 
 def _state(root: Path, file: str, step: dict) -> dict[str, np.ndarray]:

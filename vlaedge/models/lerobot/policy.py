@@ -217,10 +217,12 @@ class LeRobotPolicy(Policy):
         """Writes the pretrained_model/ folder atomically: every file as it was, model.safetensors from the
         module (keys as LeRobot's), so LeRobot and vlaedge both load it back."""
         from vlaedge.models.checkpoint import write_checkpoint
+        from vlaedge.models.lerobot.legacy import read_buffers
 
         root = self.ckpt.root
         files = {p.name: p for p in root.iterdir() if p.is_file() and p.name not in (WEIGHTS, "config.json")}
-        return write_checkpoint(Path(path), self.ckpt.config, self.module.state_dict(), "config.json", files)
+        state = {**self.module.state_dict(), **read_buffers(root / WEIGHTS, self.ckpt.consumed)}
+        return write_checkpoint(Path(path), self.ckpt.config, state, "config.json", files)
 
     @classmethod
     def from_checkpoint(cls, root: Path, dtype: str = "float32") -> LeRobotPolicy:
@@ -237,6 +239,8 @@ class LeRobotPolicy(Policy):
         with empty_parameters():
             policy = cls(ckpt)
         weights = load_weights(root, read_elsewhere=ckpt.state_files)
+        for name in ckpt.consumed:  # LeRobot <= 0.3 normalization buffers: statistics, read by the layout
+            del weights[name]
         check_state_dict(policy.module, weights, root, dtype if dtype in HALF else None)
         policy.module.eval()
         return policy
