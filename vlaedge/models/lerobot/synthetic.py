@@ -12,15 +12,19 @@ normalizer) with `policy_preprocessor_step_<i>_normalizer_processor.safetensors`
 from __future__ import annotations
 
 import json
+import os
+import shutil
 from pathlib import Path
 
 import numpy as np
 
 from vlaedge.models.checkpoint import write_checkpoint
 
+SHARD_BYTES = 2 * 1024**3  # streamed weights: at most this much per safetensors shard
+
 
 def write_pretrained(folder: Path, config: dict, stats: dict[str, dict[str, np.ndarray]], seed: int = 0,
-                     text: dict | None = None) -> Path:
+                     text: dict | None = None, stream: bool = False) -> Path:
     """Writes a LeRobot `pretrained_model/` folder for `config` with seeded random weights.
 
     Args:
@@ -31,6 +35,11 @@ def write_pretrained(folder: Path, config: dict, stats: dict[str, dict[str, np.n
             "action" (images: (3, 1, 1)).
         seed: torch seed for the network's initialisation.
         text: the tokenizer step's config (`tokenizer_name`, `max_length`, ...) for language policies.
+        stream: for published sizes: build the network without weights (meta parameters, real buffers)
+            and draw each parameter alone (normal, std 0.02; 1-D norm weights 1, biases 0; seeded by
+            `seed` and its name), so writing needs about one shard of memory; more than `SHARD_BYTES` of
+            weights are written as shards with model.safetensors.index.json. Otherwise the network's own
+            initialisation after `torch.manual_seed(seed)`, in one model.safetensors.
 
     Returns:
         `folder`.
@@ -40,20 +49,70 @@ def write_pretrained(folder: Path, config: dict, stats: dict[str, dict[str, np.n
     from vlaedge.models.lerobot.policy import network_module
 
     kinds = network_module(config["type"])
-    torch.manual_seed(seed)
-    net = kinds.build(config, folder)
-    state = {f"{kinds.ROOT}.{k}": v for k, v in net.state_dict().items()}
     folder = Path(folder)
     tmp = folder.parent / f".{folder.name}.files"
     tmp.mkdir(parents=True, exist_ok=True)
     _write_processors(tmp, config, stats, text)
-    files = {p.name: p for p in tmp.iterdir()}
     try:
+        if stream:
+            _write_streamed(tmp, kinds, config, folder, seed)
+            (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+            shutil.rmtree(folder, ignore_errors=True)
+            os.replace(tmp, folder)
+            return folder
+        torch.manual_seed(seed)
+        state = {f"{kinds.ROOT}.{k}": v for k, v in kinds.build(config, folder).state_dict().items()}
+        files = {p.name: p for p in tmp.iterdir()}
         return write_checkpoint(folder, config, state, "config.json", files)
     finally:
-        for p in files.values():
-            p.unlink()
-        tmp.rmdir()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _write_streamed(tmp: Path, kinds, config: dict, root: Path, seed: int) -> None:
+    """model.safetensors (or shards + index) of seeded draws, one parameter in memory at a time."""
+    from safetensors.torch import save_file
+
+    from vlaedge.models.weights import empty_parameters
+
+    with empty_parameters():
+        net = kinds.build(config, root)
+    shards, current, size = [], {}, 0
+    for name, value in net.state_dict().items():
+        tensor = _draw(name, value, seed) if value.is_meta else value.detach().clone()
+        if current and size + tensor.nbytes > SHARD_BYTES:
+            shards.append(current)
+            current, size = {}, 0
+        current[f"{kinds.ROOT}.{name}"] = tensor
+        size += tensor.nbytes
+    shards.append(current)
+    if len(shards) == 1:
+        save_file(shards[0], str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        return
+    index = {}
+    for i, shard in enumerate(shards, 1):
+        file = f"model-{i:05d}-of-{len(shards):05d}.safetensors"
+        save_file(shard, str(tmp / file), metadata={"format": "pt"})
+        index.update(dict.fromkeys(shard, file))
+        shards[i - 1] = None
+    total = sum(p.stat().st_size for p in tmp.glob("model-*.safetensors"))
+    (tmp / "model.safetensors.index.json").write_text(json.dumps({"metadata": {"total_size": total},
+                                                                  "weight_map": index}))
+
+
+def _draw(name: str, meta, seed: int):
+    """A seeded draw for one meta parameter: normal(0, 0.02); 1-D norm weights 1, biases 0."""
+    import zlib
+
+    import torch
+
+    if not meta.dtype.is_floating_point:
+        return torch.zeros(meta.shape, dtype=meta.dtype)
+    if name.endswith("bias"):
+        return torch.zeros(meta.shape, dtype=meta.dtype)
+    if meta.dim() == 1:
+        return torch.ones(meta.shape, dtype=meta.dtype)
+    gen = torch.Generator().manual_seed(seed * 1_000_003 + zlib.crc32(name.encode()))
+    return (torch.randn(meta.shape, generator=gen) * 0.02).to(meta.dtype)
 
 
 def _write_processors(folder: Path, config: dict, stats: dict[str, dict[str, np.ndarray]],
