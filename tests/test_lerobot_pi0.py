@@ -349,6 +349,19 @@ def test_unsupported_config_fields_are_refused_by_name(field, value):
         pi0.PI0Spec.from_config(config)
 
 
+def test_openpi_keys_are_renamed_as_lerobot_renames_them():
+    from vlaedge.models.lerobot.pi0_spec import lerobot_key
+
+    assert lerobot_key("model.state_proj.weight", "pi05") == "model.state_proj.weight"  # LeRobot's own: kept
+    assert lerobot_key("time_mlp_out.bias", "pi0") == "model.action_time_mlp_out.bias"
+    assert lerobot_key("action_time_mlp_in.weight", "pi05") == "model.time_mlp_in.weight"
+    assert lerobot_key("state_proj.weight", "pi05") is None
+    norm = "paligemma_with_expert.gemma_expert.model.layers.3.input_layernorm.weight"
+    assert lerobot_key(norm, "pi05") is None and lerobot_key(norm, "pi0") == f"model.{norm}"
+    assert lerobot_key("paligemma_with_expert.gemma_expert.model.norm.weight", "pi0") == (
+        "model.paligemma_with_expert.gemma_expert.model.norm.weight")
+
+
 def test_builds_without_transformers(monkeypatch):
     monkeypatch.setitem(sys.modules, "transformers", None)
     net = pi0.build(config("pi0_tiny"), folder("pi0_tiny"), tiny_sizes())

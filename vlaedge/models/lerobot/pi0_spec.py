@@ -4,6 +4,7 @@ the 257,152-token vocabulary)."""
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from vlaedge.errors import VlaedgeError
@@ -78,6 +79,37 @@ def lerobot_sizes(config: dict) -> PaliGemmaSizes:
     that load a tiny checkpoint through an adapter replace this function (the sizes are not in the folder)."""
     c = {**_DEFAULTS, **config}
     return PaliGemmaSizes(VARIANTS[c["paligemma_variant"]], VARIANTS[c["action_expert_variant"]])
+
+
+# LeRobot's PI0Policy / PI05Policy.from_pretrained (`_fix_pytorch_state_dict_keys`), for keys saved
+# without the `model.` prefix (openpi's PyTorch checkpoints): norm weights dropped when the expert is adaptive
+_ADAPTIVE_NORM = re.compile(r"paligemma_with_expert\.gemma_expert\.model\."
+                            r"(layers\.\d+\.(input_layernorm|post_attention_layernorm)|norm)\.weight")
+_RENAMES = {"pi0": ("time_mlp_", "action_time_mlp_"), "pi05": ("action_time_mlp_", "time_mlp_")}
+
+
+def lerobot_key(key: str, kind: str) -> str | None:
+    """The name LeRobot's `from_pretrained` loads model.safetensors' tensor `key` under, or None where it
+    drops the tensor.
+
+    Keys already under `model.` (what LeRobot's save_pretrained writes) are kept. Others (openpi's
+    checkpoints) get LeRobot's fixes, then the prefix: pi0 renames `time_mlp_in/out.*` to
+    `action_time_mlp_in/out.*`; pi0.5 renames the reverse and drops `state_proj.*` and the expert's
+    non-adaptive norm weights.
+
+    Example:
+        >>> lerobot_key("time_mlp_in.weight", "pi0")
+        'model.action_time_mlp_in.weight'
+    """
+    if key.startswith("model."):
+        return key
+    if kind == "pi05" and (_ADAPTIVE_NORM.match(key) or key.startswith("state_proj.")):
+        return None
+    old, new = _RENAMES[kind]
+    for part in ("in.", "out."):
+        if key.startswith(old + part):
+            key = new + key[len(old):]
+    return f"model.{key}"
 
 
 def noise_shapes(config: dict) -> dict[str, tuple[int, ...]]:
