@@ -40,7 +40,7 @@ CONFIG = "config.json"
 PREPROCESSOR = "policy_preprocessor.json"
 POSTPROCESSOR = "policy_postprocessor.json"
 WEIGHTS = "model.safetensors"
-BUILT = ("act", "diffusion", "smolvla")  # types vlaedge builds (one module each in this package)
+BUILT = ("act", "diffusion", "smolvla", "pi0", "pi05")  # types vlaedge builds (a module each, here)
 KNOWN = ("act", "diffusion", "smolvla", "pi0", "pi05", "pi0_fast", "tdmpc", "vqbet", "sac", "groot", "xvla",
          "wall_x", "sarm", "reward_classifier") + NEWER_TYPES  # LeRobot's registered policy types (0.4-0.6)
 LEGACY_TYPES = ("act", "diffusion", "smolvla")  # types whose LeRobot <= 0.3 checkpoints load (`legacy`)
@@ -53,7 +53,8 @@ NO_OP_STEPS = ("to_batch_processor", "device_processor", "to_batch_processor_obs
                "to_batch_processor_action", "to_batch_processor_complementary_data")
 NEW_LINE_STEPS = ("smolvla_new_line_processor", "pi0_new_line_processor")
 # relative / absolute actions (0.5+): no-ops while disabled, refused when enabled (`versions.check_step`)
-PRE_STEPS = NO_OP_STEPS + NEW_LINE_STEPS + ("rename_observations_processor", "tokenizer_processor",
+PRE_STEPS = NO_OP_STEPS + NEW_LINE_STEPS + ("pi05_prepare_state_tokenizer_processor_step",
+                                            "rename_observations_processor", "tokenizer_processor",
                                             "normalizer_processor", "relative_actions_processor")
 POST_STEPS = NO_OP_STEPS + ("unnormalizer_processor", "absolute_actions_processor")
 
@@ -89,13 +90,15 @@ class Normalization:
 @dataclass(frozen=True)
 class TextSettings:
     """The tokenizer step: `tokenizer_name` (a folder or Hub id), `max_length` tokens, `padding_side`,
-    `truncation`, and whether a new-line step appends "\\n" to the task first."""
+    `truncation`, whether a new-line step appends "\\n" to the task first, and whether pi0.5's state step
+    writes the normalized state into the prompt (`pi05.state_prompts`) before tokenizing."""
 
     tokenizer_name: str
     max_length: int
     padding_side: str = "right"
     truncation: bool = True
     new_line: bool = False
+    state_prompt: bool = False
 
 
 @dataclass(frozen=True)
@@ -330,8 +333,9 @@ def _text(root: Path, pre: list[dict]) -> TextSettings | None:
     if not isinstance(name, str):
         raise VlaedgeError(f"lerobot: {where}.tokenizer_name is {name!r}", "name the tokenizer's folder")
     new_line = any(s["registry_name"] in NEW_LINE_STEPS for s in pre)
+    state_prompt = any(s["registry_name"] == "pi05_prepare_state_tokenizer_processor_step" for s in pre)
     return TextSettings(name, length, c.get("padding_side", "right"), bool(c.get("truncation", True)),
-                        new_line)
+                        new_line, state_prompt)
 
 
 def _normalizations(root: Path, steps: list[dict], registry: str,
