@@ -134,6 +134,11 @@ def test_lerobot_checkpoint_compresses_and_gates_on_pusht(tmp_path, pusht_datase
     assert "data: observation.state <- observation.state" in text
     report = json.loads((tmp_path / "run" / "report.json").read_text())
     assert report["policy"]["name"].startswith(f"lerobot {kind}") and report["policy"]["chunk"] == 4
+    if kind == "diffusion":  # per stage: the sampler loop in the runtime, not unrolled (4 DDIM steps)
+        plan = json.loads((tmp_path / "run" / "stages.json").read_text())
+        assert [g["name"] for g in plan["graphs"]] == ["observation", "denoise", "actions"]
+        assert plan["denoise"]["update"] == "sample" and "stage denoise (x_next): cosine" in text
+        assert "over 4 call(s)" in text
     loop = report["closed_loop"]  # ran on gym-pusht, both policies, cut at max_steps (random weights)
     assert loop["env"] == f"{HERE}:make_env"
     assert loop["reference"]["episodes"] == loop["candidate"]["episodes"] == 3

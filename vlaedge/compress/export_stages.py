@@ -210,7 +210,8 @@ def _loop_note(plan: StagePlan) -> str:
     d = plan.denoise
     if d is None:
         return "no denoise loop"
-    return f"stage {d.stage} runs {d.steps} times per inference (Euler loop in the runtime, not unrolled)"
+    kind = "Euler loop" if d.update == "euler" else "sampler loop, the stage returning the next sample"
+    return f"stage {d.stage} runs {d.steps} times per inference ({kind}, in the runtime, not unrolled)"
 
 
 def _export_stage(sp: StagePolicy, staging: Path, folder: Path, opset: int, config: ExportConfig,

@@ -215,7 +215,8 @@ class StageCalibration(Sequence):
     `steps` calls of one batch, which share one context array), never every stage's inputs for all frames
     and steps; ONNX Runtime's calibrator reads the items in order, so each batch's torch run happens once
     per stage (the price: the stages before it run again for each later stage). Every denoise step stays in
-    the loop stage's set: its activation ranges must cover all of them (t from t_start to t_end).
+    the loop stage's set, with what the loop feeds it at that step (t_k, the step index, the step inputs'
+    slices): its activation ranges must cover all of them.
     """
 
     def __init__(self, policy: Policy, plan: StagePlan, stage: str, batches: list[dict[str, np.ndarray]]):

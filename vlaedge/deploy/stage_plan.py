@@ -5,7 +5,8 @@
   (`engine/stages.json`, pointing at them) and a top-level build.sh that builds every stage's engine. The
   `trt` runtime runs the plan with one engine per stage (`vlaedge.runtimes.staged`).
 - `estimate_plan`: the plan priced as it runs: each stage once per inference, the denoise loop's stage
-  `steps` times; weights and activations counted once per stage graph (the loop reuses its stage's).
+  `steps` times (Euler or sampler update alike: the runtime adds at most a few elementwise ops a step);
+  weights and activations counted once per stage graph (the loop reuses its stage's).
 """
 
 from __future__ import annotations

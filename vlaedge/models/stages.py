@@ -2,9 +2,10 @@
 their plan that the torch reference and every ONNX runtime share.
 
 A flow-matching VLA (SmolVLA, pi0, GR00T) is a vision encoder and a language prefix that run once per
-control step, then an action expert run N times by an Euler loop. Unrolled into one graph the expert
-is copied N times (SmolVLA size: ~42,600 nodes); the field exports one graph per stage and runs the loop
-outside. A python-family spec declares it (config.json / vlaedge.json)::
+control step, then an action expert run N times by an Euler loop; a Diffusion Policy is an observation
+encoder, then a U-Net and a scheduler step run N times. Unrolled into one graph the loop's stage is copied
+N times (SmolVLA size: ~42,600 nodes); the field exports one graph per stage and runs the loop outside. A
+python-family spec declares it (config.json / vlaedge.json)::
 
     "stages": {"graphs": [
         {"name": "vision", "call": "encode_image", "inputs": ["image"], "outputs": ["patches"]},
@@ -15,10 +16,19 @@ outside. A python-family spec declares it (config.json / vlaedge.json)::
                   "velocity": "velocity", "t_start": 0.0, "t_end": 1.0, "output": "actions"}}
 
 `call` is a dotted attribute of the module (a method or a submodule) called with `inputs` in order.
-Stage inputs come from policy inputs, earlier stages' outputs, or (the loop's stage) the loop's sample
-and time. The loop is Euler: x_0 = feeds[init], t_k = t_start + (t_end - t_start) * k / steps (float32,
-shape (B,)), x_{k+1} = x_k + v(x_k, t_k) * (t_end - t_start) / steps; x_steps is `output`. The composition
-must equal the module's forward (`check_composition`, at export).
+Stage inputs come from policy inputs, earlier stages' outputs, or (the loop's stage) what the loop feeds.
+The loop (`vlaedge.models.stage_loop.DenoiseLoop`) starts from x_0 = feeds[init] and its result x_steps is
+`output`. With `update: "euler"` (the default) t_k = t_start + (t_end - t_start) * k / steps (float32,
+shape (B,)) and x_{k+1} = x_k + v(x_k, t_k) * (t_end - t_start) / steps, v the stage's `velocity`. With
+`update: "sample"` the stage returns x_{k+1} itself (its output `next`: a diffusion scheduler's step in the
+graph), fed t_k = `times[k]` (the scheduler's timesteps). Optional for either: `index` (a stage input fed
+the step k, int64 (B,)) and `step_inputs` ({stage input: policy input}: policy_input[:, k] at step k, e.g.
+DDPM's per-step noise; with `step_input_steps` M < steps, steps k >= M are fed zeros). A DDIM sampler::
+
+      "denoise": {"stage": "denoise", "steps": 10, "init": "noise", "update": "sample", "next": "x_next",
+                  "times": [90, 80, 70, 60, 50, 40, 30, 20, 10, 0], "index": "k", "output": "sample"}
+
+The composition must equal the module's forward (`check_composition`, at export).
 """
 
 from __future__ import annotations
@@ -32,9 +42,9 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from vlaedge.errors import VlaedgeError
+from vlaedge.models.stage_loop import FIX, DenoiseLoop, run_loop
 
 COMPOSITION_TOLERANCE = 1e-5  # staged torch vs module.forward, max |diff| relative to max(1, max |ref|)
-FIX = "see the `stages` section in vlaedge/models/stages.py's docstring"
 
 # run_stage(stage, feeds) -> outputs: one stage on one backend; feeds and outputs keyed by name
 StageRunner = Callable[["StageGraph", dict[str, np.ndarray]], dict[str, np.ndarray]]
@@ -53,20 +63,6 @@ class StageGraph(_Strict):
     outputs: list[str] = Field(min_length=1)  # names of what it returns (a tensor, or a tuple in order)
 
 
-class DenoiseLoop(_Strict):
-    """The Euler loop the runtime runs around one stage (the flow-matching expert)."""
-
-    stage: str  # the stage run `steps` times
-    steps: int = Field(ge=1)  # Euler steps
-    init: str  # the policy input holding the start sample (the seeded noise)
-    sample: str = "x"  # the stage input fed the current sample x_k
-    time: str = "t"  # the stage input fed t_k, float32 (B,)
-    velocity: str = "velocity"  # the stage output holding v(x_k, t_k)
-    t_start: float = 0.0
-    t_end: float = 1.0
-    output: str  # the name of x_steps: a policy output or a later stage's input
-
-
 class StagePlan(_Strict):
     """The stages of a policy, in execution order, and the optional denoise loop."""
 
@@ -83,13 +79,13 @@ class StagePlan(_Strict):
         if d is not None:
             if d.stage not in names:
                 raise ValueError(f"denoise.stage {d.stage!r} is not a stage ({', '.join(names)})")
-            g = self.stage(d.stage)
-            if g.outputs != [d.velocity]:
+            g, field = self.stage(d.stage), "velocity" if d.update == "euler" else "next"
+            if g.outputs != [d.result()]:
                 raise ValueError(f"stage {g.name!r} is the denoise loop's: its outputs must be exactly "
-                                 f"[{d.velocity!r}] (denoise.velocity), got {g.outputs}")
-            missing = [n for n in (d.sample, d.time) if n not in g.inputs]
+                                 f"[{d.result()!r}] (denoise.{field}, update {d.update!r}), got {g.outputs}")
+            missing = [n for n in d.loop_inputs() if n not in g.inputs]
             if missing:
-                raise ValueError(f"stage {g.name!r} must take the loop's {' and '.join(missing)} as inputs")
+                raise ValueError(f"stage {g.name!r} must take the loop's {', '.join(missing)} as inputs")
         return self
 
     def stage(self, name: str) -> StageGraph:
@@ -117,11 +113,13 @@ def check_flow(plan: StagePlan, inputs: list[str], outputs: list[str]) -> None:
         VlaedgeError: one line naming the stage and the tensor.
     """
     available, d = set(inputs), plan.denoise
-    if d is not None and d.init not in inputs:
-        raise VlaedgeError(f"stages: denoise.init {d.init!r} is not a policy input ({', '.join(inputs)})",
-                           FIX)
+    sources = {"init": d.init, **{f"step_inputs.{k}": v for k, v in d.step_inputs.items()}} if d else {}
+    for field, name in sources.items():
+        if name not in inputs:
+            raise VlaedgeError(f"stages: denoise.{field} {name!r} is not a policy input "
+                               f"({', '.join(inputs)})", FIX)
     for g in plan.graphs:
-        loop_vars = {d.sample, d.time} if plan.is_loop(g) else set()
+        loop_vars = set(d.loop_inputs()) if plan.is_loop(g) else set()
         for name in g.inputs:
             if name not in available and name not in loop_vars:
                 raise VlaedgeError(f"stages: stage {g.name!r} input {name!r} is produced by no policy input "
@@ -171,7 +169,7 @@ def check_plan(plan: StagePlan, module, inputs: list[str], outputs: list[str]) -
 
 def run_plan(plan: StagePlan, run_stage: StageRunner, feeds: dict[str, np.ndarray],
              outputs: list[str] | tuple[str, ...]) -> dict[str, np.ndarray]:
-    """Runs the plan on numpy feeds: each stage once, the loop's stage `steps` times.
+    """Runs the plan on numpy feeds: each stage once, the loop's stage `steps` times (`run_loop`).
 
     Args:
         plan: the plan.
@@ -187,15 +185,7 @@ def run_plan(plan: StagePlan, run_stage: StageRunner, feeds: dict[str, np.ndarra
         if not plan.is_loop(g):
             env.update(run_stage(g, {n: env[n] for n in g.inputs}))
             continue
-        d = plan.denoise
-        x = np.asarray(env[d.init], np.float32)
-        span = d.t_end - d.t_start
-        for k in range(d.steps):
-            t = np.full((x.shape[0],), d.t_start + span * k / d.steps, np.float32)
-            stage_feeds = {n: x if n == d.sample else t if n == d.time else env[n] for n in g.inputs}
-            v = run_stage(g, stage_feeds)[d.velocity]
-            x = (x + v * span / d.steps).astype(np.float32)
-        env[d.output] = x
+        env[plan.denoise.output] = run_loop(plan.denoise, g, run_stage, env)
     return {n: env[n] for n in outputs}
 
 
@@ -252,8 +242,8 @@ def check_composition(policy, plan: StagePlan, feeds: dict[str, np.ndarray]) -> 
         if diff > COMPOSITION_TOLERANCE * max(1.0, float(np.abs(ref).max())):
             raise VlaedgeError(f"stages: the staged plan differs from {policy.name}'s forward by {diff:.3g} "
                                f"in {name!r} (allowed {COMPOSITION_TOLERANCE:g})",
-                               "make forward exactly the declared stages and Euler loop (same order, steps, "
-                               "t_start/t_end), or fix the plan")
+                               "make forward exactly the declared stages and denoise loop (same order, "
+                               "steps, times / t_start..t_end, update), or fix the plan")
     return worst
 
 

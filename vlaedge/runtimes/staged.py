@@ -1,5 +1,6 @@
 """A stage plan (stages.json) on ONNX Runtime: one session per stage graph, the plan's denoise loop run
-here in numpy (`vlaedge.models.stages.run_plan`, the same loop the torch reference runs).
+here in numpy (`vlaedge.models.stages.run_plan`, the same loop the torch reference runs: Euler on a
+velocity, or a sampler stage returning its next sample, fed t_k, the step index and per-step slices).
 
 `infer(feeds)` takes the policy's inputs and returns its outputs, so verify, drift, profile and gate use
 a staged model as they use a single graph. After each call `stage_ms` holds the milliseconds each stage
@@ -86,7 +87,8 @@ class StagedRuntime(Runtime):
 
 class PlanInputs:
     """What readers of `runtime.session.get_inputs()` need from a plan: each policy input's metadata (name,
-    type, shape) as the stage graph that reads it declares it (the loop's init: the loop stage's sample)."""
+    type, shape) as the stage graph that reads it declares it (the loop's init: the loop stage's sample); a
+    policy input only the loop slices per step (DDPM's variance noise) as the policy declares it."""
 
     def __init__(self, runtime: StagedRuntime):
         self.runtime = runtime

@@ -15,6 +15,10 @@ Chi et al. 2023, "Diffusion Policy: Visuomotor Policy Learning via Action Diffus
    (`diffusion_unet.py`) for `num_inference_steps` steps; DDPM adds `variance_noise[:, k]` after step k;
 4. the executed slice is returned: actions[:, n_obs_steps - 1 : n_obs_steps - 1 + n_action_steps].
 
+Per stage (the runtime running the sampler loop, `vlaedge.models.stage_loop`): `encode_observation` (1-2),
+`denoise_step` (one U-Net call and scheduler step of 3, its coefficients gathered by the step index) and
+`executed_actions` (4); looping `denoise_step` over the steps equals `forward`.
+
 Tensor names equal LeRobot's `DiffusionPolicy.diffusion` state dict (checkpoint keys without `diffusion.`).
 
 Inputs (LeRobot's preprocessor output, all float32, normalized): `observation.images.<cam>` for each VISUAL
@@ -274,6 +278,7 @@ class DiffusionModel(nn.Module):
         super().__init__()
         self.spec = spec
         self.steps = sampler.plan(spec.sampler)
+        self.register_buffer("step_table", sampler.step_table(spec.sampler), persistent=False)  # (N, 5)
         per_step = spec.state_dim + (spec.env_dim or 0)
         if spec.cameras:
             if spec.separate_encoders:
@@ -286,7 +291,7 @@ class DiffusionModel(nn.Module):
 
     def forward(self, batch: dict[str, Tensor]) -> Tensor:
         """batch (see the module docstring) -> (B, n_action_steps, A) normalized actions."""
-        cond = self.global_condition(batch)
+        cond = self.encode_observation(batch)
         x = _required(batch, NOISE_KEY, (self.spec.horizon, self.spec.action_dim))
         n_draws = sum(s.std is not None for s in self.steps)
         draws = _required(batch, VARIANCE_NOISE_KEY, (n_draws, *x.shape[1:])) if n_draws else None
@@ -298,11 +303,35 @@ class DiffusionModel(nn.Module):
             x = sampler.reverse_step(self.spec.sampler, step, x, prediction,
                                      draws[:, k] if step.std is not None else None)
             k += step.std is not None
+        return self.executed_actions(x)
+
+    def denoise_step(self, x: Tensor, timestep: Tensor, index: Tensor, global_cond: Tensor,
+                     variance_noise: Tensor | None = None) -> Tensor:
+        """One sampler step, as a stage the runtime loops: the U-Net at `timestep`, then the scheduler step
+        whose coefficients row `index` of `step_table` holds.
+
+        Args:
+            x: (B, horizon, A) float32, the sample x_k (k = 0: `noise`).
+            timestep: (B,) float32, the scheduler's timestep t_k (`sampler.timesteps`, e.g. 90, 80, ..., 0).
+            index: (B,) int64, the step k.
+            global_cond: (B, G) from `encode_observation`.
+            variance_noise: DDPM only, (B, horizon, A): `variance_noise[:, k]`, zeros at the last step.
+
+        Returns:
+            (B, horizon, A) float32 x_{k+1}.
+        """
+        prediction = self.unet(x, self.unet.step_embedding(timestep), global_cond)
+        step = sampler.indexed_step(self.spec.sampler, self.step_table, index)
+        return sampler.reverse_step(self.spec.sampler, step, x, prediction, variance_noise)
+
+    def executed_actions(self, x: Tensor) -> Tensor:
+        """(B, horizon, A) sampled actions -> (B, n_action_steps, A), from index n_obs_steps - 1."""
         start = self.spec.n_obs_steps - 1
         return x[:, start : start + self.spec.n_action_steps]
 
-    def global_condition(self, batch: dict[str, Tensor]) -> Tensor:
-        """(B, n_obs_steps * (S + N * 2K + E)): per step [state, cameras..., env], steps oldest first."""
+    def encode_observation(self, batch: dict[str, Tensor]) -> Tensor:
+        """Normalized observations (see the module docstring) -> the global condition
+        (B, n_obs_steps * (S + N * 2K + E)): per step [state, cameras..., env], steps oldest first."""
         spec = self.spec
         feats = [self._history(batch, STATE_KEY, 1)]  # (B, n_obs, S)
         if spec.cameras:

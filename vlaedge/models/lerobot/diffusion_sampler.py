@@ -14,8 +14,10 @@ no thresholding, no zero-SNR rescaling. With those, for N inference steps out of
 - DDIM (eta 0, deterministic): x_prev = sqrt(alpha_bar_prev) x_0 + sqrt(1 - alpha_bar_prev) eps, eps
   re-derived from the unclipped x_0 when the U-Net predicts samples (Song et al. 2021 eq. 12).
 
-Coefficients are computed once, in float32 with diffusers' operations and order, and enter the graph as
-constants; the loop over steps is a fixed Python loop (unrolled in an ONNX export).
+Coefficients are computed once, in float32 with diffusers' operations and order. In the single graph they
+enter as constants and the loop over steps is a fixed Python loop (unrolled in an ONNX export); per stage
+(`DiffusionModel.denoise_step`, the runtime running the loop) one step's coefficients are gathered from a
+constant table (`step_table`) by the step index k (`indexed_step`).
 """
 
 from __future__ import annotations
@@ -102,6 +104,30 @@ def plan(spec: SamplerSpec) -> list[Step]:
             std = float(variance**0.5) if t > 0 else None
         out.append(Step(t, float(a_t**0.5), float(beta_t**0.5), float(x0_coef), float(xt_coef), std))
     return out
+
+
+def step_table(spec: SamplerSpec) -> Tensor:
+    """(N, 5) float32: each step's sqrt_alpha, sqrt_one_minus_alpha, x0_coef, xt_coef and std (0 where the
+    step draws no noise), in step order; the values `plan` gives, so a gathered step equals its `Step`."""
+    rows = [[s.sqrt_alpha, s.sqrt_one_minus_alpha, s.x0_coef, s.xt_coef, s.std or 0.0] for s in plan(spec)]
+    return torch.tensor(rows, dtype=torch.float32)
+
+
+def indexed_step(spec: SamplerSpec, table: Tensor, index: Tensor) -> Step:
+    """Step `index` of `step_table(spec)` for each batch row, as `reverse_step` takes it.
+
+    Args:
+        spec: the sampler.
+        table: (N, 5) from `step_table(spec)`.
+        index: (B,) int64 step indices k (0 first).
+
+    Returns:
+        A `Step` whose coefficients are (B, 1, 1) tensors (t unset: -1). DDPM's `std` is a tensor at every
+        step, 0 at the last, so that step's noise input (zeros) adds nothing; DDIM's is None.
+    """
+    c = table[index][:, :, None, None]  # (B, 5, 1, 1): a Gather, not unrolled
+    std = c[:, 4] if spec.scheduler == "DDPM" else None
+    return Step(-1, c[:, 0], c[:, 1], c[:, 2], c[:, 3], std)
 
 
 def noise_draws(spec: SamplerSpec) -> int:

@@ -28,6 +28,7 @@ from vlaedge.models.stages import StagePlan, check_plan
 TOKENS, MASK = "observation.language.tokens", "observation.language.attention_mask"
 STATE = "observation.state"
 STAGED = ("embed_images", "encode_prefix", "denoise_step", "unpad_actions")  # a flow network's stage methods
+SAMPLER_STAGED = ("encode_observation", "denoise_step", "executed_actions")  # Diffusion Policy's
 
 
 def network_module(kind: str):
@@ -94,6 +95,19 @@ class LeRobotNetwork(torch.nn.Module):
         actions = getattr(self, self.root).unpad_actions(sample)
         return self._norm("action", actions[:, : self.steps], inverse=True)
 
+    def stage_observation(self, *observations: torch.Tensor) -> torch.Tensor:
+        """Stage `observation` (Diffusion Policy): the observation inputs, the first of `names` in order
+        (cameras (B[, n_obs], 3, H, W) in [0, 1], raw state / environment state), normalized -> the global
+        condition (B, G)."""
+        batch = {n: self._norm(n, x) for n, x in zip(self.names, observations, strict=False)}
+        return getattr(self, self.root).encode_observation(batch)
+
+    def stage_window(self, sample: torch.Tensor) -> torch.Tensor:
+        """Stage `actions` (Diffusion Policy): the sampled horizon (B, horizon, A) -> the executed window in
+        the dataset's units (B, n_action_steps, A)."""
+        actions = getattr(self, self.root).executed_actions(sample)
+        return self._norm("action", actions[:, : self.steps], inverse=True)
+
     def forward(self, *args: torch.Tensor) -> torch.Tensor:
         """args in `names` order -> actions (B, n_action_steps, A) in the dataset's units."""
         batch = {name: x.bool() if name == MASK else self._norm(name, x)
@@ -123,16 +137,48 @@ class LeRobotPolicy(Policy):
                                     [s.name for s in self.input_spec], {n: ckpt.norms[n] for n in fed},
                                     ckpt.n_action_steps)
         self.module = module
-        self.stage_plan = self._plan(kinds) if all(hasattr(getattr(module, kinds.ROOT), m) for m in STAGED) \
-            else None
+        self.stage_plan = self._plan(kinds)
 
-    def _plan(self, kinds) -> StagePlan:
+    def _plan(self, kinds) -> StagePlan | None:
+        """The per-stage graphs (`vlaedge.models.stages`) of a network that has stage methods, checked
+        against the module; None for one that has not (ACT: one graph)."""
+        net = getattr(self.module, kinds.ROOT)
+        if all(hasattr(net, m) for m in STAGED):
+            plan = self._flow_plan()
+        elif all(hasattr(net, m) for m in SAMPLER_STAGED):
+            plan = self._sampler_plan(kinds)
+        else:
+            return None
+        check_plan(plan, self.module, [s.name for s in self.input_spec], list(self.output_names))
+        return plan
+
+    def _sampler_plan(self, kinds) -> StagePlan:
+        """observation (global condition) -> denoise x `num_inference_steps` (U-Net + scheduler step in the
+        graph, the runtime feeding each step's timestep, index and DDPM draw) -> actions: Diffusion Policy."""
+        steps = getattr(self.module, kinds.ROOT).steps  # the reverse steps (`diffusion_sampler.plan`)
+        draws = sum(s.std is not None for s in steps)
+        noise = ["variance_noise_k"] if draws else []
+        loop = {"stage": "denoise", "steps": len(steps), "init": kinds.NOISE_KEY, "update": "sample",
+                "next": "x_next", "times": [float(s.t) for s in steps], "index": "k", "output": "sample"}
+        if draws:  # DDPM: N - 1 draws; the last step (t = 0) is fed zeros and weighs them by 0
+            loop |= {"step_inputs": {"variance_noise_k": kinds.VARIANCE_NOISE_KEY}, "step_input_steps": draws}
+        denoise = ["x", "t", "k", "global_cond", *noise]
+        return StagePlan.model_validate({
+            "graphs": [
+                {"name": "observation", "call": "stage_observation",
+                 "inputs": [f.name for f in self.ckpt.inputs], "outputs": ["global_cond"]},
+                {"name": "denoise", "call": f"{kinds.ROOT}.denoise_step", "inputs": denoise,
+                 "outputs": ["x_next"]},
+                {"name": "actions", "call": "stage_window", "inputs": ["sample"], "outputs": ["action"]}],
+            "denoise": loop})
+
+    def _flow_plan(self) -> StagePlan:
         """vision -> prefix (KV cache) -> expert x `num_steps` (Euler, t from 1 to 0 as LeRobot) -> actions:
         the per-stage graphs of a flow-matching VLA (`vlaedge.models.stages`)."""
         cameras = [f.name for f in self.ckpt.inputs if f.type == "VISUAL"]
         kv = ["keys", "values", "prefix_mask"]
         steps = int(self.ckpt.config.get("num_steps", 10))
-        plan = StagePlan.model_validate({
+        return StagePlan.model_validate({
             "graphs": [
                 {"name": "vision", "call": "stage_images", "inputs": cameras, "outputs": ["image_tokens"]},
                 {"name": "prefix", "call": "stage_prefix", "inputs": ["image_tokens", TOKENS, MASK, STATE],
@@ -142,8 +188,6 @@ class LeRobotPolicy(Policy):
                 {"name": "actions", "call": "stage_actions", "inputs": ["sample"], "outputs": ["action"]}],
             "denoise": {"stage": "expert", "steps": steps, "init": "noise", "t_start": 1.0, "t_end": 0.0,
                         "output": "sample"}})
-        check_plan(plan, self.module, [s.name for s in self.input_spec], list(self.output_names))
-        return plan
 
     def _specs(self, noise: dict[str, tuple[int, ...]]) -> list[TensorSpec]:
         """Cameras float32 [0, 1], state/env vectors (range from their statistics), the task's tokens and
