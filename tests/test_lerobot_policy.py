@@ -208,3 +208,32 @@ def test_observation_history_is_the_frame_repeated_as_at_an_episode_start(diffus
     np.testing.assert_array_equal(feeds["observation.state"][:, 0], feeds["observation.state"][:, 1])
     np.testing.assert_allclose(feeds["observation.images.top"][:, 1],
                                np.moveaxis(frames["observation.images.top"], -1, 1) / 255.0, atol=1e-7)
+
+
+PI0 = Path(__file__).resolve().parent / "fixtures" / "lerobot_pi0"
+
+
+@pytest.mark.parametrize("variant", ["pi0_tiny", "pi05_tiny"])
+def test_pi0_fixtures_match_lerobot_from_raw_observations_and_task(variant, monkeypatch):
+    """pi0 / pi0.5 written by LeRobot 0.4.4 (tests/fixtures/lerobot_pi0/README.md) at tiny sizes (which
+    LeRobot takes from its own constants, so the test supplies them); pi0.5's state goes into the prompt."""
+    from test_lerobot_pi0 import tiny_sizes
+
+    import vlaedge.models.lerobot.pi0_spec as pi0_spec
+
+    monkeypatch.setattr(pi0_spec, "lerobot_sizes", lambda config: tiny_sizes())
+    policy = load_policy(PI0 / variant / "pretrained_model")
+    ref = dict(np.load(PI0 / variant / "reference.npz"))
+    cameras = ["observation.images.top", "observation.images.wrist"]
+    frames = {c: ref[f"obs/{c}"] for c in cameras}
+    frames["observation.state"] = ref["obs/observation.state"]
+    frames["instruction"] = frames["task"] = [str(t) for t in ref["tasks"]]
+    feeds = policy.make_inputs(frames)
+    mask = ref["pre/observation.language.attention_mask"]
+    length = feeds["observation.language.tokens"].shape[1]
+    np.testing.assert_array_equal(feeds["observation.language.tokens"] * mask[:, :length],
+                                  ref["pre/observation.language.tokens"][:, :length] * mask[:, :length])
+    assert ("observation.state" in feeds) == (variant == "pi0_tiny")  # pi0.5: in the prompt, not the graph
+    feeds["noise"] = ref["noise"]
+    assert action_error(policy, ref, feeds) < BOUND
+    assert [g.name for g in policy.stage_plan.graphs] == ["vision", "prefix", "expert", "actions"]

@@ -27,6 +27,7 @@ from vlaedge.models.stages import StagePlan, check_plan
 
 TOKENS, MASK = "observation.language.tokens", "observation.language.attention_mask"
 STATE = "observation.state"
+EMPTY_CAMERA = "observation.images.empty_camera_"  # LeRobot's placeholders for `empty_cameras`
 STAGED = ("embed_images", "encode_prefix", "denoise_step", "unpad_actions")  # a flow network's stage methods
 SAMPLER_STAGED = ("encode_observation", "denoise_step", "executed_actions")  # Diffusion Policy's
 
@@ -74,14 +75,19 @@ class LeRobotNetwork(torch.nn.Module):
         return getattr(self, self.root).embed_images(*(self._norm(n, x) for n, x in zip(cameras, images,
                                                                                        strict=True)))
 
+    @property
+    def net(self) -> torch.nn.Module:
+        """The LeRobot network (at its attribute `root`)."""
+        return getattr(self, self.root)
+
     def stage_prefix(self, image_tokens: torch.Tensor, tokens: torch.Tensor, mask: torch.Tensor,
-                     state: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """Stage `prefix`: image tokens, task tokens and mask, raw state -> the KV cache batch first
+                     *state: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Stage `prefix`: image tokens, task tokens and mask[, raw state] -> the KV cache batch first
         (keys, values (B, layers, kv_heads, L, head_dim); prefix_mask (B, L)): every stage tensor has the
-        batch on axis 0, so each graph has one dynamic batch axis."""
-        net = getattr(self, self.root)
-        keys, values, prefix_mask = net.encode_prefix(image_tokens, tokens, mask.bool(),
-                                                      self._norm(STATE, state))
+        batch on axis 0, so each graph has one dynamic batch axis. pi0.5 takes no state here (its prompt
+        holds it)."""
+        keys, values, prefix_mask = self.net.encode_prefix(image_tokens, tokens, mask.bool(),
+                                                           *(self._norm(STATE, s) for s in state))
         return keys.transpose(0, 1), values.transpose(0, 1), prefix_mask
 
     def stage_expert(self, x: torch.Tensor, t: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
@@ -175,13 +181,14 @@ class LeRobotPolicy(Policy):
     def _flow_plan(self) -> StagePlan:
         """vision -> prefix (KV cache) -> expert x `num_steps` (Euler, t from 1 to 0 as LeRobot) -> actions:
         the per-stage graphs of a flow-matching VLA (`vlaedge.models.stages`)."""
-        cameras = [f.name for f in self.ckpt.inputs if f.type == "VISUAL"]
+        cameras = [f.name for f in self.fed_features if f.type == "VISUAL"]
         kv = ["keys", "values", "prefix_mask"]
-        steps = int(self.ckpt.config.get("num_steps", 10))
+        steps = self.module.net.spec.num_steps
+        state = [STATE] if any(f.name == STATE for f in self.fed_features) else []
         return StagePlan.model_validate({
             "graphs": [
                 {"name": "vision", "call": "stage_images", "inputs": cameras, "outputs": ["image_tokens"]},
-                {"name": "prefix", "call": "stage_prefix", "inputs": ["image_tokens", TOKENS, MASK, STATE],
+                {"name": "prefix", "call": "stage_prefix", "inputs": ["image_tokens", TOKENS, MASK, *state],
                  "outputs": kv},
                 {"name": "expert", "call": "stage_expert", "inputs": ["x", "t", *kv],
                  "outputs": ["velocity"]},
@@ -189,12 +196,20 @@ class LeRobotPolicy(Policy):
             "denoise": {"stage": "expert", "steps": steps, "init": "noise", "t_start": 1.0, "t_end": 0.0,
                         "output": "sample"}})
 
+    @property
+    def fed_features(self):
+        """The input features the graph takes: all but LeRobot's `empty_camera_<i>` placeholders (the
+        network pads those itself) and, for pi0.5, the state (written into the prompt instead)."""
+        prompt = self.ckpt.text is not None and self.ckpt.text.state_prompt
+        return [f for f in self.ckpt.inputs if not f.name.startswith(EMPTY_CAMERA)
+                and not (prompt and f.name == STATE)]
+
     def _specs(self, noise: dict[str, tuple[int, ...]]) -> list[TensorSpec]:
         """Cameras float32 [0, 1], state/env vectors (range from their statistics), the task's tokens and
         attention mask, then the noise inputs: the graph's inputs in order."""
         ckpt, specs = self.ckpt, []
         history = (self.history,) if self.history > 1 else ()
-        for f in ckpt.inputs:
+        for f in self.fed_features:
             low, high = (0.0, 1.0) if f.type == "VISUAL" else _range(ckpt.norms[f.name])
             specs.append(TensorSpec(f.name, ("B", *history, *f.shape), "float32", low, high))
         if self.tokenizer is not None:
@@ -236,7 +251,7 @@ class LeRobotPolicy(Policy):
                 feeds[s.name] = rng.standard_normal(shape).astype(np.float32)
             elif d.source in ("instruction", "instruction_mask"):
                 if texts is None:
-                    texts = self._tokens(list(frame_field(frames, d.feature, d.source)))
+                    texts = self._tokens(list(frame_field(frames, d.feature, d.source)), frames)
                 feeds[s.name] = texts[0] if d.source == "instruction" else texts[1]
             elif d.source == "image":
                 images = frame_field(frames, d.feature, "image")
@@ -248,8 +263,19 @@ class LeRobotPolicy(Policy):
                 feeds[s.name] = np.ascontiguousarray(np.repeat(feeds[s.name][:, None], d.history, axis=1))
         return feeds
 
-    def _tokens(self, tasks: list[str]) -> tuple[np.ndarray, np.ndarray]:
-        if self.ckpt.text.new_line:
+    def _tokens(self, tasks: list[str], frames: dict) -> tuple[np.ndarray, np.ndarray]:
+        """The tokenizer step's (ids, mask), after the new-line step, or pi0.5's state prompt: the raw state
+        normalized by the graph's own normalizer (the same float32 arithmetic: the bins are discontinuous),
+        binned and written into the prompt (`pi05.state_prompts`)."""
+        text = self.ckpt.text
+        if text.state_prompt:
+            from vlaedge.models.lerobot.pi05 import state_prompts
+
+            raw = frame_field(frames, self.ckpt.rename.get(STATE, STATE), "state")
+            with torch.no_grad():
+                state = self.module._norm(STATE, torch.from_numpy(np.asarray(raw, np.float32))).numpy()
+            tasks = state_prompts(tasks, state, int(self.ckpt.config.get("max_state_dim", 32)))
+        elif text.new_line:
             tasks = [t if t.endswith("\n") else t + "\n" for t in tasks]
         return self.tokenizer.encode_with_mask(tasks)
 
