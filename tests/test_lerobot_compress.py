@@ -198,3 +198,36 @@ def test_smolvla_checkpoint_exports_and_quantizes_per_stage(tmp_path, two_camera
     assert "stage expert (velocity): cosine" in text and "over 10 call(s)" in text
     drift = json.loads((tmp_path / "run" / "report.json").read_text())["drift"]
     assert drift["p99_pct"] < 2.0, drift
+
+
+@pytest.mark.slow
+def test_pi0_checkpoint_exports_and_quantizes_per_stage(tmp_path, capsys, monkeypatch):
+    """The pi0 fixture written by LeRobot (tests/fixtures/lerobot_pi0; its widths are tiny, which LeRobot
+    takes from its own constants, so the test supplies them) compresses per stage with cpu-int8."""
+    from test_lerobot_pi0 import tiny_sizes
+
+    import vlaedge.models.lerobot.pi0_spec as pi0_spec
+
+    monkeypatch.setattr(pi0_spec, "lerobot_sizes", lambda config: tiny_sizes())
+    rng, episodes = np.random.default_rng(0), []
+    for e in range(4):
+        top = rng.integers(0, 256, (6, 48, 64, 3), dtype=np.uint8)
+        wrist = rng.integers(0, 256, (6, 32, 32, 3), dtype=np.uint8)
+        episodes.append(Episode("pick up the cube", top, rng.normal(0, 1, (6, 6)).astype(np.float32),
+                                rng.normal(0, 1, (6, 6)).astype(np.float32), index=e,
+                                cameras={"observation.images.top": top, "observation.images.wrist": wrist}))
+    dataset = EpisodeDataset.from_episodes(episodes, fps=10, action_names=[f"a{i}" for i in range(6)])
+    data = save_lerobot(dataset, tmp_path / "ds")
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("target: cpu\nquantize: {precision: int8, num_calib_frames: 8}\n"
+                      "export: {check_frames: 8}\n"
+                      "verify: {eval_frames: 8, profile_runs: 2, profile_warmup: 1}\n")
+    checkpoint = Path(__file__).resolve().parent / "fixtures/lerobot_pi0/pi0_tiny/pretrained_model"
+    code, text = run_cli(["compress", checkpoint, "--data", data, "--recipe", recipe,
+                          "--out", tmp_path / "run"], capsys, monkeypatch)
+    assert code == 0, text
+    plan = json.loads((tmp_path / "run" / "stages.json").read_text())
+    assert [g["name"] for g in plan["graphs"]] == ["vision", "prefix", "expert", "actions"]
+    assert "stage expert (velocity): cosine" in text and "over 10 call(s)" in text
+    drift = json.loads((tmp_path / "run" / "report.json").read_text())["drift"]
+    assert drift["p99_pct"] < 3.0, drift
