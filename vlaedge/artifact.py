@@ -217,7 +217,7 @@ def check_output(final: Path, force: bool, protect: tuple[Path | None, ...] = ()
         VlaedgeError: `final` exists and `force` is not set; it is a file or device; it is `.`, `/`, the
             current folder or one above it; it is, contains or lies inside a `protect` path.
     """
-    resolved = final.resolve()
+    resolved = resolve_path(final, "output")
     here = Path.cwd().resolve()
     if resolved == Path(resolved.anchor) or resolved == here or resolved in here.parents:
         what = "/" if resolved == Path(resolved.anchor) else "the folder you are in or one above it"
@@ -226,7 +226,7 @@ def check_output(final: Path, force: bool, protect: tuple[Path | None, ...] = ()
     for item in protect:
         if item is None:
             continue
-        item = Path(item).resolve()
+        item = resolve_path(item, "input")
         if resolved == item or resolved in item.parents or item in resolved.parents:
             raise VlaedgeError(f"output: {final} is, contains or lies inside the input {item}",
                                "write the output to a folder of its own, e.g. --out runs/NAME")
@@ -235,6 +235,20 @@ def check_output(final: Path, force: bool, protect: tuple[Path | None, ...] = ()
     if final.exists() and not force:
         raise VlaedgeError(f"output: {final} already exists",
                            "pass --force to replace it, or choose another --out")
+
+
+def resolve_path(path: str | Path, what: str) -> Path:
+    """`Path(path).resolve()`, or one line when a symlink on the way points back at itself (Python 3.11-3.12
+    raise RuntimeError there, 3.13 OSError).
+
+    Raises:
+        VlaedgeError: `path` is, or passes through, a symlink loop.
+    """
+    try:
+        return Path(path).resolve()
+    except (RuntimeError, OSError) as e:
+        raise VlaedgeError(f"{what}: {path} is a symlink loop ({e})",
+                           "point the path at a real file or folder ('ls -l' shows where a link goes)") from e
 
 
 def _missing_parents(folder: Path) -> list[Path]:
@@ -327,10 +341,52 @@ def read_manifest(directory: str | Path) -> dict:
         raise VlaedgeError(f"output: {directory} has no {MANIFEST} (not a vlaedge output, or incomplete)",
                            "run 'vlaedge compress' to produce one")
     try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as e:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, RecursionError, json.JSONDecodeError) as e:
         raise VlaedgeError(f"output: {path} is not valid JSON ({e})",
                            "re-run the command that wrote it") from e
+    return check_manifest(manifest, path)
+
+
+_SECTIONS = ("inputs", "outputs", "stages", "data", "recipe", "split", "versions", "consent", "load", "gate")
+_JSON_TYPES = {dict: "an object", list: "an array", str: "a string", bool: "a boolean", int: "a number",
+               float: "a number", type(None): "null"}
+
+
+def check_manifest(manifest: object, path: Path) -> dict:
+    """`manifest` (read from `path`) if it has the shape vlaedge writes: an object whose sections are
+    objects, whose `inputs` / `outputs` entries are objects with string paths and hashes, and whose `model`
+    is a file name in the run directory.
+
+    Raises:
+        VlaedgeError: the first field that is not, naming it, its JSON type and value.
+    """
+    if not isinstance(manifest, dict):
+        _bad_field(path, "", manifest, "an object")
+    for key in _SECTIONS:
+        if manifest.get(key) is not None and not isinstance(manifest[key], dict):
+            _bad_field(path, key, manifest[key], "an object")
+    for section in ("inputs", "outputs"):
+        for name, entry in (manifest.get(section) or {}).items():
+            if not isinstance(entry, dict):
+                _bad_field(path, f"{section}.{name}", entry, "an object")
+            for key in ("path", "sha256", "model_sha256"):
+                if entry.get(key) is not None and not isinstance(entry[key], str):
+                    _bad_field(path, f"{section}.{name}.{key}", entry[key], "a string")
+            data = entry.get("external_data", [])
+            if not isinstance(data, list) or not all(isinstance(f, str) for f in data):
+                _bad_field(path, f"{section}.{name}.external_data", data, "a list of file names")
+    model = manifest.get("model", "model.onnx")
+    if not isinstance(model, str) or model in ("", ".", "..") or Path(model).name != model:
+        _bad_field(path, "model", model, "a file name in the run directory")
+    return manifest
+
+
+def _bad_field(path: Path, field: str, value: object, wanted: str) -> None:
+    kind = _JSON_TYPES.get(type(value), type(value).__name__)
+    raise VlaedgeError(f"output: {path}{f': {field}' if field else ''} is {kind} ({json.dumps(value)[:60]}), "
+                       f"not {wanted}", "re-run the command that wrote the directory (vlaedge writes its "
+                       "manifest.json; it is not edited by hand)")
 
 
 @dataclass

@@ -13,11 +13,36 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from typer.core import TyperGroup
 
 from vlaedge import progress
+from vlaedge.defaults import MAX_THREADS
 from vlaedge.errors import GateFailed, VlaedgeError, describe
 
+
+class _Group(TyperGroup):
+    """The app's command group: a flag (an option that takes no value) shows no type in --help, where typer
+    prints `<bool>` as if it took one; for the group's own options and every command's."""
+
+    def get_command(self, ctx, cmd_name):
+        command = super().get_command(ctx, cmd_name)
+        if command is not None:
+            _bare_flags(command, ctx)
+        return command
+
+    def format_help(self, ctx, formatter) -> None:
+        _bare_flags(self, ctx)
+        super().format_help(ctx, formatter)
+
+
+def _bare_flags(command, ctx) -> None:
+    for param in command.get_params(ctx):  # --help included
+        if getattr(param, "is_flag", False) and param.metavar is None:
+            param.metavar = ""  # shown as the type column: empty
+
+
 app = typer.Typer(
+    cls=_Group,
     name="vlaedge",
     help="Compress, export, profile and gate Vision-Language-Action policies for NVIDIA Jetson.",
     no_args_is_help=True,
@@ -145,7 +170,8 @@ def train(
     image_size: Annotated[
         int, typer.Option(help="Policy input side (64 px camera frames are resized).")] = 32,
     seed: Seed = 0,
-    threads: Annotated[int, typer.Option(min=0, help="torch CPU threads (0 = all cores).")] = 0,
+    threads: Annotated[int, typer.Option(
+        min=0, max=MAX_THREADS, help="torch CPU threads (0 = all cores).")] = 0,
     ignore_instruction: Annotated[bool, typer.Option(help="Ablation: a constant instruction.")] = False,
     dagger_rounds: Annotated[int, typer.Option(min=0,
         help="Rounds of on-policy episodes relabelled by the expert (DAgger); 0 = behaviour cloning only."
@@ -357,8 +383,11 @@ def export(
         raise VlaedgeError(f"output: {out} exists and is not a regular file", "pass the .onnx file to write")
     if out.exists() and not force:
         raise VlaedgeError(f"output: {out} already exists", "pass --force to replace it")
-    source = Path(checkpoint or default_checkpoint()).resolve()
-    if source == out.resolve() or source in out.resolve().parents:
+    from vlaedge.artifact import resolve_path
+
+    source = resolve_path(checkpoint or default_checkpoint(), "checkpoint")
+    target = resolve_path(out, "output")
+    if source == target or source in target.parents:
         raise VlaedgeError(f"output: {out} lies inside the checkpoint {source}",
                            "write the .onnx outside the checkpoint folder")
     policy = load_policy(source, allow_pickle, trust_code, dtype or "float32")
@@ -412,7 +441,7 @@ ModelArg = Annotated[Path, typer.Argument(help="An .onnx file or a 'vlaedge comp
 BudgetsOpt = Annotated[Path | None, typer.Option(
     "--budgets", "-b", help="Budgets YAML (fields at the top level, under budgets:, or a recipe).")]
 ThreadsOpt = Annotated[int | None, typer.Option(
-    min=1, help="CPU threads for the runtime (default: its own).")]
+    min=1, max=MAX_THREADS, help="CPU threads for the runtime (default: its own).")]
 
 
 @app.command()
@@ -641,7 +670,9 @@ def main() -> None:
     except typer.TyperException as e:  # a usage error: one line and the fix, not a panel
         command = e.ctx.command_path if getattr(e, "ctx", None) else "vlaedge"
         message = e.format_message() if hasattr(e, "format_message") else str(e)
-        typer.secho(f"error: {command}: {message}", err=True, fg="red")
+        given = _given_value(getattr(e, "param", None))
+        typer.secho(f"error: {command}: {message}{f' (got {given!r})' if given is not None else ''}",
+                    err=True, fg="red")
         typer.echo(f"fix: '{command} --help' lists the arguments and options", err=True)
         sys.exit(2)
     except Exception as e:  # noqa: BLE001 (the one error boundary: nothing else may print a traceback)
@@ -654,6 +685,20 @@ def main() -> None:
     if code == INTERRUPTED:  # typer turns a KeyboardInterrupt inside a command into Exit(130)
         _interrupted()
     sys.exit(code if isinstance(code, int) else 0)
+
+
+def _given_value(param) -> str | None:
+    """What the command line gave the option a usage error names (typer's message leaves the value out:
+    "Input should be less than or equal to 1024"), or None."""
+    opts = [o for o in getattr(param, "opts", None) or [] if o.startswith("-")]
+    args, given = sys.argv[1:], None
+    for i, arg in enumerate(args):
+        for opt in opts:
+            if arg == opt and i + 1 < len(args):
+                given = args[i + 1]
+            elif arg.startswith(f"{opt}="):
+                given = arg[len(opt) + 1:]
+    return given
 
 
 INTERRUPTED = 130  # what typer returns for Ctrl-C; no vlaedge command exits with it

@@ -8,7 +8,15 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
-from vlaedge.artifact import OutputDir, check_model_files, check_output, resolve_model, sha256
+from vlaedge.artifact import (
+    OutputDir,
+    check_model_files,
+    check_output,
+    read_manifest,
+    resolve_model,
+    resolve_path,
+    sha256,
+)
 from vlaedge.errors import VlaedgeError
 
 PROFILE_SCHEMA = "vlaedge.profile/1"
@@ -101,12 +109,7 @@ def run_gate(
 
 
 def _check_against_manifest(report: dict, manifest_path: Path) -> None:
-    try:
-        manifest = json.loads(manifest_path.read_text())
-    except json.JSONDecodeError as e:
-        raise VlaedgeError(
-            f"gate: {manifest_path} is not valid JSON ({e})", "re-run the command that wrote it"
-        ) from e
+    manifest = read_manifest(manifest_path.parent)  # valid JSON of the manifest's shape, or one line
     run_sha = manifest.get("inputs", {}).get("checkpoint", {}).get("sha256")
     rep_sha = report["policy"].get("sha256")
     if run_sha and rep_sha and run_sha != rep_sha:
@@ -224,7 +227,7 @@ def check_output_file(path: Path, force: bool, option: str, inputs: tuple[Path, 
     if not path.parent.is_dir():
         raise VlaedgeError(f"{option}: folder {path.parent} does not exist",
                            f"create it first, or choose another {option} path")
-    if any(path.resolve() == Path(item).resolve() for item in inputs):
+    if any(resolve_path(path, option) == resolve_path(item, "input") for item in inputs):
         raise VlaedgeError(f"{option}: {path} is the input; writing there would replace it",
                            f"choose another {option} path")
     if (path.parent / "manifest.json").is_file():

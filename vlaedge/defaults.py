@@ -9,6 +9,7 @@ from vlaedge.errors import VlaedgeError
 PACKAGE_DIR = Path(__file__).resolve().parent
 DEFAULT_CHECKPOINT = PACKAGE_DIR / "assets" / "default_policy"
 DEFAULT_DATASET = PACKAGE_DIR / "assets" / "calibration" / "tabletop"
+MAX_THREADS = 1024  # CPU threads a recipe or option may ask for: more is a typo, not a machine
 
 
 def default_checkpoint() -> Path:

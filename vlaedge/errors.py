@@ -13,6 +13,9 @@ from __future__ import annotations
 import re
 
 MAX_LINE = 400  # characters of one printed message: a value quoted in an error never floods the terminal
+# optional packages -> the extra that installs them (pyproject.toml [project.optional-dependencies])
+EXTRAS = {"transformers": "hf", "torch_pruning": "hf",
+          "tokenizers": "tokenizers", "sentencepiece": "tokenizers"}
 
 
 class VlaedgeError(Exception):
@@ -44,11 +47,20 @@ def one_line(text: object, limit: int = MAX_LINE) -> str:
     return flat if len(flat) <= limit else flat[: limit - 3] + "..."
 
 
+def missing_extra(exc: BaseException) -> str | None:
+    """The pip command installing the optional package whose absence raised `exc` (an ImportError naming
+    it), e.g. ``pip install 'vlaedge[hf]'`` for transformers; None for anything else."""
+    name = (getattr(exc, "name", None) or "").partition(".")[0] if isinstance(exc, ImportError) else ""
+    extra = EXTRAS.get(name)
+    return f"pip install 'vlaedge[{extra}]'" if extra else None
+
+
 def describe(exc: BaseException) -> tuple[int, list[str]]:
     """The exit code and the lines the CLI prints for the exception that ended a command.
 
     Returns:
-        (2, ["error: ...", "  fix: ..."]) for a `VlaedgeError` or an `OSError`, (1, ["gate failed: ..."])
+        (2, ["error: ...", "  fix: ..."]) for a `VlaedgeError`, an `OSError` or a missing optional
+        package (`missing_extra`), (1, ["gate failed: ..."])
         for `GateFailed`, and (2, ["internal error: Type: message (rerun with --debug ...)"]) otherwise.
     """
     if isinstance(exc, VlaedgeError):
@@ -56,6 +68,9 @@ def describe(exc: BaseException) -> tuple[int, list[str]]:
                                                                      if exc.hint else [])
     if isinstance(exc, GateFailed):
         return exc.exit_code, [f"gate failed: {one_line(exc)}"]
+    if missing_extra(exc):  # an optional package (vlaedge[hf], ...) is not installed
+        return 2, [f"error: {one_line(exc)} (an optional package vlaedge needs here)",
+                   f"  fix: {missing_extra(exc)}"]
     if isinstance(exc, OSError):
         where = f": {exc.filename}" if exc.filename else ""
         return 2, [f"error: {one_line(exc.strerror or exc)}{where}",

@@ -18,6 +18,7 @@ from typing import Literal, get_args, get_origin
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from vlaedge import safe_yaml
+from vlaedge.defaults import MAX_THREADS
 from vlaedge.errors import VlaedgeError
 
 
@@ -170,7 +171,7 @@ class VerifyConfig(Section):
     seed: int = Field(0, description="seed for the sampled frames and the shared noise")
     profile_runs: int = Field(200, ge=1, description="timed latency runs")
     profile_warmup: int = Field(20, ge=0, description="untimed runs before them")
-    threads: int = Field(2, ge=1, description="CPU threads for ONNX Runtime")
+    threads: int = Field(2, ge=1, le=MAX_THREADS, description="CPU threads for ONNX Runtime")
     env: str | None = Field(
         None, description='closed loop: "package.module:make_env" (Gymnasium-style); null = tabletop')
     env_adapter: str | None = Field(
@@ -339,6 +340,10 @@ def recipe_path(name_or_path: str | Path) -> Path:
     if path.parent == Path(".") and name in shipped:
         return shipped[name]
     what = "does not exist" if path.parent != Path(".") else "is neither a file here nor a shipped recipe"
+    close = difflib.get_close_matches(name.replace("_", "-"), list(shipped), n=1, cutoff=0.6)
+    if close and path.parent == Path("."):  # a typo of a shipped name: cpu-int9, cpu_int8
+        raise VlaedgeError(f"recipe: {path} {what}; did you mean {close[0]}?",
+                           f"use {close[0]} (shipped: {', '.join(shipped)}; see 'vlaedge recipes')")
     raise VlaedgeError(
         f"recipe: {path} {what}",
         f"pass a recipe file or a shipped recipe's name ({', '.join(shipped)}; see 'vlaedge recipes')",
@@ -393,7 +398,8 @@ def load_budgets(path: str | Path) -> Budgets:
     if isinstance(raw, dict) and "target" in raw:  # a recipe
         budgets = load_recipe(path).budgets
         if budgets is None:
-            raise VlaedgeError(f"budgets: recipe {path} has no budgets section", "add one (see README.md)")
+            raise VlaedgeError(f"budgets: recipe {path} has no budgets section",
+                               "add a budgets: section (README: 'Choosing budgets'), or pass a budgets file")
         return budgets
     if isinstance(raw, dict) and set(raw) == {"budgets"}:
         raw = raw["budgets"] or {}
@@ -404,7 +410,7 @@ def load_budgets(path: str | Path) -> Budgets:
         return Budgets.model_validate(raw)
     except ValidationError as e:
         raise VlaedgeError(f"{path}: {format_validation_error(e, Budgets)}",
-                           "see 'Verify, profile and gate' in README.md") from e
+                           "every budget field, with an example value: README: 'Choosing budgets'") from e
 
 
 def validate_recipe(raw: dict, where: str = "recipe") -> Recipe:
@@ -413,7 +419,7 @@ def validate_recipe(raw: dict, where: str = "recipe") -> Recipe:
         return Recipe.model_validate(raw)
     except ValidationError as e:
         raise VlaedgeError(f"{where}: {format_validation_error(e, Recipe)}",
-                           "see the recipe reference (README.md, 'Recipes': every field, its range)") from e
+                           "every recipe field and its range: README: 'Recipes'") from e
     except VlaedgeError as e:  # a target rule (vlaedge.targets), raised unwrapped through pydantic
         fix = e.hint or "change that value, or use a recipe for another target (vlaedge recipes)"
         raise VlaedgeError(f"{where}: {e.message}", fix) from e

@@ -275,7 +275,7 @@ _TABLE = (
            sparsity_2_4=False, dla_count=0, memory_gb=None, memory_bw_gbs=None, fp16_tflops=None,
            int8_tops=None, fp8_tflops=None, fp4_tflops=None, fp32_tflops=None, dla_int8_tops=None,
            power_modes=(), min_jetpack=None, tensorrt=None,
-           source="measured in this project (FACTS.md): ORT quantize_static QDQ U8S8 ~1.45x faster than FP32 "
+           source="measured in this project: ORT quantize_static QDQ U8S8 ~1.45x faster than FP32 "
                   "ORT on a 2-core AVX512-VNNI CPU; ModelOpt Q/DQ, FP8 Q/DQ and 2:4 give no CPU speedup",
            confidence="measured on one machine; peaks depend on the host CPU and are not tabulated"),
 )

@@ -94,7 +94,8 @@ def action_drift(
         reference: float [N, T, A] actions of the FP32 reference, in environment units.
         candidate: float [N, T, A] actions of the candidate on the same inputs.
         spec: the policy's action spec (names, low/high, gripper dims).
-        reference_logits: tokens head: [N, T, A, bins] logits of the reference (for token agreement).
+        reference_logits: tokens head: [N, T, A, bins] logits of the reference (for token agreement);
+            [N, A, bins] when T is 1.
         candidate_logits: idem for the candidate.
         tolerance_pct: optional max per-dimension mean error that makes the report truthy.
 
@@ -158,13 +159,18 @@ def _token_agreement(ref_logits, cand_logits, shape) -> np.ndarray | None:
     """Per-dimension share of equal argmax bins, or None without logits."""
     if ref_logits is None or cand_logits is None:
         return None
-    ref_bins, cand_bins = np.argmax(ref_logits, -1), np.argmax(cand_logits, -1)
+    ref_bins, cand_bins = (_chunked(np.argmax(logits, -1), shape) for logits in (ref_logits, cand_logits))
     if ref_bins.shape != tuple(shape) or cand_bins.shape != tuple(shape):
         raise VlaedgeError(
             f"drift: logits give bins {cand_bins.shape} / {ref_bins.shape}, actions are {shape}",
             "the candidate must be exported from the reference policy",
         )
     return (ref_bins == cand_bins).mean(axis=(0, 1))
+
+
+def _chunked(bins: np.ndarray, shape: tuple) -> np.ndarray:
+    """Bins [N, A] of a head whose logits have no chunk axis are chunk 1: [N, 1, A] as the actions."""
+    return bins[:, None] if bins.ndim == 2 and len(shape) == 3 and shape[1] == 1 else bins
 
 
 def _gripper_flips(ref, cand, spec: ActionSpec, low, high) -> dict[int, float]:

@@ -4,7 +4,7 @@ adapter's named inputs and outputs, dynamic batch, explicit Q/DQ for quantized m
 shared with the per-stage export (`export_stages`).
 
 What real VLAs contain, and what the export does about it (torch's legacy TorchScript exporter,
-`torch.onnx.export(..., dynamo=False)`, the only one that exports ModelOpt's Q/DQ; see FACTS.md):
+`torch.onnx.export(..., dynamo=False)`, the only one that exports ModelOpt's Q/DQ):
 
 - `F.scaled_dot_product_attention(..., enable_gqa=True)` (Hugging Face transformers v5's grouped-query
   attention, e.g. Llama with `num_key_value_heads < num_attention_heads`) has no conversion in torch

@@ -2,7 +2,7 @@
 
 Structured pruning removes attention heads, MLP channels and optionally whole transformer blocks from
 the built-in reference VLA, ranked on calibration frames by their effect on *every* output (all action
-positions, all flow steps; FACTS.md: scoring one head gutted another):
+positions, all flow steps; scoring only one head gutted another, measured in this project):
 
 - blocks first, greedily, by how far the final outputs move when the block is skipped, measured on
   `prune_ops.SKIP_FRAMES` frames for the `prune_ops.SHORTLIST` blocks of lowest Block Influence

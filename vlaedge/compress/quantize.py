@@ -2,7 +2,7 @@
 
 - TensorRT targets: ModelOpt PTQ of `policy.module` in place (fake-quant); the export stage writes it as
   explicit Q/DQ ONNX. The config is built from ModelOpt's preset for the precision with three changes
-  (FACTS.md): LayerNorm quantizers are disabled (the presets enable LayerNorm *input* quantizers, which
+  (measured): LayerNorm quantizers are disabled (the presets enable LayerNorm *input* quantizers, which
   destroyed a trained VLA: 46% token agreement); ModelOpt's default *name* skips (`*vision_tower*`,
   `*lm_head*`, `*proj_out.*`, ...) are removed so a vision tower named like a real VLA's is quantized;
   and the recipe's `keep` patterns are disabled before calibration (so SmoothQuant/AWQ never rescale

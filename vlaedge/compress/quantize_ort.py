@@ -2,12 +2,12 @@
 of the exported FP32 ONNX, optionally after graph fusion.
 
 - `mode: static` (default): `quantize_static`, QDQ format, uint8 activations calibrated on the calibration
-  split, int8 weights (per-channel by default), MatMul/Gemm/Conv only (FACTS: ~1.45x faster on CPU for an
+  split, int8 weights (per-channel by default), MatMul/Gemm/Conv only (measured: ~1.45x faster on CPU for an
   11M-parameter VLA; int8 activations are 2.5x slower). Activation x activation (attention) MatMuls are
   left in FP32 unless `quantize_attention`.
 - `mode: dynamic`: `quantize_dynamic`, int8 weights, activations quantized per run from their own range
   (no calibration data used; MatMul/Gemm only). On a 6M-parameter OpenVLA-style policy it was faster and
-  far more exact than static QDQ (FACTS.md); on the default policy too (benchmarks/results/tune-default.md).
+  far more exact than static QDQ; on the default policy too (benchmarks/results/tune-default.md).
 - `reduce_range`: 7-bit weights, decided from the CPU running compress when unset. On an AVX2 CPU without
   an int8 dot product (VNNI/AMX) ONNX Runtime's u8 x s8 kernels (vpmaddubsw) sum pairs of products into
   int16 and saturate; ONNX Runtime's quantization docs recommend reduce_range there. Measured on such a CPU

@@ -17,6 +17,7 @@ from vlaedge.errors import VlaedgeError
 
 _8BIT_INT, _FP8, _INT4, _FP4 = {2, 3}, {17, 18, 19, 20}, {21, 22}, {23}  # onnx.TensorProto element types
 BYTES = {"fp32": 4.0, "fp16": 2.0, "bf16": 2.0, "fp8": 1.0, "int8": 1.0, "int4": 0.5, "fp4": 0.5}
+MAX_DIM = 2**31 - 1  # the largest batch or input dimension taken (ONNX stores int64; no model runs near this)
 
 
 def parse_input_shapes(specs: list[str] | None) -> dict[str, tuple[int, ...]]:
@@ -36,6 +37,9 @@ def parse_input_shapes(specs: list[str] | None) -> dict[str, tuple[int, ...]]:
             raise VlaedgeError(
                 f"estimate: --input-shape {spec!r} is not NAME=DxDx...", "e.g. image=1x3x224x224"
             )
+        if max(shape) > MAX_DIM:
+            raise VlaedgeError(f"estimate: --input-shape {spec!r} has a dimension of {max(shape)}, above "
+                               f"{MAX_DIM}", "give the dimensions the model runs at, e.g. image=1x3x224x224")
         shapes[name] = shape
     return shapes
 
@@ -65,6 +69,13 @@ def load_model(source: Any, batch: int, shapes: dict[str, tuple[int, ...]], allo
 
 
 def _fix_inputs(model: Any, batch: int, shapes: dict[str, tuple[int, ...]], allow_unknown: bool) -> list[str]:
+    if not 1 <= batch <= MAX_DIM:
+        raise VlaedgeError(f"estimate: --batch {batch} is out of range", f"give a batch of 1 to {MAX_DIM}")
+    for name, shape in shapes.items():
+        if not all(1 <= d <= MAX_DIM for d in shape):
+            dims = "x".join(map(str, shape))
+            raise VlaedgeError(f"estimate: input shape {name}={dims} has a dimension out of range",
+                               f"give each dimension as 1 to {MAX_DIM}")
     inits = {i.name for i in model.graph.initializer}
     inputs = [v for v in model.graph.input if v.name not in inits]
     unknown_names = set(shapes) - {v.name for v in inputs}

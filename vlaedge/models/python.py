@@ -21,7 +21,7 @@ dataset feature that feeds it (default: the first camera, `observation.state`, `
 Hugging Face tokenizer.json or a SentencePiece .model in the checkpoint folder, with `padding` and
 `truncation` "right" or "left").
 `decode` is `continuous` (outputs already in [low, high], or in [-1, 1] with `normalised: true`) or
-`tokens` (logits [B, T, A, bins] over [low, high]).
+`tokens` (logits [B, T, A, bins] over [low, high]; [B, A, bins] when `chunk` is 1).
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from typing import Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
-from vlaedge.errors import VlaedgeError
+from vlaedge.errors import VlaedgeError, missing_extra
 from vlaedge.models.base import ActionSpec, Policy, TensorSpec
 from vlaedge.models.checkpoint import (
     CONFIG_FILE,
@@ -205,13 +205,39 @@ class PythonPolicy(Policy):
         out = outputs[a.output or self.output_names[0]]
         low, high = np.asarray(a.low, np.float32), np.asarray(a.high, np.float32)
         if a.decode == "tokens":
-            bins = out.shape[-1]
-            unit = (out.argmax(-1).astype(np.float32) + 0.5) / bins
+            logits = self.token_logits(out)
+            unit = (logits.argmax(-1).astype(np.float32) + 0.5) / logits.shape[-1]
         elif a.normalised:
             unit = (np.clip(out, -1.0, 1.0) + 1.0) * 0.5
         else:
             return np.clip(out, low, high).astype(np.float32).reshape(len(out), a.chunk, len(a.names))
         return (low + unit * (high - low)).astype(np.float32).reshape(len(out), a.chunk, len(a.names))
+
+    def token_logits(self, out: np.ndarray) -> np.ndarray:
+        """A tokens head's logits as [B, T, A, bins]; [B, A, bins] (no chunk axis) is read as chunk 1.
+
+        Raises:
+            VlaedgeError: any other shape, naming it, the shape the spec expects and the output.
+        """
+        a = self.spec.actions
+        n = len(a.names)
+        if out.ndim == 3 and a.chunk == 1 and out.shape[1] == n:
+            out = out[:, None]
+        if out.ndim != 4 or tuple(out.shape[1:3]) != (a.chunk, n):
+            chunkless = f" (or [B, {n}, bins])" if a.chunk == 1 else ""
+            raise VlaedgeError(
+                f"policy spec: actions.decode 'tokens' reads logits [B, chunk={a.chunk}, actions={n}, bins]"
+                f"{chunkless} from output {a.output or self.output_names[0]!r}; the module gives "
+                f"{list(out.shape)}",
+                "return logits [B, chunk, actions, bins] from forward ([B, actions, bins] when a call gives "
+                "one action), or set actions.chunk and actions.names to what it returns")
+        return out
+
+    def check_token_logits(self) -> None:
+        """Runs the module once (batch 1, `example_inputs`) and checks its logits' shape (`token_logits`),
+        so that a tokens head the spec misdescribes is refused at load, not after export and quantization."""
+        out = self.run_torch(self.example_inputs(batch=1))
+        self.token_logits(out[self.logits_output])
 
     def save(self, path: str | Path) -> Path:
         """Writes the spec, model.safetensors and the files the spec names (factory file, factory config,
@@ -255,6 +281,8 @@ class PythonPolicy(Policy):
         check_state_dict(policy.module, load_weights(checkpoint, allow_pickle), checkpoint,
                          dtype if dtype in HALF else None)
         policy.module.eval()
+        if spec.actions.decode == "tokens":
+            policy.check_token_logits()
         return policy
 
 
@@ -302,7 +330,7 @@ def _call_factory(spec: PythonPolicySpec, root: Path | None):
     except (SystemExit, KeyboardInterrupt) as e:  # the checkpoint's code must not end vlaedge (exit 0)
         raise _stopped(f"importing {module_name!r} for factory {spec.factory}", e) from None
     except ImportError as e:
-        raise VlaedgeError(f"policy spec: cannot import {module_name!r} ({e})",
+        raise VlaedgeError(f"policy spec: cannot import {module_name!r} ({e})", missing_extra(e) or
                            "install the package that defines the policy, or add it to PYTHONPATH") from e
     except AttributeError as e:
         raise VlaedgeError(f"policy spec: {module_name!r} has no {attr!r}", "check the factory name") from e
@@ -313,9 +341,10 @@ def _call_factory(spec: PythonPolicySpec, root: Path | None):
         raise _stopped(f"factory {spec.factory}", e) from None
     except Exception as e:  # noqa: BLE001 (the user's code: any failure is the checkpoint's, named here)
         passed = f"{spec.factory_config} as the first argument and " if spec.factory_config else ""
+        fix = (f"check factory_kwargs in {_spec_file(spec)} against the factory's signature (it is called "
+               f"with {passed}factory_kwargs as keywords)")
         raise VlaedgeError(f"policy spec: factory {spec.factory} raised {type(e).__name__}: {str(e)[:200]}",
-                           f"check factory_kwargs in {_spec_file(spec)} against the factory's signature "
-                           f"(it is called with {passed}factory_kwargs as keywords)") from e
+                           missing_extra(e) or fix) from e
     import torch
 
     if not isinstance(module, torch.nn.Module):
