@@ -11,6 +11,7 @@ accuracy; success on PushT is tested in tests/test_closedloop_pusht.py.
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -164,6 +165,20 @@ def test_graph_takes_raw_observations_and_returns_executed_actions(act_pusht):
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "cases" / "lerobot_policies"
 
 
+def with_steps(case: Path, field: str, tmp_path: Path, steps: int = 3) -> Path:
+    """A copy of a fixture's folder (its pretrained_model/ and the tokenizer folder beside it) with `steps`
+    Euler steps instead of 10: the stages and the loop are the same, the run 3x shorter (fidelity at the
+    real step count is tests/test_lerobot_policy.py's)."""
+    for part in (case, case.parent / "paligemma_tokenizer"):  # the tokenizer folder pi0's processor names
+        if part.is_dir():
+            shutil.copytree(part, tmp_path / "cases" / part.name,
+                            ignore=shutil.ignore_patterns("reference.npz"))
+    folder = tmp_path / "cases" / case.name / "pretrained_model"
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, field: steps}))
+    return folder
+
+
 @pytest.fixture(scope="module")
 def two_camera_dataset(tmp_path_factory) -> Path:
     """SmolVLA fixture's features: two 96x128 cameras, 6-dim state and action, three tasks."""
@@ -187,15 +202,15 @@ def test_smolvla_checkpoint_exports_and_quantizes_per_stage(tmp_path, two_camera
     recipe.write_text("target: cpu\nquantize: {precision: int8, num_calib_frames: 8}\n"
                       "export: {check_frames: 8}\n"
                       "verify: {eval_frames: 8, profile_runs: 2, profile_warmup: 1}\n")
-    checkpoint = SHARED / "smolvla_tiny" / "pretrained_model"
+    checkpoint = with_steps(SHARED / "smolvla_tiny", "num_steps", tmp_path)
     code, text = run_cli(["compress", checkpoint, "--data", two_camera_dataset, "--recipe", recipe,
                           "--out", tmp_path / "run"], capsys, monkeypatch)
     assert code == 0, text
     assert "data: observation.language.tokens <- task (tokens [48])" in text
     plan = json.loads((tmp_path / "run" / "stages.json").read_text())
     assert [g["name"] for g in plan["graphs"]] == ["vision", "prefix", "expert", "actions"]
-    assert plan["denoise"]["steps"] == 10 and plan["denoise"]["t_start"] == 1.0
-    assert "stage expert (velocity): cosine" in text and "over 10 call(s)" in text
+    assert plan["denoise"]["steps"] == 3 and plan["denoise"]["t_start"] == 1.0
+    assert "stage expert (velocity): cosine" in text and "over 3 call(s)" in text
     drift = json.loads((tmp_path / "run" / "report.json").read_text())["drift"]
     assert drift["p99_pct"] < 2.0, drift
 
@@ -222,12 +237,13 @@ def test_pi0_checkpoint_exports_and_quantizes_per_stage(tmp_path, capsys, monkey
     recipe.write_text("target: cpu\nquantize: {precision: int8, num_calib_frames: 8}\n"
                       "export: {check_frames: 8}\n"
                       "verify: {eval_frames: 8, profile_runs: 2, profile_warmup: 1}\n")
-    checkpoint = Path(__file__).resolve().parent / "fixtures/lerobot_pi0/pi0_tiny/pretrained_model"
+    checkpoint = with_steps(Path(__file__).resolve().parent / "fixtures/lerobot_pi0/pi0_tiny",
+                            "num_inference_steps", tmp_path)
     code, text = run_cli(["compress", checkpoint, "--data", data, "--recipe", recipe,
                           "--out", tmp_path / "run"], capsys, monkeypatch)
     assert code == 0, text
     plan = json.loads((tmp_path / "run" / "stages.json").read_text())
     assert [g["name"] for g in plan["graphs"]] == ["vision", "prefix", "expert", "actions"]
-    assert "stage expert (velocity): cosine" in text and "over 10 call(s)" in text
+    assert "stage expert (velocity): cosine" in text and "over 3 call(s)" in text
     drift = json.loads((tmp_path / "run" / "report.json").read_text())["drift"]
     assert drift["p99_pct"] < 3.0, drift
