@@ -214,8 +214,12 @@ def _row(kind: str, entry: dict, row: dict) -> str:
     files = ", ".join(f"{k} {v}" for k, v in row["files_mb"].items()) or "-"
     cells = [kind, f"{entry['parameters'] / 1e6:,.1f} M", f"{gb:.2f}", row["step"], row["rc"], row["wall_s"],
              memory, f"{row['load_before'][0]:.1f} / {row['load_after'][0]:.1f}",
-             row.get("speedup_vs_fp32", "-"), row.get("drift_mean_pct", "-"), files, row["error"] or ""]
+             row.get("speedup_vs_fp32", "-"), _pct(row.get("drift_mean_pct")), files, row["error"] or ""]
     return "| " + " | ".join(str(c) for c in cells) + " |"
+
+
+def _pct(value) -> str:
+    return "-" if value is None else f"{value:.3f}"
 
 
 def main() -> None:
