@@ -10,6 +10,9 @@ frames with the checkpoint's features:
   100), ~52 M parameters.
 - `diffusion`: `lerobot/diffusion_pusht` (96x96 camera cropped to 84, 2-step history, U-Net down dims
   512/1024/2048, horizon 16, 8 executed actions, DDPM with 100 steps), ~263 M.
+- `pi0`: `lerobot/pi0_base`'s network (PaliGemma 3B: SigLIP So400m/14 at 224 px + Gemma 2B, Gemma 300M
+  action expert, chunk 50, 10 Euler steps), two 224x224 cameras, 14-dim state and action, ~3.3 B (13 GB in
+  FP32: weights written in 2 GB shards); its tokenizer is the pi0 fixture's stand-in.
 - `smolvla`: `lerobot/smolvla_base`'s network (SmolVLM2-500M's widths, its first 16 layers, expert at 0.75
   width, chunk 50, 10 Euler steps, images padded to 512), two 480x640 cameras, 6-dim SO-100 state and
   action, ~450 M; the backbone folder holds SmolVLM2-500M's config and, as the tokenizer, the SmolVLA
@@ -106,7 +109,18 @@ def smolvla_config() -> dict:
             "vlm_model_name": "../vlm", "load_vlm_weights": False, "tokenizer_max_length": 48}
 
 
-TYPES = {"act": act_config, "diffusion": diffusion_config, "smolvla": smolvla_config}
+def pi0_config() -> dict:
+    cameras = {"observation.images.base": (224, 224), "observation.images.wrist": (224, 224)}
+    inputs, outputs = _features(cameras, 14, 14)
+    return {"type": "pi0", "n_obs_steps": 1, "input_features": inputs, "output_features": outputs,
+            "paligemma_variant": "gemma_2b", "action_expert_variant": "gemma_300m", "dtype": "float32",
+            "chunk_size": 50, "n_action_steps": 50, "max_state_dim": 32, "max_action_dim": 32,
+            "num_inference_steps": 10, "min_period": 0.004, "max_period": 4.0, "image_resolution": [224, 224],
+            "empty_cameras": 0, "tokenizer_max_length": 48,
+            "normalization_mapping": {"VISUAL": "IDENTITY", "STATE": "MEAN_STD", "ACTION": "MEAN_STD"}}
+
+
+TYPES = {"act": act_config, "diffusion": diffusion_config, "smolvla": smolvla_config, "pi0": pi0_config}
 
 
 def build(kind: str, work: Path, seed: int = 0) -> dict:
@@ -122,6 +136,10 @@ def build(kind: str, work: Path, seed: int = 0) -> dict:
         (vlm / "config.json").write_text(json.dumps(SMOLVLM2_500M, indent=1))
         shutil.copy(CASES / "smolvla_tiny" / "tiny_smolvlm2" / "tokenizer.json", vlm / "tokenizer.json")
         text = {"tokenizer_name": "../vlm", "max_length": 48}
+    if kind == "pi0":  # PaliGemma's tokenizer is on the Hub: the pi0 fixture's stand-in
+        shutil.copytree(ROOT / "tests/fixtures/lerobot_pi0/paligemma_tokenizer", work / "tokenizer",
+                        dirs_exist_ok=True)
+        text = {"tokenizer_name": "../tokenizer", "max_length": 48}
     stats = {n: IMAGE_STATS if f["type"] == "VISUAL" else _vector_stats(f["shape"][0])
              for n, f in {**config["input_features"], **config["output_features"]}.items()}
     folder = write_pretrained(work / "pretrained_model", config, stats, seed, text, stream=True)
