@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: setup demo test test-deps setup-jetson jetson-venv lint lock clean
+.PHONY: setup demo test test-deps docs setup-jetson jetson-venv lint lock clean
 
 setup: $(STAMP)
 
@@ -12,7 +12,7 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -c constraints.txt torch==2.13.0
-	$(BIN)/pip install --quiet -c constraints.txt -e ".[dev]"
+	$(BIN)/pip install --quiet -c constraints.txt -e ".[dev,docs]"  # docs: tests/test_docs.py builds the site
 	@touch $(STAMP)
 
 # The main job on the built-in default: its closed-loop success, then compress -> verify -> profile -> gate
@@ -25,6 +25,12 @@ demo: setup
 
 test: setup test-deps
 	$(BIN)/pytest
+
+# The documentation site (docs/, mkdocs.yml): the generated reference pages rewritten from the code, then
+# built in strict mode (a broken link or a missing page fails) into site/.
+docs: setup
+	$(BIN)/python -m vlaedge.docs_reference
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir site
 
 # System packages some tests use: openssh-server (tests/test_remote.py starts its own sshd on 127.0.0.1),
 # chromium (tests/test_report_browser.py opens report.html in headless Chromium), and gcc + binutils
@@ -84,4 +90,4 @@ lock: setup
 	mv constraints.new constraints.txt
 
 clean:
-	rm -rf $(VENV) .pytest_cache
+	rm -rf $(VENV) .pytest_cache site

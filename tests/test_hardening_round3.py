@@ -1,8 +1,8 @@
 """Bad input, round 3 (issue 25): the internal errors still reachable become one `error:` line and its
 fix (exit 2); a `decode: tokens` policy without a chunk axis is handled as chunk 1 or refused at load; a
-missing optional package names its pip extra; fix lines and docs cite only README headings and files
-that exist; flags show no `<bool>` in --help; a recipe name typo gets a "did you mean"; the README's
-"Your own policy" commands run as written."""
+missing optional package names its pip extra; fix lines and docs cite only README headings, docs pages
+(and their headings) and files that exist; flags show no `<bool>` in --help; a recipe name typo gets a
+"did you mean"; the README's "Your own policy" commands run as written."""
 
 from __future__ import annotations
 
@@ -23,6 +23,7 @@ from vlaedge.errors import VlaedgeError, describe
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
+DOCS = ROOT / "docs"
 HUGE = 10**20  # ONNX keeps int64 dims: protobuf raised "Value out of range" on this
 
 
@@ -77,7 +78,7 @@ def test_a_recipe_asking_for_absurd_threads_is_refused_naming_the_value(tmp_path
     text = (ROOT / "vlaedge" / "recipes" / "cpu-int8.yaml").read_text()
     recipe.write_text(re.sub(r"threads: \d+", f"threads: {10**9}", text))
     code, out = run_cli(["compress", "--recipe", recipe, "--out", tmp_path / "run"], capsys, monkeypatch)
-    assert_refused(code, out, "verify.threads", str(10**9), "README: 'Recipes'")
+    assert_refused(code, out, "verify.threads", str(10**9), "docs: reference/recipes.md")
     assert not (tmp_path / "run").exists()
     code, out = run_cli(["verify", "--threads", 10**9, "--out", tmp_path / "v"], capsys, monkeypatch)
     assert code == 2 and "--threads" in out and "internal error" not in out, out
@@ -196,13 +197,13 @@ def test_the_extras_named_exist_in_pyproject():
         assert any(dep.replace("-", "_").startswith(package) for dep in extras[extra]), (package, extra)
 
 
-# --- 4. references to the README and to files ----------------------------------------------------------
+# --- 4. references to the README, the docs pages and files ---------------------------------------------
 
 
-def readme_headings() -> set[str]:
-    """Heading texts of README.md, outside fenced code blocks."""
+def readme_headings(path: Path = README) -> set[str]:
+    """Heading texts of README.md (or another Markdown file), outside fenced code blocks."""
     headings, fenced = set(), False
-    for line in README.read_text().splitlines():
+    for line in path.read_text().splitlines():
         if line.startswith("```"):
             fenced = not fenced
         elif not fenced and (m := re.match(r"#{1,6} (.+)", line)):
@@ -233,14 +234,22 @@ def package_strings() -> list[tuple[str, str, bool]]:
 
 
 REFERENCE = re.compile(r"""README(?:\.md)?:? ['"]([^'"]+)['"]""")
+# a fix line citing the docs site: `docs: guides/ci-gating.md 'Choosing budgets'` (the heading optional)
+DOCS_REFERENCE = re.compile(r"""docs: ([\w./-]+\.md)(?: ['"]([^'"]+)['"])?""")
 
 
 def test_every_readme_reference_in_the_package_names_an_existing_heading():
     headings = readme_headings()
     references = [(f, ref) for f, text, _ in package_strings() for ref in REFERENCE.findall(text)]
-    assert len(references) >= 5, references  # the fix lines that cite a section
+    docs = [(f, page, heading) for f, text, _ in package_strings()
+            for page, heading in DOCS_REFERENCE.findall(text)]
+    assert len(references) + len(docs) >= 5, (references, docs)  # the fix lines that cite a section
     missing = [(f, ref) for f, ref in references if ref not in headings]
     assert not missing, missing
+    missing = [(f, page, heading) for f, page, heading in docs if not (DOCS / page).is_file()
+               or heading and heading not in readme_headings(DOCS / page)]
+    assert not missing, f"docs pages or headings cited that do not exist: {missing}"
+    assert {page for _, page, _ in docs} >= {"reference/recipes.md", "guides/ci-gating.md"}, docs
     # a message citing the README names the section (README: 'Heading'), never the bare file
     vague = [(f, text[:80]) for f, text, doc in package_strings() if not doc and " " in text
              and re.search(r"\bREADME(\.md|:)", text) and not REFERENCE.search(text) and "http" not in text]
@@ -249,7 +258,8 @@ def test_every_readme_reference_in_the_package_names_an_existing_heading():
 
 def test_no_file_outside_the_repository_is_cited():
     """FACTS.md lives in ../shared (the developers' notes), not in the repository users have."""
-    shipped = [README, *(ROOT / "vlaedge").rglob("*.py"), *(ROOT / "vlaedge" / "recipes").glob("*.yaml")]
+    shipped = [README, *DOCS.rglob("*.md"), *(ROOT / "vlaedge").rglob("*.py"),
+               *(ROOT / "vlaedge" / "recipes").glob("*.yaml")]
     assert [str(p.relative_to(ROOT)) for p in shipped if re.search(r"\bFACTS\b", p.read_text())] == []
 
 
@@ -303,8 +313,15 @@ def readme_commands(section: str) -> list[list[str]]:
 
 
 def test_the_own_policy_commands_use_only_real_options_and_files(capsys, monkeypatch):
+    """The README's front-page commands, and those of the guide it points to first."""
     section = readme_section("Your own policy")
     commands = readme_commands(section)
+    assert len(commands) >= 3, commands
+    lerobot = [args for args in commands if args[:2] == ["compress", "path/to/pretrained_model"]]
+    assert lerobot and "--trust-code" not in lerobot[0], commands  # a LeRobot folder runs no code of its own
+    own_vla = (DOCS / "guides" / "own-vla.md").read_text()
+    commands += readme_commands(own_vla.partition("\n## Compress and gate your own checkpoint\n")[2]
+                                .partition("\n## ")[0])
     assert len(commands) >= 5, commands
     for args in commands:
         code, helptext = run_cli([args[0], "--help"], capsys, monkeypatch)
@@ -339,7 +356,9 @@ def test_the_own_policy_commands_run_on_a_python_checkpoint(tiny_run, tmp_path, 
 
     spec = {**SPEC, "actions": {**SPEC["actions"], "low": [-1, -1, -1], "high": [1, 1, 1]}}
     ck = PythonPolicy(PythonPolicySpec.model_validate(spec)).save(tmp_path / "ck")
-    compress, gate = (args for args in readme_commands(readme_section("Your own policy"))[:2])
+    commands = readme_commands(readme_section("Your own policy"))
+    compress = next(args for args in commands if args[:2] == ["compress", "path/to/checkpoint"])
+    gate = next(args for args in commands if args[0] == "gate")
     run = tmp_path / "runs" / "orin"
     subs = {"path/to/checkpoint": str(ck), "path/to/lerobot_dataset": str(tiny_run.data),
             "runs/orin": str(run)}

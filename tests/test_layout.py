@@ -14,12 +14,12 @@ PACKAGE = Path(__file__).resolve().parents[1] / "vlaedge"
 
 # Top-level parts of vlaedge, highest layer first. A module may import its own part and lower layers only.
 LAYERS = (
-    {"cli"},
+    {"cli", "docs_reference"},  # docs_reference: the generated docs pages, from the typer app and the models
     {"commands"},
     {"pipeline", "tune", "device_check"},  # tune: the variant search, built on the pipeline's helpers
     {"compress", "check", "deploy"},  # the stage wings: never import one another
     {"recipe", "targets", "defaults", "models", "runtimes", "data", "sim"},
-    {"artifact", "info", "safe_yaml", "onnx_file"},
+    {"artifact", "info", "safe_yaml", "onnx_file", "executor"},  # executor: local or Ray units of work
     {"errors", "progress", ""},  # "" is vlaedge/__init__.py (the version)
 )
 WINGS = LAYERS[3]

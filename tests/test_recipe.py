@@ -10,16 +10,18 @@ import pytest
 from vlaedge.errors import VlaedgeError
 from vlaedge.recipe import (
     REFERENCE_END,
+    REFERENCE_PAGE,
     REFERENCE_START,
     Recipe,
     _sections,
-    _write_readme_reference,
     load_recipe,
     recipe_reference,
     validate_recipe,
+    write_reference,
 )
 
 ROOT = Path(__file__).resolve().parent.parent
+PAGE = ROOT / "docs" / "reference" / "recipes.md"  # the docs site's recipe reference
 RECIPES = sorted((ROOT / "recipes").glob("*.yaml"))
 
 
@@ -190,18 +192,20 @@ def test_bad_yaml_and_missing_file(tmp_path):
     assert "must be a mapping of sections" in e.value.message
 
 
-def test_readme_carries_the_current_recipe_reference():
-    readme = (ROOT / "README.md").read_text()
-    assert f"{REFERENCE_START}\n{recipe_reference()}\n{REFERENCE_END}" in readme, (
-        "README.md: the recipe reference is out of date; regenerate it with 'python -m vlaedge.recipe' "
-        "(rewrites the block between the recipe-reference markers from vlaedge/recipe.py)")
+def test_the_docs_carry_the_current_recipe_reference():
+    assert REFERENCE_PAGE == PAGE  # where `python -m vlaedge.recipe` writes
+    page = PAGE.read_text()
+    assert f"{REFERENCE_START}\n{recipe_reference()}\n{REFERENCE_END}" in page, (
+        "docs/reference/recipes.md: the recipe reference is out of date; regenerate it with "
+        "'python -m vlaedge.recipe' or 'make docs' (rewrites the block between the recipe-reference markers "
+        "from vlaedge/recipe.py)")
 
 
-def test_readme_lists_every_shipped_recipe():
-    recipes = (ROOT / "README.md").read_text().partition("## Recipes")[2].partition(REFERENCE_START)[0]
+def test_the_docs_list_every_shipped_recipe():
+    recipes = PAGE.read_text().partition("## Shipped recipes")[2].partition(REFERENCE_START)[0]
     for path in RECIPES:
         assert f"| `{path.stem}` | `{load_recipe(path).target}` |" in recipes, (
-            f"README.md: add {path.name} to the shipped recipes table under '## Recipes'")
+            f"docs/reference/recipes.md: add {path.name} to the table under '## Shipped recipes'")
 
 
 def test_every_recipe_field_has_a_meaning_in_pipeline_order():
@@ -219,12 +223,12 @@ def test_every_recipe_field_has_a_meaning_in_pipeline_order():
     assert "| `heads` | float (>= 0, < 1) | `0.0` |" in reference
 
 
-def test_the_readme_helper_rewrites_only_its_block(tmp_path):
-    readme = tmp_path / "README.md"
-    readme.write_text(f"# x\n\n{REFERENCE_START}\nold\n{REFERENCE_END}\n\n## After\n")
-    _write_readme_reference(readme)
+def test_the_reference_helper_rewrites_only_its_block(tmp_path):
+    page = tmp_path / "recipes.md"
+    page.write_text(f"# x\n\n{REFERENCE_START}\nold\n{REFERENCE_END}\n\n## After\n")
+    write_reference(page)
     block = f"{REFERENCE_START}\n{recipe_reference()}\n{REFERENCE_END}"
-    assert readme.read_text() == f"# x\n\n{block}\n\n## After\n"
-    readme.write_text("# no markers\n")
+    assert page.read_text() == f"# x\n\n{block}\n\n## After\n"
+    page.write_text("# no markers\n")
     with pytest.raises(SystemExit, match="no <!-- recipe-reference:start -->"):
-        _write_readme_reference(readme)
+        write_reference(page)

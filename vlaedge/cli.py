@@ -230,9 +230,16 @@ DtypeOpt = Annotated[str | None, typer.Option(
     "precision halves their memory; stages that need FP32 cast there and say so (recipe: load.dtype).")]
 
 
-def _with_dtype(overrides: list[str] | None, dtype: str | None) -> list[str]:
-    """--dtype as the recipe override it stands for (load.dtype)."""
-    return [*(overrides or []), *([f"load.dtype={dtype}"] if dtype else [])]
+DeviceOpt = Annotated[str | None, typer.Option(
+    "--device", help="Where the torch side runs (reference actions, calibration, pruning): auto (cuda where "
+    "torch.cuda.is_available(), else cpu; the default), cpu or cuda. The ONNX export traces on the CPU and "
+    "ONNX Runtime runs there (recipe: load.device).")]
+
+
+def _with_dtype(overrides: list[str] | None, dtype: str | None, device: str | None = None) -> list[str]:
+    """--dtype and --device as the recipe overrides they stand for (load.dtype, load.device)."""
+    return [*(overrides or []), *([f"load.dtype={dtype}"] if dtype else []),
+            *([f"load.device={device}"] if device else [])]
 
 
 def _recipe(path: str | Path, overrides: list[str] | None):
@@ -264,13 +271,14 @@ def compress(
     quiet: QuietOpt = False,
     json_mode: JsonOpt = False,
     dtype: DtypeOpt = None,
+    device: DeviceOpt = None,
 ) -> None:
     """Prune, quantize and export a policy as the recipe says, into one output directory."""
     from vlaedge.pipeline import compress as run
 
     _quiet(quiet)
     with _stdout_to_stderr(json_mode):
-        r = _recipe(recipe, _with_dtype(overrides, dtype))
+        r = _recipe(recipe, _with_dtype(overrides, dtype, device))
         result = run(r, out, checkpoint, data, force, allow_pickle, log=_log, trust_code=trust_code)
         _echo(f"wrote {result.out} (manifest.json lists every file with its sha256)")
         if result.gate is not None:
@@ -334,11 +342,12 @@ def prune(
     allow_pickle: AllowPickle = False,
     trust_code: TrustCode = False,
     dtype: DtypeOpt = None,
+    device: DeviceOpt = None,
 ) -> None:
     """Only the prune stage: writes the pruned checkpoint (and its manifest) to --out."""
     from vlaedge.pipeline import compress as run
 
-    r = _only_stage(recipe, _with_dtype(overrides, dtype), "prune", "cpu-pruned-int8")
+    r = _only_stage(recipe, _with_dtype(overrides, dtype, device), "prune", "cpu-pruned-int8")
     result = run(r, out, checkpoint, data, force, allow_pickle, log=_log, trust_code=trust_code)
     _echo(f"wrote {result.out}/pruned (load it like any checkpoint)")
 
@@ -354,11 +363,12 @@ def quantize(
     allow_pickle: AllowPickle = False,
     trust_code: TrustCode = False,
     dtype: DtypeOpt = None,
+    device: DeviceOpt = None,
 ) -> None:
     """Only quantize (and the export it needs): writes the quantized ONNX to --out/model.onnx."""
     from vlaedge.pipeline import compress as run
 
-    r = _only_stage(recipe, _with_dtype(overrides, dtype), "quantize", "cpu-int8")
+    r = _only_stage(recipe, _with_dtype(overrides, dtype, device), "quantize", "cpu-int8")
     result = run(r, out, checkpoint, data, force, allow_pickle, log=_log, trust_code=trust_code)
     _echo(f"wrote {result.out}/model.onnx")
 
@@ -473,6 +483,7 @@ def verify(
     trust_code: TrustCode = False,
     quiet: QuietOpt = False,
     json_mode: JsonOpt = False,
+    device: DeviceOpt = None,
 ) -> None:
     """Reference vs candidate: open-loop drift, optional closed loop, latency; writes the reports to --out."""
     from vlaedge.commands import json_summary, run_verify
@@ -483,7 +494,7 @@ def verify(
                 "threads": threads}
     with _stdout_to_stderr(json_mode):
         result = run_verify(model, checkpoint, data, out, recipe, budgets, settings, not no_profile, target,
-                            force, allow_pickle, log=_log, trust_code=trust_code)
+                            force, allow_pickle, log=_log, trust_code=trust_code, device=device)
         junit = ", junit.xml" if result.gate is not None else ""
         _echo(f"wrote {out}/report.json, report.md, report.html{junit}")
         if result.gate is not None:

@@ -36,9 +36,11 @@ def run_verify(
     allow_pickle: bool = False,
     log: Callable[[str], None] = print,
     trust_code: bool = False,
+    device: str | None = None,
 ):
     """`vlaedge verify`: settles the verify settings (recipe, budgets file, command-line overrides) and
-    runs `vlaedge.pipeline.verify_run`, which writes report.json/md/html (+ junit.xml) into `out`.
+    runs `vlaedge.pipeline.verify_run`, which writes report.json/md/html (+ junit.xml) into `out`. The
+    reference runs on `device` (`--device`), else the recipe's `load.device`, else "auto".
 
     Returns:
         A `vlaedge.pipeline.VerifyRun` (the report dict and the gate verdict, None without budgets).
@@ -53,6 +55,7 @@ def run_verify(
     if recipe:
         r = load_recipe(recipe)
         config, budget_cfg, target = r.verify or config, r.budgets, target or r.target
+        device = device or (r.load.device if r.load else None)
     if budgets:
         budget_cfg = load_budgets(budgets)
     overrides = {k: v for k, v in settings.items() if v is not None}
@@ -68,7 +71,7 @@ def run_verify(
             "pass --runtime torch, or the exported .onnx file",
         )
     return verify_run(resolved, config, budget_cfg, target, out, force, allow_pickle, run_profile, log,
-                      trust_code)
+                      trust_code, device or "auto")
 
 
 def run_gate(

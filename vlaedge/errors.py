@@ -15,7 +15,7 @@ import re
 MAX_LINE = 400  # characters of one printed message: a value quoted in an error never floods the terminal
 # optional packages -> the extra that installs them (pyproject.toml [project.optional-dependencies])
 EXTRAS = {"transformers": "hf", "torch_pruning": "hf",
-          "tokenizers": "tokenizers", "sentencepiece": "tokenizers"}
+          "tokenizers": "tokenizers", "sentencepiece": "tokenizers", "ray": "ray"}
 
 
 class VlaedgeError(Exception):
@@ -33,6 +33,9 @@ class VlaedgeError(Exception):
         self.message = message
         self.hint = hint
         super().__init__(f"{message} ({hint})" if hint else message)
+
+    def __reduce__(self):  # message and hint survive a trip through pickle (a Ray worker's error)
+        return type(self), (self.message, self.hint)
 
 
 class GateFailed(Exception):

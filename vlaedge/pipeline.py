@@ -31,6 +31,7 @@ from vlaedge.data.summary import check_counts
 from vlaedge.defaults import default_checkpoint, default_dataset
 from vlaedge.errors import VlaedgeError
 from vlaedge.models import Policy, load_policy
+from vlaedge.models.device import device_record, resolve_device
 from vlaedge.models.preprocess import DataBinding, bind_data
 from vlaedge.recipe import Budgets, ExportConfig, PruneConfig, Recipe, VerifyConfig
 from vlaedge.targets import get_target
@@ -67,16 +68,18 @@ class CompressResult:
 
 
 def load_inputs(checkpoint: Path | None, data: Path | None, allow_pickle: bool = False,
-                seed: int = 0, recipe: Recipe | None = None, trust_code: bool = False) -> Inputs:
-    """Loads the policy (default: the embedded one) and the dataset (default: the calibration sample in
-    the package), split by episode into calibration and evaluation halves, and checks them against each
-    other and the recipe before any stage runs: the features the policy reads (with the recipe's
-    ``data.map``), their shapes, dims and statistics (`bind_data`), the frames the recipe's stages need
-    (`check_counts`), and a closed-loop env's action and observation spaces (`check_env`, no episode)."""
+                seed: int = 0, recipe: Recipe | None = None, trust_code: bool = False,
+                device: str = "cpu") -> Inputs:
+    """Loads the policy (default: the embedded one; its module on `device`, `vlaedge.models.device`) and
+    the dataset (default: the calibration sample in the package), split by episode into calibration and
+    evaluation halves, and checks them against each other and the recipe before any stage runs: the
+    features the policy reads (with the recipe's ``data.map``), their shapes, dims and statistics
+    (`bind_data`), the frames the recipe's stages need (`check_counts`), and a closed-loop env's action
+    and observation spaces (`check_env`, no episode)."""
     checkpoint = Path(checkpoint) if checkpoint else default_checkpoint()
     data = Path(data) if data else default_dataset()
     dtype = recipe.load.dtype if recipe and recipe.load else "float32"
-    policy = load_policy(checkpoint, allow_pickle, trust_code, dtype)
+    policy = load_policy(checkpoint, allow_pickle, trust_code, dtype, device)
     dataset = load_dataset(data)
     binding = bind_data(policy, dataset, recipe.data.map if recipe and recipe.data else None)
     calibration, evaluation = split_episodes(dataset, EVAL_FRACTION, seed)
@@ -250,22 +253,29 @@ def compress(recipe: Recipe, out: str | Path, checkpoint: Path | None = None, da
         The output directory and its manifest.
 
     Raises:
-        VlaedgeError: any bad input; nothing is left at `out` then.
+        VlaedgeError: any bad input (`load.device: cuda` without CUDA: before anything is read); nothing is
+            left at `out` then.
 
     Example:
         >>> compress(load_recipe("recipes/cpu-int8.yaml"), "runs/cpu-int8", force=True)
     """
     target = get_target(recipe.target)
+    requested = recipe.load.device if recipe.load else "auto"
+    device = resolve_device(requested)  # the torch side's device: the stages run there (manifest "device")
     checkpoint = Path(checkpoint) if checkpoint else default_checkpoint()
     data = Path(data) if data else default_dataset()
     with OutputDir(out, force, protect=(checkpoint, data)) as od:
-        inputs = load_inputs(checkpoint, data, allow_pickle, recipe=recipe, trust_code=trust_code)
+        if device != "cpu":
+            log(f"device: the torch side runs on {device} (the ONNX export traces on the CPU)")
+        inputs = load_inputs(checkpoint, data, allow_pickle, recipe=recipe, trust_code=trust_code,
+                             device=device)
         given, recipe = recipe, inputs.recipe
         for line in inputs.binding.lines():
             log(line)
         od.record_input("checkpoint", inputs.checkpoint)
         od.record_input("data", inputs.data_path)
         od.manifest["data"] = inputs.binding.to_dict()
+        od.manifest["device"] = device_record(requested, device)
         od.manifest.update(recipe=given.model_dump(mode="json"), target=target.name, versions=_versions(),
                            consent={"trust_code": trust_code, "allow_pickle": allow_pickle},
                            split={"calibration_episodes": inputs.calibration.episode_indices,
@@ -412,7 +422,7 @@ def _reload_reference(od: OutputDir, inputs: Inputs) -> None:
     gc.collect()
     consent = od.manifest.get("consent", {})
     fresh = load_policy(inputs.checkpoint, consent.get("allow_pickle", False),
-                        consent.get("trust_code", False))
+                        consent.get("trust_code", False), device=od.manifest["device"]["torch"])
     inputs.policy.module = fresh.module
 
 
@@ -502,7 +512,7 @@ class VerifyRun:
 
 def verify_run(resolved: Resolved, config: VerifyConfig, budgets: Budgets | None, target: str | None,
                out: str | Path, force: bool = False, allow_pickle: bool = False, run_profile: bool = True,
-               log=print, trust_code: bool = False) -> VerifyRun:
+               log=print, trust_code: bool = False, device: str = "auto") -> VerifyRun:
     """The verify command's chain: the FP32 reference and the evaluation split (the run's recorded one when
     `resolved` came from a run directory) -> `vlaedge.check.verify.verify` -> gate (with budgets) ->
     report.json/md/html (+ junit.xml), written atomically into `out`.
@@ -513,17 +523,21 @@ def verify_run(resolved: Resolved, config: VerifyConfig, budgets: Budgets | None
         budgets: judged when given.
         target: deployment target name (selects per-target budgets), or None.
         out: the output directory; refused if it exists unless `force`.
+        device: where the reference (and a torch candidate) runs: auto, cpu or cuda
+            (`vlaedge.models.device`); recorded in report.json's policy section.
 
     Raises:
-        VlaedgeError: any bad input; nothing is left at `out` then.
+        VlaedgeError: any bad input (`device="cuda"` without CUDA: before anything is read); nothing is
+            left at `out` then.
     """
     from vlaedge.check.verify import verify
 
+    device = resolve_device(device)
     config = recorded_env(config, resolved.manifest or {}, log)
     ckpt = resolved.checkpoint or default_checkpoint()
     data = resolved.data or default_dataset()
     with OutputDir(out, force, protect=(ckpt, data, resolved.model)) as od:
-        policy = load_policy(ckpt, allow_pickle, trust_code)
+        policy = load_policy(ckpt, allow_pickle, trust_code, device=device)
         dataset = load_dataset(data)
         bind_data(policy, dataset, ((resolved.manifest or {}).get("data") or {}).get("map"))
         _, evaluation = split_as_recorded(dataset, (resolved.manifest or {}).get("split"))

@@ -2,8 +2,8 @@
 
 Validated strictly: an unknown key is an error naming the valid keys, every error reads
 `path.to.field: message`, and cross-field rules (a precision the target cannot run) are checked at load.
-A missing section skips its stage. `recipe_reference()` renders every field as Markdown tables for
-README.md; `python -m vlaedge.recipe` rewrites the README block.
+A missing section skips its stage. `recipe_reference()` renders every field as Markdown tables for the
+docs page docs/reference/recipes.md; `python -m vlaedge.recipe` (or `make docs`) rewrites that block.
 """
 
 from __future__ import annotations
@@ -267,13 +267,18 @@ class DataConfig(Section):
 
 
 class LoadConfig(Section):
-    """How the checkpoint is loaded (`--dtype` on the command line). Half precision halves the memory the
-    weights take; a stage that needs FP32 on the CPU (ONNX export and its ONNX Runtime check,
-    quantization) casts to float32 there and says so in its summary; pruning needs `float32`."""
+    """How the checkpoint is loaded (`--dtype` and `--device` on the command line). Half precision halves the
+    memory the weights take; a stage that needs FP32 on the CPU (ONNX export and its ONNX Runtime check,
+    quantization) casts to float32 there and says so in its summary; pruning needs `float32`. The device is
+    where the torch side runs (reference actions, calibration passes, pruning); the ONNX export traces on the
+    CPU and ONNX Runtime runs there whatever it says."""
 
     dtype: Literal["float32", "float16", "bfloat16", "auto"] = Field(
         "float32", description="weights in float32 (as the policy builds them), float16, bfloat16, or auto "
         "(the dtype most of the checkpoint's weights are stored in)")
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="where the torch side runs: auto (cuda where torch.cuda.is_available(), else "
+        "cpu), cpu, or cuda (refused before any stage where torch finds no CUDA)")
 
 
 class Recipe(Section):
@@ -399,7 +404,8 @@ def load_budgets(path: str | Path) -> Budgets:
         budgets = load_recipe(path).budgets
         if budgets is None:
             raise VlaedgeError(f"budgets: recipe {path} has no budgets section",
-                               "add a budgets: section (README: 'Choosing budgets'), or pass a budgets file")
+                               "add a budgets: section (docs: guides/ci-gating.md 'Choosing budgets'), "
+                               "or pass a budgets file")
         return budgets
     if isinstance(raw, dict) and set(raw) == {"budgets"}:
         raw = raw["budgets"] or {}
@@ -410,7 +416,8 @@ def load_budgets(path: str | Path) -> Budgets:
         return Budgets.model_validate(raw)
     except ValidationError as e:
         raise VlaedgeError(f"{path}: {format_validation_error(e, Budgets)}",
-                           "every budget field, with an example value: README: 'Choosing budgets'") from e
+                           "every budget field, with an example value: "
+                           "docs: guides/ci-gating.md 'Choosing budgets'") from e
 
 
 def validate_recipe(raw: dict, where: str = "recipe") -> Recipe:
@@ -419,7 +426,7 @@ def validate_recipe(raw: dict, where: str = "recipe") -> Recipe:
         return Recipe.model_validate(raw)
     except ValidationError as e:
         raise VlaedgeError(f"{where}: {format_validation_error(e, Recipe)}",
-                           "every recipe field and its range: README: 'Recipes'") from e
+                           "every recipe field and its range: docs: reference/recipes.md") from e
     except VlaedgeError as e:  # a target rule (vlaedge.targets), raised unwrapped through pydantic
         fix = e.hint or "change that value, or use a recipe for another target (vlaedge recipes)"
         raise VlaedgeError(f"{where}: {e.message}", fix) from e
@@ -482,11 +489,11 @@ def recipe_reference() -> str:
     """The recipe reference as Markdown: one table per section, in pipeline order, from the models.
 
     Returns:
-        `#### section` headings, each with the section's docstring and a `field | type | default |
+        `### section` headings, each with the section's docstring and a `field | type | default |
         meaning` table; types carry the constraints (`int (>= 1)`), meanings are the `Field` descriptions.
 
     Example:
-        >>> print(recipe_reference())  # README.md holds it between the recipe-reference markers
+        >>> print(recipe_reference())  # docs/reference/recipes.md holds it between the markers
     """
     blocks = []
     for path, model in _sections(Recipe, ""):
@@ -495,7 +502,7 @@ def recipe_reference() -> str:
             cells = (f"`{name}`", _type_cell(field), _default_cell(field), field.description or "")
             rows.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
         doc = "\n\n".join(" ".join(p.split()) for p in inspect.cleandoc(model.__doc__ or "").split("\n\n"))
-        blocks.append(f"#### {f'`{path}`' if path else 'Top level'}\n\n{doc}\n\n" + "\n".join(rows))
+        blocks.append(f"### {f'`{path}`' if path else 'Top level'}\n\n{doc}\n\n" + "\n".join(rows))
     return "\n\n".join(blocks)
 
 
@@ -543,15 +550,17 @@ def _default_cell(field) -> str:
     return f"`{json.dumps(field.default)}`"
 
 
-def _write_readme_reference(readme: Path) -> None:
-    """Replaces the block between the recipe-reference markers in `readme` with `recipe_reference()`."""
-    head, start, rest = readme.read_text().partition(REFERENCE_START)
+def write_reference(page: Path) -> None:
+    """Replaces the block between the recipe-reference markers in `page` with `recipe_reference()`."""
+    head, start, rest = page.read_text().partition(REFERENCE_START)
     _, end, tail = rest.partition(REFERENCE_END)
     if not (start and end):
-        raise SystemExit(f"{readme}: no {REFERENCE_START} ... {REFERENCE_END} block to rewrite")
-    readme.write_text(f"{head}{REFERENCE_START}\n{recipe_reference()}\n{REFERENCE_END}{tail}")
-    print(f"{readme}: recipe reference rewritten")
+        raise SystemExit(f"{page}: no {REFERENCE_START} ... {REFERENCE_END} block to rewrite")
+    page.write_text(f"{head}{REFERENCE_START}\n{recipe_reference()}\n{REFERENCE_END}{tail}")
+    print(f"{page}: recipe reference rewritten")
 
+
+REFERENCE_PAGE = Path(__file__).resolve().parent.parent / "docs" / "reference" / "recipes.md"  # in a checkout
 
 if __name__ == "__main__":
-    _write_readme_reference(Path(__file__).resolve().parent.parent / "README.md")
+    write_reference(REFERENCE_PAGE)

@@ -126,8 +126,8 @@ def load_callable(spec: str, what: str) -> Callable:
 
 
 TABLETOP_FIX = ("the built-in tabletop closed loop takes 3 actions (dx, dy, gripper in [-1, 1]), a 4-dim "
-                "state and one camera: set verify.env to your robot's env (README: 'Closed loop on your own "
-                "env (gym-pusht example)'), or run without a closed loop: "
+                "state and one camera: set verify.env to your robot's env (docs: guides/closed-loop.md "
+                "'Closed loop on your own env'), or run without a closed loop: "
                 "--set verify.closed_loop_episodes=0 --set budgets.max_success_drop=null")
 
 

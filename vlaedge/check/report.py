@@ -59,6 +59,7 @@ def build_report(
     from vlaedge.artifact import model_sha256
 
     spec = policy.action_spec
+    device = getattr(policy, "device", None)  # where the torch reference ran ("cpu", "cuda:0")
     model = Path(candidate_model) if candidate_model else None
     file_bytes = None
     if model is not None and model.is_file():
@@ -79,6 +80,7 @@ def build_report(
             "action_high": list(spec.high),
             "gripper_dims": list(spec.gripper_dims),
             "chunk": spec.chunk,
+            "device": str(device) if device is not None else None,
         },
         "candidate": {
             "model": str(model) if model else None,

@@ -89,7 +89,8 @@ def render_markdown(report: dict) -> str:
         "",
         summary_line(report),
         "",
-        f"- policy: `{policy.get('name')}` sha256 `{(policy.get('sha256') or '?')[:12]}`",
+        f"- policy: `{policy.get('name')}` sha256 `{(policy.get('sha256') or '?')[:12]}`"
+        + (f", reference run on `{policy['device']}`" if policy.get("device") else ""),
         f"- candidate: `{cand.get('model')}` on `{cand.get('runtime')}`"
         + (f", {cand['file_bytes'] / 1e6:.2f} MB" if cand.get("file_bytes") else ""),
         f"- target: `{report.get('target')}`",

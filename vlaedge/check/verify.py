@@ -243,7 +243,9 @@ def _open_candidate(policy: Policy, model, config: VerifyConfig, trust_code: boo
                 f"candidate: {model} is not a checkpoint directory (runtime torch)",
                 "pass a checkpoint directory, or an .onnx file with --runtime ort-cpu",
             )
-        return TorchRuntime(load_policy(model, trust_code=trust_code), config.threads), None
+        # on the reference's device: drift compares like with like (and the profile times torch there)
+        candidate = load_policy(model, trust_code=trust_code, device=policy.device.type)
+        return TorchRuntime(candidate, config.threads), None
     if model is not None and not Path(model).is_file():
         raise VlaedgeError(f"candidate: {model} does not exist", "pass the exported .onnx file")
     qdq = "fused"

@@ -286,18 +286,22 @@ def _trace(policy: Policy, example: dict[str, np.ndarray], file: Path, opset: in
            external_data: str = "auto") -> DataFile | None:
     """`torch.onnx.export` (legacy) with the patches above, its failures turned into one-line errors, then
     the weights into one data file `file.name + ".data"` when the graph is over 2 GB or `external_data` is
-    "always" (returned; None when the graph holds its weights)."""
+    "always" (returned; None when the graph holds its weights). Always traced on the CPU: a module on a GPU
+    is moved to host memory for the trace and back after (`vlaedge.models.device.on_cpu`: moved, never
+    copied, so the weights are in one place at a time)."""
     import onnx
     import torch
 
-    args = tuple(torch.from_numpy(example[s.name]) for s in policy.input_spec)
+    from vlaedge.models.device import on_cpu
+
+    args = tuple(torch.from_numpy(example[s.name]) for s in policy.input_spec)  # CPU: traced on the CPU
     names_in, names_out = [s.name for s in policy.input_spec], list(policy.output_names)
     axes = {n: {0: "batch"} for n in names_in + names_out} if dynamic else None
     policy.module.eval()
     log: list[str] = []
     try:
         with warnings.catch_warnings(), torch.no_grad(), _mha_fastpath_off(), _sdpa_gqa_symbolic(opset), \
-                _captured_stdout(log), progress.heartbeat(
+                _captured_stdout(log), on_cpu(policy.module), progress.heartbeat(
                     f"export: tracing {policy.name} and writing ONNX (torch.onnx.export, opset {opset})"):
             warnings.simplefilter("ignore")  # the legacy exporter's deprecation and tracer warnings
             torch.onnx.export(policy.module, args, str(file), dynamo=False, opset_version=opset,

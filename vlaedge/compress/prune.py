@@ -47,6 +47,7 @@ from vlaedge.compress import prune_modules
 from vlaedge.compress import prune_ops as ops
 from vlaedge.errors import VlaedgeError
 from vlaedge.models.base import Policy
+from vlaedge.models.device import feed_tensors
 from vlaedge.models.python import PythonPolicy
 from vlaedge.models.reference import ReferencePolicy
 from vlaedge.models.vla import ReferenceVLA, VLAConfig, count_parameters
@@ -336,7 +337,7 @@ def _calibration(policy: Policy, calibration: list[dict[str, np.ndarray]], need:
     if total < need:
         raise VlaedgeError(f"prune: {total} calibration frames, prune.num_frames needs {need}",
                            "add episodes or lower prune.num_frames")
-    return ops.to_tensors({k: np.concatenate(v)[:need] for k, v in parts.items()})
+    return ops.to_tensors({k: np.concatenate(v)[:need] for k, v in parts.items()}, policy.device)
 
 
 def _logit_outputs(policy: Policy) -> list[bool]:
@@ -392,6 +393,7 @@ def _structured(policy: ReferencePolicy, config: PruneConfig, calib: ops.Calib, 
         "block_heads": [b.attn.num_heads for b in kept], "block_mlp": [b.mlp.fc1.out_features for b in kept]})
     module = ReferenceVLA(cfg)
     module.load_state_dict(student.state_dict())  # strict: the config rebuilds exactly these shapes
+    module.to(policy.device)  # the pruned policy lives where the unpruned one does
     return ReferencePolicy(cfg, module.eval()), _blocks(student, labels), removed
 
 
@@ -472,7 +474,7 @@ def _sparsify(policy: Policy, calib: ops.Calib, notes: list[str]) -> tuple[Polic
         config = copy.deepcopy(policy.config)
         fresh = ReferenceVLA(config)
         fresh.load_state_dict(module.state_dict())
-        new: Policy = ReferencePolicy(config, fresh.eval())
+        new: Policy = ReferencePolicy(config, fresh.to(policy.device).eval())
     else:
         new = copy.copy(policy)
         new.module = module.eval()
@@ -521,7 +523,8 @@ def count_flops(policy: Policy) -> int:
         return 2 * b * h * s * k[-2] * d + 2 * b * h * s * k[-2] * v[-1]
 
     mapping = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: cpu_attention}
-    args = [torch.from_numpy(v) for v in policy.example_inputs(batch=1).values()]
+    example = policy.example_inputs(batch=1)
+    args = feed_tensors([example[s.name] for s in policy.input_spec], policy.device)
     policy.module.eval()
     fast = torch.backends.mha.get_fastpath_enabled()
     torch.backends.mha.set_fastpath_enabled(False)  # fused encoder kernels are invisible to the counter

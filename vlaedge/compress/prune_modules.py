@@ -42,6 +42,7 @@ from torch import nn
 from vlaedge import progress
 from vlaedge.compress import prune_ops as ops
 from vlaedge.errors import VlaedgeError
+from vlaedge.models.device import module_device
 from vlaedge.models.pruned_shapes import RECORD_VERSION, PrunedMultiheadAttention
 
 FIX_HEADS = ("set prune.heads: 0 (MLP channels and layers can still be pruned), or use prune.method: "
@@ -247,6 +248,7 @@ def to_pruned_attention(module: nn.Module) -> None:
             _mha_heads(name, m)  # refuses what it cannot express
             new = PrunedMultiheadAttention(m.embed_dim, m.num_heads, m.head_dim, m.batch_first,
                                            m.in_proj_bias is not None, m.dropout)
+            new.to(next(m.parameters()).device)  # where the student lives (the policy's device)
             new.load_state_dict(m.state_dict())
             parent, _, attr = name.rpartition(".")
             setattr(module.get_submodule(parent) if parent else module, attr, new.train(m.training))
@@ -260,7 +262,8 @@ def to_pruned_attention(module: nn.Module) -> None:
 
 def _add_bias(layer: nn.Linear) -> None:
     if layer.bias is None:
-        layer.bias = nn.Parameter(torch.zeros(layer.out_features, dtype=layer.weight.dtype))
+        layer.bias = nn.Parameter(torch.zeros(layer.out_features, dtype=layer.weight.dtype,
+                                              device=layer.weight.device))
 
 
 def cut_heads(h: Heads, keep_groups: torch.Tensor, mean_contrib: torch.Tensor) -> None:
@@ -281,7 +284,8 @@ def cut_heads(h: Heads, keep_groups: torch.Tensor, mean_contrib: torch.Tensor) -
             tp.prune_linear_out_channels(getattr(h.module, name), rows)
     else:  # packed in_proj of PrunedMultiheadAttention: [q; k; v] rows
         m, inner = h.module, h.groups * hd
-        keep = torch.tensor([i for i in range(3 * inner) if i % inner not in set(q_rows)])
+        keep = torch.tensor([i for i in range(3 * inner) if i % inner not in set(q_rows)],
+                            device=m.in_proj_weight.device)
         m.in_proj_weight = nn.Parameter(m.in_proj_weight.data[keep].clone())
         if m.in_proj_bias is not None:
             m.in_proj_bias = nn.Parameter(m.in_proj_bias.data[keep].clone())
@@ -386,9 +390,10 @@ def taylor_scores(module: nn.Module, units: Units, calib: ops.Calib, means: list
     a kv group's change is the sum of its query heads' changes)."""
     store: dict[int, list] = {i: [] for i in range(len(means))}
     handles = _hooks(units, store)
-    scores = [torch.zeros(h.groups) for h in units.heads] + [torch.zeros(c.output.in_features)
-                                                            for c in units.channels]
-    gen = torch.Generator().manual_seed(seed)
+    device = module_device(module)
+    scores = [torch.zeros(h.groups, device=device) for h in units.heads] + [
+        torch.zeros(c.output.in_features, device=device) for c in units.channels]
+    gen = torch.Generator().manual_seed(seed)  # on the CPU: the same probes whatever the device
     try:
         for args in progress.track(calib.batches(), "prune: importance scores, calibration batches"):
             for v in store.values():

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from vlaedge import progress
+from vlaedge.models.device import feed_tensors, module_device
 from vlaedge.models.vla import Block
 
 Feeds = dict[str, torch.Tensor]
@@ -66,7 +67,7 @@ def as_actions(out: torch.Tensor, logits: bool) -> torch.Tensor:
     if not logits:
         return out
     bins = out.shape[-1]
-    centres = (torch.arange(bins, dtype=out.dtype) + 0.5) / bins * 2.0 - 1.0
+    centres = (torch.arange(bins, dtype=out.dtype, device=out.device) + 0.5) / bins * 2.0 - 1.0
     return out.softmax(-1) @ centres
 
 
@@ -157,8 +158,10 @@ def taylor_scores(module: nn.Module, blocks: list[Block], calib: Calib, stats: l
     for block, cap in zip(blocks, caps, strict=True):
         handles.append(block.attn.o_proj.register_forward_hook(_capture(cap, "y", "z")))
         handles.append(block.mlp.fc2.register_forward_hook(_capture(cap, "a", None)))
-    scores = [(torch.zeros(b.attn.num_heads), torch.zeros(b.mlp.fc1.out_features)) for b in blocks]
-    gen = torch.Generator().manual_seed(seed)
+    device = module_device(module)
+    scores = [(torch.zeros(b.attn.num_heads, device=device),
+               torch.zeros(b.mlp.fc1.out_features, device=device)) for b in blocks]
+    gen = torch.Generator().manual_seed(seed)  # on the CPU: the same probes whatever the device
     try:
         for args in progress.track(calib.batches(), "prune: importance scores, calibration batches"):
             for cap in caps:
@@ -192,9 +195,9 @@ def per_output_grads(view: torch.Tensor, tensors: list[torch.Tensor], allow_unus
     size = sum(t.numel() * t.element_size() for t in tensors) or 1
     chunk = max(1, min(view.shape[1], GRAD_BYTES // size))
     for start in range(0, view.shape[1], chunk):
-        cols = torch.arange(start, min(start + chunk, view.shape[1]))
-        seeds = torch.zeros(len(cols), *view.shape, dtype=view.dtype)
-        seeds[torch.arange(len(cols)), :, cols] = 1.0
+        cols = torch.arange(start, min(start + chunk, view.shape[1]), device=view.device)
+        seeds = torch.zeros(len(cols), *view.shape, dtype=view.dtype, device=view.device)
+        seeds[torch.arange(len(cols), device=view.device), :, cols] = 1.0
         try:
             grads = torch.autograd.grad(view, tensors, seeds, retain_graph=True, is_grads_batched=True,
                                         allow_unused=allow_unused)
@@ -210,7 +213,9 @@ def per_output_grads(view: torch.Tensor, tensors: list[torch.Tensor], allow_unus
 def output_view(outs: list[torch.Tensor], logits: list[bool], gen: torch.Generator) -> torch.Tensor:
     """(B, O) action views of all outputs; above `PROBES` columns, that many random projections."""
     view = torch.cat([as_actions(o, lg).reshape(len(o), -1) for o, lg in zip(outs, logits, strict=True)], 1)
-    return view @ torch.randn(view.shape[1], PROBES, generator=gen) if view.shape[1] > PROBES else view
+    if view.shape[1] <= PROBES:
+        return view
+    return view @ torch.randn(view.shape[1], PROBES, generator=gen).to(view.device)  # CPU draws: same probes
 
 
 def _capture(cap: dict, input_key: str, output_key: str | None):
@@ -320,9 +325,10 @@ def _linear(weight: torch.Tensor, bias: torch.Tensor) -> nn.Linear:
 def keep_heads(attn, keep: torch.Tensor, mean_contrib: torch.Tensor) -> None:
     """Keeps heads `keep` (sorted indices) of an `Attention`; the removed heads' mean contribution
     (nh, D) is folded into the o_proj bias."""
-    hd = attn.head_dim
-    rows = (keep[:, None] * hd + torch.arange(hd)[None]).flatten()
-    removed = torch.ones(attn.num_heads, dtype=torch.bool)
+    hd, device = attn.head_dim, mean_contrib.device
+    keep = keep.to(device)
+    rows = (keep[:, None] * hd + torch.arange(hd, device=device)[None]).flatten()
+    removed = torch.ones(attn.num_heads, dtype=torch.bool, device=device)
     removed[keep] = False
     with torch.no_grad():
         for name in ("q_proj", "k_proj", "v_proj"):
@@ -335,7 +341,8 @@ def keep_heads(attn, keep: torch.Tensor, mean_contrib: torch.Tensor) -> None:
 
 def keep_channels(mlp, keep: torch.Tensor, mean_act: torch.Tensor) -> None:
     """Keeps hidden channels `keep` (sorted) of an `MLP`; removed channels' mean output goes to fc2's bias."""
-    removed = torch.ones(mlp.fc1.out_features, dtype=torch.bool)
+    keep = keep.to(mean_act.device)
+    removed = torch.ones(mlp.fc1.out_features, dtype=torch.bool, device=mean_act.device)
     removed[keep] = False
     with torch.no_grad():
         fc1, fc2 = mlp.fc1, mlp.fc2
@@ -372,8 +379,8 @@ def distill(student: nn.Module, teacher: nn.Module, calib: Calib, steps: int, lr
     student.train()
     for _ in progress.track(range(steps), "prune: recovery (distillation) steps"):
         batch = _batch(calib, min(batch_size, n), gen)
-        for k in calib.noise:
-            batch[k] = torch.randn(batch[k].shape, generator=gen)
+        for k in calib.noise:  # drawn on the CPU (the same noise whatever the device), moved to the feeds'
+            batch[k] = torch.randn(batch[k].shape, generator=gen).to(batch[k].device)
         args = [batch[k] for k in names]
         with torch.no_grad():
             refs = forward(teacher, args)
@@ -410,7 +417,7 @@ def _batch(calib: Calib, size: int, gen: torch.Generator) -> Feeds:
     for k, v in calib.feeds.items():
         own = idx.clone()
         own[:mixed] = torch.randint(0, n, (mixed,), generator=gen)
-        batch[k] = _jitter(v[own], gen)
+        batch[k] = _jitter(v[own.to(v.device)], gen)
     return batch
 
 
@@ -420,7 +427,7 @@ def _jitter(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
         dy, dx = (int(d) for d in torch.randint(-2, 3, (2,), generator=gen))
         return torch.roll(x, (dy, dx), dims=(2, 3))
     if x.is_floating_point():
-        return x + 0.05 * x.std() * torch.randn(x.shape, generator=gen)
+        return x + 0.05 * x.std() * torch.randn(x.shape, generator=gen).to(x.device)
     return x
 
 
@@ -482,5 +489,6 @@ def pattern_24(weight: torch.Tensor) -> bool:
     return bool(((w.view(w.shape[0], -1, 4) == 0).sum(-1) >= 2).all())
 
 
-def to_tensors(feeds: dict[str, np.ndarray]) -> Feeds:
-    return {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in feeds.items()}
+def to_tensors(feeds: dict[str, np.ndarray], device="cpu") -> Feeds:
+    """numpy feeds as tensors on `device` (the policy's: every forward here runs there)."""
+    return dict(zip(feeds, feed_tensors(feeds.values(), device), strict=True))

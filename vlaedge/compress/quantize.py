@@ -184,17 +184,18 @@ def _modelopt(policy: Policy, config: QuantizeConfig, batches: list[dict[str, np
     import modelopt.torch.quantization as mtq
     import torch
 
+    from vlaedge.models.device import feed_tensors
+
     if modelopt_quantizers(policy.module):
         raise VlaedgeError(f"quantize: {policy.name} is already quantized (it has ModelOpt quantizers)",
                            "quantize a freshly loaded FP32 policy")
     cfg, removed, class_skips, notes = modelopt_config(config)
-    specs = policy.input_spec
-    tensors = [[torch.from_numpy(b[s.name]) for s in specs] for b in batches]
+    specs, device = policy.input_spec, policy.device
 
-    def forward_loop(model) -> None:
+    def forward_loop(model) -> None:  # one batch on the module's device at a time (the policy's device)
         with torch.no_grad():
-            for args in progress.track(tensors, "calibration: batches (ModelOpt)"):
-                model(*args)
+            for batch in progress.track(batches, "calibration: batches (ModelOpt)"):
+                model(*feed_tensors([batch[s.name] for s in specs], device))
 
     policy.module.eval()
     with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):

@@ -7,6 +7,7 @@ from pathlib import Path
 from vlaedge.errors import VlaedgeError
 from vlaedge.models.base import ActionSpec, Policy, TensorSpec
 from vlaedge.models.checkpoint import CONFIG_FILE, SPEC_FILE, read_config, weight_files
+from vlaedge.models.device import resolve_device
 from vlaedge.models.lerobot.layout import is_lerobot
 from vlaedge.models.weights import LOAD_DTYPES, check_fits
 
@@ -16,7 +17,7 @@ __all__ = ["ActionSpec", "Policy", "TensorSpec", "load_policy", "FAMILIES"]
 
 
 def load_policy(checkpoint: str | Path, allow_pickle: bool = False, trust_code: bool = False,
-                dtype: str = "float32") -> Policy:
+                dtype: str = "float32", device: str = "cpu") -> Policy:
     """Loads a policy from a checkpoint directory (config.json + model.safetensors), lean: the module is
     built without weights (meta device) and each safetensors tensor, memory-mapped, becomes its parameter,
     so peak memory is about the weights once (`vlaedge.models.weights`).
@@ -34,15 +35,18 @@ def load_policy(checkpoint: str | Path, allow_pickle: bool = False, trust_code: 
         dtype: floating weights in "float32" (default: as the factory builds them), "float16" or
             "bfloat16" (half the memory), or "auto" (the dtype most of the checkpoint's weights are stored
             in).
+        device: where the module runs: "cpu" (default), "cuda", or "auto" (cuda where
+            `torch.cuda.is_available()`); checked before anything is read, the module moved there after
+            loading (`vlaedge.models.device`). `Policy.run_torch` then feeds it there.
 
     Returns:
-        The policy, in eval mode.
+        The policy, in eval mode, on `device`.
 
     Raises:
         VlaedgeError: missing or truncated files, unknown config keys, mismatched tensor shapes or
             dtypes, NaN/Inf weights, a `python` checkpoint without `trust_code`, an unknown `dtype`, or
             weights larger than the memory available (checked before loading; the message names the
-            options that fit).
+            options that fit), or "cuda" without CUDA or without room on the GPU.
 
     Example:
         >>> policy = load_policy("runs/my-policy")
@@ -51,7 +55,11 @@ def load_policy(checkpoint: str | Path, allow_pickle: bool = False, trust_code: 
     if dtype not in LOAD_DTYPES:
         raise VlaedgeError(f"load: dtype {dtype!r} is not a load dtype",
                            f"use one of {', '.join(LOAD_DTYPES)}")
-    checkpoint = Path(checkpoint)
+    device = resolve_device(device)  # refused before a byte is read
+    return _load(Path(checkpoint), allow_pickle, trust_code, dtype).to(device)
+
+
+def _load(checkpoint: Path, allow_pickle: bool, trust_code: bool, dtype: str) -> Policy:
     if checkpoint.is_dir() and is_lerobot(checkpoint):
         from vlaedge.models.lerobot.policy import LeRobotPolicy
 

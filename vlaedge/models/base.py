@@ -183,22 +183,47 @@ class Policy(ABC):
                 feeds[spec.name] = rng.uniform(spec.low, spec.high, shape).astype(spec.dtype)
         return feeds
 
+    @property
+    def device(self) -> torch.device:
+        """Where the module runs (its parameters' device): `run_torch` moves feeds there. Set by
+        `load_policy(..., device=)` or `to`; see `vlaedge.models.device`."""
+        from vlaedge.models.device import module_device
+
+        return module_device(self.module)
+
+    def to(self, device: str) -> Policy:
+        """Moves the module to `device` ("auto", "cpu" or "cuda"; `vlaedge.models.device.resolve_device`)
+        and returns the policy.
+
+        Raises:
+            VlaedgeError: an unknown device, "cuda" without CUDA, or a GPU without room for the weights.
+        """
+        from vlaedge.models.device import place, resolve_device
+
+        place(self.module, resolve_device(device))
+        return self
+
     def run_torch(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Runs the torch module on numpy feeds (inference mode) and returns numpy outputs (float32).
 
-        Float feeds are cast to the module's float dtype when it was loaded in half precision
-        (`load_policy(dtype=...)`); for a float32 module nothing changes."""
+        Feeds are moved to the module's device (`device`) and outputs come back as CPU numpy; on a GPU the
+        run is IEEE float32 (TensorFloat-32 off: `vlaedge.models.device.exact_float32`). Float feeds are cast
+        to the module's float dtype when it was loaded in half precision (`load_policy(dtype=...)`); for a
+        float32 module nothing changes."""
         import torch
 
+        from vlaedge.models.device import exact_float32, feed_tensors, to_numpy
+
         self.module.eval()
+        device = self.device
         half = next((p.dtype for p in self.module.parameters() if p.is_floating_point()), torch.float32)
-        with torch.inference_mode():
-            args = [torch.from_numpy(np.ascontiguousarray(feeds[s.name])) for s in self.input_spec]
+        with torch.inference_mode(), exact_float32(device):
+            args = feed_tensors([feeds[s.name] for s in self.input_spec], device)
             if half in (torch.float16, torch.bfloat16):
                 args = [a.to(half) if a.is_floating_point() else a for a in args]
             out = self.module(*args)
         out = out if isinstance(out, tuple | list) else (out,)
-        return {name: t.float().numpy() for name, t in zip(self.output_names, out, strict=True)}
+        return {name: to_numpy(t.float()) for name, t in zip(self.output_names, out, strict=True)}
 
     def check_scale(self, reference: np.ndarray) -> np.ndarray | float:
         """What a difference in decoded outputs is a percentage of in the export check: the action range

@@ -59,8 +59,8 @@ def read_config(checkpoint: Path) -> dict:
         kind = config.get("model_type") or ", ".join(map(str, config.get("architectures") or []))
         raise VlaedgeError(
             f"checkpoint: {path} is a Hugging Face config ({str(kind)[:60]}) and no {SPEC_FILE} is beside it",
-            f"add {checkpoint / SPEC_FILE} naming the factory, inputs, outputs and actions (README: "
-            "'Bring your own VLA')")
+            f"add {checkpoint / SPEC_FILE} naming the factory, inputs, outputs and actions (docs: "
+            "guides/own-vla.md 'Bring your own VLA')")
     return config
 
 
@@ -347,7 +347,8 @@ def write_checkpoint(path: Path, config: dict, state: dict, spec_file: str = CON
     """Writes the spec + model.safetensors (+ `files`, {name in the checkpoint: source file}) atomically:
     a temporary directory beside `path`, renamed into place once complete.
 
-    Tensors that share storage (tied weights) are written once per name, as copies."""
+    Tensors that share storage (tied weights) are written once per name, as copies (CPU copies of a module
+    on a GPU)."""
     from safetensors.torch import save_file
 
     path = Path(path)
@@ -355,7 +356,8 @@ def write_checkpoint(path: Path, config: dict, state: dict, spec_file: str = CON
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
     os.chmod(tmp, 0o777 & ~current_umask())  # mkdtemp makes it 0700: the checkpoint gets the umask's mode
     try:
-        save_file({k: v.detach().clone().contiguous() for k, v in state.items()}, str(tmp / WEIGHTS_FILE))
+        save_file({k: v.detach().to("cpu", copy=True).contiguous() for k, v in state.items()},
+                  str(tmp / WEIGHTS_FILE))
         os.chmod(tmp / WEIGHTS_FILE, 0o666 & ~current_umask())
         (tmp / spec_file).write_text(json.dumps(config, indent=2) + "\n")
         for name, source in (files or {}).items():

@@ -190,18 +190,22 @@ def run_plan(plan: StagePlan, run_stage: StageRunner, feeds: dict[str, np.ndarra
 
 
 def torch_runner(module) -> StageRunner:
-    """Runs stages on `module` in torch (inference mode); outputs as numpy arrays."""
+    """Runs stages on `module` in torch (inference mode) on the module's device (TF32 off on a GPU, as
+    `Policy.run_torch`); outputs as CPU numpy arrays."""
     import torch
+
+    from vlaedge.models.device import exact_float32, feed_tensors, module_device, to_numpy
 
     def run(stage: StageGraph, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         fn = resolve_call(module, stage)
-        with torch.inference_mode():
-            out = fn(*[torch.from_numpy(np.ascontiguousarray(feeds[n])) for n in stage.inputs])
+        device = module_device(module)
+        with torch.inference_mode(), exact_float32(device):
+            out = fn(*feed_tensors([feeds[n] for n in stage.inputs], device))
         out = out if isinstance(out, tuple | list) else (out,)
         if len(out) != len(stage.outputs):
             raise VlaedgeError(f"stages: stage {stage.name!r} ({stage.call}) returns {len(out)} tensor(s), "
                                f"the plan names {len(stage.outputs)} ({', '.join(stage.outputs)})", FIX)
-        return {n: t.detach().numpy() for n, t in zip(stage.outputs, out, strict=True)}
+        return {n: to_numpy(t) for n, t in zip(stage.outputs, out, strict=True)}
 
     return run
 

@@ -9,7 +9,8 @@ from vlaedge.runtimes.base import Runtime
 
 
 class TorchRuntime(Runtime):
-    """Runs a policy's torch module on the CPU.
+    """Runs a policy's torch module where it lives (`Policy.device`: the CPU unless it was loaded with
+    `device="cuda"`); feeds and outputs are numpy on the CPU either way.
 
     Args:
         policy: the policy whose module runs.

@@ -167,7 +167,7 @@ def read_checkpoint(root: Path) -> LeRobotCheckpoint:
                  else "not a LeRobot type (LeRobot 0.4-0.6)")
         raise VlaedgeError(f"lerobot: {root / CONFIG}: type {kind!r} is {known}",
                            f"vlaedge builds {', '.join(BUILT)}; for others write a python-family spec "
-                           "(README: 'Bring your own VLA')")
+                           "(docs: guides/own-vla.md 'Bring your own VLA')")
     config = check_config(config, kind, root / CONFIG)
     processors = [name for name in (PREPROCESSOR, POSTPROCESSOR) if (root / name).is_file()]
     for name in (WEIGHTS, *((PREPROCESSOR, POSTPROCESSOR) if processors else ())):
