@@ -155,7 +155,8 @@ def test_modelopt_calibration_feeds_the_module_on_its_device(nano, spy):
 
     policy = copy.deepcopy(nano)
     feeds = [policy.example_inputs(32, seed=s) for s in range(2)]
-    quantize(policy, QuantizeConfig(precision="int8", num_calib_frames=64), feeds, get_target("agx-orin-64gb"))
+    config = QuantizeConfig(precision="int8", num_calib_frames=64)
+    quantize(policy, config, feeds, get_target("agx-orin-64gb"))
     assert len(spy) >= 2 and set(spy) == {policy.device}  # one call per calibration batch (and pass)
 
 
