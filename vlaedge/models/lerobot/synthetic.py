@@ -55,27 +55,29 @@ def write_pretrained(folder: Path, config: dict, stats: dict[str, dict[str, np.n
     _write_processors(tmp, config, stats, text)
     try:
         if stream:
-            _write_streamed(tmp, kinds, config, folder, seed)
+            _write_streamed(tmp, kinds, config, seed)
             (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
             shutil.rmtree(folder, ignore_errors=True)
             os.replace(tmp, folder)
             return folder
         torch.manual_seed(seed)
-        state = {f"{kinds.ROOT}.{k}": v for k, v in kinds.build(config, folder).state_dict().items()}
+        state = {f"{kinds.ROOT}.{k}": v for k, v in kinds.build(config, tmp).state_dict().items()}
         files = {p.name: p for p in tmp.iterdir()}
         return write_checkpoint(folder, config, state, "config.json", files)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _write_streamed(tmp: Path, kinds, config: dict, root: Path, seed: int) -> None:
-    """model.safetensors (or shards + index) of seeded draws, one parameter in memory at a time."""
+def _write_streamed(tmp: Path, kinds, config: dict, seed: int) -> None:
+    """model.safetensors (or shards + index) of seeded draws, one parameter in memory at a time; the
+    network is built against `tmp` (a sibling of the final folder that exists, so a backbone named
+    relative to the checkpoint, e.g. ../vlm, resolves as it will in the final folder)."""
     from safetensors.torch import save_file
 
     from vlaedge.models.weights import empty_parameters
 
     with empty_parameters():
-        net = kinds.build(config, root)
+        net = kinds.build(config, tmp)
     shards, current, size = [], {}, 0
     for name, value in net.state_dict().items():
         tensor = _draw(name, value, seed) if value.is_meta else value.detach().clone()
