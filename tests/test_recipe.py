@@ -211,7 +211,7 @@ def test_the_docs_list_every_shipped_recipe():
 def test_every_recipe_field_has_a_meaning_in_pipeline_order():
     sections = dict(_sections(Recipe, ""))
     assert list(sections) == ["", "data", "load", "prune", "prune.recover", "quantize", "export", "engine",
-                              "verify", "budgets", "budgets.targets.<name>"]
+                              "verify", "budgets", "budgets.targets.<name>", "executor"]
     for path, model in sections.items():
         for name, field in model.model_fields.items():
             assert field.description, f"{path or 'recipe'}.{name}: add Field(description=...)"

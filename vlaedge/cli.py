@@ -242,6 +242,32 @@ def _with_dtype(overrides: list[str] | None, dtype: str | None, device: str | No
             *([f"load.device={device}"] if device else [])]
 
 
+ExecutorOpt = Annotated[str | None, typer.Option(
+    "--executor", help="Where tune's variants and the closed loop's episodes run: local (default, here) or "
+    "ray (Ray tasks on a cluster; pip install 'vlaedge[ray]'). Latency is always timed on one node. "
+    "(recipe: executor.kind)")]
+AddressOpt = Annotated[str | None, typer.Option(
+    "--address", help="ray: auto (the cluster this machine joined with 'ray start'), ray://HOST:PORT (Ray "
+    "Client) or local (a Ray instance on this machine only). (recipe: executor.address)")]
+
+
+def _with_executor(overrides: list[str] | None, executor: str | None, address: str | None) -> list[str]:
+    """--executor and --address as the recipe overrides they stand for (executor.kind, executor.address);
+    --address alone implies ray."""
+    kind = executor or ("ray" if address else None)
+    return [*(overrides or []), *([f"executor.kind={kind}"] if kind else []),
+            *([f"executor.address={address}"] if address else [])]
+
+
+@contextlib.contextmanager
+def _executor(config):
+    """The recipe's executor (None: local), current while inside (`vlaedge.executor.using`)."""
+    from vlaedge.executor import open_from_config, using
+
+    with open_from_config(config, _log) as executor, using(executor):
+        yield executor
+
+
 def _recipe(path: str | Path, overrides: list[str] | None):
     from vlaedge.recipe import load_recipe
 
@@ -272,14 +298,17 @@ def compress(
     json_mode: JsonOpt = False,
     dtype: DtypeOpt = None,
     device: DeviceOpt = None,
+    executor: ExecutorOpt = None,
+    address: AddressOpt = None,
 ) -> None:
     """Prune, quantize and export a policy as the recipe says, into one output directory."""
     from vlaedge.pipeline import compress as run
 
     _quiet(quiet)
     with _stdout_to_stderr(json_mode):
-        r = _recipe(recipe, _with_dtype(overrides, dtype, device))
-        result = run(r, out, checkpoint, data, force, allow_pickle, log=_log, trust_code=trust_code)
+        r = _recipe(recipe, _with_executor(_with_dtype(overrides, dtype, device), executor, address))
+        with _executor(r.executor):
+            result = run(r, out, checkpoint, data, force, allow_pickle, log=_log, trust_code=trust_code)
         _echo(f"wrote {result.out} (manifest.json lists every file with its sha256)")
         if result.gate is not None:
             _echo(result.gate.summary())
@@ -310,6 +339,8 @@ def tune(
         "Replace an existing output directory: start over without its cache."))] = False,
     quiet: QuietOpt = False,
     json_mode: JsonOpt = False,
+    executor: ExecutorOpt = None,
+    address: AddressOpt = None,
 ) -> None:
     """Measure quantization variants, pick the fastest within every budget, write a recipe reproducing it."""
     from vlaedge.recipe import recipe_path
@@ -321,9 +352,11 @@ def tune(
         if space not in SPACES:
             raise VlaedgeError(f"tune: --space {space!r} is not a variant space",
                                f"use one of {', '.join(SPACES)}")
-        result = run(_recipe(recipe, overrides), out, checkpoint, data, max_minutes, space,
-                     recipe_name=str(recipe), log=_log, trust_code=trust_code, force=force,
-                     protect=(recipe_path(recipe),))  # --out must not replace the recipe it reads
+        r = _recipe(recipe, _with_executor(overrides, executor, address))
+        with _executor(r.executor) as ex:
+            result = run(r, out, checkpoint, data, max_minutes, space, recipe_name=str(recipe), log=_log,
+                         trust_code=trust_code, force=force, executor=ex,
+                         protect=(recipe_path(recipe),))  # --out must not replace the recipe it reads
         _echo(result.summary())
     if json_mode:
         _echo(result.to_json())
@@ -484,15 +517,17 @@ def verify(
     quiet: QuietOpt = False,
     json_mode: JsonOpt = False,
     device: DeviceOpt = None,
+    executor: ExecutorOpt = None,
+    address: AddressOpt = None,
 ) -> None:
     """Reference vs candidate: open-loop drift, optional closed loop, latency; writes the reports to --out."""
-    from vlaedge.commands import json_summary, run_verify
+    from vlaedge.commands import executor_config, json_summary, run_verify
 
     _quiet(quiet)
     settings = {"runtime": runtime, "eval_frames": frames, "closed_loop_episodes": episodes,
                 "min_episodes": min_episodes, "env": env, "env_adapter": env_adapter, "profile_runs": runs,
                 "threads": threads}
-    with _stdout_to_stderr(json_mode):
+    with _stdout_to_stderr(json_mode), _executor(executor_config(recipe, executor, address)):
         result = run_verify(model, checkpoint, data, out, recipe, budgets, settings, not no_profile, target,
                             force, allow_pickle, log=_log, trust_code=trust_code, device=device)
         junit = ", junit.xml" if result.gate is not None else ""

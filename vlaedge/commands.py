@@ -74,6 +74,29 @@ def run_verify(
                       trust_code, device or "auto")
 
 
+def executor_config(recipe: Path | None, kind: str | None, address: str | None):
+    """The `executor:` section for `vlaedge verify`: the recipe's (if any), with --executor / --address
+    over it (--address alone implies ray); None: local.
+
+    Raises:
+        VlaedgeError: an unknown kind or a malformed address (`path: message`, as the recipe's).
+    """
+    from pydantic import ValidationError
+
+    from vlaedge.recipe import ExecutorConfig, format_validation_error, load_recipe
+
+    section = load_recipe(recipe).executor if recipe else None
+    if kind is None and address is None:
+        return section
+    fields = {**(section.model_dump() if section else {}), "kind": kind or ("ray" if address else None)}
+    fields.update({"address": address} if address else {})
+    try:
+        return ExecutorConfig.model_validate({k: v for k, v in fields.items() if v is not None})
+    except ValidationError as e:
+        raise VlaedgeError(f"executor: {format_validation_error(e, ExecutorConfig)}",
+                           "use --executor local|ray and --address auto|local|ray://HOST:PORT") from None
+
+
 def run_gate(
     report_path: Path,
     budgets_path: Path,

@@ -187,6 +187,38 @@ class VerifyConfig(Section):
         3, ge=0, description="evaluation episodes plotted as action traces in report.html")
 
 
+class ExecutorConfig(Section):
+    """Where the units of work run: the tuner's variants and the closed loop's episodes (`vlaedge.executor`;
+    the CLI's --executor and --address override `kind` and `address`). Latency is never compared across
+    machines: every model of one comparison is timed interleaved on one node (docs: guides/cluster.md)."""
+
+    kind: Literal["local", "ray"] = Field(
+        "local", description="local: in this process, one unit after another; ray: as Ray tasks on a "
+        "cluster (pip install 'vlaedge[ray]')")
+    address: str | None = Field(
+        None, description='ray: "auto" (the cluster this machine joined with `ray start`), '
+        '"ray://HOST:PORT" (Ray Client) or "local" (a Ray instance on this machine only); null: "auto"')
+    max_retries: int = Field(
+        2, ge=0, le=10, description="ray: attempts after the first for a task whose worker or node was lost")
+    cpus_per_task: float = Field(1.0, gt=0, le=256, description="ray: CPUs each task reserves")
+    episodes_per_task: int = Field(
+        10, ge=1, description="closed-loop episodes per unit; seeds are assigned per unit before fan-out, "
+        "so local and ray give equal results for equal values")
+    timing_resource: str | None = Field(
+        None, description='ray: a custom resource (e.g. "jetson-orin") naming the node that times '
+        "latency; null: the node running vlaedge")
+
+    @model_validator(mode="after")
+    def _address_form(self):
+        a = self.address
+        if a is not None and a not in ("auto", "local") and not (a.startswith("ray://") and ":" in a[6:]):
+            raise ValueError(f'address {a!r}: use "auto", "local" or "ray://HOST:PORT"')
+        if self.kind == "local" and self.timing_resource is not None:
+            raise ValueError(f"timing_resource {self.timing_resource!r} needs kind: ray (a local run times "
+                             "on this machine)")
+        return self
+
+
 class TargetBudgets(Section):
     """Budgets that depend on the hardware, for one target; they replace the general ones there."""
 
@@ -294,6 +326,8 @@ class Recipe(Section):
     engine: EngineConfig | None = Field(None, description="TensorRT engine or build bundle")
     verify: VerifyConfig | None = Field(None, description="drift, closed loop and latency checks")
     budgets: Budgets | None = Field(None, description="release budgets for the gate")
+    executor: ExecutorConfig | None = Field(
+        None, description="where tune's variants and the closed loop's episodes run (not set: here)")
 
     @model_validator(mode="after")
     def _budgets_measurable(self):

@@ -17,6 +17,10 @@ omit `instruction` (fed as "").
 Episodes that end at `max_steps` (not by the env) are counted (`SuccessRate.hit_max_steps`). Envs are
 closed after their episodes.
 
+`compare_closed_loop` runs its episodes as units of `episodes_per_task` episodes on the current executor
+(`vlaedge.executor.current`: here, or Ray tasks): each unit's seeds are fixed before fan-out, so the results
+are the same on every executor; a candidate runtime travels to a worker as a `RuntimeAct`.
+
 Success rates come with Wilson 95% intervals; the reference-minus-candidate difference with Newcombe's
 hybrid score interval (method 10 of Newcombe 1998, built from the two Wilson intervals). Below
 `min_episodes` episodes the comparison refuses to conclude (status "inconclusive").
@@ -27,16 +31,20 @@ from __future__ import annotations
 import importlib
 import inspect
 import math
+import pickle
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from vlaedge import progress
 from vlaedge.check.envspace import check_spaces
-from vlaedge.check.filmstrip import Recorder, filmstrip
+from vlaedge.check.filmstrip import MAX_EPISODES, Recorder, filmstrip
 from vlaedge.errors import VlaedgeError
+from vlaedge.executor import Blob, Unit, current
 
 ActFn = Callable[[dict], np.ndarray]  # frames {"image","state","instruction"} -> actions (B, T, A)
 TABLETOP = "tabletop"
@@ -396,11 +404,103 @@ def compare_closed_loop(
     if action_spec is None:
         action_spec = getattr(policy, "action_spec", None)
     common = {"make_env": make_env, "adapter": adapt, "success_key": success_key, "action_spec": action_spec,
-              "policy": policy if hasattr(policy, "input_spec") else None}
+              "policy": policy if hasattr(policy, "input_spec") else None, **kwargs}
     max_steps = kwargs.get("max_steps", inspect.signature(closed_loop).parameters["max_steps"].default)
-    films = Recorder(max_steps), Recorder(max_steps)
-    ref = closed_loop(reference, episodes, seed, **common, **kwargs, recorder=films[0])
-    cand = closed_loop(candidate, episodes, seed, **common, **kwargs, recorder=films[1])
+    (ref, cand), films = _fan_out(current(), (reference, candidate), episodes, seed, common, max_steps)
     bounds = (action_spec.low, action_spec.high) if action_spec is not None else (None, None)
     strip = filmstrip(*films, ref.per_episode, cand.per_episode, seed, *bounds)
     return ClosedLoopReport(env or TABLETOP, ref, cand, min_episodes, seed, max_steps, strip)
+
+
+def _fan_out(executor, acts: tuple, episodes: int, seed: int, common: dict, max_steps: int):
+    """Both policies' episodes as units of `executor.episodes_per_task` episodes each (episode i keeps seed
+    `seed + i` and its place in its unit's batch on every executor); returns ((reference, candidate)
+    SuccessRates, (reference, candidate) Recorders) merged in episode order."""
+    per = executor.episodes_per_task
+    blocks = [(start, min(per, episodes - start)) for start in range(0, episodes, per)]
+    sources, shared = acts, common
+    if executor.kind != "local":  # sent once per run through the object store, sha256-checked on arrival
+        sources = tuple(_blob(f"closed loop: the {who}'s act", a) for who, a in zip(WHO, acts, strict=True))
+        shared = _blob("closed loop: env, adapter and checks", common)
+    units = [Unit(f"closed loop: {who} episodes {start}-{start + n - 1}", run_block,
+                  (source, shared, start, n, seed + start, max_steps))
+             for who, source in zip(WHO, sources, strict=True) for start, n in blocks]
+    results = executor.run(units, description="closed loop: episode units")
+    merged = []
+    for k in range(2):
+        parts = results[k * len(blocks):(k + 1) * len(blocks)]
+        film = Recorder(max_steps)
+        for (start, _), (_, part) in zip(blocks, parts, strict=True):
+            film.episodes.update({start + i: e for i, e in part.episodes.items() if start + i < MAX_EPISODES})
+        rates = [rate for rate, _ in parts]
+        merged.append((SuccessRate(sum(r.successes for r in rates), episodes, sum(r.steps for r in rates),
+                                   [ok for r in rates for ok in r.per_episode],
+                                   sum(r.hit_max_steps for r in rates)), film))
+    return (merged[0][0], merged[1][0]), (merged[0][1], merged[1][1])
+
+
+WHO = ("reference", "candidate")
+
+
+def run_block(act, common, start: int, episodes: int, seed: int, max_steps: int):
+    """One unit of the closed loop: `episodes` episodes from seed `seed` (episodes `start`...); `act` and
+    `common` (`closed_loop`'s other arguments) are the objects, or `Blob`s of them on a worker.
+
+    Returns:
+        (SuccessRate, Recorder) of these episodes (the recorder's episodes numbered from 0).
+    """
+    act = act.load() if isinstance(act, Blob) else act
+    common = dict(common.load() if isinstance(common, Blob) else common)
+    recorder = Recorder(max_steps) if start < MAX_EPISODES else None
+    rate = closed_loop(act, episodes, seed, **common, recorder=recorder)
+    return rate, recorder or Recorder(max_steps)
+
+
+def _blob(name: str, obj) -> Blob:
+    """`obj` pickled for a worker; a user error when it cannot be (a lambda, an open session)."""
+    try:
+        return Blob.of_object(name, obj)
+    except (pickle.PicklingError, AttributeError, TypeError) as e:
+        raise VlaedgeError(f"{name} cannot be sent to a worker ({type(e).__name__}: {str(e)[:120]})",
+                           "give a module-level make_env / adapter / act, or run with --executor local"
+                           ) from None
+
+
+class RuntimeAct:
+    """A candidate's act function, `policy.decode(runtime.infer(policy.make_inputs(frames)))`, that can be
+    sent to a worker: pickled, it carries the policy, the runtime's name, threads and Q/DQ arithmetic and
+    the model's files (a sha256-checked `Blob`: no shared file system), and reopens the runtime where it
+    is first called.
+
+    Args:
+        policy: the reference policy (inputs and decoding).
+        runtime: the open candidate runtime (`vlaedge.runtimes`).
+        model: the candidate's .onnx file (None: a torch runtime, pickled as it is).
+        threads: CPU threads of the reopened runtime.
+    """
+
+    def __init__(self, policy, runtime, model: str | Path | None = None, threads: int | None = None):
+        self.policy, self.runtime, self.threads = policy, runtime, threads
+        self.model = Path(model) if model is not None and runtime.name != "torch" else None
+        self.name, self.qdq = runtime.name, getattr(runtime, "qdq", "fused")
+
+    def __call__(self, frames: dict) -> np.ndarray:
+        if self.runtime is None:
+            from vlaedge.runtimes import open_runtime
+
+            self._folder = tempfile.TemporaryDirectory(prefix="vlaedge-candidate-")
+            files = self._files.unpack(Path(self._folder.name))
+            self.runtime = open_runtime(self.name, self.policy, files[0], self.threads, qdq=self.qdq)
+        return self.policy.decode(self.runtime.infer(self.policy.make_inputs(frames)))
+
+    def __getstate__(self) -> dict:
+        if self.model is None:
+            return {k: v for k, v in self.__dict__.items() if k != "_folder"}
+        if self.model.suffix != ".onnx":
+            raise TypeError(f"{self.model.name}: only an .onnx candidate (and its external data) is sent")
+        from vlaedge.onnx_file import external_data_files
+
+        files = [self.model, *external_data_files(self.model)]
+        state = {k: v for k, v in self.__dict__.items() if k not in ("runtime", "_folder", "_files")}
+        return {**state, "runtime": None,
+                "_files": Blob.of_files(f"candidate {self.model.name}", self.model.parent, files)}

@@ -19,6 +19,7 @@ import numpy as np
 
 from vlaedge.check.closedloop import (
     ClosedLoopReport,
+    RuntimeAct,
     SuccessRate,
     closed_loop,
     compare_closed_loop,
@@ -141,7 +142,7 @@ def verify(
         )
         loop = compare_closed_loop(
             policy.act,
-            _act_fn(policy, candidate),
+            RuntimeAct(policy, candidate, model, config.threads),  # sendable to a Ray worker
             config.closed_loop_episodes,
             config.min_episodes,
             config.closed_loop_seed,
@@ -254,10 +255,6 @@ def _open_candidate(policy: Policy, model, config: VerifyConfig, trust_code: boo
     runtime = open_runtime(config.runtime, policy, model, config.threads, qdq=qdq)
     quantized = model is not None and config.runtime.startswith("ort-") and model_quantization(model)
     return runtime, (getattr(runtime, "arithmetic", None) if quantized else None)
-
-
-def _act_fn(policy: Policy, candidate):
-    return lambda frames: policy.decode(candidate.infer(policy.make_inputs(frames)))
 
 
 def _traces(policy: Policy, candidate, evaluation: EpisodeDataset, config: VerifyConfig) -> list[dict]:

@@ -18,16 +18,22 @@ imported only when a `ray` executor is opened, never by `import vlaedge` or `vla
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
+from contextvars import ContextVar
 
 from vlaedge.errors import VlaedgeError
 from vlaedge.executor.base import KINDS, NOT_RUN, RAY_FIX, Blob, Executor, Unit, node_name
 
-__all__ = ["KINDS", "NOT_RUN", "RAY_FIX", "Blob", "Executor", "Unit", "node_name", "open_executor"]
+__all__ = ["KINDS", "NOT_RUN", "RAY_FIX", "Blob", "Executor", "Unit", "current", "node_name", "open_executor",
+           "open_from_config", "using"]
+
+_CURRENT: ContextVar[Executor | None] = ContextVar("vlaedge_executor", default=None)
 
 
 def open_executor(kind: str = "local", address: str | None = None, max_retries: int = 2,
-                  cpus_per_task: float = 1.0, log: Callable[[str], None] = print) -> Executor:
+                  cpus_per_task: float = 1.0, log: Callable[[str], None] = print,
+                  episodes_per_task: int = 10, timing_resource: str | None = None) -> Executor:
     """An executor to run units on: here, or on a Ray cluster.
 
     Args:
@@ -38,6 +44,8 @@ def open_executor(kind: str = "local", address: str | None = None, max_retries: 
         max_retries: ray: attempts after the first for a task whose worker or node was lost.
         cpus_per_task: ray: CPUs each task reserves (its torch and ONNX Runtime threads).
         log: where the line saying which cluster was joined goes.
+        episodes_per_task: closed-loop episodes per unit (the same partition on every executor).
+        timing_resource: ray: the custom resource of the node that times latency (None: this node).
 
     Returns:
         The executor (a context manager: closing it lets go of the cluster).
@@ -52,7 +60,36 @@ def open_executor(kind: str = "local", address: str | None = None, max_retries: 
     if kind not in KINDS:
         raise VlaedgeError(f"executor: {kind!r} is not an executor", f"use one of {', '.join(KINDS)}")
     if kind == "local":
-        return Executor()
-    from vlaedge.executor.cluster import RayExecutor
+        if timing_resource is not None:
+            raise VlaedgeError(f"executor: timing on the node with resource {timing_resource!r} needs the "
+                               "ray executor", "pass --executor ray, or drop executor.timing_resource")
+        executor = Executor()
+    else:
+        from vlaedge.executor.cluster import RayExecutor
 
-    return RayExecutor(address, max_retries, cpus_per_task, log)
+        executor = RayExecutor(address, max_retries, cpus_per_task, log)
+    executor.episodes_per_task, executor.timing_resource = episodes_per_task, timing_resource
+    return executor
+
+
+def open_from_config(config, log: Callable[[str], None] = print) -> Executor:
+    """`open_executor` with a recipe's `executor:` section (`vlaedge.recipe.ExecutorConfig`; None: local)."""
+    if config is None:
+        return open_executor(log=log)
+    return open_executor(config.kind, config.address, config.max_retries, config.cpus_per_task, log,
+                         config.episodes_per_task, config.timing_resource)
+
+
+def current() -> Executor:
+    """The executor `using` made current, else a fresh local one (what a library call gets by default)."""
+    return _CURRENT.get() or Executor()
+
+
+@contextlib.contextmanager
+def using(executor: Executor) -> Iterator[Executor]:
+    """While inside, `current()` is `executor` (the closed loop inside `compress` / `verify` reads it)."""
+    token = _CURRENT.set(executor)
+    try:
+        yield executor
+    finally:
+        _CURRENT.reset(token)

@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from vlaedge import progress
 from vlaedge.errors import VlaedgeError, one_line
 
 KINDS = ("local", "ray")
@@ -104,6 +105,7 @@ class Unit:
     fn: Callable
     args: tuple = ()
     kwargs: dict = field(default_factory=dict)
+    resources: dict[str, float] | None = None  # ray: custom resources the unit's node must have
 
 
 class Executor:
@@ -117,6 +119,8 @@ class Executor:
     """
 
     kind = "local"
+    episodes_per_task = 10  # closed-loop episodes per unit (`open_executor` sets it)
+    timing_resource: str | None = None  # ray: the custom resource of the node that times latency
 
     def __init__(self):
         self.node = node_name()
@@ -130,12 +134,18 @@ class Executor:
             VlaedgeError: a unit's own user error (as it is), or, on Ray, a unit that failed or was lost.
         """
         results = []
-        for unit in units:
-            if deadline is not None and time.monotonic() > deadline:
-                results.append(NOT_RUN)
-                continue
-            results.append(unit.fn(*unit.args, **unit.kwargs))
-            self.nodes[unit.name] = self.node
+        with progress.stage(description, total=len(units)) as bar:
+            for unit in units:
+                if deadline is not None and time.monotonic() > deadline:
+                    results.append(NOT_RUN)
+                    continue
+                if unit.resources:
+                    raise VlaedgeError(f"executor local: {unit.name} needs a node with "
+                                       f"{sorted(unit.resources)}",
+                                       "run with --executor ray on a cluster that has such a node")
+                results.append(unit.fn(*unit.args, **unit.kwargs))
+                self.nodes[unit.name] = self.node
+                bar.advance()
         return results
 
     def close(self) -> None:

@@ -60,17 +60,25 @@ class RayExecutor(Executor):
         import ray
 
         rid, puts = run_id(), {}
+        have = ray.cluster_resources()
+        for unit in units:  # Ray would wait forever for a node that does not exist
+            missing = sorted(k for k in (unit.resources or {}) if k not in have)
+            if missing:
+                raise VlaedgeError(f"executor ray: {unit.name} needs a node with resource {missing[0]!r}; "
+                                   f"the cluster has none (its resources: {', '.join(sorted(have))})",
+                                   f"start that node with ray start --resources '{{\"{missing[0]}\": 1}}', "
+                                   "or drop executor.timing_resource")
 
         def put(blob: Blob):  # each blob once per run, whatever number of tasks reads it
             if blob.sha256 not in puts:
                 puts[blob.sha256] = ray.put(blob.data)
             return puts[blob.sha256]
 
-        task = ray.remote(_attempt).options(max_retries=self.max_retries, retry_exceptions=False,
-                                            num_cpus=self.cpus_per_task)
+        task, common = ray.remote(_attempt), {"max_retries": self.max_retries, "retry_exceptions": False,
+                                              "num_cpus": self.cpus_per_task}
         with putting(put):
-            refs = {task.options(name=u.name[:100]).remote(rid, i, u.fn, u.args, u.kwargs): i
-                    for i, u in enumerate(units)}
+            refs = {task.options(**common, name=u.name[:100], resources=u.resources or {}).remote(
+                rid, i, u.fn, u.args, u.kwargs): i for i, u in enumerate(units)}
         results, pending = [NOT_RUN] * len(units), list(refs)
         try:
             with progress.stage(f"{description} (ray)", total=len(units)) as bar:

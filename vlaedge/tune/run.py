@@ -4,7 +4,6 @@ described in `vlaedge.tune`."""
 
 from __future__ import annotations
 
-import glob
 import json
 import math
 import shlex
@@ -18,18 +17,16 @@ from vlaedge.artifact import sha256
 from vlaedge.data import sample_frames
 from vlaedge.defaults import default_checkpoint, default_dataset
 from vlaedge.errors import VlaedgeError
+from vlaedge.executor import Executor
 from vlaedge.pipeline import calibration_feeds, load_inputs, prune_feeds
 from vlaedge.recipe import ExportConfig, VerifyConfig
 from vlaedge.targets import get_target
 from vlaedge.tune.build import (
     Measured,
-    build_error,
     drift_only,
     measure_fp32,
-    measure_variant,
-    variant_key,
 )
-from vlaedge.tune.cache import cached, save
+from vlaedge.tune.fanout import build_variants, timed_profile
 from vlaedge.tune.output import TuneOutput
 from vlaedge.tune.select import (
     budget_failures,
@@ -42,13 +39,12 @@ from vlaedge.tune.select import (
 from vlaedge.tune.space import Variant, declared_space
 from vlaedge.tune.work import FrameSet, TuneResult, Work, finite
 
-BUILD_ERRORS = (VlaedgeError, ValueError, RuntimeError)  # ONNX Runtime's quantizers raise the last two
-
 
 def tune(recipe, out: str | Path, checkpoint: Path | None = None, data: Path | None = None,
          max_minutes: float = 5.0, space: str | dict = "full", search_frames: int = 128,
          max_fallback: int = 8, recipe_name: str = "recipe", log=print,
-         trust_code: bool = False, force: bool = False, protect: tuple[Path, ...] = ()) -> TuneResult:
+         trust_code: bool = False, force: bool = False, protect: tuple[Path, ...] = (),
+         executor=None) -> TuneResult:
     """Explores the variant space for a recipe's target and writes the choice into `out`.
 
     `out` is written as `vlaedge compress` writes its output (`vlaedge.tune.output`): refused before any
@@ -72,6 +68,8 @@ def tune(recipe, out: str | Path, checkpoint: Path | None = None, data: Path | N
         force: start over: replace an existing `out` (also a folder tune did not write) without reading
             its cache.
         protect: more inputs `out` must not be, contain or lie inside (the CLI passes the recipe file).
+        executor: where the variants are built and judged (`vlaedge.executor`); None: here. Latency is
+            timed on one node either way (this one, or the executor's `timing_resource` node).
 
     Returns:
         The `TuneResult` (rows, the pick and why, the written recipe: None when nothing is within budget).
@@ -95,30 +93,30 @@ def tune(recipe, out: str | Path, checkpoint: Path | None = None, data: Path | N
               Path(data) if data else default_dataset(), *protect)
     with TuneOutput(out, force, protect=inputs) as staging:
         result = run_tune(recipe, staging, checkpoint, data, max_minutes, space, search_frames, max_fallback,
-                          recipe_name, log, started, trust_code)
+                          recipe_name, log, started, trust_code, executor or Executor())
         staging.commit()
     return result
 
 
 def run_tune(recipe, staging: TuneOutput, checkpoint, data, max_minutes, space, search_frames, max_fallback,
-             recipe_name, log, started, trust_code: bool = False) -> TuneResult:
+             recipe_name, log, started, trust_code: bool = False, executor=None) -> TuneResult:
     """The tuner's steps (see `vlaedge.tune`) into `staging.path`, resuming from `staging.previous`."""
     deadline = started + max_minutes * 60
+    executor = executor or Executor()
     work, context, notes = _prepare(recipe, staging, checkpoint, data, search_frames, log, trust_code)
     measured, errors = [measure_fp32(work, work.baseline_onnx)], []
     variants = declared_space(work.target.runtime, recipe.quantize.precision, space)
-    built, counts = _explore(work, variants, context, deadline, log, errors)
+    built, counts, timed_out = _explore(executor, work, variants, context, deadline, log, errors)
     measured += built
-    timed_out = [v.name for v in variants[len(variants) - counts["not_explored"]:]]
     sensitivity = []
     quantized = [m for m in measured if not m.fp32]
     if quantized and not any(not m.search_failures for m in quantized) and time.monotonic() < deadline:
         seed = min(quantized, key=lambda m: m.search_drift["mean_pct"])
         log(f"tune: no variant keeps the drift budgets on the search frames; ranking module groups of "
             f"{seed.name} by action sensitivity")
-        sensitivity, extra = _fallback(work, seed, context, max_fallback, deadline, log, errors)
+        sensitivity, extra = _fallback(executor, work, seed, context, max_fallback, deadline, log, errors)
         measured += extra
-    rows = _time_and_judge(work, recipe, measured, log)
+    rows = _time_and_judge(executor, work, recipe, measured, log)
     rows += errors
     chosen, reason = pick(rows)
     box = f"time box of {max_minutes:g} min reached: {', '.join(timed_out)} not explored" if timed_out else ""
@@ -129,22 +127,18 @@ def run_tune(recipe, staging: TuneOutput, checkpoint, data, max_minutes, space, 
                   time.monotonic() - started, reproduce, counts)
 
 
-def _explore(work, variants: list[Variant], context: dict, deadline: float, log, errors: list):
-    """Builds (or takes from the cache) each declared variant until the time box ends; then one line says
-    what happened to them. Returns (the built rows, the counts: total, built, from_cache, not_built,
-    not_explored)."""
-    rows, counts = [], dict.fromkeys(("built", "from_cache", "not_built", "not_explored"), 0)
-    with progress.stage("tune: variants", total=len(variants)) as bar:
-        for variant in variants:
-            if time.monotonic() > deadline:
-                break
-            row, how = _build(work, variant, context, log, errors)
-            counts[how] += 1
-            rows += [row] if row is not None else []
-            bar.advance()
-    counts = {"total": len(variants), **counts, "not_explored": len(variants) - sum(counts.values())}
+def _explore(executor, work, variants: list[Variant], context: dict, deadline: float, log, errors: list):
+    """Builds (or takes from the cache) each declared variant on the executor until the time box ends; then
+    one line says what happened to them. Returns (the built rows, the counts: total, built, from_cache,
+    not_built, not_explored, the names not explored)."""
+    counts = dict.fromkeys(("built", "from_cache", "not_built", "not_explored"), 0)
+    done = build_variants(executor, work, variants, context, log, errors, deadline)
+    for _, how in done:
+        counts[how] += 1
+    counts = {"total": len(variants), **counts}
     log(counts_line(counts))
-    return rows, counts
+    missed = [v.name for v, (_, how) in zip(variants, done, strict=True) if how == "not_explored"]
+    return [row for row, _ in done if row is not None], counts, missed
 
 
 def counts_line(counts: dict) -> str:
@@ -217,51 +211,24 @@ def _prepare(recipe, staging: TuneOutput, checkpoint, data, search_frames: int, 
     return work, context, notes
 
 
-def _build(work, variant: Variant, context: dict, log, errors: list) -> tuple[Measured | None, str]:
-    """The variant's row, from the previous run's cache when valid, else built (and cached); with how:
-    "from_cache", "built" or "not_built" (its error is added to `errors`, its files removed)."""
-    key = variant_key(variant, work.base, context)
-    hit = cached(work.previous, work.folder, variant.name, key, work.drift_budgets, log)
-    if hit is not None:
-        log(f"tune: {variant.name}: cached (drift mean {hit.drift['mean_pct']:.3f}%)")
-        return hit, "from_cache"
-    try:
-        row = measure_variant(work, variant, key)
-    except BUILD_ERRORS as e:
-        errors.append(build_error(variant, e))
-        log(f"tune: {variant.name}: could not be built ({errors[-1]['error'][:120]})")
-        for partial in work.folder.glob(f"{glob.escape(variant.name)}.onnx*"):  # nothing that looks built
-            partial.unlink()
-        return None, "not_built"
-    if not save(work.folder, row):
-        log(f"tune: {variant.name}: a measured figure is NaN or infinite; its result is not cached")
-    ok = "within" if not row.search_failures else "over"
-    log(f"tune: {variant.name}: drift mean {row.drift['mean_pct']:.3f}% (search "
-        f"{row.search_drift['mean_pct']:.3f}%, {ok} the drift budgets), {row.file_bytes / 1e6:.2f} MB, "
-        f"{row.seconds:.1f} s")
-    return row, "built"
-
-
-def _fallback(work, seed: Measured, context, max_fallback: int, deadline: float, log, errors):
-    """Rank seed's module groups by search drift when quantized alone; keep the worst in FP32 one by one."""
+def _fallback(executor, work, seed: Measured, context, max_fallback: int, deadline: float, log, errors):
+    """Rank seed's module groups by search drift when quantized alone (the probes fan out); keep the worst
+    in FP32 one by one."""
     groups = seed.quantized_groups
     base = Variant(seed.name, {k: v for k, v in seed.settings.items() if k != "keep"})
-    scores = []
-    for g in progress.track(groups, "tune: sensitivity probes (one module group quantized)"):
-        if time.monotonic() > deadline:
-            break
-        alone = Variant(f"{seed.name}+only-{g}", base.settings, [o for o in groups if o != g])
-        row, _ = _build(work, alone, context, log, errors)
-        if row is not None:
-            scores.append((g, row.search_drift["mean_pct"]))
+    probes = [Variant(f"{seed.name}+only-{g}", base.settings, [o for o in groups if o != g]) for g in groups]
+    log(f"tune: sensitivity probes: {len(probes)} module groups, each quantized alone")
+    done = build_variants(executor, work, probes, context, log, errors, deadline)
+    scores = [(g, row.search_drift["mean_pct"]) for g, (row, _) in zip(groups, done, strict=True)
+              if row is not None]
     ranking = sorted(scores, key=lambda s: -s[1])
     found, kept = [], []
     for g, _ in progress.track(ranking[:max_fallback], "tune: fallback variants (groups kept FP32)"):
         if time.monotonic() > deadline:
             break
         kept.append(g)
-        row, _ = _build(work, Variant(f"{seed.name}+fp32-{len(kept)}", base.settings, list(kept)), context,
-                        log, errors)
+        variant = Variant(f"{seed.name}+fp32-{len(kept)}", base.settings, list(kept))
+        row = build_variants(executor, work, [variant], context, log, errors, deadline)[0][0]
         if row is None:
             continue
         found.append(row)
@@ -271,20 +238,20 @@ def _fallback(work, seed: Measured, context, max_fallback: int, deadline: float,
     return ranking, found
 
 
-def _time_and_judge(work, recipe, measured: list[Measured], log) -> list[dict]:
+def _time_and_judge(executor, work, recipe, measured: list[Measured], log) -> list[dict]:
     """One interleaved latency run of every built model (cpu) or the estimate (TensorRT); then budgets."""
     rows = [m.to_dict() for m in measured if "+only-" not in m.name]  # sensitivity probes are not candidates
     paths = [work.folder.parent / r["model"] for r in rows]
     config = recipe.verify or VerifyConfig()
-    load = None
+    load, node = None, None
     if work.target.runtime == "onnxruntime":
-        from vlaedge.check.profile import profile
-
         runtime = config.runtime if config.runtime.startswith("ort-") else "ort-cpu"
-        log(f"tune: timing {len(paths)} models interleaved on {runtime} ({config.profile_runs} runs each, "
-            f"threads {config.threads or 'default'})")
-        prof = profile(paths, runtime, None, work.reference, config.profile_runs, config.profile_warmup,
-                       config.threads)
+        where = (f"the node with resource {executor.timing_resource!r}" if executor.timing_resource
+                 else executor.node)
+        log(f"tune: timing {len(paths)} models interleaved on {runtime} on {where} ({config.profile_runs} "
+            f"runs each, threads {config.threads or 'default'})")
+        prof, node = timed_profile(executor, paths, runtime, work.reference, config.profile_runs,
+                                   config.profile_warmup, config.threads)
         load = prof.load
         for row, m in zip(rows, prof.models, strict=True):
             row["median_ms"], row["p99_ms"] = m.latency.median_ms, m.latency.p99_ms
@@ -304,7 +271,7 @@ def _time_and_judge(work, recipe, measured: list[Measured], log) -> list[dict]:
     front = set(pareto_front(rows))
     for row in rows:
         row["pareto"] = row["name"] in front
-    rows[0]["load"] = load
+    rows[0]["load"], rows[0]["node"] = load, node
     return rows
 
 
@@ -315,16 +282,16 @@ def _write(recipe, staging: TuneOutput, work, rows, chosen, reason, sensitivity,
     from vlaedge.check.profile import load_line
 
     out, folder = staging.final, staging.path
-    load = rows[0].pop("load", None)
+    load, node = rows[0].pop("load", None), rows[0].pop("node", None)
     result = {
         "schema": "vlaedge.tune/1", "verdict": reason, "chosen": chosen["name"] if chosen else None,
         "policy": work.reference.name, "target": work.target.name, "recipe": recipe_name,
-        "latency_source": ("one interleaved ONNX Runtime run (batch 1)" if work.target.runtime ==
+        "latency_source": (f"one interleaved ONNX Runtime run (batch 1) on {node}" if work.target.runtime ==
                            "onnxruntime" else
                            f"vlaedge.deploy.estimate roofline for {work.target.name} (no device here)"),
         "eval_frames": work.evaluation.frames, "search_frames": work.search.frames, "variants": counts,
         "rows": rows, "sensitivity": sensitivity, "notes": notes, "seconds": seconds, "load": load,
-        "load_line": load_line(load) if load else "", "time_box": box,
+        "load_line": load_line(load) if load else "", "time_box": box, "timing_node": node,
         "recipe_out": str(out / "recipe.yaml") if chosen else None, "reproduce": reproduce or None,
     }
     if chosen:  # nothing within budget: no recipe that could pass for a pick
