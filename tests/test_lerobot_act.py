@@ -15,6 +15,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from lerobot_helpers import (
+    LEROBOT_CASES,
+    load_reference,
+    network_state,
+    onnx_and_torch,
+    onnx_session,
+    pre_batch,
+    relative_error,
+)
 from safetensors.torch import load_file
 
 from vlaedge.errors import VlaedgeError
@@ -22,7 +31,7 @@ from vlaedge.models.checkpoint import check_state_dict
 from vlaedge.models.lerobot import act
 from vlaedge.models.weights import empty_parameters
 
-CASE = Path(__file__).resolve().parents[2] / "shared" / "cases" / "lerobot_policies" / "act_aloha14"
+CASE = LEROBOT_CASES / "act_aloha14"
 FOLDER = CASE / "pretrained_model"
 BOUND = 1e-4  # of each action dimension's range: the fidelity contract
 
@@ -31,10 +40,8 @@ needs_fixture = pytest.mark.skipif(not CASE.is_dir(),
 
 
 def checkpoint_state() -> dict[str, torch.Tensor]:
-    """model.safetensors with the `model.` prefix removed (the network's own names)."""
-    state = load_file(FOLDER / "model.safetensors")
-    assert all(k.startswith(f"{act.ROOT}.") for k in state)
-    return {k.removeprefix(f"{act.ROOT}."): v for k, v in state.items()}
+    """model.safetensors under the network's own names."""
+    return network_state(load_file(FOLDER / "model.safetensors"), act.ROOT)
 
 
 @pytest.fixture(scope="module")
@@ -53,20 +60,7 @@ def net(config):
 
 @pytest.fixture(scope="module")
 def reference() -> dict[str, np.ndarray]:
-    with np.load(CASE / "reference.npz") as f:
-        return dict(f)
-
-
-def pre_batch(reference: dict, rows: slice = slice(None)) -> dict[str, torch.Tensor]:
-    """The preprocessor output LeRobot fed the policy, as a batch."""
-    return {k.removeprefix("pre/"): torch.from_numpy(v[rows]) for k, v in reference.items()
-            if k.startswith("pre/")}
-
-
-def relative_error(actions: np.ndarray, reference: dict, rows: slice = slice(None)) -> float:
-    """max |actions - LeRobot's| as a fraction of each dimension's range in normalized space."""
-    span = (reference["stats/action/max"] - reference["stats/action/min"]) / reference["stats/action/std"]
-    return float((np.abs(actions - reference["action_chunk_normalized"][rows]) / span).max())
+    return load_reference(CASE)
 
 
 @needs_fixture
@@ -91,34 +85,16 @@ def test_actions_equal_lerobot_batched_and_one_by_one(net, reference):
     assert relative_error(np.concatenate(single), reference) < BOUND
 
 
-class _Positional(torch.nn.Module):
-    """The dict-taking network with positional inputs, as torch.onnx.export needs."""
-
-    def __init__(self, net, names):
-        super().__init__()
-        self.net, self.names = net, names
-
-    def forward(self, *inputs):
-        return self.net(dict(zip(self.names, inputs, strict=True)))
-
-
 @needs_fixture
 @pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning")  # nn.MultiheadAttention's static shape checks
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")  # dynamo=False is what vlaedge's export uses
 def test_onnx_export_with_dynamic_batch_matches_torch(net, reference, tmp_path):
-    ort = pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxruntime")
     batch = pre_batch(reference)
-    names = list(batch)
-    path = tmp_path / "act.onnx"
-    torch.onnx.export(_Positional(net, names), tuple(batch[k][:2] for k in names), path, dynamo=False,
-                      opset_version=17, input_names=names, output_names=["action"],
-                      dynamic_axes={**{k: {0: "batch"} for k in names}, "action": {0: "batch"}})
-    session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    session = onnx_session(net, batch, tmp_path / "act.onnx")
     for n in (1, 8):
         rows = slice(0, n)
-        onnx_out = session.run(None, {k: v[rows].numpy() for k, v in batch.items()})[0]
-        with torch.no_grad():
-            torch_out = net(pre_batch(reference, rows)).numpy()
+        onnx_out, torch_out = onnx_and_torch(session, net, batch, rows)
         assert onnx_out.shape == (n, 20, 14)
         assert np.abs(onnx_out - torch_out).max() < BOUND
         assert relative_error(onnx_out, reference, rows) < BOUND

@@ -14,13 +14,22 @@ ONNX export with a dynamic batch, and one-line refusals of what is not built.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from lerobot_helpers import (
+    DIFFUSION_FIXTURES,
+    load_reference,
+    network_state,
+    onnx_and_torch,
+    onnx_session,
+    pre_batch,
+    relative_error,
+    seeded_weights,
+)
 
 from vlaedge.errors import VlaedgeError
 from vlaedge.models.checkpoint import check_state_dict
@@ -28,12 +37,11 @@ from vlaedge.models.lerobot import diffusion
 from vlaedge.models.lerobot import diffusion_sampler as sampler
 from vlaedge.models.weights import empty_parameters
 
-FIXTURES = Path(__file__).resolve().parent / "fixtures" / "lerobot_diffusion"
 VARIANTS = ("ddim_pusht", "ddpm_two_cameras")
 BOUND = 1e-4  # of each action dimension's range: the fidelity contract
 MEASURED = {"ddim_pusht": 1.8e-6, "ddpm_two_cameras": 5.5e-7}  # max error / range, as measured
 
-needs_fixture = pytest.mark.skipif(not (FIXTURES / "seeded_weights.py").is_file(),
+needs_fixture = pytest.mark.skipif(not (DIFFUSION_FIXTURES / "seeded_weights.py").is_file(),
                                    reason="tests/fixtures/lerobot_diffusion is not in this checkout")
 
 
@@ -47,58 +55,38 @@ def _one_thread():
     torch.set_num_threads(threads)
 
 
-def _seeded_weights():
-    spec = importlib.util.spec_from_file_location("seeded_weights", FIXTURES / "seeded_weights.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def config_of(variant: str) -> dict:
-    return json.loads((FIXTURES / variant / "pretrained_model" / "config.json").read_text())
+    return json.loads((DIFFUSION_FIXTURES / variant / "pretrained_model" / "config.json").read_text())
 
 
 def checkpoint_state(variant: str) -> dict[str, torch.Tensor]:
     """The regenerated model.safetensors, `diffusion.` prefix removed (the network's own names)."""
-    state = _seeded_weights().seeded_state(variant)
-    assert all(k.startswith(f"{diffusion.ROOT}.") for k in state)
-    return {k.removeprefix(f"{diffusion.ROOT}."): torch.from_numpy(v) for k, v in state.items()}
+    state = {k: torch.from_numpy(v) for k, v in seeded_weights().seeded_state(variant).items()}
+    return network_state(state, diffusion.ROOT)
 
 
 def load_net(variant: str, **changes) -> torch.nn.Module:
     """The fixture's network (config.json with `changes`), built with meta parameters and loaded as the
     adapter loads it."""
-    folder = FIXTURES / variant / "pretrained_model"
+    folder = DIFFUSION_FIXTURES / variant / "pretrained_model"
     with empty_parameters():
         net = diffusion.build({**config_of(variant), **changes}, folder)
     check_state_dict(net, checkpoint_state(variant), folder / "model.safetensors")
     return net
 
 
-def load_reference(variant: str) -> dict[str, np.ndarray]:
-    with np.load(FIXTURES / variant / "reference.npz") as f:
-        return dict(f)
-
-
 @pytest.fixture(scope="module", params=VARIANTS)
 def case(request) -> tuple[str, torch.nn.Module, dict]:
     """(variant, network, reference arrays)."""
-    return request.param, load_net(request.param), load_reference(request.param)
+    return request.param, load_net(request.param), load_reference(DIFFUSION_FIXTURES / request.param)
 
 
 def net_batch(reference: dict, rows: slice = slice(None)) -> dict[str, torch.Tensor]:
     """LeRobot's preprocessor output and its recorded noise, under the network's input names."""
-    batch = {k.removeprefix("pre/"): torch.from_numpy(v[rows]) for k, v in reference.items()
-             if k.startswith("pre/")}
-    batch[diffusion.NOISE_KEY] = torch.from_numpy(reference["noise/initial"][rows])
+    draws = {diffusion.NOISE_KEY: "noise/initial"}
     if "noise/variance" in reference:
-        batch[diffusion.VARIANCE_NOISE_KEY] = torch.from_numpy(reference["noise/variance"][rows])
-    return batch
-
-
-def relative_error(actions: np.ndarray, reference: dict, rows: slice = slice(None)) -> float:
-    """max |actions - LeRobot's| as a fraction of the action range in normalized space (MIN_MAX: 2)."""
-    return float(np.abs(actions - reference["action_chunk_normalized"][rows]).max() / 2.0)
+        draws[diffusion.VARIANCE_NOISE_KEY] = "noise/variance"
+    return pre_batch(reference, rows, **draws)
 
 
 @needs_fixture
@@ -129,17 +117,6 @@ def test_actions_equal_lerobot_batched_and_one_by_one(case):
     assert relative_error(np.concatenate(single), reference) < BOUND
 
 
-class _Positional(torch.nn.Module):
-    """The dict-taking network with positional inputs, as torch.onnx.export needs."""
-
-    def __init__(self, net, names):
-        super().__init__()
-        self.net, self.names = net, names
-
-    def forward(self, *inputs):
-        return self.net(dict(zip(self.names, inputs, strict=True)))
-
-
 @needs_fixture
 @pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning")  # the input shape checks are static
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")  # dynamo=False is what vlaedge's export uses
@@ -151,27 +128,18 @@ class _Positional(torch.nn.Module):
 ])
 def test_onnx_export_with_dynamic_batch_matches_torch(variant, changes, tmp_path):
     ort = pytest.importorskip("onnxruntime")
-    net, reference = load_net(variant, **changes), load_reference(variant)
+    net, reference = load_net(variant, **changes), load_reference(DIFFUSION_FIXTURES / variant)
     batch = net_batch(reference)
     shapes = diffusion.noise_shapes({**config_of(variant), **changes})
     key = diffusion.VARIANCE_NOISE_KEY
     if key in shapes:  # fewer steps, fewer draws: the first ones
         batch[key] = batch[key][:, : shapes[key][0]]
-    names = list(batch)
-    path = tmp_path / f"{variant}.onnx"
-    # eval(): export restores the wrapper's mode on every submodule, and a module left in training mode
-    # would then run BatchNorm on batch statistics
-    torch.onnx.export(_Positional(net, names).eval(), tuple(batch[k][:2] for k in names), path, dynamo=False,
-                      opset_version=17, input_names=names, output_names=["action"],
-                      dynamic_axes={**{k: {0: "batch"} for k in names}, "action": {0: "batch"}})
     options = ort.SessionOptions()
     options.intra_op_num_threads = 1  # as torch here (see _one_thread)
-    session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
-    assert [i.name for i in session.get_inputs()] == names
+    session = onnx_session(net, batch, tmp_path / f"{variant}.onnx", options)
+    assert [i.name for i in session.get_inputs()] == list(batch)
     for n in (1, len(reference["seed"])):
-        onnx_out = session.run(None, {k: v[:n].numpy() for k, v in batch.items()})[0]
-        with torch.no_grad():
-            torch_out = net({k: v[:n] for k, v in batch.items()}).numpy()
+        onnx_out, torch_out = onnx_and_torch(session, net, batch, slice(0, n))
         assert onnx_out.shape == torch_out.shape == (n, *reference["action_chunk_normalized"].shape[1:])
         assert np.abs(onnx_out - torch_out).max() / 2.0 < BOUND
         if not changes:
@@ -181,7 +149,7 @@ def test_onnx_export_with_dynamic_batch_matches_torch(variant, changes, tmp_path
 @needs_fixture
 def test_noise_shapes_are_the_recorded_draws():
     for variant in VARIANTS:
-        with np.load(FIXTURES / variant / "reference.npz") as ref:
+        with np.load(DIFFUSION_FIXTURES / variant / "reference.npz") as ref:
             expected = {diffusion.NOISE_KEY: ref["noise/initial"].shape[1:]}
             if "noise/variance" in ref:
                 expected[diffusion.VARIANCE_NOISE_KEY] = ref["noise/variance"].shape[1:]

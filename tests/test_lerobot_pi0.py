@@ -20,6 +20,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from lerobot_helpers import (
+    PI0_FIXTURES,
+    export,
+    flow_stage_plan,
+    load_reference,
+    network_state,
+    onnx_and_torch,
+    onnx_session,
+    pre_batch,
+    relative_error,
+    torch_stage_runner,
+)
 from safetensors.torch import load_file
 
 from vlaedge.errors import VlaedgeError
@@ -30,7 +42,6 @@ from vlaedge.models.lerobot.pi0_siglip import VisionSize
 from vlaedge.models.stages import COMPOSITION_TOLERANCE, StagePlan, run_plan
 from vlaedge.models.weights import empty_parameters
 
-HERE = Path(__file__).resolve().parent / "fixtures" / "lerobot_pi0"
 BOUND = 1e-4  # of each action dimension's range: the fidelity contract
 CAMERAS = ("observation.images.top", "observation.images.wrist")
 # tied to paligemma.lm_head.weight; LeRobot's save_pretrained keeps one of the two names
@@ -39,13 +50,13 @@ FLOAT32 = ("pi0_tiny", "pi05_tiny")
 
 
 def tiny_sizes() -> PaliGemmaSizes:
-    s = json.loads((HERE / "tiny_sizes.json").read_text())
+    s = json.loads((PI0_FIXTURES / "tiny_sizes.json").read_text())
     return PaliGemmaSizes(GemmaSize(**s["vlm"]), GemmaSize(**s["expert"]), VisionSize(**s["vision"]),
                           s["vocab"])
 
 
 def folder(name: str) -> Path:
-    return HERE / name / "pretrained_model"
+    return PI0_FIXTURES / name / "pretrained_model"
 
 
 def config(name: str) -> dict:
@@ -53,10 +64,8 @@ def config(name: str) -> dict:
 
 
 def checkpoint_state(name: str) -> dict[str, torch.Tensor]:
-    """model.safetensors with the `model.` prefix removed (the network's own names)."""
-    state = load_file(folder(name) / "model.safetensors")
-    assert all(k.startswith(f"{pi0.ROOT}.") for k in state)
-    return {k.removeprefix(f"{pi0.ROOT}."): v for k, v in state.items()}
+    """model.safetensors under the network's own names."""
+    return network_state(load_file(folder(name) / "model.safetensors"), pi0.ROOT)
 
 
 def load_net(name: str) -> torch.nn.Module:
@@ -79,29 +88,12 @@ def net_of(nets: dict, name: str) -> torch.nn.Module:
 
 
 def reference(name: str) -> dict[str, np.ndarray]:
-    with np.load(HERE / name / "reference.npz") as f:
-        ref = dict(f)
-    ref["action_mode"] = np.array(config(name)["normalization_mapping"]["ACTION"])
-    return ref
+    return load_reference(PI0_FIXTURES / name)
 
 
-def pre_batch(ref: dict, rows: slice = slice(None)) -> dict[str, torch.Tensor]:
+def noised_batch(ref: dict, rows: slice = slice(None)) -> dict[str, torch.Tensor]:
     """The preprocessor output LeRobot fed the policy and the noise it drew, as one batch."""
-    batch = {k.removeprefix("pre/"): torch.from_numpy(v[rows]) for k, v in ref.items()
-             if k.startswith("pre/")}
-    batch["noise"] = torch.from_numpy(ref["noise"][rows])
-    return batch
-
-
-def relative_error(actions: np.ndarray, ref: dict, rows=slice(None)) -> float:
-    """max |actions - LeRobot's| as a fraction of each dimension's range in normalized space (MEAN_STD:
-    range / std; QUANTILES: 2 range / (q99 - q01))."""
-    low, high = ref["stats/action/min"], ref["stats/action/max"]
-    if str(ref["action_mode"]) == "QUANTILES":
-        span = 2 * (high - low) / (ref["stats/action/q99"] - ref["stats/action/q01"])
-    else:
-        span = (high - low) / ref["stats/action/std"]
-    return float((np.abs(actions - ref["action_chunk_normalized"][rows]) / span).max())
+    return pre_batch(ref, rows, noise="noise")
 
 
 @pytest.mark.parametrize("name", ["pi0_tiny", "pi05_tiny", "pi0_tiny_bf16", "pi05_tiny_bf16"])
@@ -119,7 +111,7 @@ def test_state_dict_names_shapes_dtypes_equal_the_checkpoint(name):
 
 @pytest.mark.parametrize("kind", ["pi0/float32", "pi0/bfloat16", "pi05/float32", "pi05/bfloat16"])
 def test_full_size_names_shapes_dtypes_equal_lerobots(kind):
-    with gzip.open(HERE / "full_size_tensors.json.gz", "rt") as f:
+    with gzip.open(PI0_FIXTURES / "full_size_tensors.json.gz", "rt") as f:
         expected = json.load(f)[kind]
     policy, dtype = kind.split("/")
     features = {"input_features": {"observation.images.base": {"type": "VISUAL", "shape": [3, 224, 224]},
@@ -137,7 +129,7 @@ def test_full_size_names_shapes_dtypes_equal_lerobots(kind):
 def test_actions_equal_lerobot(nets, name):
     ref = reference(name)
     with torch.no_grad():
-        actions = net_of(nets, name)(pre_batch(ref)).numpy()
+        actions = net_of(nets, name)(noised_batch(ref)).numpy()
     assert actions.shape == (4, 10, 6) and actions.dtype == np.float32
     assert relative_error(actions, ref) < BOUND  # measured pi0 4.2e-7, pi0.5 2.1e-7 (1.7e-6, 4.8e-7 abs.)
 
@@ -148,14 +140,14 @@ def test_bfloat16_actions_equal_lerobot_sample_by_sample(nets, name):
     net = net_of(nets, name)
     rows = (0, 3)
     with torch.no_grad():  # LeRobot ran each sample alone; bfloat16 GEMMs round by batch size
-        actions = np.concatenate([net(pre_batch(ref, slice(i, i + 1))).numpy() for i in rows])
+        actions = np.concatenate([net(noised_batch(ref, slice(i, i + 1))).numpy() for i in rows])
     assert actions.dtype == np.float32
     assert relative_error(actions, ref, list(rows)) < BOUND  # measured 0 for both (batched: pi0 2e-3)
 
 
 def test_pi05_ignores_the_state_input(nets):
     ref = reference("pi05_tiny")
-    batch = pre_batch(ref, slice(0, 1))
+    batch = noised_batch(ref, slice(0, 1))
     net = net_of(nets, "pi05_tiny")
     with torch.no_grad():
         a = net(batch)
@@ -173,7 +165,7 @@ def test_pi05_state_prompts_and_tokens_equal_lerobots():
     assert torch.equal(normalized, torch.from_numpy(ref["pre/observation.state"]))  # LeRobot's normalizer
     prompts = pi05.state_prompts(list(ref["tasks"]), normalized.numpy(), config("pi05_tiny")["max_state_dim"])
     assert prompts == list(ref["prompts"])  # bins -1 (below), 255 (above) and 128 (padding) included
-    tokenizer = FileTokenizer(HERE / "paligemma_tokenizer" / "tokenizer.json", 200)
+    tokenizer = FileTokenizer(PI0_FIXTURES / "paligemma_tokenizer" / "tokenizer.json", 200)
     ids, mask = tokenizer.encode_with_mask(prompts)
     assert np.array_equal(ids, ref["pre/observation.language.tokens"])
     assert np.array_equal(mask.astype(bool), ref["pre/observation.language.attention_mask"])
@@ -185,36 +177,21 @@ def test_discretize_state_edges():
 
 
 def stage_plan(kind: str, steps: int) -> StagePlan:
-    """The plan an adapter declares: four graphs, the expert run by the Euler loop from t=1 to t=0; pi0's
-    prefix takes the state (its state token joins the cache), pi0.5's does not."""
-    prefix = ["image_tokens", "observation.language.tokens", "observation.language.attention_mask"]
+    """The plan an adapter declares; pi0's prefix takes the state (its state token joins the cache), pi0.5's
+    does not."""
+    prefix = ["observation.language.tokens", "observation.language.attention_mask"]
     if kind == "pi0":
         prefix.append("observation.state")
-    return StagePlan.model_validate({
-        "graphs": [
-            {"name": "vision", "call": "embed_images", "inputs": list(CAMERAS), "outputs": ["image_tokens"]},
-            {"name": "prefix", "call": "encode_prefix", "inputs": prefix,
-             "outputs": ["keys", "values", "prefix_mask"]},
-            {"name": "expert", "call": "denoise_step", "inputs": ["x", "t", "keys", "values", "prefix_mask"],
-             "outputs": ["velocity"]},
-            {"name": "unpad", "call": "unpad_actions", "inputs": ["x_0"], "outputs": ["action"]}],
-        "denoise": {"stage": "expert", "steps": steps, "init": "noise", "t_start": 1.0, "t_end": 0.0,
-                    "output": "x_0"}})
+    return flow_stage_plan(CAMERAS, prefix, steps)
 
 
 @pytest.mark.parametrize("name", FLOAT32)
 def test_stages_run_by_the_stage_executor_equal_forward(nets, name):
     ref, net = reference(name), net_of(nets, name)
-    batch = pre_batch(ref, slice(0, 2))
+    batch = noised_batch(ref, slice(0, 2))
     plan = stage_plan(net.spec.kind, config(name)["num_inference_steps"])
-
-    def run_stage(stage, feeds):
-        with torch.no_grad():
-            out = getattr(net, stage.call)(*(torch.from_numpy(feeds[n]) for n in stage.inputs))
-        out = out if isinstance(out, tuple) else (out,)
-        return {n: t.numpy() for n, t in zip(stage.outputs, out, strict=True)}
-
-    staged = run_plan(plan, run_stage, {k: v.numpy() for k, v in batch.items()}, ["action"])["action"]
+    feeds = {k: v.numpy() for k, v in batch.items()}
+    staged = run_plan(plan, torch_stage_runner(net), feeds, ["action"])["action"]
     with torch.no_grad():
         whole = net(batch).numpy()
         tokens = net.embed_images(*(batch[k] for k in CAMERAS))
@@ -230,17 +207,6 @@ def test_stages_run_by_the_stage_executor_equal_forward(nets, name):
     assert relative_error(staged, ref, slice(0, 2)) < BOUND
 
 
-class _Positional(torch.nn.Module):
-    """The dict-taking network with positional inputs, as torch.onnx.export needs."""
-
-    def __init__(self, net, names):
-        super().__init__()
-        self.net, self.names = net, names
-
-    def forward(self, *inputs):
-        return self.net(dict(zip(self.names, inputs, strict=True)))
-
-
 class _Stage(torch.nn.Module):
     """One stage method of the network with positional inputs, for torch.onnx.export."""
 
@@ -252,30 +218,18 @@ class _Stage(torch.nn.Module):
         return getattr(self.net, self.call)(*inputs)
 
 
-def export(module, inputs: dict[str, torch.Tensor], outputs: list[str], path: Path, batch_dims: dict):
-    """torch.onnx.export as vlaedge runs it (TorchScript, opset 17), every input and output's batch axis
-    dynamic; traced with 2 samples."""
-    axes = {n: {batch_dims.get(n, 0): "batch"} for n in [*inputs, *outputs]}
-    sample = tuple(v[:, :2] if batch_dims.get(k, 0) == 1 else v[:2] for k, v in inputs.items())
-    torch.onnx.export(module, sample, path, dynamo=False, opset_version=17, input_names=list(inputs),
-                      output_names=outputs, dynamic_axes=axes)
-
-
 @pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning")  # static shapes (image size, token counts)
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")  # dynamo=False is what vlaedge's export uses
 @pytest.mark.filterwarnings("ignore::UserWarning")
 def test_onnx_export_with_dynamic_batch_matches_onnxruntime_and_lerobot(nets, tmp_path):
     """pi0.5 as one graph (LeRobot's 10 Euler steps unrolled), run on 3 samples after tracing with 2."""
-    ort = pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxruntime")
     ref, net = reference("pi05_tiny"), net_of(nets, "pi05_tiny")
-    batch = pre_batch(ref)
+    batch = noised_batch(ref)
     del batch["observation.state"]  # in the prompt, not a graph input
-    export(_Positional(net, list(batch)), batch, ["action"], tmp_path / "pi05.onnx", {})
-    session = ort.InferenceSession(tmp_path / "pi05.onnx", providers=["CPUExecutionProvider"])
+    session = onnx_session(net, batch, tmp_path / "pi05.onnx")
     rows = slice(1, 4)
-    onnx_out = session.run(None, {k: v[rows].numpy() for k, v in batch.items()})[0]
-    with torch.no_grad():
-        torch_out = net({k: v[rows] for k, v in batch.items()}).numpy()
+    onnx_out, torch_out = onnx_and_torch(session, net, batch, rows)
     assert onnx_out.shape == (3, 10, 6)
     assert np.abs(onnx_out - torch_out).max() < BOUND  # measured 1.5e-5
     assert relative_error(onnx_out, ref, rows) < BOUND  # measured 6.8e-6
@@ -290,7 +244,7 @@ def test_onnx_stages_run_by_onnxruntime_equal_lerobot(nets, tmp_path):
     ort = pytest.importorskip("onnxruntime")
     ref, net = reference("pi0_tiny"), net_of(nets, "pi0_tiny")
     plan = stage_plan("pi0", config("pi0_tiny")["num_inference_steps"])
-    feeds = {k: v.numpy() for k, v in pre_batch(ref).items()}
+    feeds = {k: v.numpy() for k, v in noised_batch(ref).items()}
     kv = {"keys": 1, "values": 1}
     sessions = {}
     env = {k: torch.from_numpy(v) for k, v in feeds.items()} | {"x": torch.from_numpy(feeds["noise"]),

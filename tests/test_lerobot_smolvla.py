@@ -19,15 +19,26 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from lerobot_helpers import (
+    LEROBOT_CASES,
+    flow_stage_plan,
+    load_reference,
+    network_state,
+    onnx_and_torch,
+    onnx_session,
+    pre_batch,
+    relative_error,
+    torch_stage_runner,
+)
 from safetensors.torch import load_file
 
 from vlaedge.errors import VlaedgeError
 from vlaedge.models.checkpoint import check_state_dict
 from vlaedge.models.lerobot import smolvla
-from vlaedge.models.stages import COMPOSITION_TOLERANCE, StagePlan, run_plan
+from vlaedge.models.stages import COMPOSITION_TOLERANCE, run_plan
 from vlaedge.models.weights import empty_parameters
 
-CASE = Path(__file__).resolve().parents[2] / "shared" / "cases" / "lerobot_policies" / "smolvla_tiny"
+CASE = LEROBOT_CASES / "smolvla_tiny"
 FOLDER = CASE / "pretrained_model"
 BOUND = 1e-4  # of each action dimension's range: the fidelity contract
 CAMERAS = ("observation.images.top", "observation.images.wrist")
@@ -39,10 +50,8 @@ needs_fixture = pytest.mark.skipif(
 
 
 def checkpoint_state() -> dict[str, torch.Tensor]:
-    """model.safetensors with the `model.` prefix removed (the network's own names)."""
-    state = load_file(FOLDER / "model.safetensors")
-    assert all(k.startswith(f"{smolvla.ROOT}.") for k in state)
-    return {k.removeprefix(f"{smolvla.ROOT}."): v for k, v in state.items()}
+    """model.safetensors under the network's own names."""
+    return network_state(load_file(FOLDER / "model.safetensors"), smolvla.ROOT)
 
 
 @pytest.fixture(scope="module")
@@ -65,30 +74,20 @@ def net(config):
 
 @pytest.fixture(scope="module")
 def reference() -> dict[str, np.ndarray]:
-    with np.load(CASE / "reference.npz") as f:
-        return dict(f)
+    return load_reference(CASE)
 
 
 @pytest.fixture(scope="module")
 def actions(net, reference) -> np.ndarray:
     """The network's actions for the 8 reference samples as one batch."""
     with torch.no_grad():
-        return net(pre_batch(reference)).numpy()
+        return net(noised_batch(reference)).numpy()
 
 
-def pre_batch(reference: dict, rows: slice = slice(None)) -> dict[str, torch.Tensor]:
+def noised_batch(reference: dict, rows: slice = slice(None)) -> dict[str, torch.Tensor]:
     """The preprocessor output LeRobot fed the policy and the noise it drew, as one batch. The 8 samples'
     language tokens are right-padded to the longest (8) with attention mask False, as stored."""
-    batch = {k.removeprefix("pre/"): torch.from_numpy(v[rows]) for k, v in reference.items()
-             if k.startswith("pre/")}
-    batch["noise"] = torch.from_numpy(reference["noise/00_normal"][rows])
-    return batch
-
-
-def relative_error(actions: np.ndarray, reference: dict, rows: slice = slice(None)) -> float:
-    """max |actions - LeRobot's| as a fraction of each dimension's range in normalized space."""
-    span = (reference["stats/action/max"] - reference["stats/action/min"]) / reference["stats/action/std"]
-    return float((np.abs(actions - reference["action_chunk_normalized"][rows]) / span).max())
+    return pre_batch(reference, rows, noise="noise/00_normal")
 
 
 @needs_fixture
@@ -117,7 +116,7 @@ def test_actions_equal_lerobot(actions, reference):
 
 @needs_fixture
 def test_language_padded_to_tokenizer_max_length_gives_the_same_actions(net, actions, reference, config):
-    batch = pre_batch(reference)
+    batch = noised_batch(reference)
     length = config["tokenizer_max_length"]
     for key in ("observation.language.tokens", "observation.language.attention_mask"):
         batch[key] = torch.nn.functional.pad(batch[key], (0, length - batch[key].shape[1]))
@@ -128,34 +127,12 @@ def test_language_padded_to_tokenizer_max_length_gives_the_same_actions(net, act
     assert relative_error(padded, reference) < BOUND
 
 
-def stage_plan(steps: int) -> StagePlan:
-    """The plan an adapter declares for SmolVLA: four graphs, the expert run by the Euler loop from t=1
-    (noise) to t=0."""
-    return StagePlan.model_validate({
-        "graphs": [
-            {"name": "vision", "call": "embed_images", "inputs": list(CAMERAS), "outputs": ["image_tokens"]},
-            {"name": "prefix", "call": "encode_prefix", "inputs": ["image_tokens", *PREFIX],
-             "outputs": ["keys", "values", "prefix_mask"]},
-            {"name": "expert", "call": "denoise_step", "inputs": ["x", "t", "keys", "values", "prefix_mask"],
-             "outputs": ["velocity"]},
-            {"name": "unpad", "call": "unpad_actions", "inputs": ["x_0"], "outputs": ["action"]}],
-        "denoise": {"stage": "expert", "steps": steps, "init": "noise", "t_start": 1.0, "t_end": 0.0,
-                    "output": "x_0"}})
-
-
 @needs_fixture
 def test_stages_run_by_the_stage_executor_equal_forward(net, reference, config):
-    batch = pre_batch(reference, slice(0, 3))
-    plan = stage_plan(config["num_steps"])
-
-    def run_stage(stage, feeds):
-        with torch.no_grad():
-            out = getattr(net, stage.call)(*(torch.from_numpy(feeds[n]) for n in stage.inputs))
-        out = out if isinstance(out, tuple) else (out,)
-        return {n: t.numpy() for n, t in zip(stage.outputs, out, strict=True)}
-
+    batch = noised_batch(reference, slice(0, 3))
+    plan = flow_stage_plan(CAMERAS, list(PREFIX), config["num_steps"])
     feeds = {k: v.numpy() for k, v in batch.items()}
-    staged = run_plan(plan, run_stage, feeds, ["action"])["action"]
+    staged = run_plan(plan, torch_stage_runner(net), feeds, ["action"])["action"]
     with torch.no_grad():
         whole = net(batch).numpy()
         tokens = net.embed_images(*(batch[k] for k in CAMERAS))
@@ -167,34 +144,16 @@ def test_stages_run_by_the_stage_executor_equal_forward(net, reference, config):
     assert relative_error(staged, reference, slice(0, 3)) < BOUND
 
 
-class _Positional(torch.nn.Module):
-    """The dict-taking network with positional inputs, as torch.onnx.export needs."""
-
-    def __init__(self, net, names):
-        super().__init__()
-        self.net, self.names = net, names
-
-    def forward(self, *inputs):
-        return self.net(dict(zip(self.names, inputs, strict=True)))
-
-
 @needs_fixture
 @pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning")  # static shapes (image size, token counts)
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")  # dynamo=False is what vlaedge's export uses
 @pytest.mark.filterwarnings("ignore::UserWarning")
 def test_onnx_export_with_dynamic_batch_matches_torch(net, reference, tmp_path):
-    ort = pytest.importorskip("onnxruntime")
-    batch = pre_batch(reference)
-    names = list(batch)
-    path = tmp_path / "smolvla.onnx"
-    torch.onnx.export(_Positional(net, names), tuple(batch[k][:2] for k in names), path, dynamo=False,
-                      opset_version=17, input_names=names, output_names=["action"],
-                      dynamic_axes={**{k: {0: "batch"} for k in names}, "action": {0: "batch"}})
-    session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    pytest.importorskip("onnxruntime")
+    batch = noised_batch(reference)
+    session = onnx_session(net, batch, tmp_path / "smolvla.onnx")
     rows = slice(0, 3)  # a batch size other than the traced one
-    onnx_out = session.run(None, {k: v[rows].numpy() for k, v in batch.items()})[0]
-    with torch.no_grad():
-        torch_out = net(pre_batch(reference, rows)).numpy()
+    onnx_out, torch_out = onnx_and_torch(session, net, batch, rows)
     assert onnx_out.shape == (3, 10, 6)
     assert np.abs(onnx_out - torch_out).max() < BOUND  # measured 1e-7
     assert relative_error(onnx_out, reference, rows) < BOUND
@@ -207,7 +166,7 @@ def test_load_vlm_weights_runs_the_vlm_in_bfloat16_as_lerobot_does(config, refer
     rest = {p.dtype for n, p in net.named_parameters() if not n.startswith("vlm_with_expert.vlm.")}
     assert vlm == {torch.bfloat16} and rest == {torch.float32}
     with torch.no_grad():
-        actions = net(pre_batch(reference, slice(0, 2))).numpy()
+        actions = net(noised_batch(reference, slice(0, 2))).numpy()
     assert actions.dtype == np.float32
     # bfloat16 rounding and 4.57's bfloat16 patch positions: not LeRobot's float32 run (measured 2.3e-3)
     assert relative_error(actions, reference, slice(0, 2)) < 1e-2
