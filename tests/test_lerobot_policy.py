@@ -14,18 +14,24 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from lerobot_helpers import (
+    DIFFUSION_FIXTURES,
+    LEROBOT_CASES,
+    PI0_FIXTURES,
+    load_reference,
+    seeded_diffusion_checkpoint,
+)
 from safetensors.numpy import load_file, save_file
 
 from vlaedge.errors import VlaedgeError
 from vlaedge.models import load_policy
 from vlaedge.models.lerobot.layout import read_checkpoint
 
-CASES = Path(__file__).resolve().parents[2] / "shared" / "cases" / "lerobot_policies"
-ACT = CASES / "act_aloha14"
-SMOLVLA = CASES / "smolvla_tiny"
+ACT = LEROBOT_CASES / "act_aloha14"
+SMOLVLA = LEROBOT_CASES / "smolvla_tiny"
 BOUND = 1e-4  # of the action range: the fidelity contract
 
-pytestmark = pytest.mark.skipif(not CASES.is_dir(),
+pytestmark = pytest.mark.skipif(not LEROBOT_CASES.is_dir(),
                                 reason="../shared/cases/lerobot_policies is not beside the repo")
 
 
@@ -46,7 +52,7 @@ def action_error(policy, reference: dict, feeds: dict) -> float:
 
 def test_act_fixture_matches_lerobot_from_raw_observations():
     policy = load_policy(ACT / "pretrained_model")
-    ref = dict(np.load(ACT / "reference.npz"))
+    ref = load_reference(ACT)
     cameras = ["observation.images.top", "observation.images.wrist"]
     feeds = policy.make_inputs(frames_of(ref, cameras))
     for c in cameras:  # the preprocessing vlaedge does outside the graph: LeRobot's, to float rounding
@@ -59,7 +65,7 @@ def test_act_fixture_matches_lerobot_from_raw_observations():
 def test_smolvla_fixture_matches_lerobot_with_its_noise():
     pytest.importorskip("transformers")
     policy = load_policy(SMOLVLA / "pretrained_model")
-    ref = dict(np.load(SMOLVLA / "reference.npz"))
+    ref = load_reference(SMOLVLA)
     cameras = ["observation.images.top", "observation.images.wrist"]
     feeds = policy.make_inputs(frames_of(ref, cameras))
     tokens = ref["pre/observation.language.tokens"]
@@ -166,22 +172,12 @@ def test_save_writes_a_folder_lerobot_reads(tmp_path):
     assert all(np.array_equal(saved[k], original[k]) for k in original)
 
 
-DIFFUSION = Path(__file__).resolve().parent / "fixtures" / "lerobot_diffusion"
-
-
 @pytest.fixture(scope="module", params=["ddim_pusht", "ddpm_two_cameras"])
 def diffusion_case(request, tmp_path_factory):
     """A Diffusion fixture folder written by LeRobot 0.4.4, its weights regenerated from the seed into a
     copy (tests/fixtures/lerobot_diffusion/README.md)."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("seeded_weights", DIFFUSION / "seeded_weights.py")
-    seeded = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(seeded)
-    folder = tmp_path_factory.mktemp(request.param) / "pretrained_model"
-    shutil.copytree(DIFFUSION / request.param / "pretrained_model", folder)
-    seeded.write(request.param, folder)
-    return load_policy(folder), dict(np.load(DIFFUSION / request.param / "reference.npz"))
+    folder = seeded_diffusion_checkpoint(request.param, tmp_path_factory.mktemp(request.param))
+    return load_policy(folder), load_reference(DIFFUSION_FIXTURES / request.param)
 
 
 def test_diffusion_fixtures_match_lerobot_from_raw_observations(diffusion_case):
@@ -210,9 +206,6 @@ def test_observation_history_is_the_frame_repeated_as_at_an_episode_start(diffus
                                np.moveaxis(frames["observation.images.top"], -1, 1) / 255.0, atol=1e-7)
 
 
-PI0 = Path(__file__).resolve().parent / "fixtures" / "lerobot_pi0"
-
-
 @pytest.mark.parametrize("variant", ["pi0_tiny", "pi05_tiny"])
 def test_pi0_fixtures_match_lerobot_from_raw_observations_and_task(variant, monkeypatch):
     """pi0 / pi0.5 written by LeRobot 0.4.4 (tests/fixtures/lerobot_pi0/README.md) at tiny sizes (which
@@ -222,8 +215,8 @@ def test_pi0_fixtures_match_lerobot_from_raw_observations_and_task(variant, monk
     import vlaedge.models.lerobot.pi0_spec as pi0_spec
 
     monkeypatch.setattr(pi0_spec, "lerobot_sizes", lambda config: tiny_sizes())
-    policy = load_policy(PI0 / variant / "pretrained_model")
-    ref = dict(np.load(PI0 / variant / "reference.npz"))
+    policy = load_policy(PI0_FIXTURES / variant / "pretrained_model")
+    ref = load_reference(PI0_FIXTURES / variant)
     cameras = ["observation.images.top", "observation.images.wrist"]
     frames = {c: ref[f"obs/{c}"] for c in cameras}
     frames["observation.state"] = ref["obs/observation.state"]

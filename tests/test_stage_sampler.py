@@ -9,14 +9,13 @@ Diffusion Policy fixtures (fixtures/lerobot_diffusion/, weights regenerated from
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from lerobot_helpers import DIFFUSION_FIXTURES, load_reference, seeded_diffusion_checkpoint
 from pydantic import ValidationError
 from torch import nn
 
@@ -25,7 +24,6 @@ from vlaedge.models.lerobot import diffusion_sampler as sampler
 from vlaedge.models.stage_loop import DenoiseLoop
 from vlaedge.models.stages import Recorder, StagePlan, check_flow, run_plan, torch_runner
 
-FIXTURES = Path(__file__).resolve().parent / "fixtures" / "lerobot_diffusion"
 BOUND = 1e-4  # of each action dimension's range: the fidelity contract
 
 
@@ -161,17 +159,12 @@ def test_a_step_input_that_is_no_policy_input_or_of_the_wrong_length_is_one_line
 @pytest.fixture(scope="module", params=["ddim_pusht", "ddpm_two_cameras"])
 def diffusion_case(request, tmp_path_factory):
     """(policy, reference arrays) of a Diffusion fixture, its weights regenerated into a tmp copy."""
-    if not (FIXTURES / "seeded_weights.py").is_file():
+    if not (DIFFUSION_FIXTURES / "seeded_weights.py").is_file():
         pytest.skip("tests/fixtures/lerobot_diffusion is not in this checkout")
     from vlaedge.models import load_policy
 
-    spec = importlib.util.spec_from_file_location("seeded_weights", FIXTURES / "seeded_weights.py")
-    seeded = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(seeded)
-    folder = tmp_path_factory.mktemp(request.param) / "pretrained_model"
-    shutil.copytree(FIXTURES / request.param / "pretrained_model", folder)
-    seeded.write(request.param, folder)
-    return load_policy(folder), dict(np.load(FIXTURES / request.param / "reference.npz"))
+    folder = seeded_diffusion_checkpoint(request.param, tmp_path_factory.mktemp(request.param))
+    return load_policy(folder), load_reference(DIFFUSION_FIXTURES / request.param)
 
 
 def reference_feeds(policy, ref: dict) -> dict[str, np.ndarray]:
