@@ -4,13 +4,7 @@ Skipped when /usr/sbin/sshd is absent (`make test-deps` installs Debian's openss
 
 from __future__ import annotations
 
-import getpass
 import json
-import os
-import shutil
-import socket
-import subprocess
-import time
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +13,7 @@ from onnx import TensorProto as T
 from onnx import helper as h
 from onnx import numpy_helper as nh
 from onnx import save
+from sshd import MISSING, REASON, Sshd, free_port
 
 from vlaedge.deploy.engine import build_engine
 from vlaedge.deploy.remote import profile_remote
@@ -26,71 +21,23 @@ from vlaedge.errors import VlaedgeError
 from vlaedge.recipe import EngineConfig
 
 ROOT = Path(__file__).resolve().parent.parent
-SSHD = Path("/usr/sbin/sshd")
 VLAEDGE = ROOT / ".venv" / "bin" / "vlaedge"
 
-pytestmark = pytest.mark.skipif(
-    not SSHD.exists() or not shutil.which("ssh") or not shutil.which("ssh-keygen"),
-    reason="needs /usr/sbin/sshd, ssh and ssh-keygen (run 'make test-deps' as root to install "
-    "openssh-server)",
-)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _keygen(path: Path) -> str:
-    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(path)], check=True)
-    return path.with_suffix(".pub").read_text().strip()
+pytestmark = pytest.mark.skipif(MISSING, reason=REASON)
 
 
 @pytest.fixture(scope="module")
 def device(tmp_path_factory):
     """(ssh config path, host alias, work dir) of a running throwaway sshd."""
     d = tmp_path_factory.mktemp("sshd")
-    host_pub = _keygen(d / "host_key")
-    (d / "authorized_keys").write_text(_keygen(d / "user_key") + "\n")
-    port = _free_port()
-    (d / "sshd_config").write_text(f"""Port {port}
-ListenAddress 127.0.0.1
-HostKey {d / "host_key"}
-AuthorizedKeysFile {d / "authorized_keys"}
-PidFile {d / "sshd.pid"}
-UsePAM no
-StrictModes no
-PasswordAuthentication no
-KbdInteractiveAuthentication no
-PermitRootLogin prohibit-password
-""")
-    if os.geteuid() == 0:
-        Path("/run/sshd").mkdir(exist_ok=True)  # sshd's privilege separation directory
-    log = open(d / "sshd.log", "w")  # noqa: SIM115 (open while sshd runs)
-    proc = subprocess.Popen([str(SSHD), "-D", "-e", "-f", str(d / "sshd_config")], stderr=log)
-    (d / "known_hosts").write_text(f"[127.0.0.1]:{port} {host_pub}\n")
-    (d / "ssh_config").write_text(f"""Host device
-  HostName 127.0.0.1
-  Port {port}
-  User {getpass.getuser()}
-  IdentityFile {d / "user_key"}
-  IdentitiesOnly yes
-  UserKnownHostsFile {d / "known_hosts"}
-  GlobalKnownHostsFile /dev/null
-""")
-    for _ in range(100):
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            break
-        except OSError:
-            if proc.poll() is not None:
-                pytest.skip(f"sshd did not start: {(d / 'sshd.log').read_text()[-300:]}")
-            time.sleep(0.05)
+    server = Sshd(d, "device")
+    (d / "known_hosts").write_text(server.known_hosts)
+    (d / "ssh_config").write_text(server.host_block + f"  UserKnownHostsFile {d / 'known_hosts'}\n")
+    why = server.start()
+    if why:
+        pytest.skip(why)
     yield d / "ssh_config", "device", d
-    proc.terminate()
-    proc.wait(timeout=10)
-    log.close()
+    server.stop()
 
 
 @pytest.fixture(scope="module")
@@ -165,7 +112,7 @@ def test_unknown_host_key_is_refused(device, model, tmp_path):
 def test_unreachable_host(device, model, tmp_path):
     cfg, host, d = device
     closed = tmp_path / "ssh_config"
-    closed.write_text(cfg.read_text().replace(f"Port {_port(cfg)}", f"Port {_free_port()}"))
+    closed.write_text(cfg.read_text().replace(f"Port {_port(cfg)}", f"Port {free_port()}"))
     with pytest.raises(VlaedgeError, match="cannot reach device"):
         _profile((closed, host, d), model, tmp_path)
 

@@ -268,6 +268,24 @@ def _executor(config):
         yield executor
 
 
+InventoryOpt = Annotated[Path | None, typer.Option(
+    "--inventory", help="Run on every device of this inventory YAML (name, ssh, target per device) over SSH "
+    "at once; one table per device (docs: guides/cluster.md).")]
+
+
+def _fleet(command: str, inventory: Path, subject: Path, out: Path, budgets: Path | None, force: bool,
+           **options) -> None:
+    """The fleet form of `profile` / `device-check`: prints each device's table; exit 1 when a device is
+    over its target's budgets."""
+    from vlaedge.device_check import fleet
+
+    result = fleet(command, inventory, subject, out, budgets, force, log=_log, **options)
+    _echo(result.markdown())
+    _echo(f"wrote {out}/fleet.json, fleet.md and one folder per device")
+    if not result:
+        raise GateFailed(result.failure_line())
+
+
 def _recipe(path: str | Path, overrides: list[str] | None):
     from vlaedge.recipe import load_recipe
 
@@ -559,10 +577,18 @@ def profile(
     force: Annotated[bool, typer.Option("--force", help="Replace an existing --out folder.")] = False,
     allow_pickle: AllowPickle = False,
     trust_code: TrustCode = False,
+    inventory: InventoryOpt = None,
+    budgets: Annotated[Path | None, typer.Option(
+        "--budgets", "-b", help="With --inventory: judge each device against its target's budgets (a "
+        "budgets YAML or a recipe).")] = None,
 ) -> None:
     """Latency percentiles, control rate, peak memory and file size of MODEL; writes DIR/profile.json."""
     from vlaedge.commands import run_profile
 
+    if inventory is not None:
+        _fleet("profile", inventory, model, out, budgets, force, runtime=runtime, runs=runs, warmup=warmup,
+               threads=threads)
+        return
     path, table = run_profile(model, checkpoint, runtime, runs, warmup, threads, compare or [], out, remote,
                               data, control_hz, allow_pickle, force, trust_code)
     if table:
@@ -649,10 +675,20 @@ def device_check(
     warmup: Annotated[int, typer.Option(min=0, help="Untimed warm-up runs.")] = 20,
     builder: Annotated[str, typer.Option(help="python (TensorRT API) or trtexec (build.sh).")] = "python",
     trust_code: TrustCode = False,
+    inventory: InventoryOpt = None,
+    out: Annotated[Path, typer.Option(
+        "--out", "-o", help="With --inventory: fleet.json, fleet.md and one folder per device.")] = Path(
+        "runs/fleet-device-check"),
+    force: ForceOpt = False,
 ) -> None:
     """On the device: build RUN_DIR's TensorRT plan, compare it with ONNX Runtime, profile it, one summary."""
     from vlaedge.device_check import REPORT_NAME
     from vlaedge.device_check import device_check as run
+
+    if inventory is not None:
+        _fleet("device-check", inventory, run_dir, out, None, force, frames=frames, runs=runs, warmup=warmup,
+               builder=builder)
+        return
 
     result = run(run_dir, frames, runs, warmup, builder, log=_log, trust_code=trust_code)
     _echo(result.summary())

@@ -8,6 +8,10 @@ TensorRT's own effect is separated from quantization's, which `vlaedge verify` m
 policy), profiles the plan, prints one summary and writes `RUN_DIR/device_check.json`. Where TensorRT or a
 GPU is missing it refuses with one line before touching anything.
 
+`fleet` runs `vlaedge profile` or `vlaedge device-check` on every device of an inventory file over SSH at
+once (`vlaedge.deploy.fleet`) and judges each device against its own target's budgets: one table per
+device in OUT/fleet.md, the figures in OUT/fleet.json, nothing at OUT unless every device answered.
+
 Like `vlaedge.pipeline`, it strings stages of several wings together (deploy: the build; check: drift and
 profile), so it sits at the pipeline's layer, above the wings. NOT RUN ON REAL TENSORRT: no machine of this
 project has TensorRT and a GPU; the refusals and the comparison (on two ONNX Runtime sessions) are tested.
@@ -248,3 +252,113 @@ def _profile(onnx: Path, policy, evaluation, runs: int, warmup: int, seed: int) 
     return {"runs": runs, "median_ms": model.latency.median_ms, "p99_ms": model.latency.p99_ms,
             "inferences_per_s": model.rate.get("inferences_per_s"), "device": report.device,
             "power": report.power}
+
+
+FLEET_BUDGETS = ("max_latency_p99_ms", "min_rate_hz", "max_memory_mb", "max_file_size_mb", "targets")
+
+
+@dataclass
+class FleetRun:
+    """A fleet command's per-device results; truthy when every device met its target's budgets."""
+
+    command: str  # "profile" or "device-check"
+    out: Path
+    devices: list[dict]  # {name, ssh, target, report (the pulled profile / device check), checks, passed}
+
+    def __bool__(self) -> bool:
+        return all(d["passed"] for d in self.devices)
+
+    def failure_line(self) -> str:
+        bad = [f"{d['name']} ({d['target']}): {', '.join(c['name'] for c in d['checks'] if not c['ok'])}"
+               for d in self.devices if not d["passed"]]
+        return f"fleet {self.command}: budgets violated on {'; '.join(bad)}"
+
+    def markdown(self) -> str:
+        """One table per device: its latency figures and its target's budgets, judged."""
+        parts = [f"# vlaedge fleet {self.command}\n"]
+        for d in self.devices:
+            verdict = "within its target's budgets" if d["passed"] else "OVER BUDGET"
+            parts.append(f"## {d['name']} ({d['ssh']}, target {d['target']}): {verdict}\n")
+            parts += ["| figure | value |", "| --- | --- |"]
+            parts += [f"| {k} | {v} |" for k, v in d["figures"].items()]
+            parts += ["", "| budget | measured | allowed | verdict |", "| --- | --- | --- | --- |"]
+            parts += [f"| {c['name']} | {c['measured']} | {c['op']} {c['allowed']} | {c['status']} |"
+                      for c in d["checks"]] or ["| (none set for this target) | | | |"]
+            parts.append("")
+        return "\n".join(parts)
+
+
+def fleet(command: str, inventory_path: Path, subject: Path, out: Path, budgets_path: Path | None = None,
+          force: bool = False, log=print, **options) -> FleetRun:
+    """`vlaedge profile --inventory` / `vlaedge device-check --inventory`: the remote step on every device of
+    the inventory at once (`vlaedge.deploy.fleet`), each judged against the budgets of its own target
+    (`budgets.targets.<target>` over the top-level latency, rate, memory and size budgets).
+
+    Args:
+        command: "profile" (`subject` is a model, bundle or run directory) or "device-check" (a run).
+        inventory_path: the inventory YAML (name, ssh, target per device).
+        subject: what runs on each device.
+        out: the output directory: fleet.json, fleet.md and DEVICE/ (its pulled report) per device; written
+            only when every device succeeded (staged, then moved into place).
+        budgets_path: budgets YAML or a recipe; None: nothing judged.
+        force: replace an existing `out`.
+        options: the remote step's (runtime, runs, warmup, threads; frames, builder).
+
+    Returns:
+        The `FleetRun` (falsy when a device is over its budgets).
+
+    Raises:
+        VlaedgeError: a bad inventory or budgets file, or a device that failed (named, with its address).
+    """
+    from vlaedge.artifact import OutputDir
+    from vlaedge.deploy.fleet import load_inventory, on_each
+    from vlaedge.deploy.remote import device_check_remote, profile_remote
+    from vlaedge.recipe import Budgets, load_budgets
+
+    inventory = load_inventory(inventory_path)
+    budgets = load_budgets(budgets_path) if budgets_path else Budgets()
+    budgets = Budgets(**{k: getattr(budgets, k) for k in FLEET_BUDGETS})
+    log(f"fleet {command}: {len(inventory.devices)} device(s): "
+        + ", ".join(f"{d.name} ({d.target})" for d in inventory.devices))
+
+    def step(device, folder: Path) -> Path:
+        common = {"port": device.port, "remote_dir": device.remote_dir, "remote_vlaedge": device.vlaedge,
+                  "ssh_config": inventory.ssh_config}
+        if command == "profile":
+            return profile_remote(device.ssh, subject, out=folder, **common, **options)
+        return device_check_remote(device.ssh, subject, folder, **common, **options)
+
+    protect = (Path(subject), Path(inventory_path))
+    with OutputDir(out, force, protect=protect, command=f"fleet {command}") as od:
+        pulled = on_each(inventory, step, od.path, command)
+        devices = [_judged(d, json.loads(pulled[d.name].read_text()), command, budgets)
+                   for d in inventory.devices]
+        result = FleetRun(command, Path(out), devices)
+        (od.path / "fleet.json").write_text(json.dumps({"schema": "vlaedge.fleet/1", "command": command,
+                                                        "passed": bool(result), "devices": devices},
+                                                       indent=1, default=str) + "\n")
+        (od.path / "fleet.md").write_text(result.markdown())
+        od.commit()
+    return result
+
+
+def _judged(device, report: dict, command: str, budgets) -> dict:
+    """One device's row: its figures and its target's budgets judged on them."""
+    from vlaedge.check.gate import PASSING, gate
+
+    if command == "profile":
+        model = report["models"][0]
+        lat, rate = model["latency"], model["rate"]
+        figures = {"runtime": model["runtime"], "median ms": f"{lat['median_ms']:.3f}",
+                   "p99 ms": f"{lat['p99_ms']:.3f}", "inferences/s": f"{rate['inferences_per_s']:.1f}"}
+        judged = gate({"profile": report, "policy": {}, "candidate": {}, "target": device.target}, budgets,
+                      device.target)
+        checks = [{"name": c.name, "status": c.status, "measured": c.measured, "allowed": c.allowed,
+                   "op": c.op, "ok": c.status in PASSING} for c in judged.checks]
+    else:
+        prof = report.get("profile") or {}
+        figures = {"TensorRT": report.get("tensorrt"), "plan": report.get("plan"),
+                   "median ms": prof.get("median_ms"), "p99 ms": prof.get("p99_ms")}
+        checks = []
+    return {"name": device.name, "ssh": device.ssh, "target": device.target, "figures": figures,
+            "checks": checks, "passed": all(c["ok"] for c in checks), "report": report}

@@ -68,17 +68,7 @@ def profile_remote(
     """
     files, remote_model = _payload(Path(model), runtime)
     payload = _tar(files)
-    ssh = Ssh(host, port, ssh_config, timeout_s)
-    run_dir = f"{_remote_path(remote_dir)}/run-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
-    probe = (
-        f"mkdir -p {run_dir} && {{ command -v {_remote_cmd(remote_vlaedge)} >/dev/null 2>&1 || "
-        f"exit {_MISSING}; }}"
-    )
-    if ssh.run(probe, "connect").returncode == _MISSING:
-        raise VlaedgeError(
-            f"remote: {remote_vlaedge!r} is not found on {host}",
-            "install vlaedge on the device (pip install vlaedge) or pass --remote-vlaedge PATH",
-        )
+    ssh, run_dir = open_run(host, port, ssh_config, timeout_s, remote_dir, remote_vlaedge)
     ssh.run(f"tar -C {run_dir} -xf -", "copy the model", stdin=payload)
     if runtime == "trt" and build:
         _remote_build(ssh, run_dir)
@@ -102,6 +92,74 @@ def profile_remote(
         "profile",
     )
     return pull_profile(ssh, host, run_dir, out)
+
+
+def open_run(host: str, port: int | None, ssh_config: Path | None, timeout_s: float, remote_dir: str,
+             remote_vlaedge: str) -> tuple[Ssh, str]:
+    """Connects to `host`, makes a fresh run directory under `remote_dir` and checks vlaedge is there.
+
+    Returns:
+        (the `Ssh`, the run directory as a quoted remote path).
+
+    Raises:
+        VlaedgeError: host unreachable, host key unknown, key refused, or vlaedge missing on the device.
+    """
+    ssh = Ssh(host, port, ssh_config, timeout_s)
+    run_dir = f"{_remote_path(remote_dir)}/run-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
+    probe = (
+        f"mkdir -p {run_dir} && {{ command -v {_remote_cmd(remote_vlaedge)} >/dev/null 2>&1 || "
+        f"exit {_MISSING}; }}"
+    )
+    if ssh.run(probe, "connect").returncode == _MISSING:
+        raise VlaedgeError(
+            f"remote: {remote_vlaedge!r} is not found on {host}",
+            "install vlaedge on the device (pip install vlaedge) or pass --remote-vlaedge PATH",
+        )
+    return ssh, run_dir
+
+
+def device_check_remote(
+    host: str,
+    run: Path,
+    out: Path,
+    frames: int = 64,
+    runs: int = 200,
+    warmup: int = 20,
+    builder: str = "python",
+    port: int | None = None,
+    remote_dir: str = "~/vlaedge-remote",
+    remote_vlaedge: str = "vlaedge",
+    ssh_config: Path | None = None,
+    timeout_s: float = 3600,
+) -> Path:
+    """Runs `vlaedge device-check` on `host` on a copy of the compress output `run` and pulls the result.
+
+    The run directory travels as a tar over ssh (its manifest, model and engine bundle); the checkpoint and
+    dataset its manifest names must exist at the same paths on the device (device-check reads the
+    evaluation split from them).
+
+    Returns:
+        `out/device_check.json`.
+
+    Raises:
+        VlaedgeError: as `profile_remote`, or device-check refusing there (no TensorRT, no GPU), with the
+            device's own line.
+    """
+    run = Path(run)
+    if not (run / "manifest.json").is_file():
+        raise VlaedgeError(f"remote: {run} is not a 'vlaedge compress' output directory",
+                           "pass the directory 'vlaedge compress --recipe ... --out DIR' wrote")
+    files = [(p, str(Path("run") / p.relative_to(run))) for p in sorted(run.rglob("*")) if p.is_file()]
+    ssh, run_dir = open_run(host, port, ssh_config, timeout_s, remote_dir, remote_vlaedge)
+    ssh.run(f"tar -C {run_dir} -xf -", "copy the run", stdin=_tar(files))
+    cmd = [remote_vlaedge, "device-check", "run", "--frames", str(frames), "--runs", str(runs), "--warmup",
+           str(warmup), "--builder", builder]
+    ssh.run(f"cd {run_dir} && " + " ".join(_remote_cmd(c) if i == 0 else shlex.quote(c)
+                                           for i, c in enumerate(cmd)), "device-check")
+    pulled = ssh.run(f"cat {run_dir}/run/device_check.json", "pull the device check", binary=True)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "device_check.json").write_bytes(pulled.stdout)
+    return out / "device_check.json"
 
 
 def pull_profile(ssh: Ssh, host: str, run_dir: str, out: Path) -> Path:
