@@ -29,6 +29,7 @@ from importlib.util import find_spec
 from pathlib import Path
 
 import pytest
+import yaml
 from cli_runner import run_cli
 
 from vlaedge import docs_reference
@@ -237,6 +238,14 @@ def simple_commands(line: str) -> list[str]:
     return parts
 
 
+def yaml_runs(node) -> list[str]:
+    """The `run:` values of a YAML document (a workflow or a fragment of its steps), depth first."""
+    if isinstance(node, dict):
+        return [v for k, v in node.items() if k == "run" and isinstance(v, str)] + [
+            r for k, v in node.items() if k != "run" for r in yaml_runs(v)]
+    return [r for v in node for r in yaml_runs(v)] if isinstance(node, list) else []
+
+
 def shell_commands(page: Path) -> list[Command]:
     text = page.read_text()
     found = []
@@ -247,8 +256,8 @@ def shell_commands(page: Path) -> list[Command]:
         if lang in SHELL_LANGS:  # an unlabelled block may be a file tree: only its command lines
             lines = [ln for ln in body.splitlines()
                      if lang or re.match(r"(?:\S*/)?(vlaedge|python3?|make) ", ln)]
-        elif lang in ("yaml", "yml"):  # a CI workflow's steps
-            lines = [ln for ln in re.findall(r"^\s*(?:-\s+)?run:\s*(.+)$", body, re.M) if ln[0] not in "|>"]
+        elif lang in ("yaml", "yml"):  # a CI workflow's steps: each `run:` (folded or literal) line
+            lines = [ln for run in yaml_runs(yaml.safe_load(body)) for ln in run.splitlines()]
         else:
             continue
         # `vlaedge prune | quantize | export ...` lists commands: one line, not a pipe
@@ -390,8 +399,9 @@ DEFAULT = "vlaedge/assets/default_policy"  # the built-in default policy's check
 RUN: dict[str, tuple[dict[str, str], int]] = {
     r"(?:\S*/)?vlaedge (info|targets|recipes)": ({}, 0),
     r"(?:\S*/)?vlaedge( [a-z][\w-]*)? --help": ({}, 0),
-    r"vlaedge data path/to/lerobot_dataset( -c path/to/checkpoint)?": (
-        {"path/to/lerobot_dataset": SAMPLE, "path/to/checkpoint": DEFAULT}, 0),
+    r"vlaedge data path/to/lerobot_dataset( -c path/to/(checkpoint|pretrained_model))?": (  # the default's
+        {"path/to/lerobot_dataset": SAMPLE, "path/to/checkpoint": DEFAULT,
+         "path/to/pretrained_model": DEFAULT}, 0),
     r"vlaedge record runs/tabletop --episodes 60 --seed 0": ({}, 0),
     r"vlaedge estimate model\.onnx --target [\w-]+": ({"model.onnx": "TINY_ONNX"}, 0),
     r"vlaedge (compress|verify|quantize|prune)( --\w+ \S+)* --device cuda( --\w+ \S+)*": ({}, 2),  # refused

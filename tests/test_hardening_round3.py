@@ -302,7 +302,8 @@ def readme_section(title: str) -> str:
 
 def readme_commands(section: str) -> list[list[str]]:
     """`vlaedge ...` command lines of a README section: from ```bash blocks and from `code spans`."""
-    lines = [ln for block in re.findall(r"```bash\n(.*?)```", section, re.S) for ln in block.splitlines()]
+    lines = [ln for block in re.findall(r"```bash\n(.*?)```", section, re.S)
+             for ln in block.replace("\\\n", " ").splitlines()]  # a line continued with \ is one command
     lines += re.findall(r"`((?:\.venv/bin/)?vlaedge [^`]+)`", section)
     commands = []
     for line in lines:
