@@ -113,6 +113,16 @@ def test_the_strict_build_fails_on_a_broken_link(tmp_path):
     assert done.returncode != 0 and "no-such-guide.md" in done.stderr, done.stderr[-4000:]
 
 
+def test_the_architecture_pages_layer_table_is_test_layouts():
+    """docs/architecture.md's Layers table names the parts `tests/test_layout.py` LAYERS ranks, in order."""
+    from test_layout import LAYERS
+
+    text = (DOCS / "architecture.md").read_text().partition("\n## Layers\n")[2].partition("\n## ")[0]
+    rows = [re.findall(r"`([^`]+)`", row) for row in re.findall(r"^\| \d[^|]*\|([^\n]*)\|$", text, re.M)]
+    page = [{"" if name == "vlaedge/__init__.py" else name for name in row} for row in rows]
+    assert page == list(LAYERS), f"docs/architecture.md 'Layers' differs from tests/test_layout.py: {page}"
+
+
 # --- 3. every link resolves ------------------------------------------------------------------------------
 
 
