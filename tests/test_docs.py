@@ -332,7 +332,7 @@ def vlaedge_parse(words: list[str], span: bool) -> str:
             continue
         param.process_value(ctx, value)  # raises BadParameter on a value of the wrong kind
     for word in rest[1:]:
-        shipped = word.startswith(("examples/", "calibration/", "vlaedge/assets/", "benchmarks/"))
+        shipped = word.startswith(("examples/", "calibration/", "vlaedge/assets/", "benchmarks/", "tests/"))
         if shipped and not any(placeholder(part) for part in Path(word).parts):
             assert (ROOT / word).exists(), f"{word}: not in the checkout"
     return rest[0]
