@@ -343,8 +343,8 @@ def placeholder(word: str) -> bool:
 
 
 MAKE_TARGETS = set(re.findall(r"^([\w-]+):", (ROOT / "Makefile").read_text(), re.M))
-# commands of the shell itself or of the set-up, which the test does not run: the first word
-OTHER_SHELL = {"cd", ".", "source", "pip", "cp", "ssh", "export", "cat", "true"}
+# commands of the shell, the set-up and other tools (Ray's own CLI), which the test does not run: the first word
+OTHER_SHELL = {"cd", ".", "source", "pip", "cp", "ssh", "export", "cat", "true", "ray"}
 
 
 def check_shell(command: Command) -> str:
@@ -424,7 +424,8 @@ NOT_RUN: list[tuple[str, str]] = [
     ("make", "make demo / test / setup: the set-up and minutes of work; the targets are checked to exist, "
              "and what they run is the suite (tests/test_default_policy.py runs the demo's compress)"),
     ("python", "benchmark and set-up scripts: minutes each (their results are in benchmarks/results/)"),
-    ("shell", "the shell and pip: the set-up, not vlaedge (tests/test_wheel.py installs the wheel)"),
+    ("shell", "the shell, pip and Ray's own CLI: the set-up, not vlaedge (tests/test_wheel.py installs the "
+              "wheel)"),
     ("", "a synopsis listing commands: each command it names is checked to exist"),
     ("compress", "minutes of compress on a real policy: tests/test_compress.py, tests/test_default_policy.py "
                  "(the demo's cpu-int8 on the default), tests/test_lerobot_compress.py"),
