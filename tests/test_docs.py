@@ -39,8 +39,6 @@ README = ROOT / "README.md"
 DOCS = ROOT / "docs"
 SCRIPTS = ROOT / "benchmarks" / "README.md"  # in the site as benchmarks/scripts.md (docs/hooks.py)
 PAGES = [README, *sorted(DOCS.rglob("*.md")), SCRIPTS]
-# pages another piece of work adds: a link to one is checked once it exists, skipped until then
-PENDING = {DOCS / "guides" / "cluster.md": "the cluster guide (issue 26)"}
 needs_mkdocs = pytest.mark.skipif(find_spec("mkdocs") is None or find_spec("material") is None,
                                   reason="mkdocs / mkdocs-material not installed: pip install -e '.[docs]'")
 
@@ -195,8 +193,6 @@ def test_every_link_resolves_to_a_file_and_heading(page):
     for link in links(page):
         target, _, anchor = link.partition("#")
         path = target_file(page, target)
-        if path in PENDING and not path.exists():
-            continue
         if not path.exists() or not path.resolve().is_relative_to(ROOT):
             broken.append(f"{link}: no file {path}")
         elif anchor and path.suffix == ".md" and anchor not in anchors(path, slug):
@@ -343,7 +339,7 @@ def placeholder(word: str) -> bool:
 
 
 MAKE_TARGETS = set(re.findall(r"^([\w-]+):", (ROOT / "Makefile").read_text(), re.M))
-# commands of the shell, the set-up and other tools (Ray's own CLI), which the test does not run: the first word
+# the first word of commands of the shell, the set-up and other tools (Ray's CLI), which are not run here
 OTHER_SHELL = {"cd", ".", "source", "pip", "cp", "ssh", "export", "cat", "true", "ray"}
 
 
