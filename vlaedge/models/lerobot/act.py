@@ -34,13 +34,17 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from vlaedge.errors import VlaedgeError
+from vlaedge.models.lerobot.features import (
+    ACTION_KEY,
+    ENV_KEY,
+    STATE_KEY,
+    action_feature,
+    camera_keys,
+    refuse,
+)
 from vlaedge.models.lerobot.resnet import FEATURE_CHANNELS, FrozenBatchNorm2d, feature_size, resnet18_layers
 
 ROOT = "model"  # ACTPolicy holds the network as `self.model`: the checkpoint's key prefix
-STATE_KEY = "observation.state"
-ENV_KEY = "observation.environment_state"
-ACTION_KEY = "action"
 _ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {"relu": F.relu, "gelu": F.gelu}
 # ACTConfig's defaults (LeRobot 0.4.4), for config.json files written before a field existed
 _DEFAULTS = {"n_obs_steps": 1, "chunk_size": 100, "vision_backbone": "resnet18",
@@ -80,12 +84,10 @@ class ActSpec:
         """
         c = {**_DEFAULTS, **config}
         _check_supported(c)
-        inputs = c.get("input_features") or {}
-        cameras = tuple(k for k, f in inputs.items() if f.get("type") == "VISUAL")
+        inputs, cameras, action = c.get("input_features") or {}, camera_keys(c), action_feature(c)
         shapes = tuple(tuple(inputs[k]["shape"]) for k in cameras)
         state = inputs.get(STATE_KEY) if inputs.get(STATE_KEY, {}).get("type") == "STATE" else None
         env = next(((k, f) for k, f in inputs.items() if f.get("type") == "ENV"), None)
-        action = (c.get("output_features") or {}).get(ACTION_KEY)
         _check_features(c, cameras, shapes, env, action)
         return cls(
             cameras=cameras, image_shapes=shapes, state_dim=state["shape"][0] if state else None,
@@ -97,42 +99,38 @@ class ActSpec:
             n_vae_encoder_layers=c["n_vae_encoder_layers"])
 
 
-def _refuse(field: str, value: object, fix: str) -> VlaedgeError:
-    return VlaedgeError(f"lerobot: config.json: {field} = {value!r} is not supported", fix)
-
-
 def _check_supported(c: dict) -> None:
     if c["vision_backbone"] != "resnet18":
-        raise _refuse("vision_backbone", c["vision_backbone"], "only resnet18 ACT checkpoints load")
+        raise refuse("vision_backbone", c["vision_backbone"], "only resnet18 ACT checkpoints load")
     if c["replace_final_stride_with_dilation"]:
-        raise _refuse("replace_final_stride_with_dilation", c["replace_final_stride_with_dilation"],
-                      "resnet18 has no dilated variant (LeRobot cannot build it either); set it to false")
+        raise refuse("replace_final_stride_with_dilation", c["replace_final_stride_with_dilation"],
+                     "resnet18 has no dilated variant (LeRobot cannot build it either); set it to false")
     if c["feedforward_activation"] not in _ACTIVATIONS:
-        raise _refuse("feedforward_activation", c["feedforward_activation"],
-                      f"use one of {', '.join(_ACTIVATIONS)}")
+        raise refuse("feedforward_activation", c["feedforward_activation"],
+                     f"use one of {', '.join(_ACTIVATIONS)}")
     if c["n_obs_steps"] != 1:
-        raise _refuse("n_obs_steps", c["n_obs_steps"], "ACT takes one observation step; set it to 1")
+        raise refuse("n_obs_steps", c["n_obs_steps"], "ACT takes one observation step; set it to 1")
     if c["temporal_ensemble_coeff"] is not None:
-        raise _refuse("temporal_ensemble_coeff", c["temporal_ensemble_coeff"],
-                      "vlaedge runs the predicted chunk; set it to null (n_action_steps > 1)")
+        raise refuse("temporal_ensemble_coeff", c["temporal_ensemble_coeff"],
+                     "vlaedge runs the predicted chunk; set it to null (n_action_steps > 1)")
     if c["dim_model"] % c["n_heads"]:
-        raise _refuse("dim_model", c["dim_model"], f"it must be a multiple of n_heads = {c['n_heads']}")
+        raise refuse("dim_model", c["dim_model"], f"it must be a multiple of n_heads = {c['n_heads']}")
 
 
 def _check_features(c: dict, cameras: tuple, shapes: tuple, env: tuple | None, action: dict | None) -> None:
     if not cameras and env is None:
-        raise _refuse("input_features", sorted(c.get("input_features") or {}),
-                      "ACT needs at least one VISUAL input or an ENV input")
+        raise refuse("input_features", sorted(c.get("input_features") or {}),
+                     "ACT needs at least one VISUAL input or an ENV input")
     for key, shape in zip(cameras, shapes, strict=True):
         if len(shape) != 3 or shape[0] != 3:
-            raise _refuse(f"input_features.{key}.shape", list(shape), "images must be (3, H, W)")
+            raise refuse(f"input_features.{key}.shape", list(shape), "images must be (3, H, W)")
     if cameras and c["dim_model"] % 4:
-        raise _refuse("dim_model", c["dim_model"], "the 2-D image position embedding needs a multiple of 4")
+        raise refuse("dim_model", c["dim_model"], "the 2-D image position embedding needs a multiple of 4")
     if env is not None and env[0] != ENV_KEY:
-        raise _refuse("input_features", env[0], f"LeRobot's ACT reads the ENV input from {ENV_KEY!r}")
+        raise refuse("input_features", env[0], f"LeRobot's ACT reads the ENV input from {ENV_KEY!r}")
     if action is None or action.get("type") != "ACTION":
-        raise _refuse("output_features", sorted(c.get("output_features") or {}),
-                      f"ACT needs an ACTION output named {ACTION_KEY!r}")
+        raise refuse("output_features", sorted(c.get("output_features") or {}),
+                     f"ACT needs an ACTION output named {ACTION_KEY!r}")
 
 
 def noise_shapes(config: dict) -> dict[str, tuple[int, ...]]:

@@ -46,13 +46,18 @@ from torch import Tensor, nn
 from vlaedge.errors import VlaedgeError
 from vlaedge.models.lerobot import diffusion_sampler as sampler
 from vlaedge.models.lerobot.diffusion_unet import ConditionalUnet1d
+from vlaedge.models.lerobot.features import (
+    ACTION_KEY,
+    ENV_KEY,
+    NOISE_KEY,
+    STATE_KEY,
+    action_feature,
+    camera_keys,
+    refuse,
+)
 from vlaedge.models.lerobot.resnet import FEATURE_CHANNELS, feature_size, resnet18_layers
 
 ROOT = "diffusion"  # DiffusionPolicy holds the network as `self.diffusion`: the checkpoint's key prefix
-STATE_KEY = "observation.state"
-ENV_KEY = "observation.environment_state"
-ACTION_KEY = "action"
-NOISE_KEY = "noise"  # (B, horizon, A): the sampler's start sample x_T
 VARIANCE_NOISE_KEY = "variance_noise"  # (B, N - 1, horizon, A): DDPM's per-step draws, step order
 # DiffusionConfig's defaults (LeRobot 0.4.4), for config.json files written before a field existed
 _DEFAULTS = {"n_obs_steps": 2, "horizon": 16, "n_action_steps": 8, "vision_backbone": "resnet18",
@@ -96,8 +101,7 @@ class DiffusionSpec:
             VlaedgeError: a field this module does not build, naming it and its value.
         """
         c = {**_DEFAULTS, **config}
-        inputs = c.get("input_features") or {}
-        cameras = tuple(k for k, f in inputs.items() if f.get("type") == "VISUAL")
+        inputs, cameras = c.get("input_features") or {}, camera_keys(c)
         env = next(((k, f) for k, f in inputs.items() if f.get("type") == "ENV"), None)
         _check_features(c, inputs, cameras, env)
         _check_supported(c)
@@ -120,28 +124,24 @@ class DiffusionSpec:
                 clip=bool(c["clip_sample"]), clip_range=c["clip_sample_range"]))
 
 
-def _refuse(field: str, value: object, fix: str) -> VlaedgeError:
-    return VlaedgeError(f"lerobot: config.json: {field} = {value!r} is not supported", fix)
-
-
 def _check_features(c: dict, inputs: dict, cameras: tuple, env: tuple | None) -> None:
     if inputs.get(STATE_KEY, {}).get("type") != "STATE":
-        raise _refuse("input_features", sorted(inputs), f"Diffusion Policy needs a STATE input {STATE_KEY!r}")
+        raise refuse("input_features", sorted(inputs), f"Diffusion Policy needs a STATE input {STATE_KEY!r}")
     if not cameras and env is None:
-        raise _refuse("input_features", sorted(inputs), "Diffusion Policy needs a VISUAL or an ENV input")
+        raise refuse("input_features", sorted(inputs), "Diffusion Policy needs a VISUAL or an ENV input")
     shapes = {k: list(inputs[k]["shape"]) for k in cameras}
     for key, shape in shapes.items():
         if len(shape) != 3 or shape[0] != 3:
-            raise _refuse(f"input_features.{key}.shape", shape, "images must be (3, H, W)")
+            raise refuse(f"input_features.{key}.shape", shape, "images must be (3, H, W)")
         if shape != shapes[cameras[0]]:
-            raise _refuse(f"input_features.{key}.shape", shape,
-                          f"all cameras must have one shape (LeRobot's rule), here {shapes[cameras[0]]}")
+            raise refuse(f"input_features.{key}.shape", shape,
+                         f"all cameras must have one shape (LeRobot's rule), here {shapes[cameras[0]]}")
     if env is not None and env[0] != ENV_KEY:
-        raise _refuse("input_features", env[0], f"LeRobot's Diffusion Policy reads ENV from {ENV_KEY!r}")
-    action = (c.get("output_features") or {}).get(ACTION_KEY)
+        raise refuse("input_features", env[0], f"LeRobot's Diffusion Policy reads ENV from {ENV_KEY!r}")
+    action = action_feature(c)
     if action is None or action.get("type") != "ACTION":
-        raise _refuse("output_features", sorted(c.get("output_features") or {}),
-                      f"Diffusion Policy needs an ACTION output named {ACTION_KEY!r}")
+        raise refuse("output_features", sorted(c.get("output_features") or {}),
+                     f"Diffusion Policy needs an ACTION output named {ACTION_KEY!r}")
 
 
 _CHOICES = {"vision_backbone": ("resnet18",), "noise_scheduler_type": sampler.SCHEDULERS,
@@ -155,31 +155,31 @@ _WHY = {"resize_shape": "set it to null and resize the images to the feature's H
 def _check_supported(c: dict) -> None:
     for field, allowed in _CHOICES.items():
         if c[field] not in allowed:
-            raise _refuse(field, c[field], _WHY.get(field, f"use one of {', '.join(map(str, allowed))}"))
+            raise refuse(field, c[field], _WHY.get(field, f"use one of {', '.join(map(str, allowed))}"))
     if not isinstance(c["spatial_softmax_num_keypoints"], int) or c["spatial_softmax_num_keypoints"] < 1:
-        raise _refuse("spatial_softmax_num_keypoints", c["spatial_softmax_num_keypoints"],
-                      "use a positive number of keypoints (LeRobot cannot build null either)")
+        raise refuse("spatial_softmax_num_keypoints", c["spatial_softmax_num_keypoints"],
+                     "use a positive number of keypoints (LeRobot cannot build null either)")
     steps, train = c["num_inference_steps"] or c["num_train_timesteps"], c["num_train_timesteps"]
     if not 1 <= steps <= train:
-        raise _refuse("num_inference_steps", c["num_inference_steps"],
-                      f"use 1..num_train_timesteps = {train} (diffusers' limit)")
+        raise refuse("num_inference_steps", c["num_inference_steps"],
+                     f"use 1..num_train_timesteps = {train} (diffusers' limit)")
     if c["horizon"] % 2 ** len(c["down_dims"]):
-        raise _refuse("horizon", c["horizon"],
-                      f"it must be a multiple of 2 ** len(down_dims) = {2 ** len(c['down_dims'])}")
+        raise refuse("horizon", c["horizon"],
+                     f"it must be a multiple of 2 ** len(down_dims) = {2 ** len(c['down_dims'])}")
     if not 1 <= c["n_action_steps"] <= c["horizon"] - c["n_obs_steps"] + 1:
-        raise _refuse("n_action_steps", c["n_action_steps"],
-                      f"use 1..horizon - n_obs_steps + 1 = {c['horizon'] - c['n_obs_steps'] + 1}")
+        raise refuse("n_action_steps", c["n_action_steps"],
+                     f"use 1..horizon - n_obs_steps + 1 = {c['horizon'] - c['n_obs_steps'] + 1}")
     dims = list(c["down_dims"])
     if any(d % c["n_groups"] for d in dims) or dims[0] % 8:
-        raise _refuse("down_dims", dims, f"each must be a multiple of n_groups = {c['n_groups']} and the "
-                      "first of 8 (GroupNorm groups)")
+        raise refuse("down_dims", dims, f"each must be a multiple of n_groups = {c['n_groups']} and the "
+                     "first of 8 (GroupNorm groups)")
 
 
 def _check_sizes(c: dict, image_shape: tuple | None, crop: tuple | None) -> None:
     if image_shape is None or crop is None:
         return
     if len(crop) != 2 or not (0 < crop[0] <= image_shape[1] and 0 < crop[1] <= image_shape[2]):
-        raise _refuse("crop_shape", list(crop), f"it must fit in the images' H x W = {list(image_shape[1:])}")
+        raise refuse("crop_shape", list(crop), f"it must fit in the images' H x W = {list(image_shape[1:])}")
 
 
 def noise_shapes(config: dict) -> dict[str, tuple[int, ...]]:

@@ -47,15 +47,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from vlaedge.models.lerobot.features import MASK_KEY, TOKENS_KEY
+from vlaedge.models.lerobot.flow_matching import FlowMatchingVLA
 from vlaedge.models.lerobot.pi0_gemma import PaliGemmaSizes, PaliGemmaWithExpert
-from vlaedge.models.lerobot.pi0_spec import (
-    MASK_KEY,
-    NOISE_KEY,
-    STATE_KEY,
-    TOKENS_KEY,
-    PI0Spec,
-    noise_shapes,
-)
+from vlaedge.models.lerobot.pi0_spec import PI0Spec, noise_shapes
 
 __all__ = ["ROOT", "PI0", "PI0Spec", "build", "noise_shapes", "resize_with_pad"]
 ROOT = "model"  # PI0Policy / PI05Policy hold the network as `self.model`: the checkpoint's key prefix
@@ -107,7 +102,7 @@ def time_embedding(t: Tensor, dim: int, min_period: float, max_period: float) ->
     return torch.cat([torch.sin(angles), torch.cos(angles)], dim=1).to(t.dtype)
 
 
-class PI0(nn.Module):
+class PI0(FlowMatchingVLA):
     """LeRobot's `PI0Pytorch` / `PI05Pytorch` for inference (module names as there). Build it with `build`.
 
     Args:
@@ -130,28 +125,11 @@ class PI0(nn.Module):
             self.action_time_mlp_in = nn.Linear(2 * width, width)
             self.action_time_mlp_out = nn.Linear(width, width)
 
-    def forward(self, batch: dict[str, Tensor]) -> Tensor:
-        """LeRobot's `predict_action_chunk` for the given noise.
-
-        Args:
-            batch: `observation.images.<cam>` float32 (B, 3, H, W) in [0, 1] for every camera,
-                `observation.state` (B, state_dim) normalized (pi0; pi0.5 ignores it: its state is in the
-                tokens), `observation.language.tokens` int64 (B, L), `observation.language.attention_mask`
-                bool (B, L), `noise` float32 (B, chunk_size, max_action_dim).
-
-        Returns:
-            (B, chunk_size, action_dim) float32 normalized actions.
-        """
-        image_tokens = self.embed_images(*(batch[k] for k in self.spec.cameras))
-        prefix = (image_tokens, batch[TOKENS_KEY], batch[MASK_KEY])
-        if self.spec.kind == "pi0":
-            prefix = (*prefix, batch[STATE_KEY])
-        keys, values, prefix_mask = self.encode_prefix(*prefix)
-        x, dt = batch[NOISE_KEY], -1.0 / self.spec.num_steps
-        for step in range(self.spec.num_steps):
-            t = torch.full_like(x[:, 0, 0], 1.0 + step * dt)
-            x = x + dt * self.denoise_step(x, t, keys, values, prefix_mask)
-        return self.unpad_actions(x)
+    def prefix_inputs(self, batch: dict[str, Tensor]) -> tuple[Tensor, ...]:
+        """pi0.5's prefix takes no state (its state is in the tokens)."""
+        if self.spec.kind == "pi05":
+            return batch[TOKENS_KEY], batch[MASK_KEY]
+        return super().prefix_inputs(batch)
 
     def embed_images(self, *images: Tensor) -> Tensor:
         """Stage 1: image tokens of every camera.
@@ -224,10 +202,6 @@ class PI0(nn.Module):
         positions = prefix_mask.long().sum(dim=1, keepdim=True) + torch.arange(steps, device=x.device)[None]
         out, _, _ = self.paligemma_with_expert.expert(suffix, cond, keys, values, mask, positions)
         return self.action_out_proj(out[:, -self.spec.chunk_size:].float())
-
-    def unpad_actions(self, x: Tensor) -> Tensor:
-        """Stage 4: (B, chunk_size, max_action_dim) loop output -> (B, chunk_size, action_dim) actions."""
-        return x[:, :, : self.spec.action_dim]
 
     def embed_suffix(self, x: Tensor, t: Tensor) -> tuple[Tensor, Tensor | None]:
         """(B, S, max_action_dim) sample and (B,) time -> action tokens (B, S, expert width) and the adaRMS

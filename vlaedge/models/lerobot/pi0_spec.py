@@ -8,14 +8,16 @@ import re
 from dataclasses import dataclass
 
 from vlaedge.errors import VlaedgeError
+from vlaedge.models.lerobot.features import (
+    ACTION_KEY,
+    NOISE_KEY,
+    STATE_KEY,
+    action_feature,
+    camera_keys,
+    refuse,
+)
 from vlaedge.models.lerobot.pi0_gemma import GemmaSize, PaliGemmaSizes
 
-STATE_KEY = "observation.state"
-TOKENS_KEY = "observation.language.tokens"
-MASK_KEY = "observation.language.attention_mask"
-NOISE_KEY = "noise"
-ACTION_KEY = "action"
-EMPTY_CAMERA = "observation.images.empty_camera_"  # LeRobot's name for the `empty_cameras` placeholders
 KINDS = ("pi0", "pi05")
 # LeRobot's get_gemma_config (openpi's gemma.py): (width, depth, mlp_dim, num_heads, num_kv_heads, head_dim)
 VARIANTS = {"gemma_300m": GemmaSize(1024, 18, 4096, 8, 1, 256),
@@ -61,10 +63,8 @@ class PI0Spec:
         _check_supported(c)
         sizes = sizes or lerobot_sizes(c)
         _check_sizes(sizes)
-        inputs = c.get("input_features") or {}
-        empty = {f"{EMPTY_CAMERA}{i}" for i in range(c["empty_cameras"])}
-        cameras = tuple(k for k, f in inputs.items() if f.get("type") == "VISUAL" and k not in empty)
-        state, action = inputs.get(STATE_KEY), (c.get("output_features") or {}).get(ACTION_KEY)
+        inputs, cameras, action = c.get("input_features") or {}, camera_keys(c), action_feature(c)
+        state = inputs.get(STATE_KEY)
         _check_features(c, cameras, state, action)
         return cls(
             kind=c["type"], cameras=cameras, image_size=c["image_resolution"][0],
@@ -118,38 +118,34 @@ def noise_shapes(config: dict) -> dict[str, tuple[int, ...]]:
     return {NOISE_KEY: (c["chunk_size"], c["max_action_dim"])}
 
 
-def _refuse(field: str, value: object, fix: str) -> VlaedgeError:
-    return VlaedgeError(f"lerobot: config.json: {field} = {value!r} is not supported", fix)
-
-
 def _check_supported(c: dict) -> None:
     if c.get("type") not in KINDS:
-        raise _refuse("type", c.get("type"), f"this module builds {', '.join(KINDS)}")
+        raise refuse("type", c.get("type"), f"this module builds {', '.join(KINDS)}")
     if c["paligemma_variant"] != "gemma_2b":
-        raise _refuse("paligemma_variant", c["paligemma_variant"],
-                      f"LeRobot 0.4.4 projects SigLIP to {PROJECTION_WIDTH} wide, which only gemma_2b reads "
-                      "(it cannot run another variant either); set it to gemma_2b")
+        raise refuse("paligemma_variant", c["paligemma_variant"],
+                     f"LeRobot 0.4.4 projects SigLIP to {PROJECTION_WIDTH} wide, which only gemma_2b reads "
+                     "(it cannot run another variant either); set it to gemma_2b")
     if c["action_expert_variant"] not in VARIANTS:
-        raise _refuse("action_expert_variant", c["action_expert_variant"],
-                      f"use one of {', '.join(VARIANTS)}")
+        raise refuse("action_expert_variant", c["action_expert_variant"],
+                     f"use one of {', '.join(VARIANTS)}")
     if c["dtype"] not in ("float32", "bfloat16"):
-        raise _refuse("dtype", c["dtype"], "LeRobot builds float32 or bfloat16")
+        raise refuse("dtype", c["dtype"], "LeRobot builds float32 or bfloat16")
     rtc = c["rtc_config"]
     if rtc is not None and (not isinstance(rtc, dict) or rtc.get("enabled", False)):
-        raise _refuse("rtc_config", rtc, "vlaedge does not port Real-Time Chunking (it guides the denoising "
-                      "with the previous chunk); set rtc_config to null or enabled to false")
+        raise refuse("rtc_config", rtc, "vlaedge does not port Real-Time Chunking (it guides the denoising "
+                     "with the previous chunk); set rtc_config to null or enabled to false")
     for field in ("chunk_size", "num_inference_steps", "max_state_dim", "max_action_dim"):
         if not isinstance(c[field], int) or isinstance(c[field], bool) or c[field] < 1:
-            raise _refuse(field, c[field], "it must be a positive integer")
+            raise refuse(field, c[field], "it must be a positive integer")
     for field in ("min_period", "max_period"):
         if not isinstance(c[field], int | float) or isinstance(c[field], bool) or c[field] <= 0:
-            raise _refuse(field, c[field], "it must be a positive number")
+            raise refuse(field, c[field], "it must be a positive number")
     size = c["image_resolution"]
     if (not isinstance(size, list | tuple) or len(size) != 2 or size[0] != size[1]
             or not isinstance(size[0], int) or size[0] < 1):
-        raise _refuse("image_resolution", size, "PaliGemma takes square images: give [side, side]")
+        raise refuse("image_resolution", size, "PaliGemma takes square images: give [side, side]")
     if not isinstance(c["empty_cameras"], int) or c["empty_cameras"] < 0:
-        raise _refuse("empty_cameras", c["empty_cameras"], "a count of placeholder cameras, 0 or more")
+        raise refuse("empty_cameras", c["empty_cameras"], "a count of placeholder cameras, 0 or more")
 
 
 def _check_sizes(sizes: PaliGemmaSizes) -> None:
@@ -163,15 +159,15 @@ def _check_sizes(sizes: PaliGemmaSizes) -> None:
 def _check_features(c: dict, cameras: tuple, state: dict | None, action: dict | None) -> None:
     inputs = c.get("input_features") or {}
     if not cameras:
-        raise _refuse("input_features", sorted(inputs), f"{c['type']} needs at least one VISUAL input")
+        raise refuse("input_features", sorted(inputs), f"{c['type']} needs at least one VISUAL input")
     shapes = {tuple(inputs[k]["shape"]) for k in cameras}
     if any(len(s) != 3 or s[0] != 3 for s in shapes):
-        raise _refuse("input_features", sorted(shapes), "images must be (3, H, W)")
+        raise refuse("input_features", sorted(shapes), "images must be (3, H, W)")
     if c["type"] == "pi0" and (state is None or state.get("type") != "STATE"
                                or state["shape"][0] > c["max_state_dim"]):
-        raise _refuse(f"input_features.{STATE_KEY}", state,
-                      f"pi0 needs a STATE input of at most max_state_dim = {c['max_state_dim']} values")
+        raise refuse(f"input_features.{STATE_KEY}", state,
+                     f"pi0 needs a STATE input of at most max_state_dim = {c['max_state_dim']} values")
     if action is None or action.get("type") != "ACTION" or action["shape"][0] > c["max_action_dim"]:
-        raise _refuse(f"output_features.{ACTION_KEY}", action,
-                      f"{c['type']} needs an ACTION output of at most max_action_dim = {c['max_action_dim']} "
-                      "values")
+        raise refuse(f"output_features.{ACTION_KEY}", action,
+                     f"{c['type']} needs an ACTION output of at most max_action_dim = {c['max_action_dim']} "
+                     "values")

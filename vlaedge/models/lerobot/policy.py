@@ -21,13 +21,11 @@ import numpy as np
 import torch
 
 from vlaedge.models.base import ActionSpec, Policy, TensorSpec
+from vlaedge.models.lerobot.features import EMPTY_CAMERA, MASK_KEY, STATE_KEY, TOKENS_KEY
 from vlaedge.models.lerobot.layout import WEIGHTS, LeRobotCheckpoint, Normalization, read_checkpoint
 from vlaedge.models.preprocess import DataInput, frame_field, image_feed, vector_feed
 from vlaedge.models.stages import StagePlan, check_plan
 
-TOKENS, MASK = "observation.language.tokens", "observation.language.attention_mask"
-STATE = "observation.state"
-EMPTY_CAMERA = "observation.images.empty_camera_"  # LeRobot's placeholders for `empty_cameras`
 STAGED = ("embed_images", "encode_prefix", "denoise_step", "unpad_actions")  # a flow network's stage methods
 SAMPLER_STAGED = ("encode_observation", "denoise_step", "executed_actions")  # Diffusion Policy's
 
@@ -87,7 +85,7 @@ class LeRobotNetwork(torch.nn.Module):
         batch on axis 0, so each graph has one dynamic batch axis. pi0.5 takes no state here (its prompt
         holds it)."""
         keys, values, prefix_mask = self.net.encode_prefix(image_tokens, tokens, mask.bool(),
-                                                           *(self._norm(STATE, s) for s in state))
+                                                           *(self._norm(STATE_KEY, s) for s in state))
         return keys.transpose(0, 1), values.transpose(0, 1), prefix_mask
 
     def stage_expert(self, x: torch.Tensor, t: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
@@ -116,7 +114,7 @@ class LeRobotNetwork(torch.nn.Module):
 
     def forward(self, *args: torch.Tensor) -> torch.Tensor:
         """args in `names` order -> actions (B, n_action_steps, A) in the dataset's units."""
-        batch = {name: x.bool() if name == MASK else self._norm(name, x)
+        batch = {name: x.bool() if name == MASK_KEY else self._norm(name, x)
                  for name, x in zip(self.names, args, strict=True)}
         actions = getattr(self, self.root)(batch)  # (B, chunk_size, A), normalized
         return self._norm("action", actions[:, : self.steps], inverse=True)
@@ -184,12 +182,12 @@ class LeRobotPolicy(Policy):
         cameras = [f.name for f in self.fed_features if f.type == "VISUAL"]
         kv = ["keys", "values", "prefix_mask"]
         steps = self.module.net.spec.num_steps
-        state = [STATE] if any(f.name == STATE for f in self.fed_features) else []
+        state = [STATE_KEY] if any(f.name == STATE_KEY for f in self.fed_features) else []
         return StagePlan.model_validate({
             "graphs": [
                 {"name": "vision", "call": "stage_images", "inputs": cameras, "outputs": ["image_tokens"]},
-                {"name": "prefix", "call": "stage_prefix", "inputs": ["image_tokens", TOKENS, MASK, *state],
-                 "outputs": kv},
+                {"name": "prefix", "call": "stage_prefix",
+                 "inputs": ["image_tokens", TOKENS_KEY, MASK_KEY, *state], "outputs": kv},
                 {"name": "expert", "call": "stage_expert", "inputs": ["x", "t", *kv],
                  "outputs": ["velocity"]},
                 {"name": "actions", "call": "stage_actions", "inputs": ["sample"], "outputs": ["action"]}],
@@ -202,7 +200,7 @@ class LeRobotPolicy(Policy):
         network pads those itself) and, for pi0.5, the state (written into the prompt instead)."""
         prompt = self.ckpt.text is not None and self.ckpt.text.state_prompt
         return [f for f in self.ckpt.inputs if not f.name.startswith(EMPTY_CAMERA)
-                and not (prompt and f.name == STATE)]
+                and not (prompt and f.name == STATE_KEY)]
 
     def _specs(self, noise: dict[str, tuple[int, ...]]) -> list[TensorSpec]:
         """Cameras float32 [0, 1], state/env vectors (range from their statistics), the task's tokens and
@@ -214,13 +212,13 @@ class LeRobotPolicy(Policy):
             specs.append(TensorSpec(f.name, ("B", *history, *f.shape), "float32", low, high))
         if self.tokenizer is not None:
             length = ckpt.text.max_length
-            specs += [TensorSpec(TOKENS, ("B", length), "int64", 0, self.tokenizer.size - 1),
-                      TensorSpec(MASK, ("B", length), "int64", 0, 1)]
+            specs += [TensorSpec(TOKENS_KEY, ("B", length), "int64", 0, self.tokenizer.size - 1),
+                      TensorSpec(MASK_KEY, ("B", length), "int64", 0, 1)]
         return specs + [TensorSpec(n, ("B", *s), "float32", -3.0, 3.0) for n, s in noise.items()]
 
     def data_inputs(self) -> list[DataInput]:
         kinds = {f.name: "image" if f.type == "VISUAL" else "state" for f in self.ckpt.inputs}
-        kinds.update({TOKENS: "instruction", MASK: "instruction_mask"})
+        kinds.update({TOKENS_KEY: "instruction", MASK_KEY: "instruction_mask"})
         out = []
         for s in self.input_spec:
             source = kinds.get(s.name, "noise")
@@ -271,9 +269,9 @@ class LeRobotPolicy(Policy):
         if text.state_prompt:
             from vlaedge.models.lerobot.pi05 import state_prompts
 
-            raw = frame_field(frames, self.ckpt.rename.get(STATE, STATE), "state")
+            raw = frame_field(frames, self.ckpt.rename.get(STATE_KEY, STATE_KEY), "state")
             with torch.no_grad():
-                state = self.module._norm(STATE, torch.from_numpy(np.asarray(raw, np.float32))).numpy()
+                state = self.module._norm(STATE_KEY, torch.from_numpy(np.asarray(raw, np.float32))).numpy()
             tasks = state_prompts(tasks, state, int(self.ckpt.config.get("max_state_dim", 32)))
         elif text.new_line:
             tasks = [t if t.endswith("\n") else t + "\n" for t in tasks]

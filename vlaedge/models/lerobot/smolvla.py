@@ -39,16 +39,19 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from vlaedge.errors import VlaedgeError
+from vlaedge.models.lerobot.features import (
+    ACTION_KEY,
+    NOISE_KEY,
+    STATE_KEY,
+    action_feature,
+    camera_keys,
+    refuse,
+)
+from vlaedge.models.lerobot.flow_matching import FlowMatchingVLA
 from vlaedge.models.lerobot.local_files import local_folder
 from vlaedge.models.lerobot.smolvla_expert import SmolVLMWithExpert
 
 ROOT = "model"  # SmolVLAPolicy holds the network as `self.model`: the checkpoint's key prefix
-STATE_KEY = "observation.state"
-TOKENS_KEY = "observation.language.tokens"
-MASK_KEY = "observation.language.attention_mask"
-NOISE_KEY = "noise"
-ACTION_KEY = "action"
-EMPTY_CAMERA = "observation.images.empty_camera_"  # LeRobot's name for the `empty_cameras` placeholders
 # SmolVLAConfig's defaults (LeRobot 0.4.4), for config.json files written before a field existed
 _DEFAULTS = {"chunk_size": 50, "max_state_dim": 32, "max_action_dim": 32,
              "resize_imgs_with_padding": [512, 512], "empty_cameras": 0, "adapt_to_pi_aloha": False,
@@ -89,10 +92,8 @@ class SmolVLASpec:
         """
         c = {**_DEFAULTS, **config}
         _check_supported(c)
-        inputs = c.get("input_features") or {}
-        empty = {f"{EMPTY_CAMERA}{i}" for i in range(c["empty_cameras"])}
-        cameras = tuple(k for k, f in inputs.items() if f.get("type") == "VISUAL" and k not in empty)
-        state, action = inputs.get(STATE_KEY), (c.get("output_features") or {}).get(ACTION_KEY)
+        inputs, cameras, action = c.get("input_features") or {}, camera_keys(c), action_feature(c)
+        state = inputs.get(STATE_KEY)
         _check_features(c, cameras, state, action)
         resize = c["resize_imgs_with_padding"]
         size = (resize[1], resize[0]) if resize else tuple(inputs[cameras[0]]["shape"][1:])
@@ -105,47 +106,43 @@ class SmolVLASpec:
             max_period=c["max_period"], load_vlm_weights=bool(c["load_vlm_weights"]))
 
 
-def _refuse(field: str, value: object, fix: str) -> VlaedgeError:
-    return VlaedgeError(f"lerobot: config.json: {field} = {value!r} is not supported", fix)
-
-
 def _check_supported(c: dict) -> None:
     for field, fix in (("adapt_to_pi_aloha", "vlaedge does not port the Aloha state/action conversion"),
                        ("use_delta_joint_actions_aloha", "LeRobot does not implement it either"),
                        ("add_image_special_tokens", "vlaedge builds SmolVLA without image special tokens")):
         if c[field]:
-            raise _refuse(field, c[field], f"{fix}; set it to false")
+            raise refuse(field, c[field], f"{fix}; set it to false")
     if not c["use_cache"]:
-        raise _refuse("use_cache", c["use_cache"],
-                      "LeRobot's inference needs the prefix cache; set it to true")
+        raise refuse("use_cache", c["use_cache"],
+                     "LeRobot's inference needs the prefix cache; set it to true")
     if c["num_expert_layers"] > 0 and c["num_expert_layers"] != c["num_vlm_layers"]:
-        raise _refuse("num_expert_layers", c["num_expert_layers"],
-                      "only an expert with one layer per VLM layer loads; set it to -1 or "
-                      f"{c['num_vlm_layers']}")
+        raise refuse("num_expert_layers", c["num_expert_layers"],
+                     "only an expert with one layer per VLM layer loads; set it to -1 or "
+                     f"{c['num_vlm_layers']}")
     for field in ("chunk_size", "num_steps", "max_state_dim", "max_action_dim"):
         if not isinstance(c[field], int) or c[field] < 1:
-            raise _refuse(field, c[field], "it must be a positive integer")
+            raise refuse(field, c[field], "it must be a positive integer")
     resize = c["resize_imgs_with_padding"]
     if resize is not None and (not isinstance(resize, list | tuple) or len(resize) != 2):
-        raise _refuse("resize_imgs_with_padding", resize, "give [width, height] or null")
+        raise refuse("resize_imgs_with_padding", resize, "give [width, height] or null")
 
 
 def _check_features(c: dict, cameras: tuple, state: dict | None, action: dict | None) -> None:
     inputs = c.get("input_features") or {}
     if not cameras:
-        raise _refuse("input_features", sorted(inputs), "SmolVLA needs at least one VISUAL input")
+        raise refuse("input_features", sorted(inputs), "SmolVLA needs at least one VISUAL input")
     shapes = {tuple(inputs[k]["shape"]) for k in cameras}
     if any(len(s) != 3 or s[0] != 3 for s in shapes):
-        raise _refuse("input_features", sorted(shapes), "images must be (3, H, W)")
+        raise refuse("input_features", sorted(shapes), "images must be (3, H, W)")
     if not c["resize_imgs_with_padding"] and len(shapes) > 1:
-        raise _refuse("resize_imgs_with_padding", None, "cameras of different sizes need a resize target")
+        raise refuse("resize_imgs_with_padding", None, "cameras of different sizes need a resize target")
     if state is None or state.get("type") != "STATE" or state["shape"][0] > c["max_state_dim"]:
-        raise _refuse(f"input_features.{STATE_KEY}", state,
-                      f"SmolVLA needs a STATE input of at most max_state_dim = {c['max_state_dim']} values")
+        raise refuse(f"input_features.{STATE_KEY}", state,
+                     f"SmolVLA needs a STATE input of at most max_state_dim = {c['max_state_dim']} values")
     if action is None or action.get("type") != "ACTION" or action["shape"][0] > c["max_action_dim"]:
-        raise _refuse(f"output_features.{ACTION_KEY}", action,
-                      f"SmolVLA needs an ACTION output of at most max_action_dim = {c['max_action_dim']} "
-                      "values")
+        raise refuse(f"output_features.{ACTION_KEY}", action,
+                     f"SmolVLA needs an ACTION output of at most max_action_dim = {c['max_action_dim']} "
+                     "values")
 
 
 def vlm_folder(config: dict, root: Path) -> Path:
@@ -213,7 +210,7 @@ def time_frequencies(dim: int, min_period: float, max_period: float) -> Tensor:
     return 1.0 / period * 2 * math.pi
 
 
-class SmolVLA(nn.Module):
+class SmolVLA(FlowMatchingVLA):
     """LeRobot's `VLAFlowMatching` for inference (module names as there). Build it with `build`.
 
     Args:
@@ -236,27 +233,6 @@ class SmolVLA(nn.Module):
         self.action_time_mlp_out = nn.Linear(expert, expert)
         # a plain float64 tensor, not a buffer: a half-precision cast of the module must not round it
         self.time_freqs = time_frequencies(expert, spec.min_period, spec.max_period)
-
-    def forward(self, batch: dict[str, Tensor]) -> Tensor:
-        """LeRobot's `predict_action_chunk` for the given noise.
-
-        Args:
-            batch: `observation.images.<cam>` float32 (B, 3, H, W) in [0, 1] for every camera,
-                `observation.state` (B, state_dim) normalized, `observation.language.tokens` int64 (B, L),
-                `observation.language.attention_mask` bool (B, L), `noise` float32
-                (B, chunk_size, max_action_dim).
-
-        Returns:
-            (B, chunk_size, action_dim) float32 normalized actions.
-        """
-        image_tokens = self.embed_images(*(batch[k] for k in self.spec.cameras))
-        keys, values, prefix_mask = self.encode_prefix(image_tokens, batch[TOKENS_KEY], batch[MASK_KEY],
-                                                       batch[STATE_KEY])
-        x, dt = batch[NOISE_KEY], -1.0 / self.spec.num_steps
-        for step in range(self.spec.num_steps):
-            t = torch.full_like(x[:, 0, 0], 1.0 + step * dt)
-            x = x + dt * self.denoise_step(x, t, keys, values, prefix_mask)
-        return self.unpad_actions(x)
 
     def embed_images(self, *images: Tensor) -> Tensor:
         """Stage 1: image tokens of every camera.
@@ -320,10 +296,6 @@ class SmolVLA(nn.Module):
         suffix = self.embed_suffix(x, t)
         out = self.vlm_with_expert.expert(suffix, keys, values, prefix_mask)
         return self.action_out_proj(out[:, -self.spec.chunk_size:].float())
-
-    def unpad_actions(self, x: Tensor) -> Tensor:
-        """Stage 4: (B, chunk_size, max_action_dim) loop output -> (B, chunk_size, action_dim) actions."""
-        return x[:, :, : self.spec.action_dim]
 
     def embed_suffix(self, x: Tensor, t: Tensor) -> Tensor:
         """(B, S, max_action_dim) sample and (B,) time -> (B, S, expert hidden) action-time tokens.

@@ -1,0 +1,47 @@
+"""The stage composition LeRobot's flow-matching VLAs share (SmolVLA, pi0, pi0.5): image tokens, a prefix
+key/value cache, `num_steps` Euler steps of the action expert from t = 1 (noise) to t = 0, the action dims.
+
+The stages are methods with tensors in and out, so vlaedge can export them as separate graphs and run the
+loop outside (`vlaedge.models.stages`; t_start 1, t_end 0); `forward` is their composition.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from vlaedge.models.lerobot.features import MASK_KEY, NOISE_KEY, STATE_KEY, TOKENS_KEY
+
+
+class FlowMatchingVLA(nn.Module):
+    """`forward` and `unpad_actions` of a flow-matching VLA. A subclass sets `spec` (with `cameras`,
+    `num_steps`, `chunk_size` and `action_dim`) and defines `embed_images`, `encode_prefix` and
+    `denoise_step`."""
+
+    def forward(self, batch: dict[str, Tensor]) -> Tensor:
+        """LeRobot's `predict_action_chunk` for the given noise.
+
+        Args:
+            batch: `observation.images.<cam>` float32 (B, 3, H, W) in [0, 1] for every camera,
+                `observation.state` (B, state_dim) normalized (pi0.5 does not read it: its state is in the
+                tokens), `observation.language.tokens` int64 (B, L), `observation.language.attention_mask`
+                bool (B, L), `noise` float32 (B, chunk_size, max_action_dim).
+
+        Returns:
+            (B, chunk_size, action_dim) float32 normalized actions.
+        """
+        image_tokens = self.embed_images(*(batch[k] for k in self.spec.cameras))
+        keys, values, prefix_mask = self.encode_prefix(image_tokens, *self.prefix_inputs(batch))
+        x, dt = batch[NOISE_KEY], -1.0 / self.spec.num_steps
+        for step in range(self.spec.num_steps):
+            t = torch.full_like(x[:, 0, 0], 1.0 + step * dt)
+            x = x + dt * self.denoise_step(x, t, keys, values, prefix_mask)
+        return self.unpad_actions(x)
+
+    def prefix_inputs(self, batch: dict[str, Tensor]) -> tuple[Tensor, ...]:
+        """What `encode_prefix` takes after the image tokens: the language tokens and mask, the state."""
+        return batch[TOKENS_KEY], batch[MASK_KEY], batch[STATE_KEY]
+
+    def unpad_actions(self, x: Tensor) -> Tensor:
+        """Stage 4: (B, chunk_size, max_action_dim) loop output -> (B, chunk_size, action_dim) actions."""
+        return x[:, :, : self.spec.action_dim]
