@@ -327,11 +327,23 @@ def vlaedge_parse(words: list[str], span: bool) -> str:
         if value is None or annotation is Path or isinstance(value, bool) or placeholder(str(value)):
             continue
         param.process_value(ctx, value)  # raises BadParameter on a value of the wrong kind
+    if opts.get("overrides") and not span:
+        check_overrides(opts["overrides"], opts.get("recipe"))
     for word in rest[1:]:
         shipped = word.startswith(("examples/", "calibration/", "vlaedge/assets/", "benchmarks/", "tests/"))
         if shipped and not any(placeholder(part) for part in Path(word).parts):
             assert (ROOT / word).exists(), f"{word}: not in the checkout"
     return rest[0]
+
+
+def check_overrides(overrides: list[str], recipe: str | None) -> None:
+    """`--set key=value` items applied to the command's recipe (a shipped one or a file in the checkout;
+    else cpu-int8) the way the CLI applies them: a renamed recipe field or a value out of range raises."""
+    from vlaedge.recipe import load_recipe, shipped_recipes
+
+    items = [item for item in overrides if not any(placeholder(w) for w in re.split(r"[.=]", item))]
+    known = recipe in shipped_recipes() or recipe is not None and (ROOT / recipe).is_file()
+    load_recipe(recipe if known else "cpu-int8", items)
 
 
 def placeholder(word: str) -> bool:
@@ -384,6 +396,8 @@ def test_every_shell_command_names_real_commands_options_and_files():
     ("make docz", "no make target"),
     ("python benchmarks/no_such.py", "no script"),
     ("vlaedge compress examples/no_such_example --trust-code", "not in the checkout"),
+    ("vlaedge compress --recipe cpu-int8 --set verify.closed_loop_episode=0", "verify.closed_loop_episode"),
+    ("vlaedge compress --recipe orin-int8 --set load.device=gpu", "load.device"),
 ])
 def test_the_command_check_refuses_what_the_cli_would(line, error):
     with pytest.raises(Exception, match=re.escape(error)):
@@ -523,3 +537,20 @@ def test_vlaedge_command_help_runs_for_every_command(name, capsys, monkeypatch):
     monkeypatch.setenv("COLUMNS", "120")
     code, text = run_cli([name, "--help"], capsys, monkeypatch)
     assert code == 0 and f"vlaedge {name}" in text and "--help" in text, text
+
+
+# --- 6. the README stays a front page ----------------------------------------------------------------------
+
+
+def test_the_readme_is_a_front_page_that_links_every_guide():
+    """Under ~200 lines, with the sections a newcomer looks for, and a link to every guide of the site."""
+    text = README.read_text()
+    lines = len(text.splitlines())
+    assert lines <= 200, f"README.md has {lines} lines: move the detail into docs/"
+    sections = set(headings(text))
+    assert {"Two commands", "Your own policy", "Running on a cluster", "Documentation"} <= sections, sections
+    assert any(s.startswith("A 60-second tour") for s in sections), sections
+    assert any(s.startswith("Status") for s in sections), sections
+    linked = {target_file(README, link.partition("#")[0]) for link in links(README)}
+    unlinked = [rel(p) for p in sorted((DOCS / "guides").glob("*.md")) if p.resolve() not in linked]
+    assert not unlinked, f"guides the README does not link: {unlinked}"
