@@ -20,6 +20,16 @@ from __future__ import annotations
 _EXTRACTED_BASE = frozenset({
     "device", "input_features", "license", "n_obs_steps", "output_features", "pretrained_path", "private",
     "push_to_hub", "repo_id", "tags", "type", "use_amp", "use_peft"})
+# PI0Config's fields; 0.4.4's PI05Config declares the same ones (the script prints this set for both types)
+_EXTRACTED_PI0 = frozenset({
+    "action_expert_variant", "chunk_size", "compile_mode", "compile_model", "dtype", "empty_cameras",
+    "freeze_vision_encoder", "gradient_checkpointing", "image_resolution", "max_action_dim",
+    "max_period", "max_state_dim", "min_period", "n_action_steps", "normalization_mapping",
+    "num_inference_steps", "optimizer_betas", "optimizer_eps", "optimizer_grad_clip_norm",
+    "optimizer_lr", "optimizer_weight_decay", "paligemma_variant", "rtc_config", "scheduler_decay_lr",
+    "scheduler_decay_steps", "scheduler_warmup_steps", "time_sampling_beta_alpha",
+    "time_sampling_beta_beta", "time_sampling_offset", "time_sampling_scale", "tokenizer_max_length",
+    "train_expert_only"})
 _EXTRACTED_TYPES = {
     "act": frozenset({
         "chunk_size", "dim_feedforward", "dim_model", "dropout", "feedforward_activation", "kl_weight",
@@ -47,24 +57,8 @@ _EXTRACTED_TYPES = {
         "rtc_config", "scheduler_decay_lr", "scheduler_decay_steps", "scheduler_warmup_steps",
         "self_attn_every_n_layers", "tokenizer_max_length", "train_expert_only", "train_state_proj",
         "use_cache", "use_delta_joint_actions_aloha", "vlm_model_name"}),
-    "pi0": frozenset({
-        "action_expert_variant", "chunk_size", "compile_mode", "compile_model", "dtype", "empty_cameras",
-        "freeze_vision_encoder", "gradient_checkpointing", "image_resolution", "max_action_dim",
-        "max_period", "max_state_dim", "min_period", "n_action_steps", "normalization_mapping",
-        "num_inference_steps", "optimizer_betas", "optimizer_eps", "optimizer_grad_clip_norm",
-        "optimizer_lr", "optimizer_weight_decay", "paligemma_variant", "rtc_config", "scheduler_decay_lr",
-        "scheduler_decay_steps", "scheduler_warmup_steps", "time_sampling_beta_alpha",
-        "time_sampling_beta_beta", "time_sampling_offset", "time_sampling_scale", "tokenizer_max_length",
-        "train_expert_only"}),
-    "pi05": frozenset({
-        "action_expert_variant", "chunk_size", "compile_mode", "compile_model", "dtype", "empty_cameras",
-        "freeze_vision_encoder", "gradient_checkpointing", "image_resolution", "max_action_dim",
-        "max_period", "max_state_dim", "min_period", "n_action_steps", "normalization_mapping",
-        "num_inference_steps", "optimizer_betas", "optimizer_eps", "optimizer_grad_clip_norm",
-        "optimizer_lr", "optimizer_weight_decay", "paligemma_variant", "rtc_config", "scheduler_decay_lr",
-        "scheduler_decay_steps", "scheduler_warmup_steps", "time_sampling_beta_alpha",
-        "time_sampling_beta_beta", "time_sampling_offset", "time_sampling_scale", "tokenizer_max_length",
-        "train_expert_only"}),
+    "pi0": _EXTRACTED_PI0,
+    "pi05": _EXTRACTED_PI0,
 }
 _EXTRACTED_STEPS = {
     "action_tokenizer_processor": frozenset({
