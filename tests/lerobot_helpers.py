@@ -7,13 +7,16 @@ from __future__ import annotations
 import importlib.util
 import json
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 
 import numpy as np
 import torch
 
+from vlaedge.models.checkpoint import check_state_dict
 from vlaedge.models.stages import StagePlan
+from vlaedge.models.weights import empty_parameters
 
 TESTS = Path(__file__).resolve().parent
 LEROBOT_CASES = TESTS.parents[1] / "shared" / "cases" / "lerobot_policies"  # ACT and SmolVLA, beside the repo
@@ -25,6 +28,20 @@ def network_state(state: dict[str, torch.Tensor], root: str) -> dict[str, torch.
     """A checkpoint's tensors with the policy's `root.` prefix removed (the network's own names)."""
     assert all(k.startswith(f"{root}.") for k in state)
     return {k.removeprefix(f"{root}."): v for k, v in state.items()}
+
+
+def tensor_layout(state: dict[str, torch.Tensor]) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
+    """{name: (shape, dtype)} of a state dict: what a network built from config must match."""
+    return {k: (tuple(v.shape), v.dtype) for k, v in state.items()}
+
+
+def load_network(build: Callable[[], torch.nn.Module], state: dict[str, torch.Tensor],
+                 folder: Path) -> torch.nn.Module:
+    """`build()` with meta parameters, then `state` loaded as the adapter loads folder/model.safetensors."""
+    with empty_parameters():
+        module = build()
+    check_state_dict(module, state, folder / "model.safetensors")
+    return module
 
 
 def load_reference(case: Path) -> dict[str, np.ndarray]:
@@ -143,3 +160,27 @@ def seeded_diffusion_checkpoint(variant: str, parent: Path) -> Path:
     shutil.copytree(DIFFUSION_FIXTURES / variant / "pretrained_model", folder)
     seeded_weights().write(variant, folder)
     return folder
+
+
+def record_pusht(out: Path, episodes: int, steps: int, task: str) -> Path:
+    """`episodes` short episodes of random targets recorded from gym-pusht itself, saved at `out` as a
+    LeRobot v3 dataset with LeRobot's PushT feature names; returns `out`."""
+    import gymnasium as gym
+
+    from vlaedge.data import Episode, EpisodeDataset, save_lerobot
+
+    env = gym.make("gym_pusht/PushT-v0", obs_type="pixels_agent_pos")
+    rng, recorded = np.random.default_rng(0), []
+    for e in range(episodes):
+        obs, _ = env.reset(seed=e)
+        images, states, actions = [], [], []
+        for _ in range(steps):
+            action = rng.uniform(50, 460, 2).astype(np.float32)
+            images.append(obs["pixels"])
+            states.append(obs["agent_pos"])
+            actions.append(action)
+            obs, *_ = env.step(action)
+        recorded.append(Episode(task, np.stack(images), np.stack(states), np.stack(actions), index=e))
+    env.close()
+    dataset = EpisodeDataset.from_episodes(recorded, fps=10, action_names=["x", "y"])
+    return save_lerobot(dataset, out, image_key="observation.image")

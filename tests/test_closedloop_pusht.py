@@ -19,10 +19,10 @@ import numpy as np
 import pytest
 import torch
 from cli_runner import run_cli
+from lerobot_helpers import record_pusht
 from torch import nn
 
 from vlaedge.check.closedloop import compare_closed_loop
-from vlaedge.data import Episode, EpisodeDataset, save_lerobot
 from vlaedge.errors import VlaedgeError
 from vlaedge.models.python import PythonPolicy, PythonPolicySpec
 
@@ -118,21 +118,7 @@ def policy_of(**kwargs) -> PythonPolicy:
 @pytest.fixture(scope="module")
 def pusht_data(tmp_path_factory) -> Path:
     """8 short episodes recorded from PushT itself (random targets), as a LeRobot v3 dataset."""
-    env = gym.make("gym_pusht/PushT-v0", obs_type="pixels_agent_pos")
-    rng, episodes = np.random.default_rng(0), []
-    for e in range(8):
-        obs, _ = env.reset(seed=e)
-        images, states, actions = [], [], []
-        for _ in range(12):
-            action = rng.uniform(50, 460, 2).astype(np.float32)
-            images.append(obs["pixels"])
-            states.append(obs["agent_pos"])
-            actions.append(action)
-            obs, *_ = env.step(action)
-        episodes.append(Episode(TASK, np.stack(images), np.stack(states), np.stack(actions), index=e))
-    env.close()
-    dataset = EpisodeDataset.from_episodes(episodes, fps=10, action_names=["x", "y"])
-    return save_lerobot(dataset, tmp_path_factory.mktemp("pusht") / "ds", image_key="observation.image")
+    return record_pusht(tmp_path_factory.mktemp("pusht") / "ds", episodes=8, steps=12, task=TASK)
 
 
 RECIPE = """\

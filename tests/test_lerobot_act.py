@@ -17,17 +17,18 @@ import pytest
 import torch
 from lerobot_helpers import (
     LEROBOT_CASES,
+    load_network,
     load_reference,
     network_state,
     onnx_and_torch,
     onnx_session,
     pre_batch,
     relative_error,
+    tensor_layout,
 )
 from safetensors.torch import load_file
 
 from vlaedge.errors import VlaedgeError
-from vlaedge.models.checkpoint import check_state_dict
 from vlaedge.models.lerobot import act
 from vlaedge.models.weights import empty_parameters
 
@@ -52,10 +53,7 @@ def config() -> dict:
 @pytest.fixture(scope="module")
 def net(config):
     """The fixture's network, built with meta parameters and loaded as the adapter loads it."""
-    with empty_parameters():
-        module = act.build(config, FOLDER)
-    check_state_dict(module, checkpoint_state(), FOLDER / "model.safetensors")
-    return module
+    return load_network(lambda: act.build(config, FOLDER), checkpoint_state(), FOLDER)
 
 
 @pytest.fixture(scope="module")
@@ -67,8 +65,7 @@ def reference() -> dict[str, np.ndarray]:
 def test_state_dict_names_shapes_dtypes_equal_the_checkpoint(config):
     with empty_parameters():
         module = act.build(config, FOLDER)
-    expected = {k: (tuple(v.shape), v.dtype) for k, v in checkpoint_state().items()}
-    got = {k: (tuple(v.shape), v.dtype) for k, v in module.state_dict().items()}
+    expected, got = tensor_layout(checkpoint_state()), tensor_layout(module.state_dict())
     assert got == expected
     assert any(k.startswith("vae_encoder.") for k in got)  # use_vae: true keeps the training-only tensors
     assert all(p.is_meta for p in module.parameters())

@@ -22,6 +22,7 @@ import pytest
 import torch
 from lerobot_helpers import (
     DIFFUSION_FIXTURES,
+    load_network,
     load_reference,
     network_state,
     onnx_and_torch,
@@ -29,10 +30,10 @@ from lerobot_helpers import (
     pre_batch,
     relative_error,
     seeded_weights,
+    tensor_layout,
 )
 
 from vlaedge.errors import VlaedgeError
-from vlaedge.models.checkpoint import check_state_dict
 from vlaedge.models.lerobot import diffusion
 from vlaedge.models.lerobot import diffusion_sampler as sampler
 from vlaedge.models.weights import empty_parameters
@@ -69,10 +70,8 @@ def load_net(variant: str, **changes) -> torch.nn.Module:
     """The fixture's network (config.json with `changes`), built with meta parameters and loaded as the
     adapter loads it."""
     folder = DIFFUSION_FIXTURES / variant / "pretrained_model"
-    with empty_parameters():
-        net = diffusion.build({**config_of(variant), **changes}, folder)
-    check_state_dict(net, checkpoint_state(variant), folder / "model.safetensors")
-    return net
+    return load_network(lambda: diffusion.build({**config_of(variant), **changes}, folder),
+                        checkpoint_state(variant), folder)
 
 
 @pytest.fixture(scope="module", params=VARIANTS)
@@ -95,8 +94,7 @@ def test_state_dict_names_shapes_dtypes_equal_the_checkpoint(variant):
     with empty_parameters():
         module = diffusion.build(config_of(variant), Path("."))
     state = checkpoint_state(variant)
-    expected = {k: (tuple(v.shape), v.dtype) for k, v in state.items()}
-    got = {k: (tuple(v.shape), v.dtype) for k, v in module.state_dict().items()}
+    expected, got = tensor_layout(state), tensor_layout(module.state_dict())
     assert got == expected
     assert all(p.is_meta for p in module.parameters())
     grids = [k for k in got if k.endswith("pos_grid")]

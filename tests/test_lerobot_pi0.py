@@ -24,18 +24,19 @@ from lerobot_helpers import (
     PI0_FIXTURES,
     export,
     flow_stage_plan,
+    load_network,
     load_reference,
     network_state,
     onnx_and_torch,
     onnx_session,
     pre_batch,
     relative_error,
+    tensor_layout,
     torch_stage_runner,
 )
 from safetensors.torch import load_file
 
 from vlaedge.errors import VlaedgeError
-from vlaedge.models.checkpoint import check_state_dict
 from vlaedge.models.lerobot import pi0, pi05
 from vlaedge.models.lerobot.pi0_gemma import GemmaSize, PaliGemmaSizes
 from vlaedge.models.lerobot.pi0_siglip import VisionSize
@@ -70,10 +71,8 @@ def checkpoint_state(name: str) -> dict[str, torch.Tensor]:
 
 def load_net(name: str) -> torch.nn.Module:
     """The network built with meta parameters and loaded as the adapter loads it."""
-    with empty_parameters():
-        module = pi0.build(config(name), folder(name), tiny_sizes())
-    check_state_dict(module, checkpoint_state(name), folder(name) / "model.safetensors")
-    return module
+    return load_network(lambda: pi0.build(config(name), folder(name), tiny_sizes()), checkpoint_state(name),
+                        folder(name))
 
 
 @pytest.fixture(scope="module")
@@ -100,8 +99,7 @@ def noised_batch(ref: dict, rows: slice = slice(None)) -> dict[str, torch.Tensor
 def test_state_dict_names_shapes_dtypes_equal_the_checkpoint(name):
     with empty_parameters():
         module = pi0.build(config(name), folder(name), tiny_sizes())
-    expected = {k: (tuple(v.shape), v.dtype) for k, v in checkpoint_state(name).items()}
-    got = {k: (tuple(v.shape), v.dtype) for k, v in module.state_dict().items()}
+    expected, got = tensor_layout(checkpoint_state(name)), tensor_layout(module.state_dict())
     assert got.keys() - expected.keys() == {TIED}
     del got[TIED]
     assert got == expected  # computed buffers (SigLIP position ids) stay out of the state dict

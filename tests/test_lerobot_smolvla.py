@@ -22,18 +22,19 @@ import torch
 from lerobot_helpers import (
     LEROBOT_CASES,
     flow_stage_plan,
+    load_network,
     load_reference,
     network_state,
     onnx_and_torch,
     onnx_session,
     pre_batch,
     relative_error,
+    tensor_layout,
     torch_stage_runner,
 )
 from safetensors.torch import load_file
 
 from vlaedge.errors import VlaedgeError
-from vlaedge.models.checkpoint import check_state_dict
 from vlaedge.models.lerobot import smolvla
 from vlaedge.models.stages import COMPOSITION_TOLERANCE, run_plan
 from vlaedge.models.weights import empty_parameters
@@ -61,10 +62,7 @@ def config() -> dict:
 
 def load_net(config: dict) -> torch.nn.Module:
     """The network built with meta parameters and loaded as the adapter loads it."""
-    with empty_parameters():
-        module = smolvla.build(config, FOLDER)
-    check_state_dict(module, checkpoint_state(), FOLDER / "model.safetensors")
-    return module
+    return load_network(lambda: smolvla.build(config, FOLDER), checkpoint_state(), FOLDER)
 
 
 @pytest.fixture(scope="module")
@@ -94,8 +92,7 @@ def noised_batch(reference: dict, rows: slice = slice(None)) -> dict[str, torch.
 def test_state_dict_names_shapes_dtypes_equal_the_checkpoint(config):
     with empty_parameters():
         module = smolvla.build(config, FOLDER)
-    expected = {k: (tuple(v.shape), v.dtype) for k, v in checkpoint_state().items()}
-    got = {k: (tuple(v.shape), v.dtype) for k, v in module.state_dict().items()}
+    expected, got = tensor_layout(checkpoint_state()), tensor_layout(module.state_dict())
     assert got == expected  # computed buffers (RoPE inv_freq, patch positions) stay out of the state dict
     assert all(p.is_meta for p in module.parameters())
     assert smolvla.noise_shapes(config) == {"noise": (10, 32)}
