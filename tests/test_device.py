@@ -3,8 +3,8 @@
 CPU-only: `auto` resolves to cpu here and is recorded; `cuda` is refused before any stage; and the
 torch-side paths (reference run, ModelOpt calibration, pruning, drift, staged torch runs) feed the module
 through the device helpers with the policy's device, asserted by spying on them with the CPU device object
-a CPU policy reports. That the module then really runs on a GPU is checked by benchmarks/gpu_check.py on a
-machine with CUDA, not here.
+a CPU policy reports. That the module then really runs on a GPU is not checked anywhere yet: no machine
+with CUDA has been available to this project (docs/guides/device.md says so).
 """
 
 from __future__ import annotations
