@@ -63,9 +63,15 @@ def _open(blob: Blob) -> int:
 
 @pytest.fixture(scope="module")
 def ray_executor():
-    pytest.importorskip("ray")
-    with open_executor("ray", "local", max_retries=2, log=lambda _: None) as executor:
-        yield executor
+    """A Ray instance on this machine's 2 CPUs, one node with the custom resource jetson-orin."""
+    ray = pytest.importorskip("ray")
+    ray.init(num_cpus=2, include_dashboard=False, resources={"jetson-orin": 1}, logging_level="WARNING",
+             runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}})
+    try:
+        with open_executor("ray", max_retries=2, log=lambda _: None) as executor:  # joins that instance
+            yield executor
+    finally:
+        ray.shutdown()
 
 
 def test_a_killed_worker_is_retried_and_a_lost_unit_is_named(ray_executor, tmp_path):
@@ -142,6 +148,25 @@ def test_a_small_tune_through_ray_equals_the_local_run(ray_executor, trained_che
     data = json.loads((tmp_path / "ray" / "tune.json").read_text())
     assert data["timing_node"] == ray_executor.node  # latency: one interleaved run, on the node named
     assert data["latency_source"].endswith(f"on {ray_executor.node}")
+
+
+def test_latency_is_timed_on_the_one_node_with_the_timing_resource(ray_executor, tiny_run, tmp_path):
+    import shutil
+
+    from vlaedge.tune.fanout import timed_profile
+
+    models = [tmp_path / "fp32.onnx", tmp_path / "variant.onnx"]
+    for path in models:
+        shutil.copy(tiny_run.onnx, path)
+    ray_executor.timing_resource = "jetson-orin"
+    try:
+        prof, node = timed_profile(ray_executor, models, "ort-cpu", tiny_run.policy, 3, 1, 1)
+        assert len(prof.models) == 2 and node == ray_executor.nodes["tune: latency of 2 models"]
+        ray_executor.timing_resource = "thor"
+        with pytest.raises(VlaedgeError, match="needs a node with resource 'thor'; the cluster has none"):
+            timed_profile(ray_executor, models, "ort-cpu", tiny_run.policy, 3, 1, 1)
+    finally:
+        ray_executor.timing_resource = None
 
 
 def test_the_time_box_cancels_pending_units(ray_executor):  # last: cancelling kills the busy workers

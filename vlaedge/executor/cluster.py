@@ -61,11 +61,12 @@ class RayExecutor(Executor):
 
         rid, puts = run_id(), {}
         have = ray.cluster_resources()
+        named = ", ".join(sorted(k for k in have if ":" not in k))  # not the per-node "node:IP" entries
         for unit in units:  # Ray would wait forever for a node that does not exist
             missing = sorted(k for k in (unit.resources or {}) if k not in have)
             if missing:
                 raise VlaedgeError(f"executor ray: {unit.name} needs a node with resource {missing[0]!r}; "
-                                   f"the cluster has none (its resources: {', '.join(sorted(have))})",
+                                   f"the cluster has none (its resources: {named})",
                                    f"start that node with ray start --resources '{{\"{missing[0]}\": 1}}', "
                                    "or drop executor.timing_resource")
 
