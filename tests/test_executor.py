@@ -43,6 +43,12 @@ def test_bad_executor_settings_are_refused_before_any_work(tmp_path, capsys, mon
                            monkeypatch)
     assert code == 2 and "executor.address" in output and "ray://HOST:PORT" in output
     assert not (tmp_path / "t").exists()
+    from vlaedge.commands import executor_config
+
+    assert executor_config(None, None, None) is None  # verify without flags or recipe: local
+    assert executor_config(None, None, "ray://head:10001").kind == "ray"  # --address alone implies ray
+    with pytest.raises(VlaedgeError, match="executor: kind: .*'dask'"):
+        executor_config(None, "dask", None)
     with pytest.raises(VlaedgeError, match="needs the ray executor"):
         open_executor("local", timing_resource="jetson-orin")
     with pytest.raises(VlaedgeError, match="'dask' is not an executor"):
@@ -167,6 +173,21 @@ def test_latency_is_timed_on_the_one_node_with_the_timing_resource(ray_executor,
             timed_profile(ray_executor, models, "ort-cpu", tiny_run.policy, 3, 1, 1)
     finally:
         ray_executor.timing_resource = None
+
+
+def test_ctrl_c_cancels_the_tasks_on_the_cluster(ray_executor, monkeypatch):
+    import ray
+
+    cancelled, cancel = [], ray.cancel
+
+    def interrupt(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(ray, "wait", interrupt)  # Ctrl-C while waiting for the first result
+    monkeypatch.setattr(ray, "cancel", lambda ref, force: (cancelled.append(ref), cancel(ref, force=force)))
+    with pytest.raises(KeyboardInterrupt):
+        ray_executor.run([Unit(f"sleep {i}", time.sleep, (30,)) for i in range(2)])
+    assert len(cancelled) == 2
 
 
 def test_the_time_box_cancels_pending_units(ray_executor):  # last: cancelling kills the busy workers
