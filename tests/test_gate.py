@@ -307,6 +307,20 @@ def test_a_candidate_slower_than_fp32_is_called_out_even_when_the_gate_passes():
     assert "2.00x faster" in faster.summary().splitlines()[0] and "SLOWER" not in faster.summary()
 
 
+def test_a_slower_candidate_says_why_from_the_causes_that_hold_here():
+    from vlaedge.check.verify import slower_reasons
+
+    no_vnni_small = slower_reasons(0.97, "ort-cpu", None, int8_dot=False)
+    assert "no int8 dot-product instruction" in no_vnni_small and "0.97 ms per FP32 step" in no_vnni_small
+    vnni_large = slower_reasons(40.0, "ort-cpu", {"busy_others_share": 0.62}, int8_dot=True)
+    assert "VNNI" not in vnni_large and "too small" not in vnni_large and "62%" in vnni_large
+    assert "none of the known causes" in slower_reasons(40.0, "ort-cpu", None, int8_dot=True)
+    report = with_baseline(make_report(latency_ms=5.0), fp32_ms=0.9)
+    report["baseline"]["slower_why"] = slower_reasons(0.9, "ort-cpu", None, int8_dot=False)
+    head = gate(report, Budgets(max_drift_mean_pct=5)).summary().splitlines()[0]
+    assert "SLOWER than FP32" in head and "(why: this CPU has no int8 dot-product" in head
+
+
 # The load a LoadProbe records (vlaedge.check.host): busy = other processes used 62% of the CPU while timing.
 BUSY = {"loadavg_1m_before": 3.9, "loadavg_1m_after": 4.1, "cores": 2, "busy_others_share": 0.62,
         "steal_share": 0.0, "window_s": 1.5, "warnings": []}

@@ -78,7 +78,8 @@ def speed_note(baseline: dict) -> str:
         return f"speed not measured; {sizes} of FP32"
     speed = baseline["median_speedup"]
     head = f"SLOWER than FP32: {speed:.2f}x" if baseline.get("slower") else f"{speed:.2f}x faster"
-    return f"{head} (median), p99 {baseline['p99_speedup']:.2f}x; {sizes} of FP32"
+    why = f" (why: {baseline['slower_why']})" if baseline.get("slower") and baseline.get("slower_why") else ""
+    return f"{head} (median), p99 {baseline['p99_speedup']:.2f}x{why}; {sizes} of FP32"
 
 
 def render_markdown(report: dict) -> str:

@@ -197,8 +197,9 @@ def baseline_comparison(model: str | Path, baseline: str | Path, prof: ProfileRe
     Returns:
         The report's "baseline" dict: model, file_bytes, parameters, candidate_parameters, size_ratio and
         parameter_ratio (candidate / FP32: below 1 is smaller), and with a profile median_ms, p99_ms,
-        median_speedup and p99_speedup (FP32 latency / candidate latency: above 1 is faster) and slower
-        (median speedup below 1).
+        median_speedup and p99_speedup (FP32 latency / candidate latency: above 1 is faster), slower
+        (median speedup below 1) and slower_why (why a slower candidate is slower, `slower_reasons`; None
+        when it is not slower).
     """
     ref_bytes, cand_bytes = model_file_bytes(baseline), model_file_bytes(model)
     ref_params, cand_params = model_parameter_count(baseline), model_parameter_count(model)
@@ -215,6 +216,7 @@ def baseline_comparison(model: str | Path, baseline: str | Path, prof: ProfileRe
         "median_speedup": None,
         "p99_speedup": None,
         "slower": None,
+        "slower_why": None,
         "interleaved": False,
     }
     if prof is not None and len(prof.models) > 1:
@@ -222,7 +224,47 @@ def baseline_comparison(model: str | Path, baseline: str | Path, prof: ProfileRe
         out.update(runtime=prof.models[1].runtime, median_ms=ref.median_ms, p99_ms=ref.p99_ms,
                    median_speedup=ref.median_ms / cand.median_ms, p99_speedup=ref.p99_ms / cand.p99_ms,
                    slower=ref.median_ms < cand.median_ms, interleaved=prof.interleaved)
+        if out["slower"]:
+            out["slower_why"] = slower_reasons(ref.median_ms, prof.models[0].runtime, prof.load)
     return out
+
+
+SMALL_MS = 2.0  # an FP32 step under this (ms) is dominated by per-node dispatch, not by GEMMs
+
+
+def slower_reasons(fp32_median_ms: float, runtime: str, load: dict | None = None,
+                   int8_dot: bool | None = None) -> str:
+    """Why a quantized candidate can be slower than its FP32 graph on this machine, in one sentence: the
+    known causes that hold here, most likely first.
+
+    Args:
+        fp32_median_ms: the FP32 graph's median latency (ms).
+        runtime: the candidate's runtime name ("ort-cpu", ...).
+        load: the profile's load record (`vlaedge.check.host`), or None.
+        int8_dot: whether the CPU has an int8 dot-product instruction (`vlaedge.info.int8_dot_product`;
+            looked up when None).
+
+    Returns:
+        e.g. "this CPU has no int8 dot-product instruction (AVX512-VNNI / AVX-VNNI): ONNX Runtime's INT8
+        kernels use AVX2 (vlaedge info lists the CPU features); at 0.97 ms per FP32 step ...".
+    """
+    from vlaedge.info import int8_dot_product
+
+    int8_dot = int8_dot_product() if int8_dot is None else int8_dot
+    reasons = []
+    if runtime.startswith("ort-cpu") and int8_dot is False:
+        reasons.append("this CPU has no int8 dot-product instruction (AVX512-VNNI, AVX-VNNI or AMX): ONNX "
+                       "Runtime's INT8 kernels fall back to AVX2, often no faster than FP32 "
+                       "(`vlaedge info` lists the CPU features)")
+    if fp32_median_ms < SMALL_MS:
+        reasons.append(f"at {fp32_median_ms:.2f} ms per FP32 step the policy is too small for INT8 to pay: "
+                       "per-node dispatch and the quantize/dequantize of activations cost about what the "
+                       "INT8 matrix products save (INT8 is 1.9x FP32 at 127 M parameters: "
+                       "benchmarks/results/scale.md)")
+    if load and (load.get("busy_others_share") or 0) > 0.25:
+        reasons.append(f"other processes used {load['busy_others_share']:.0%} of the CPU while timing")
+    return "; ".join(reasons) or "none of the known causes (small policy, no VNNI, a busy machine) holds " \
+        "here: profile the two graphs per node (onnxruntime's enable_profiling) to find the slow nodes"
 
 
 def _open_candidate(policy: Policy, model, config: VerifyConfig, trust_code: bool = False,
