@@ -177,6 +177,16 @@ def test_overrides_apply_and_are_validated():
     assert "section.field=value" in e.value.message
 
 
+def test_a_data_map_override_takes_an_input_name_with_dots():
+    """LeRobot inputs are named like features (observation.state): --set data.map.INPUT=FEATURE keeps the
+    dots of INPUT (the dataset error's own fix line suggests this form)."""
+    path = next(p for p in RECIPES if p.name == "cpu-int8.yaml")
+    recipe = load_recipe(path, ["data.map.observation.state=observation.joints",
+                                "data.map.observation.images.top=observation.images.cam_high"])
+    assert recipe.data.map == {"observation.state": "observation.joints",
+                               "observation.images.top": "observation.images.cam_high"}
+
+
 def test_bad_yaml_and_missing_file(tmp_path):
     with pytest.raises(VlaedgeError) as e:
         load_recipe(tmp_path / "nope.yaml")

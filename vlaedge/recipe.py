@@ -506,6 +506,8 @@ def _apply_override(raw: dict, item: str) -> None:
         raise VlaedgeError(f"override: {item!r} is not of the form section.field=value",
                            "e.g. --set quantize.num_calib_frames=64")
     *parents, leaf = key.strip().split(".")
+    if parents[:2] == ["data", "map"]:  # the input name is the rest, dots and all (observation.state)
+        parents, leaf = ["data", "map"], key.strip().removeprefix("data.map.")
     node = raw
     for p in parents:
         node = node.setdefault(p, {})
