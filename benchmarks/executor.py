@@ -46,8 +46,9 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     import ray
 
-    from vlaedge.check.closedloop import RuntimeAct, compare_closed_loop
+    from vlaedge.check.closedloop import compare_closed_loop
     from vlaedge.check.host import cpu_model
+    from vlaedge.check.sendable import RuntimeAct
     from vlaedge.compress.export import export_onnx
     from vlaedge.defaults import default_checkpoint
     from vlaedge.executor import Executor, open_executor, using

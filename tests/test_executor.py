@@ -103,7 +103,8 @@ def test_blobs_travel_through_the_object_store_and_are_checked_on_arrival(ray_ex
 
 
 def test_a_20_episode_closed_loop_through_ray_equals_the_local_run(ray_executor, trained_policy, tmp_path):
-    from vlaedge.check.closedloop import RuntimeAct, compare_closed_loop
+    from vlaedge.check.closedloop import compare_closed_loop
+    from vlaedge.check.sendable import RuntimeAct
     from vlaedge.compress.export import export_onnx
     from vlaedge.executor import Executor
     from vlaedge.recipe import ExportConfig

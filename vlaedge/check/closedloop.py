@@ -19,7 +19,8 @@ closed after their episodes.
 
 `compare_closed_loop` runs its episodes as units of `episodes_per_task` episodes on the current executor
 (`vlaedge.executor.current`: here, or Ray tasks): each unit's seeds are fixed before fan-out, so the results
-are the same on every executor; a candidate runtime travels to a worker as a `RuntimeAct`.
+are the same on every executor; a candidate runtime travels to a worker as a
+`vlaedge.check.sendable.RuntimeAct`.
 
 Success rates come with Wilson 95% intervals; the reference-minus-candidate difference with Newcombe's
 hybrid score interval (method 10 of Newcombe 1998, built from the two Wilson intervals). Below
@@ -32,10 +33,8 @@ import importlib
 import inspect
 import math
 import pickle
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -464,43 +463,3 @@ def _blob(name: str, obj) -> Blob:
         raise VlaedgeError(f"{name} cannot be sent to a worker ({type(e).__name__}: {str(e)[:120]})",
                            "give a module-level make_env / adapter / act, or run with --executor local"
                            ) from None
-
-
-class RuntimeAct:
-    """A candidate's act function, `policy.decode(runtime.infer(policy.make_inputs(frames)))`, that can be
-    sent to a worker: pickled, it carries the policy, the runtime's name, threads and Q/DQ arithmetic and
-    the model's files (a sha256-checked `Blob`: no shared file system), and reopens the runtime where it
-    is first called.
-
-    Args:
-        policy: the reference policy (inputs and decoding).
-        runtime: the open candidate runtime (`vlaedge.runtimes`).
-        model: the candidate's .onnx file (None: a torch runtime, pickled as it is).
-        threads: CPU threads of the reopened runtime.
-    """
-
-    def __init__(self, policy, runtime, model: str | Path | None = None, threads: int | None = None):
-        self.policy, self.runtime, self.threads = policy, runtime, threads
-        self.model = Path(model) if model is not None and runtime.name != "torch" else None
-        self.name, self.qdq = runtime.name, getattr(runtime, "qdq", "fused")
-
-    def __call__(self, frames: dict) -> np.ndarray:
-        if self.runtime is None:
-            from vlaedge.runtimes import open_runtime
-
-            self._folder = tempfile.TemporaryDirectory(prefix="vlaedge-candidate-")
-            files = self._files.unpack(Path(self._folder.name))
-            self.runtime = open_runtime(self.name, self.policy, files[0], self.threads, qdq=self.qdq)
-        return self.policy.decode(self.runtime.infer(self.policy.make_inputs(frames)))
-
-    def __getstate__(self) -> dict:
-        if self.model is None:
-            return {k: v for k, v in self.__dict__.items() if k != "_folder"}
-        if self.model.suffix != ".onnx":
-            raise TypeError(f"{self.model.name}: only an .onnx candidate (and its external data) is sent")
-        from vlaedge.onnx_file import external_data_files
-
-        files = [self.model, *external_data_files(self.model)]
-        state = {k: v for k, v in self.__dict__.items() if k not in ("runtime", "_folder", "_files")}
-        return {**state, "runtime": None,
-                "_files": Blob.of_files(f"candidate {self.model.name}", self.model.parent, files)}

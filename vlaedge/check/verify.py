@@ -19,7 +19,6 @@ import numpy as np
 
 from vlaedge.check.closedloop import (
     ClosedLoopReport,
-    RuntimeAct,
     SuccessRate,
     closed_loop,
     compare_closed_loop,
@@ -28,6 +27,7 @@ from vlaedge.check.closedloop import (
 from vlaedge.check.drift import DriftReport, open_loop_drift
 from vlaedge.check.profile import ProfileReport, model_file_bytes, model_parameter_count
 from vlaedge.check.report_markdown import speed_note
+from vlaedge.check.sendable import RuntimeAct
 from vlaedge.data import EpisodeDataset, sample_frames
 from vlaedge.errors import VlaedgeError
 from vlaedge.models.base import Policy

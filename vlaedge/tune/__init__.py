@@ -14,6 +14,10 @@ every budget, instead of guessing it.
 4. Choose: the Pareto front over (drift, median latency, file size), the fastest variant within every
    budget (FP32 when nothing quantized is faster), and a plain recipe that reproduces it.
 
+Steps 1-3's builds and drift run as units on an executor (`vlaedge.tune.fanout`, `vlaedge.executor`: here by
+default, or Ray tasks with `--executor ray`); the latency run never does: it is one interleaved run on one
+node (this one, or the node with `executor.timing_resource`), named in tune.json (`timing_node`) and tune.md.
+
 Output directory: tune.json, tune.md, tune.html (Pareto plot), recipe.yaml (only when something is within
 every budget), and variants/ (each variant's .onnx and its cached result: a rerun with the same inputs
 resumes, rebuilding only what changed and what does not validate, `vlaedge.tune.cache`). It is refused,
