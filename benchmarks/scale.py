@@ -153,11 +153,15 @@ def _draw(name: str, meta, seed: int):
     return torch.randn(meta.shape, generator=gen) * 0.02
 
 
-def run_step(step: str, checkpoint: Path, work: Path, timeout: int, dtype: str | None) -> dict:
-    """Runs one step as a child process under /usr/bin/time -v: its wall time, peak RSS and outcome."""
+def run_step(step: str, checkpoint: Path, work: Path, timeout: int, dtype: str | None,
+             calib_frames: int | None = None) -> dict:
+    """Runs one step as a child process under /usr/bin/time -v: its wall time, peak RSS and outcome.
+    `calib_frames` replaces the recipe's quantize.num_calib_frames in the compress steps."""
     out = work / step
     shutil.rmtree(out, ignore_errors=True)
     extra = ["--dtype", dtype] if dtype else []
+    if calib_frames and step not in ("load", "export"):
+        extra += ["--set", f"quantize.num_calib_frames={calib_frames}"]
     if step == "load":
         code = ("import re, sys, torch, transformers; from vlaedge.models import load_policy; "
                 "hwm = re.search(r'VmHWM:\\s+(\\d+)', open('/proc/self/status').read()).group(1); "
@@ -275,6 +279,8 @@ def main() -> None:
     parser.add_argument("--timeout", type=int, default=3600, help="seconds per step before it is stopped")
     parser.add_argument("--dtype", default=None, help="passed to export/compress as --dtype")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--calib-frames", type=int, default=None,
+                        help="compress steps: quantize.num_calib_frames instead of the recipe's (256)")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/scale.md")
     args = parser.parse_args()
     steps = [s for s in args.steps.split(",") if s]
@@ -294,11 +300,12 @@ def main() -> None:
             info_file.write_text(json.dumps(info))
         info = json.loads(info_file.read_text())
         command = " ".join(["python benchmarks/scale.py", f"--size {size}", f"--steps {','.join(steps)}"]
-                           + ([f"--dtype {args.dtype}"] if args.dtype else []))
+                           + ([f"--dtype {args.dtype}"] if args.dtype else [])
+                           + ([f"--calib-frames {args.calib_frames}"] if args.calib_frames else []))
         entry = {"checkpoint": info, "command": command, "steps": []}
         for step in steps:
             print(f"{size}: {step} ...", flush=True)
-            row = run_step(step, checkpoint, args.work / size, args.timeout, args.dtype)
+            row = run_step(step, checkpoint, args.work / size, args.timeout, args.dtype, args.calib_frames)
             print(f"{size}: {step}: exit {row['rc']}, {row['wall_s']} s, peak RSS {row['peak_rss_gb']} GB "
                   f"{row.get('error') or ''}", flush=True)
             entry["steps"].append(row)

@@ -262,21 +262,54 @@ def test_the_loop_stage_is_quantized_dynamically_on_cpu_unless_the_recipe_says(e
         fitted("agx-orin-64gb", algorithm="max", stages={"expert": "dynamic"})
 
 
-def test_stage_calibration_streams_one_batch_of_one_stage(exports):
-    from vlaedge.compress.quantize_stages import StageCalibration
+def _counting_torch_runs(monkeypatch) -> dict[str, int]:
+    """Counts torch stage calls by stage name (in `StageInputs`)."""
+    import vlaedge.models.stages as stages_mod
+
+    counts: dict[str, int] = {}
+    real = stages_mod.torch_runner
+
+    def runner(module):
+        inner = real(module)
+
+        def run(stage, feeds):
+            counts[stage.name] = counts.get(stage.name, 0) + 1
+            return inner(stage, feeds)
+        return run
+
+    monkeypatch.setattr(stages_mod, "torch_runner", runner)
+    return counts
+
+
+def test_stage_inputs_run_each_torch_stage_once_and_calibration_reads_them_back(exports, tmp_path,
+                                                                                 monkeypatch):
+    from vlaedge.compress.quantize_feeds import StageCalibration, StageInputs
     from vlaedge.models.stages import plan_of, record_torch
 
     policy = exports[0]
     plan = plan_of(policy)
     batches = [policy.example_inputs(4, seed=s) for s in (3, 4)]
-    expert = StageCalibration(policy, plan, "expert", batches)
-    assert len(expert) == 2 * STEPS and expert.frames == 8 * STEPS
-    assert len(StageCalibration(policy, plan, "vision", batches)) == 2
-    recorded = [feeds for b in batches for feeds, _ in record_torch(policy, plan, b)[1].calls["expert"]]
-    for i, feeds in enumerate(expert):  # what the calibrator reads, in order: one torch run per batch
-        assert len(expert._calls) == STEPS  # only the current batch's calls are held
+    recorded = [record_torch(policy, plan, b)[1].calls for b in batches]
+    counts = _counting_torch_runs(monkeypatch)
+    every = {"vision", "prefix", "expert"}
+    inputs = StageInputs(policy, plan, batches, tmp_path / "all", full=every).record()
+    # per batch: vision and prefix once, the expert for all steps but the last (whose output nobody reads)
+    assert counts == {"vision": 2, "prefix": 2, "expert": 2 * (STEPS - 1)}
+    expert, vision = StageCalibration(inputs, "expert"), StageCalibration(inputs, "vision")
+    assert len(expert) == 2 * STEPS and expert.frames == 8 * STEPS and len(vision) == 2
+    # the context is written once per batch, not once per step
+    assert len(list((tmp_path / "all").glob("expert.*.context.npy"))) == 2
+    for i, feeds in enumerate(expert):  # what the calibrator reads, in order
+        want = recorded[i // STEPS]["expert"][i % STEPS][0]
         for name in ("x", "t", "context"):
-            np.testing.assert_array_equal(feeds[name], recorded[i][name])
+            np.testing.assert_array_equal(feeds[name], want[name])
+    np.testing.assert_array_equal(vision[1]["image"], batches[1]["image"])
+
+    counts.clear()  # static vision and prefix, dynamic expert: the expert's calls of the first batch only
+    inputs = StageInputs(policy, plan, batches, tmp_path / "some", full={"vision", "prefix"},
+                         first={"expert"}).record()
+    assert counts == {"vision": 2, "prefix": 1, "expert": STEPS - 1}
+    assert len(StageCalibration(inputs, "expert")) == STEPS
 
 
 def test_profile_prints_each_stage_of_a_run_folder(cpu_run, tmp_path, capsys, monkeypatch):

@@ -80,6 +80,11 @@ ORT_OP_TYPES = ("MatMul", "Gemm", "Conv")  # static mode: op types quantized
 DYNAMIC_OP_TYPES = ("MatMul", "Gemm")
 _ORT_CALIBRATORS = {"minmax": "MinMax", "entropy": "Entropy", "percentile": "Percentile"}
 EXTERNAL_FROM_BYTES = 1_800_000_000  # from this size on: quantized with external data (protobuf: 2 GB)
+# Frames per ONNX Runtime calibration run (a dynamic-batch graph; each calibration batch is split into runs
+# of this many frames): its activations grow with the frames of one run, the ranges do not (minmax: the
+# min / max over all runs). Measured, SmolVLA-size prefix stage at 384 px: +3.0 GB at 32 frames a run.
+CALIBRATION_RUN_FRAMES = 8
+SMOKE_FRAMES = 4  # frames of the first calibration batch the quantized graph is smoke-run on (NaN/Inf, drift)
 
 
 def ort_config(config: QuantizeConfig, target: Target) -> QuantizeConfig:
@@ -133,6 +138,7 @@ def quantize_onnx(policy: Policy, config: QuantizeConfig, batches: list[dict[str
     decisions, exclude = plan_onnx(model, policy.module, config, op_types)
     _check_keep_reached(config, decisions)
     batches = _fit_batch(model, batches, fp32_onnx)
+    run_frames = CALIBRATION_RUN_FRAMES if _dynamic_batch(model) else None
     external = bool(data_locations(model)) or _file_bytes(fp32_onnx) > EXTERNAL_FROM_BYTES or \
         inline_bytes(model) > EXTERNAL_FROM_BYTES
     with sigterm_as_exit(), staging_folder(out_onnx) as staging:
@@ -143,7 +149,7 @@ def quantize_onnx(policy: Policy, config: QuantizeConfig, batches: list[dict[str
         with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), _quiet_root_logger(), \
                 _temp_folder(staging / "tmp"):
             warnings.simplefilter("ignore")  # ORT prints calibration progress, logs "consider pre-processing"
-            _run_ort_quantizer(source, staged, config, batches, op_types, exclude, external)
+            _run_ort_quantizer(source, staged, config, batches, op_types, exclude, external, run_frames)
         if external:
             notes.append(_data_note(staged))
         move_into_place(staging, out_onnx)
@@ -156,7 +162,8 @@ def quantize_onnx(policy: Policy, config: QuantizeConfig, batches: list[dict[str
     else:
         confirm_onnx(decisions, quantized, weights)
     int8 = sum(i.data_type == onnx.TensorProto.INT8 and len(i.dims) >= 2 for i in quantized.graph.initializer)
-    drift = _smoke_run(policy, fp32_onnx, out_onnx, batches[0])
+    smoke = batches[0] if run_frames is None else {k: v[:SMOKE_FRAMES] for k, v in batches[0].items()}
+    drift = _smoke_run(policy, fp32_onnx, out_onnx, smoke)
     algorithm = "dynamic" if dynamic else config.algorithm
     return QuantizeResult(
         "onnxruntime", config.precision, algorithm, decisions, config.num_calib_frames, 0.0,
@@ -165,7 +172,7 @@ def quantize_onnx(policy: Policy, config: QuantizeConfig, batches: list[dict[str
 
 
 def _run_ort_quantizer(source: Path, out: Path, config: QuantizeConfig, batches, op_types, exclude,
-                       external: bool) -> None:
+                       external: bool, run_frames: int | None = None) -> None:
     """ONNX Runtime's quantizer from the file `source` to `out` (+ `out.name + ".data"` when `external`).
 
     Static mode calibrates first (`_calibrate`, into a ranges file) and then runs `quantize_static` on those
@@ -180,7 +187,7 @@ def _run_ort_quantizer(source: Path, out: Path, config: QuantizeConfig, batches,
                              weight_type=QuantType.QInt8, nodes_to_exclude=exclude,
                              use_external_data_format=external)
         return
-    ranges = _calibrate(source, config, batches, op_types, external)
+    ranges = _calibrate(source, config, batches, op_types, run_frames)
     with progress.heartbeat("quantize: ONNX Runtime static quantization (Q/DQ insertion)"):
         quantize_static(
             str(source), str(out), None, quant_format=QuantFormat.QDQ,
@@ -197,20 +204,20 @@ def _method(config: QuantizeConfig):
     return getattr(CalibrationMethod, _ORT_CALIBRATORS[config.algorithm])
 
 
-def _calibrate(source: Path, config: QuantizeConfig, batches, op_types, external: bool) -> Path:
-    """The activation ranges of `source` on `batches`, as `quantize_static` computes them (its calibrator,
-    with `CalibStridedMinMax`: one run at a time folded into the ranges / histograms), written to a ranges
-    file in the temporary folder (ONNX Runtime's calibration cache format); the calibration graph and its
-    session are freed before returning.
+def _calibrate(source: Path, config: QuantizeConfig, batches, op_types, run_frames: int | None) -> Path:
+    """The activation ranges of `source` on `batches`, as `quantize_static` computes them (its calibrator:
+    each `collect_data` call folds its runs into the ranges / histograms), written to a ranges file in the
+    temporary folder (ONNX Runtime's calibration cache format); the calibration graph and its session are
+    freed before returning.
 
-    Each batch runs as given: ONNX Runtime's kernels can round differently at another batch size (measured:
-    the 123 M policy's ranges, and so its INT8 file, changed when its 32-frame batches ran one frame at a
-    time; they did not at 4), and the calibration graph's activations grow with the batch (+4.8 GB at 32
-    frames of 224 px there, +0.7 GB at 4): the batch size is `vlaedge.pipeline.CALIBRATION_BATCH`'s."""
+    `batches` is read in order, one batch at a time (a `StageCalibration` makes them on demand); each is
+    run in parts of `run_frames` frames (None: whole), since the calibration graph's activations grow with
+    the frames of one run. The ranges do not depend on the split beyond rounding: ONNX Runtime's kernels
+    are not batch-invariant (the 123 M policy's minmax ranges, and INT8 file, were byte-identical at 32
+    and 4 frames a run, not at 1)."""
     from onnxruntime.quantization.calibrate import create_calibrator, save_tensors_data
 
     folder = Path(tempfile.mkdtemp(prefix="calibration."))
-    reader = _FeedReader(batches)
     with progress.heartbeat("quantize: ONNX Runtime calibration graph"):
         # the calibration graph's weights in a data file, which ONNX Runtime's session memory-maps instead
         # of parsing them out of one protobuf
@@ -220,18 +227,33 @@ def _calibrate(source: Path, config: QuantizeConfig, batches, op_types, external
         calibrator.infer_session = None  # never read again (collect_data and compute_data use the session)
         release_memory()
         calibrator.infer_session = _calibration_session(calibrator)
-    with progress.stage("calibration: runs (ONNX Runtime)", total=len(reader)) as bar, \
+    with progress.stage("calibration: batches (ONNX Runtime)", total=len(batches)) as bar, \
             progress.heartbeat("quantize: ONNX Runtime calibration"):
-        reader.bar = bar
-        for start in range(len(reader)):
-            reader.set_range(start, start + 1)
-            calibrator.collect_data(reader)
-            release_memory()  # the run's outputs, folded into the ranges
+        for index in range(len(batches)):
+            for part in _parts(batches[index], run_frames):
+                calibrator.collect_data(_FeedReader([part]))
+                release_memory()  # the run's outputs, folded into the ranges
+            bar.advance()
         ranges = calibrator.compute_data()
     del calibrator
     release_memory()
     save_tensors_data(ranges, folder / "ranges.json")
     return folder / "ranges.json"
+
+
+def _parts(feeds: dict[str, np.ndarray], frames: int | None) -> list[dict[str, np.ndarray]]:
+    """`feeds` split along the batch axis into runs of at most `frames` frames (None: one run)."""
+    rows = len(next(iter(feeds.values())))
+    if frames is None or rows <= frames:
+        return [feeds]
+    return [{k: v[s:s + frames] for k, v in feeds.items()} for s in range(0, rows, frames)]
+
+
+def _dynamic_batch(model) -> bool:
+    """Every graph input's first dimension is symbolic (the batch), so runs of any size are valid."""
+    inits = {t.name for t in model.graph.initializer}
+    dims = [i.type.tensor_type.shape.dim for i in model.graph.input if i.name not in inits]
+    return all(d and not d[0].HasField("dim_value") for d in dims)
 
 
 def _calibration_session(calibrator):
@@ -242,6 +264,7 @@ def _calibration_session(calibrator):
     options = onnxruntime.SessionOptions()
     options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_DISABLE_ALL
     options.enable_cpu_mem_arena = False
+    options.execution_order = onnxruntime.ExecutionOrder.PRIORITY_BASED
     return onnxruntime.InferenceSession(calibrator.augmented_model_path, sess_options=options,
                                         providers=calibrator.execution_providers)
 
@@ -382,27 +405,14 @@ def _quiet_root_logger():
 
 
 class _FeedReader:
-    """An onnxruntime.quantization.CalibrationDataReader over feed batches (duck-typed: ORT calls get_next,
-    and with `CalibStridedMinMax` len and set_range; importing its base class would import onnxruntime
-    with vlaedge.compress.quantize). Hands out one batch at a time, advancing `bar` for each."""
+    """An onnxruntime.quantization.CalibrationDataReader over feed batches (duck-typed: ORT's calibrator
+    calls get_next; importing its base class would import onnxruntime with vlaedge.compress.quantize)."""
 
-    def __init__(self, batches: list[dict[str, np.ndarray]], bar: progress.Stage | None = None):
-        self._batches, self.bar = batches, bar
-        self._next = iter(range(len(batches)))
-
-    def __len__(self) -> int:
-        return len(self._batches)
-
-    def set_range(self, start_index: int, end_index: int) -> None:
-        self._next = iter(range(start_index, min(end_index, len(self._batches))))
+    def __init__(self, batches: list[dict[str, np.ndarray]]):
+        self._batches = iter(batches)
 
     def get_next(self) -> dict[str, np.ndarray] | None:
-        index = next(self._next, None)
-        if index is None:
-            return None
-        if self.bar is not None:
-            self.bar.advance()
-        return self._batches[index]
+        return next(self._batches, None)
 
 
 def _check_keep_reached(config: QuantizeConfig, decisions: list[QuantDecision]) -> None:

@@ -3,10 +3,11 @@
 - ONNX Runtime (cpu target): each stage graph of the FP32 plan (stages_fp32.json) is quantized by
   `quantize_ort.quantize_onnx`, calibrated on that stage's own inputs, made by running the torch stages on
   the calibration frames (the denoise loop's stage: at every step, so its calibration set covers all of
-  them). They are streamed (`StageCalibration`): one stage at a time, one batch at a time, so memory holds
-  one batch's inputs of one stage, not every stage's inputs (patches, context, each step's sample) for all
-  frames and steps at once, which grows with the model's width and token count. `quantize.keep` patterns
-  go to the stages whose modules they name.
+  them). `quantize_feeds.StageInputs` runs the torch plan once per batch, only as far as the last stage
+  calibrated, and writes the calls' feeds to disk; each stage's calibration reads them back one call at a
+  time, so no torch stage runs twice and memory never holds a stage's inputs for all frames and steps.
+  A dynamically quantized stage needs only the first batch's calls. `quantize.keep` patterns go to the
+  stages whose modules they name.
 - ModelOpt (TensorRT targets): the module is quantized in place through its full forward (which runs every
   stage) and exported per stage afterwards; a stage left in FP32 has its modules added to `keep`.
 
@@ -17,10 +18,8 @@ loop's stage is quantized dynamically unless the recipe sets `quantize.mode` (`l
 
 from __future__ import annotations
 
-import contextlib
 import shutil
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,6 +27,7 @@ import numpy as np
 
 from vlaedge import progress
 from vlaedge.compress.quant_report import QuantizeResult, unmatched_patterns
+from vlaedge.compress.quantize_feeds import StageCalibration, StageInputs
 from vlaedge.errors import VlaedgeError
 from vlaedge.models.base import Policy
 from vlaedge.models.stages import (
@@ -181,71 +181,6 @@ class StagedQuantizeResult:
         return "\n".join(lines + [f"note: {n}" for n in self.notes])
 
 
-class _PlanDone(Exception):
-    """Stops a torch run of the plan once the stage being calibrated has made all its calls."""
-
-
-def stage_calls(policy: Policy, plan: StagePlan, stage: str,
-                feeds: dict[str, np.ndarray]) -> list[dict[str, np.ndarray]]:
-    """The feeds of every call of `stage` in a torch run of the plan on `feeds` (the loop's stage: one per
-    step), running no stage after it and keeping no other stage's tensors."""
-    from vlaedge.models.stages import run_plan, torch_runner
-
-    inner, names = torch_runner(policy.module), [g.name for g in plan.graphs]
-    later, calls = set(names[names.index(stage) + 1:]), []
-
-    def run(g, stage_feeds):
-        if g.name in later:
-            raise _PlanDone
-        if g.name == stage:
-            calls.append(stage_feeds)
-        return inner(g, stage_feeds)
-
-    policy.module.eval()
-    with contextlib.suppress(_PlanDone):
-        run_plan(plan, run, feeds, policy.output_names)
-    return calls
-
-
-class StageCalibration(Sequence):
-    """One stage's calibration feeds, made on demand from the policy's calibration batches: item i is call
-    `i % calls_per_batch` of batch `i // calls_per_batch`, from a torch run of the plan up to this stage.
-
-    Streams (issue 23 item 5): only one batch's calls of one stage are held at a time (the expert's: its
-    `steps` calls of one batch, which share one context array), never every stage's inputs for all frames
-    and steps; ONNX Runtime's calibrator reads the items in order, so each batch's torch run happens once
-    per stage (the price: the stages before it run again for each later stage). Every denoise step stays in
-    the loop stage's set, with what the loop feeds it at that step (t_k, the step index, the step inputs'
-    slices): its activation ranges must cover all of them.
-    """
-
-    def __init__(self, policy: Policy, plan: StagePlan, stage: str, batches: list[dict[str, np.ndarray]]):
-        self.policy, self.plan, self.stage, self.batches = policy, plan, stage, batches
-        self.calls_per_batch = plan.denoise.steps if plan.is_loop(plan.stage(stage)) else 1
-        self._batch, self._calls = -1, []
-
-    @property
-    def frames(self) -> int:
-        """Stage calls x batch rows: what the stage's calibration saw (the loop's stage: frames x steps)."""
-        return self.calls_per_batch * sum(len(next(iter(b.values()))) for b in self.batches)
-
-    def __len__(self) -> int:
-        return len(self.batches) * self.calls_per_batch
-
-    def __getitem__(self, index):
-        if isinstance(index, slice):
-            return [self[i] for i in range(*index.indices(len(self)))]
-        index = index + len(self) if index < 0 else index
-        if not 0 <= index < len(self):
-            raise IndexError(index)
-        batch, call = divmod(index, self.calls_per_batch)
-        if batch != self._batch:
-            self._calls, self._batch = [], -1  # the old batch's tensors go before the new ones are made
-            self._calls = stage_calls(self.policy, self.plan, self.stage, self.batches[batch])
-            self._batch = batch
-        return self._calls[call]
-
-
 def quantize_stages(policy: Policy, config: QuantizeConfig, calibration: list[dict[str, np.ndarray]], target,
                     fp32_plan: Path, out_model: Path) -> StagedQuantizeResult:
     """ONNX Runtime quantization of each stage of the FP32 plan into the plan standing for `out_model`
@@ -280,17 +215,21 @@ def quantize_stages(policy: Policy, config: QuantizeConfig, calibration: list[di
     (staging / out_dir.name).mkdir(parents=True)
     results: dict[str, QuantizeResult | None] = {}
     files = []
+    modes = {e.name: stage_mode(config, e.name) for e in fp32.graphs}
     try:
+        inputs = StageInputs(policy, plan, batches, staging / "calibration",
+                             full={n for n, m in modes.items() if m == "static"},
+                             first={n for n, m in modes.items() if m == "dynamic"}).record()
         for entry in fp32.graphs:
             src, dst = fp32_plan.parent / entry.file, staging / out_dir.name / f"{entry.name}.onnx"
-            mode = stage_mode(config, entry.name)
+            mode = modes[entry.name]
             if mode is None:
                 shutil.copyfile(src, dst)
                 results[entry.name] = None
             else:
                 g = plan.stage(entry.name)
                 keep = [p for p in config.keep if not unmatched_patterns(sorted(modules[g.name]), [p])]
-                feeds = StageCalibration(policy, plan, g.name, batches)  # dynamic: only feeds[0] is made
+                feeds = StageCalibration(inputs, g.name)  # dynamic: the first batch's calls only
                 cfg = ort_config(config.model_copy(update={"keep": keep, "num_calib_frames": feeds.frames,
                                                            "mode": mode}), target)
                 sp = StagePolicy(policy, plan, g, feeds[0])
