@@ -14,9 +14,9 @@ from vlaedge.models.lerobot.features import MASK_KEY, NOISE_KEY, STATE_KEY, TOKE
 
 
 class FlowMatchingVLA(nn.Module):
-    """`forward` and `unpad_actions` of a flow-matching VLA. A subclass sets `spec` (with `cameras`,
-    `num_steps`, `chunk_size` and `action_dim`) and defines `embed_images`, `encode_prefix` and
-    `denoise_step`."""
+    """`forward`, `denoise_step` and `unpad_actions` of a flow-matching VLA. A subclass sets `spec` (with
+    `cameras`, `num_steps`, `chunk_size` and `action_dim`) and `action_out_proj` (expert width ->
+    max_action_dim), and defines `embed_images`, `encode_prefix` and `expert_hidden`."""
 
     def forward(self, batch: dict[str, Tensor]) -> Tensor:
         """LeRobot's `predict_action_chunk` for the given noise.
@@ -41,6 +41,21 @@ class FlowMatchingVLA(nn.Module):
     def prefix_inputs(self, batch: dict[str, Tensor]) -> tuple[Tensor, ...]:
         """What `encode_prefix` takes after the image tokens: the language tokens and mask, the state."""
         return batch[TOKENS_KEY], batch[MASK_KEY], batch[STATE_KEY]
+
+    def denoise_step(self, x: Tensor, t: Tensor, keys: Tensor, values: Tensor, prefix_mask: Tensor) -> Tensor:
+        """Stage 3: the flow velocity at (x, t), run `num_steps` times by the Euler loop.
+
+        Args:
+            x: (B, chunk_size, max_action_dim) float32 current sample.
+            t: (B,) float32 time in [0, 1] (1 = noise).
+            keys, values: (layers, B, kv_heads, Lp, head_dim) from `encode_prefix`.
+            prefix_mask: (B, Lp) bool from `encode_prefix`.
+
+        Returns:
+            (B, chunk_size, max_action_dim) float32 velocity v; the loop does x += dt * v, dt = -1/num_steps.
+        """
+        out = self.expert_hidden(x, t, keys, values, prefix_mask)
+        return self.action_out_proj(out[:, -self.spec.chunk_size:].float())
 
     def unpad_actions(self, x: Tensor) -> Tensor:
         """Stage 4: (B, chunk_size, max_action_dim) loop output -> (B, chunk_size, action_dim) actions."""

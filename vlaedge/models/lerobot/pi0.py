@@ -183,25 +183,17 @@ class PI0(FlowMatchingVLA):
         _, own_k, own_v = self.paligemma_with_expert.expert(token, None, keys, values, mask, position)
         return torch.cat([keys, own_k], dim=3), torch.cat([values, own_v], dim=3), mask[:, 0]
 
-    def denoise_step(self, x: Tensor, t: Tensor, keys: Tensor, values: Tensor, prefix_mask: Tensor) -> Tensor:
-        """Stage 3: the flow velocity at (x, t), run `num_steps` times by the Euler loop.
-
-        Args:
-            x: (B, chunk_size, max_action_dim) float32 current sample.
-            t: (B,) float32 time in [0, 1] (1 = noise).
-            keys, values: (layers, B, kv_heads, Lp, head_dim) from `encode_prefix`.
-            prefix_mask: (B, Lp) bool from `encode_prefix`.
-
-        Returns:
-            (B, chunk_size, max_action_dim) float32 velocity v; the loop does x += dt * v, dt = -1/num_steps.
-        """
+    def expert_hidden(self, x: Tensor, t: Tensor, keys: Tensor, values: Tensor,
+                      prefix_mask: Tensor) -> Tensor:
+        """The action expert's output (B, chunk_size, expert width) for the action tokens, attending to the
+        cached prefix (pi0: with its state token) and to each other."""
         suffix, cond = self.embed_suffix(x, t)
         steps = suffix.shape[1]
         mask = torch.cat([prefix_mask[:, None, :].expand(-1, steps, -1),
                           torch.ones_like(prefix_mask[:, :1, None]).expand(-1, steps, steps)], dim=2)
         positions = prefix_mask.long().sum(dim=1, keepdim=True) + torch.arange(steps, device=x.device)[None]
         out, _, _ = self.paligemma_with_expert.expert(suffix, cond, keys, values, mask, positions)
-        return self.action_out_proj(out[:, -self.spec.chunk_size:].float())
+        return out
 
     def embed_suffix(self, x: Tensor, t: Tensor) -> tuple[Tensor, Tensor | None]:
         """(B, S, max_action_dim) sample and (B,) time -> action tokens (B, S, expert width) and the adaRMS

@@ -281,21 +281,12 @@ class SmolVLA(FlowMatchingVLA):
         keys, values = self.vlm_with_expert.prefix_cache(embs, mask, positions)
         return keys, values, pad
 
-    def denoise_step(self, x: Tensor, t: Tensor, keys: Tensor, values: Tensor, prefix_mask: Tensor) -> Tensor:
-        """Stage 3: the flow velocity at (x, t), run `num_steps` times by the Euler loop.
-
-        Args:
-            x: (B, chunk_size, max_action_dim) float32 current sample.
-            t: (B,) float32 time in [0, 1] (1 = noise).
-            keys, values: (layers, B, kv_heads, Lp, head_dim) from `encode_prefix`.
-            prefix_mask: (B, Lp) bool from `encode_prefix`.
-
-        Returns:
-            (B, chunk_size, max_action_dim) float32 velocity v; the loop does x += dt * v, dt = -1/num_steps.
-        """
+    def expert_hidden(self, x: Tensor, t: Tensor, keys: Tensor, values: Tensor,
+                      prefix_mask: Tensor) -> Tensor:
+        """The action expert's output (B, chunk_size, expert hidden) for the action-time tokens, reading the
+        cached prefix."""
         suffix = self.embed_suffix(x, t)
-        out = self.vlm_with_expert.expert(suffix, keys, values, prefix_mask)
-        return self.action_out_proj(out[:, -self.spec.chunk_size:].float())
+        return self.vlm_with_expert.expert(suffix, keys, values, prefix_mask)
 
     def embed_suffix(self, x: Tensor, t: Tensor) -> Tensor:
         """(B, S, max_action_dim) sample and (B,) time -> (B, S, expert hidden) action-time tokens.
