@@ -1,6 +1,7 @@
-"""What the LeRobot network tests share: the fixture folders, LeRobot's recorded arrays as a batch, the
-error in the fidelity contract's units, the positional ONNX wrapper and export, and the stage plan of a
-flow-matching VLA run by the stage executor on torch."""
+"""What the LeRobot tests share: the fixture folders, a network loaded from its checkpoint as the adapter
+loads it, LeRobot's recorded arrays as a batch, the error in the fidelity contract's units, the positional
+ONNX wrapper and export, the stage plan of a flow-matching VLA run by the stage executor on torch, the
+Diffusion fixtures' seeded weights, and a LeRobot dataset recorded from gym-pusht."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from types import ModuleType
 
 import numpy as np
 import torch
+from safetensors.torch import load_file
 
 from vlaedge.models.checkpoint import check_state_dict
 from vlaedge.models.stages import StagePlan
@@ -28,6 +30,11 @@ def network_state(state: dict[str, torch.Tensor], root: str) -> dict[str, torch.
     """A checkpoint's tensors with the policy's `root.` prefix removed (the network's own names)."""
     assert all(k.startswith(f"{root}.") for k in state)
     return {k.removeprefix(f"{root}."): v for k, v in state.items()}
+
+
+def checkpoint_state(folder: Path, root: str) -> dict[str, torch.Tensor]:
+    """folder/model.safetensors under the network's own names (the policy's `root.` prefix removed)."""
+    return network_state(load_file(folder / "model.safetensors"), root)
 
 
 def tensor_layout(state: dict[str, torch.Tensor]) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:

@@ -17,16 +17,15 @@ import pytest
 import torch
 from lerobot_helpers import (
     LEROBOT_CASES,
+    checkpoint_state,
     load_network,
     load_reference,
-    network_state,
     onnx_and_torch,
     onnx_session,
     pre_batch,
     relative_error,
     tensor_layout,
 )
-from safetensors.torch import load_file
 
 from vlaedge.errors import VlaedgeError
 from vlaedge.models.lerobot import act
@@ -40,11 +39,6 @@ needs_fixture = pytest.mark.skipif(not CASE.is_dir(),
                                    reason="../shared/cases/lerobot_policies is not beside the repo")
 
 
-def checkpoint_state() -> dict[str, torch.Tensor]:
-    """model.safetensors under the network's own names."""
-    return network_state(load_file(FOLDER / "model.safetensors"), act.ROOT)
-
-
 @pytest.fixture(scope="module")
 def config() -> dict:
     return json.loads((FOLDER / "config.json").read_text())
@@ -53,7 +47,7 @@ def config() -> dict:
 @pytest.fixture(scope="module")
 def net(config):
     """The fixture's network, built with meta parameters and loaded as the adapter loads it."""
-    return load_network(lambda: act.build(config, FOLDER), checkpoint_state(), FOLDER)
+    return load_network(lambda: act.build(config, FOLDER), checkpoint_state(FOLDER, act.ROOT), FOLDER)
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +59,7 @@ def reference() -> dict[str, np.ndarray]:
 def test_state_dict_names_shapes_dtypes_equal_the_checkpoint(config):
     with empty_parameters():
         module = act.build(config, FOLDER)
-    expected, got = tensor_layout(checkpoint_state()), tensor_layout(module.state_dict())
+    expected, got = tensor_layout(checkpoint_state(FOLDER, act.ROOT)), tensor_layout(module.state_dict())
     assert got == expected
     assert any(k.startswith("vae_encoder.") for k in got)  # use_vae: true keeps the training-only tensors
     assert all(p.is_meta for p in module.parameters())

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from cli_runner import run_cli
+from lerobot_helpers import record_pusht
 
 from vlaedge.data import Episode, EpisodeDataset, save_lerobot
 from vlaedge.models import load_policy
@@ -84,21 +85,7 @@ def act_pusht(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def pusht_dataset(tmp_path_factory) -> Path:
     """6 short episodes recorded from PushT (random targets) with LeRobot's PushT feature names."""
-    env = gym.make("gym_pusht/PushT-v0", obs_type="pixels_agent_pos")
-    rng, episodes = np.random.default_rng(0), []
-    for e in range(6):
-        obs, _ = env.reset(seed=e)
-        images, states, actions = [], [], []
-        for _ in range(8):
-            action = rng.uniform(50, 460, 2).astype(np.float32)
-            images.append(obs["pixels"])
-            states.append(obs["agent_pos"])
-            actions.append(action)
-            obs, *_ = env.step(action)
-        episodes.append(Episode("Push the T", np.stack(images), np.stack(states), np.stack(actions), index=e))
-    env.close()
-    dataset = EpisodeDataset.from_episodes(episodes, fps=10, action_names=["x", "y"])
-    return save_lerobot(dataset, tmp_path_factory.mktemp("pusht") / "ds", image_key="observation.image")
+    return record_pusht(tmp_path_factory.mktemp("pusht") / "ds", episodes=6, steps=8, task="Push the T")
 
 
 RECIPE = """\

@@ -22,11 +22,11 @@ import pytest
 import torch
 from lerobot_helpers import (
     PI0_FIXTURES,
+    checkpoint_state,
     export,
     flow_stage_plan,
     load_network,
     load_reference,
-    network_state,
     onnx_and_torch,
     onnx_session,
     pre_batch,
@@ -34,7 +34,6 @@ from lerobot_helpers import (
     tensor_layout,
     torch_stage_runner,
 )
-from safetensors.torch import load_file
 
 from vlaedge.errors import VlaedgeError
 from vlaedge.models.lerobot import pi0, pi05
@@ -64,15 +63,10 @@ def config(name: str) -> dict:
     return json.loads((folder(name) / "config.json").read_text())
 
 
-def checkpoint_state(name: str) -> dict[str, torch.Tensor]:
-    """model.safetensors under the network's own names."""
-    return network_state(load_file(folder(name) / "model.safetensors"), pi0.ROOT)
-
-
 def load_net(name: str) -> torch.nn.Module:
     """The network built with meta parameters and loaded as the adapter loads it."""
-    return load_network(lambda: pi0.build(config(name), folder(name), tiny_sizes()), checkpoint_state(name),
-                        folder(name))
+    state = checkpoint_state(folder(name), pi0.ROOT)
+    return load_network(lambda: pi0.build(config(name), folder(name), tiny_sizes()), state, folder(name))
 
 
 @pytest.fixture(scope="module")
@@ -99,7 +93,8 @@ def noised_batch(ref: dict, rows: slice = slice(None)) -> dict[str, torch.Tensor
 def test_state_dict_names_shapes_dtypes_equal_the_checkpoint(name):
     with empty_parameters():
         module = pi0.build(config(name), folder(name), tiny_sizes())
-    expected, got = tensor_layout(checkpoint_state(name)), tensor_layout(module.state_dict())
+    expected = tensor_layout(checkpoint_state(folder(name), pi0.ROOT))
+    got = tensor_layout(module.state_dict())
     assert got.keys() - expected.keys() == {TIED}
     del got[TIED]
     assert got == expected  # computed buffers (SigLIP position ids) stay out of the state dict

@@ -21,10 +21,10 @@ import pytest
 import torch
 from lerobot_helpers import (
     LEROBOT_CASES,
+    checkpoint_state,
     flow_stage_plan,
     load_network,
     load_reference,
-    network_state,
     onnx_and_torch,
     onnx_session,
     pre_batch,
@@ -32,7 +32,6 @@ from lerobot_helpers import (
     tensor_layout,
     torch_stage_runner,
 )
-from safetensors.torch import load_file
 
 from vlaedge.errors import VlaedgeError
 from vlaedge.models.lerobot import smolvla
@@ -50,11 +49,6 @@ needs_fixture = pytest.mark.skipif(
     reason="needs ../shared/cases/lerobot_policies beside the repo and transformers (vlaedge[hf])")
 
 
-def checkpoint_state() -> dict[str, torch.Tensor]:
-    """model.safetensors under the network's own names."""
-    return network_state(load_file(FOLDER / "model.safetensors"), smolvla.ROOT)
-
-
 @pytest.fixture(scope="module")
 def config() -> dict:
     return json.loads((FOLDER / "config.json").read_text())
@@ -62,7 +56,7 @@ def config() -> dict:
 
 def load_net(config: dict) -> torch.nn.Module:
     """The network built with meta parameters and loaded as the adapter loads it."""
-    return load_network(lambda: smolvla.build(config, FOLDER), checkpoint_state(), FOLDER)
+    return load_network(lambda: smolvla.build(config, FOLDER), checkpoint_state(FOLDER, smolvla.ROOT), FOLDER)
 
 
 @pytest.fixture(scope="module")
@@ -92,7 +86,7 @@ def noised_batch(reference: dict, rows: slice = slice(None)) -> dict[str, torch.
 def test_state_dict_names_shapes_dtypes_equal_the_checkpoint(config):
     with empty_parameters():
         module = smolvla.build(config, FOLDER)
-    expected, got = tensor_layout(checkpoint_state()), tensor_layout(module.state_dict())
+    expected, got = tensor_layout(checkpoint_state(FOLDER, smolvla.ROOT)), tensor_layout(module.state_dict())
     assert got == expected  # computed buffers (RoPE inv_freq, patch positions) stay out of the state dict
     assert all(p.is_meta for p in module.parameters())
     assert smolvla.noise_shapes(config) == {"noise": (10, 32)}
