@@ -29,3 +29,32 @@ def camera_keys(config: dict) -> tuple[str, ...]:
 def action_feature(config: dict) -> dict | None:
     """config.json's `output_features.action` (type and shape), None where it has none."""
     return (config.get("output_features") or {}).get(ACTION_KEY)
+
+
+def check_cameras(config: dict, cameras: tuple[str, ...], policy: str) -> set[tuple[int, ...]]:
+    """At least one camera, each (3, H, W); returns their shapes.
+
+    Raises:
+        VlaedgeError: no camera, or one of another shape (`policy` names the network in the message).
+    """
+    inputs = config.get("input_features") or {}
+    if not cameras:
+        raise refuse("input_features", sorted(inputs), f"{policy} needs at least one VISUAL input")
+    shapes = {tuple(inputs[k]["shape"]) for k in cameras}
+    if any(len(s) != 3 or s[0] != 3 for s in shapes):
+        raise refuse("input_features", sorted(shapes), "images must be (3, H, W)")
+    return shapes
+
+
+def check_state(config: dict, state: dict | None, policy: str) -> None:
+    """A STATE input of at most `max_state_dim` values (zero-padded to it)."""
+    if state is None or state.get("type") != "STATE" or state["shape"][0] > config["max_state_dim"]:
+        raise refuse(f"input_features.{STATE_KEY}", state, f"{policy} needs a STATE input of at most "
+                     f"max_state_dim = {config['max_state_dim']} values")
+
+
+def check_action(config: dict, action: dict | None, policy: str) -> None:
+    """An ACTION output of at most `max_action_dim` values (the first of the padded action)."""
+    if action is None or action.get("type") != "ACTION" or action["shape"][0] > config["max_action_dim"]:
+        raise refuse(f"output_features.{ACTION_KEY}", action, f"{policy} needs an ACTION output of at most "
+                     f"max_action_dim = {config['max_action_dim']} values")

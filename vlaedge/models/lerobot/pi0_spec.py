@@ -9,11 +9,13 @@ from dataclasses import dataclass
 
 from vlaedge.errors import VlaedgeError
 from vlaedge.models.lerobot.features import (
-    ACTION_KEY,
     NOISE_KEY,
     STATE_KEY,
     action_feature,
     camera_keys,
+    check_action,
+    check_cameras,
+    check_state,
     refuse,
 )
 from vlaedge.models.lerobot.pi0_gemma import GemmaSize, PaliGemmaSizes
@@ -157,17 +159,7 @@ def _check_sizes(sizes: PaliGemmaSizes) -> None:
 
 
 def _check_features(c: dict, cameras: tuple, state: dict | None, action: dict | None) -> None:
-    inputs = c.get("input_features") or {}
-    if not cameras:
-        raise refuse("input_features", sorted(inputs), f"{c['type']} needs at least one VISUAL input")
-    shapes = {tuple(inputs[k]["shape"]) for k in cameras}
-    if any(len(s) != 3 or s[0] != 3 for s in shapes):
-        raise refuse("input_features", sorted(shapes), "images must be (3, H, W)")
-    if c["type"] == "pi0" and (state is None or state.get("type") != "STATE"
-                               or state["shape"][0] > c["max_state_dim"]):
-        raise refuse(f"input_features.{STATE_KEY}", state,
-                     f"pi0 needs a STATE input of at most max_state_dim = {c['max_state_dim']} values")
-    if action is None or action.get("type") != "ACTION" or action["shape"][0] > c["max_action_dim"]:
-        raise refuse(f"output_features.{ACTION_KEY}", action,
-                     f"{c['type']} needs an ACTION output of at most max_action_dim = {c['max_action_dim']} "
-                     "values")
+    check_cameras(c, cameras, c["type"])
+    if c["type"] == "pi0":  # pi0.5 reads the state from the prompt
+        check_state(c, state, "pi0")
+    check_action(c, action, c["type"])

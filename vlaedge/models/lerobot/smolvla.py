@@ -40,11 +40,13 @@ from torch import Tensor, nn
 
 from vlaedge.errors import VlaedgeError
 from vlaedge.models.lerobot.features import (
-    ACTION_KEY,
     NOISE_KEY,
     STATE_KEY,
     action_feature,
     camera_keys,
+    check_action,
+    check_cameras,
+    check_state,
     refuse,
 )
 from vlaedge.models.lerobot.flow_matching import FlowMatchingVLA
@@ -128,21 +130,11 @@ def _check_supported(c: dict) -> None:
 
 
 def _check_features(c: dict, cameras: tuple, state: dict | None, action: dict | None) -> None:
-    inputs = c.get("input_features") or {}
-    if not cameras:
-        raise refuse("input_features", sorted(inputs), "SmolVLA needs at least one VISUAL input")
-    shapes = {tuple(inputs[k]["shape"]) for k in cameras}
-    if any(len(s) != 3 or s[0] != 3 for s in shapes):
-        raise refuse("input_features", sorted(shapes), "images must be (3, H, W)")
+    shapes = check_cameras(c, cameras, "SmolVLA")
     if not c["resize_imgs_with_padding"] and len(shapes) > 1:
         raise refuse("resize_imgs_with_padding", None, "cameras of different sizes need a resize target")
-    if state is None or state.get("type") != "STATE" or state["shape"][0] > c["max_state_dim"]:
-        raise refuse(f"input_features.{STATE_KEY}", state,
-                     f"SmolVLA needs a STATE input of at most max_state_dim = {c['max_state_dim']} values")
-    if action is None or action.get("type") != "ACTION" or action["shape"][0] > c["max_action_dim"]:
-        raise refuse(f"output_features.{ACTION_KEY}", action,
-                     f"SmolVLA needs an ACTION output of at most max_action_dim = {c['max_action_dim']} "
-                     "values")
+    check_state(c, state, "SmolVLA")
+    check_action(c, action, "SmolVLA")
 
 
 def vlm_folder(config: dict, root: Path) -> Path:
