@@ -315,6 +315,8 @@ def test_a_slower_candidate_says_why_from_the_causes_that_hold_here():
     vnni_large = slower_reasons(40.0, "ort-cpu", {"busy_others_share": 0.62}, int8_dot=True)
     assert "VNNI" not in vnni_large and "too small" not in vnni_large and "62%" in vnni_large
     assert "none of the known causes" in slower_reasons(40.0, "ort-cpu", None, int8_dot=True)
+    trt = slower_reasons(40.0, "ort-cpu", None, int8_dot=False, tensorrt_graph=True)
+    assert "TensorRT" in trt and "on the device" in trt and "dot-product" not in trt
     report = with_baseline(make_report(latency_ms=5.0), fp32_ms=0.9)
     report["baseline"]["slower_why"] = slower_reasons(0.9, "ort-cpu", None, int8_dot=False)
     head = gate(report, Budgets(max_drift_mean_pct=5)).summary().splitlines()[0]

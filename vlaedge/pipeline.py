@@ -392,7 +392,7 @@ def _quantize_stages(od: OutputDir, q, target, reference: Policy, policy: Policy
     exported, parity = check_staged(reference, od.path / "stages.json", check, export_cfg.max_check_error_pct)
     od.record_stage("export", 0.0, check=exported.__dict__, parity=parity)
     lines = [result.summary()] + [StageParity(**p).line() for p in parity] + [
-        exported.line("ONNX Runtime (staged)")]
+        exported.line("ONNX Runtime INT8 (staged)", judged=False)]
     summaries.append("\n".join(lines))
     log("\n".join(lines))
 

@@ -163,7 +163,11 @@ def verify(
         prof = _profile(policy, candidate, model, baseline if comparable else None, evaluation, config)
         log(prof.table())
     candidate.close()
-    base = baseline_comparison(model, baseline, prof) if comparable else None
+    base = None
+    if comparable:
+        from vlaedge.runtimes import qdq_arithmetic
+
+        base = baseline_comparison(model, baseline, prof, qdq_arithmetic(target, model) == "simulated")
     if base is not None:
         log(f"vs FP32 ONNX: {speed_note(base)}")
     report = build_report(
@@ -185,7 +189,8 @@ def verify(
     return VerifyResult(drift, loop, prof, report, notes, base)
 
 
-def baseline_comparison(model: str | Path, baseline: str | Path, prof: ProfileReport | None) -> dict:
+def baseline_comparison(model: str | Path, baseline: str | Path, prof: ProfileReport | None,
+                        tensorrt_graph: bool = False) -> dict:
     """The candidate against the FP32 reference ONNX: speed (from one interleaved profile, where the
     candidate is models[0] and the baseline models[1]), file size and stored parameters.
 
@@ -193,6 +198,8 @@ def baseline_comparison(model: str | Path, baseline: str | Path, prof: ProfileRe
         model: the candidate .onnx file.
         baseline: the FP32 reference .onnx file.
         prof: the interleaved profile of both, or None (no latency figures then).
+        tensorrt_graph: the candidate is a Q/DQ graph for TensorRT, timed here with Q/DQ fusion off (a
+            cause `slower_reasons` names).
 
     Returns:
         The report's "baseline" dict: model, file_bytes, parameters, candidate_parameters, size_ratio and
@@ -225,7 +232,8 @@ def baseline_comparison(model: str | Path, baseline: str | Path, prof: ProfileRe
                    median_speedup=ref.median_ms / cand.median_ms, p99_speedup=ref.p99_ms / cand.p99_ms,
                    slower=ref.median_ms < cand.median_ms, interleaved=prof.interleaved)
         if out["slower"]:
-            out["slower_why"] = slower_reasons(ref.median_ms, prof.models[0].runtime, prof.load)
+            out["slower_why"] = slower_reasons(ref.median_ms, prof.models[0].runtime, prof.load,
+                                               tensorrt_graph=tensorrt_graph)
     return out
 
 
@@ -233,7 +241,7 @@ SMALL_MS = 2.0  # an FP32 step under this (ms) is dominated by per-node dispatch
 
 
 def slower_reasons(fp32_median_ms: float, runtime: str, load: dict | None = None,
-                   int8_dot: bool | None = None) -> str:
+                   int8_dot: bool | None = None, tensorrt_graph: bool = False) -> str:
     """Why a quantized candidate can be slower than its FP32 graph on this machine, in one sentence: the
     known causes that hold here, most likely first.
 
@@ -243,6 +251,7 @@ def slower_reasons(fp32_median_ms: float, runtime: str, load: dict | None = None
         load: the profile's load record (`vlaedge.check.host`), or None.
         int8_dot: whether the CPU has an int8 dot-product instruction (`vlaedge.info.int8_dot_product`;
             looked up when None).
+        tensorrt_graph: the candidate is a TensorRT Q/DQ graph timed with Q/DQ fusion off.
 
     Returns:
         e.g. "this CPU has no int8 dot-product instruction (AVX512-VNNI / AVX-VNNI): ONNX Runtime's INT8
@@ -252,7 +261,11 @@ def slower_reasons(fp32_median_ms: float, runtime: str, load: dict | None = None
 
     int8_dot = int8_dot_product() if int8_dot is None else int8_dot
     reasons = []
-    if runtime.startswith("ort-cpu") and int8_dot is False:
+    if tensorrt_graph:
+        reasons.append("the candidate is a Q/DQ graph for TensorRT, run here with Q/DQ fusion off (as "
+                       "TensorRT computes it, in float): its speed on this machine says nothing about the "
+                       "engine's; profile the engine on the device (vlaedge profile on the Jetson)")
+    if runtime.startswith("ort-cpu") and int8_dot is False and not tensorrt_graph:
         reasons.append("this CPU has no int8 dot-product instruction (AVX512-VNNI, AVX-VNNI or AMX): ONNX "
                        "Runtime's INT8 kernels fall back to AVX2, often no faster than FP32 "
                        "(`vlaedge info` lists the CPU features)")

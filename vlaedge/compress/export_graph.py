@@ -108,11 +108,15 @@ class ExportCheck:
     def __bool__(self) -> bool:
         return bool(self.skipped) or self.judged <= self.tolerance
 
-    def line(self, what: str = "ONNX Runtime") -> str:
-        """The summary line: max / p99 / mean |action diff| in environment units and the judged % of range."""
+    def line(self, what: str = "ONNX Runtime", judged: bool = True) -> str:
+        """The summary line: max / p99 / mean |action diff| in environment units and the judged % of range.
+        `judged=False`: an INT8 graph compared with the FP32 module, where the difference is the
+        quantization error that the drift budgets judge, not an export fault (no "allowed" figure then)."""
+        bound = (f"allowed {self.tolerance:g}%" if judged else
+                 "INT8 against the FP32 module: the quantization error, judged by the drift budgets")
         return (f"{what} vs torch on {self.frames} frames: max |action diff| {self.max_abs:.4f}, p99 "
                 f"{self.p99_abs:.4f}, mean {self.mean_abs:.5f} ({'p99' if self.quantized else 'max'} "
-                f"{self.judged:.3f}% of range, allowed {self.tolerance:g}%)"
+                f"{self.judged:.3f}% of range, {bound})"
                 + (f"; export check: {self.method}" if self.method else ""))
 
     def refusal(self, what: str = "ONNX Runtime") -> VlaedgeError:

@@ -32,7 +32,8 @@ _ALIASES = {"state": "observation.state", "instruction": "task"}  # generic fram
 _COUNTERS = {"timestamp", "frame_index", "episode_index", "index", "task_index"}  # LeRobot bookkeeping
 _STATS_KEYS = {"mean_std": ("mean", "std"), "min_max": ("min", "max")}
 MAP_FIX = ("set the input's feature in the checkpoint's config.json, or map it without editing the "
-           "checkpoint: recipe data: {map: {INPUT: FEATURE}}, or --set data.map.INPUT=FEATURE")
+           "checkpoint: recipe data: {map: {INPUT: FEATURE}}, or --set data.map.INPUT=FEATURE (vlaedge data: "
+           "--map INPUT=FEATURE)")
 
 
 @dataclass(frozen=True)
