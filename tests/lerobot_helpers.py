@@ -172,6 +172,7 @@ def seeded_diffusion_checkpoint(variant: str, parent: Path) -> Path:
 def record_pusht(out: Path, episodes: int, steps: int, task: str) -> Path:
     """`episodes` short episodes of random targets recorded from gym-pusht itself, saved at `out` as a
     LeRobot v3 dataset with LeRobot's PushT feature names; returns `out`."""
+    import gym_pusht  # noqa: F401  (importing it registers gym_pusht/PushT-v0)
     import gymnasium as gym
 
     from vlaedge.data import Episode, EpisodeDataset, save_lerobot
