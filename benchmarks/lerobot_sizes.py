@@ -13,6 +13,8 @@ frames with the checkpoint's features:
 - `pi0`: `lerobot/pi0_base`'s network (PaliGemma 3B: SigLIP So400m/14 at 224 px + Gemma 2B, Gemma 300M
   action expert, chunk 50, 10 Euler steps), two 224x224 cameras, 14-dim state and action, ~3.3 B (13 GB in
   FP32: weights written in 2 GB shards); its tokenizer is the pi0 fixture's stand-in.
+- `act-fixture`, `diffusion-fixture`, `smolvla-fixture`, `pi0-fixture`: the small checkpoints LeRobot
+  0.4.4 itself wrote (the fidelity fixtures of tests/test_lerobot_policy.py), used in place.
 - `smolvla`: `lerobot/smolvla_base`'s network (SmolVLM2-500M's widths, its first 16 layers, expert at 0.75
   width, chunk 50, 10 Euler steps, images padded to 512), two 480x640 cameras, 6-dim SO-100 state and
   action, ~450 M; the backbone folder holds SmolVLM2-500M's config and, as the tokenizer, the SmolVLA
@@ -121,6 +123,11 @@ def pi0_config() -> dict:
 
 
 TYPES = {"act": act_config, "diffusion": diffusion_config, "smolvla": smolvla_config, "pi0": pi0_config}
+# The checkpoints LeRobot 0.4.4 itself wrote at small sizes (tests/test_lerobot_policy.py's fidelity
+# fixtures), run in place (a link, never copied or written to) with a random dataset of their features.
+FIXTURES = {"act-fixture": CASES / "act_aloha14", "smolvla-fixture": CASES / "smolvla_tiny",
+            "diffusion-fixture": ROOT / "tests/fixtures/lerobot_diffusion/ddim_pusht",
+            "pi0-fixture": ROOT / "tests/fixtures/lerobot_pi0/pi0_tiny"}
 
 
 def build(kind: str, work: Path, seed: int = 0) -> dict:
@@ -144,6 +151,21 @@ def build(kind: str, work: Path, seed: int = 0) -> dict:
              for n, f in {**config["input_features"], **config["output_features"]}.items()}
     folder = write_pretrained(work / "pretrained_model", config, stats, seed, text, stream=True)
     _dataset(config, work / "data", seed)
+    params = sum(int(np.prod(shape)) for shape in _shapes(folder))
+    return {"parameters": params, "fp32_bytes": 4 * params}
+
+
+def link_fixture(kind: str, work: Path, seed: int = 0) -> dict:
+    """work/pretrained_model -> the fixture's folder (its backbone folders resolve beside the original),
+    and a dataset of its features (work/data); returns {"parameters", "fp32_bytes"}. The Diffusion
+    fixture's weights are seeded, not stored: its seeded_weights.py writes them first."""
+    folder = FIXTURES[kind] / "pretrained_model"
+    if not (folder / "model.safetensors").is_file():
+        subprocess.run([sys.executable, str(FIXTURES[kind].parent / "seeded_weights.py")], check=True)
+    work.mkdir(parents=True, exist_ok=True)
+    (work / "pretrained_model").unlink(missing_ok=True)
+    (work / "pretrained_model").symlink_to(folder.resolve(), target_is_directory=True)
+    _dataset(json.loads((folder / "config.json").read_text()), work / "data", seed)
     params = sum(int(np.prod(shape)) for shape in _shapes(folder))
     return {"parameters": params, "fp32_bytes": 4 * params}
 
@@ -242,7 +264,8 @@ def _pct(value) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--type", action="append", choices=sorted(TYPES), required=True)
+    parser.add_argument("--type", action="append", choices=sorted(TYPES) + sorted(FIXTURES), required=True,
+                        help="a published size (random weights) or a LeRobot-written fixture (*-fixture)")
     parser.add_argument("--steps", default="load,cpu-int8")
     parser.add_argument("--work", type=Path, default=Path("runs/lerobot-sizes"))
     parser.add_argument("--timeout", type=int, default=3600)
@@ -257,8 +280,11 @@ def main() -> None:
         if not info_file.is_file():
             print(f"{kind}: writing the checkpoint and dataset to {work}", flush=True)
             info_file.parent.mkdir(parents=True, exist_ok=True)
-            info_file.write_text(json.dumps(build(kind, work)))
-        entry = {**json.loads(info_file.read_text()), "steps": []}
+            sizes = link_fixture(kind, work) if kind in FIXTURES else build(kind, work)
+            info_file.write_text(json.dumps(sizes))
+        kept = [r for r in results["types"].get(kind, {}).get("steps", [])
+                if r["step"] not in args.steps.split(",")]
+        entry = {**json.loads(info_file.read_text()), "steps": kept}  # a step run again replaces its row
         for step in args.steps.split(","):
             print(f"{kind}: {step} ...", flush=True)
             entry["steps"].append(run(step, work, args.timeout))
