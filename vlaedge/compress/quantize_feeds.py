@@ -36,7 +36,9 @@ class StageInputs:
     Args:
         policy: the staged policy.
         plan: its plan.
-        batches: the calibration feed batches, each input (B, ...).
+        batches: the calibration feed batches, each input (B, ...); torch runs them in parts of
+            `run_frames` frames (None: whole), and each part is a batch here: torch's activations at 32
+            frames of a SmolVLA-size prefix at 384 px were +1.75 GB.
         folder: where the .npy files go (created; the caller removes it).
         full: stages whose calls are needed on every batch (static quantization calibrates on them).
         first: stages whose calls are needed on the first batch only (input specs, a smoke run).
@@ -45,8 +47,11 @@ class StageInputs:
     """
 
     def __init__(self, policy: Policy, plan: StagePlan, batches: list[dict[str, np.ndarray]], folder: Path,
-                 full: set[str], first: set[str] = frozenset()):
-        self.policy, self.plan, self.batches, self.folder = policy, plan, batches, Path(folder)
+                 full: set[str], first: set[str] = frozenset(), run_frames: int | None = None):
+        from vlaedge.compress.quantize_ort import parts
+
+        self.policy, self.plan, self.folder = policy, plan, Path(folder)
+        self.batches = [part for b in batches for part in parts(b, run_frames)]
         self.full, self.first = set(full), set(first) | set(full)
         self.index: dict[tuple[str, int], list[dict[str, str]]] = {}  # (stage, batch) -> call -> name -> file
         self.folder.mkdir(parents=True, exist_ok=True)

@@ -22,8 +22,10 @@ protobuf over 2 GB is ever serialized, and the output's weights are in one `mode
 Everything ONNX Runtime writes on the way (the shape-inferred copy, the calibration graph
 `augmented_model.onnx`) goes to a temporary folder inside the hidden staging folder beside the output
 (`.model.onnx.partial`), removed when quantization ends, fails or is interrupted, and by the next run if
-the process was killed. Static quantization calibrates first (ONNX Runtime's calibrator, one batch at a
-time folded into the ranges / histograms: `CalibStridedMinMax`), writes the ranges to a file and frees the
+the process was killed. Static quantization calibrates first (ONNX Runtime's calibrator, one run at a
+time folded into the ranges / histograms: what `CalibStridedMinMax` does; `CalibMaxIntermediateOutputs`
+would not help, and in ONNX Runtime 1.31 it clears the collected runs without folding them in,
+onnxruntime issue #18893), writes the ranges to a file and frees the
 calibration graph and its session, and only then runs `quantize_static` on those ranges (its calibration
 cache): ONNX Runtime's single call holds the model it quantizes, the calibration graph and its session at
 once. The quantizer's input and the calibration graph keep their weights in data files (never serialized
@@ -32,13 +34,15 @@ minmax, entropy, percentile and dynamic on a small policy, minmax on the 123 M o
 ONNX Runtime is still working while it builds the calibration graph, calibrates and quantizes.
 
 Measured (issue 23; 123 M-parameter reference policy, 506 MB FP32, self-contained FP32 ONNX, 32-frame
-batches of 224 px frames, in a process that also holds the torch policy, 0.99 GB after loading it): peak
-RSS with one batch 8.0 GB before; with 8 batches (cpu-int8's 256 frames) `vlaedge compress` was killed at
-12.3 GB before, and quantization peaks at 6.6 GB now (11.0 GB without the calibration session's arena
-off: it grew batch after batch). What is left is the calibration run's activations at 32 frames (~4.3 GB)
-beside the policy and the session; 4-frame batches peaked at 2.8 GB (a byte-identical file there, but
-ONNX Runtime's kernels are not batch-invariant: one frame at a time changed the ranges), so the batch stays
-the pipeline's. The 2.5x-of-FP32 target of issue 23 is not met on this path at 32-frame batches.
+batches of 224 px frames, in a process that also holds the torch policy, 1.07 GB after loading it): peak
+RSS 6.9 GB before, 2.6 GB now. ONNX Runtime's calibration graph ends every calibrated tensor in a
+ReduceMin / ReduceMax pair whose outputs are graph outputs; in the session's default execution order
+those pairs ran after the whole forward, so every calibrated activation of a batch was alive at once
+(+5.6 GB over the session at 32 frames; +8.4 GB with the arena on). The calibration session runs in
+priority-based order (+0.66 GB at 32 frames; the ranges and the INT8 file byte-identical) and in runs of
+`CALIBRATION_RUN_FRAMES` frames (the trained examples' INT8 graphs byte-identical at 32, 8 and 4 frames a
+run). What is left at that size is the parsed FP32 graph (onnx reads a self-contained file's weights with
+its graph) and the FP32 and INT8 sessions of the smoke run, beside the torch policy.
 """
 
 from __future__ import annotations
@@ -230,7 +234,7 @@ def _calibrate(source: Path, config: QuantizeConfig, batches, op_types, run_fram
     with progress.stage("calibration: batches (ONNX Runtime)", total=len(batches)) as bar, \
             progress.heartbeat("quantize: ONNX Runtime calibration"):
         for index in range(len(batches)):
-            for part in _parts(batches[index], run_frames):
+            for part in parts(batches[index], run_frames):
                 calibrator.collect_data(_FeedReader([part]))
                 release_memory()  # the run's outputs, folded into the ranges
             bar.advance()
@@ -241,7 +245,7 @@ def _calibrate(source: Path, config: QuantizeConfig, batches, op_types, run_fram
     return folder / "ranges.json"
 
 
-def _parts(feeds: dict[str, np.ndarray], frames: int | None) -> list[dict[str, np.ndarray]]:
+def parts(feeds: dict[str, np.ndarray], frames: int | None) -> list[dict[str, np.ndarray]]:
     """`feeds` split along the batch axis into runs of at most `frames` frames (None: one run)."""
     rows = len(next(iter(feeds.values())))
     if frames is None or rows <= frames:

@@ -203,7 +203,7 @@ def quantize_stages(policy: Policy, config: QuantizeConfig, calibration: list[di
     """
     from vlaedge.compress.export_stages import StagePolicy
     from vlaedge.compress.quantize import check_calibration
-    from vlaedge.compress.quantize_ort import ort_config, quantize_onnx
+    from vlaedge.compress.quantize_ort import CALIBRATION_RUN_FRAMES, ort_config, quantize_onnx
 
     start, plan = time.perf_counter(), plan_of(policy)
     batches = check_calibration(policy, config, calibration)
@@ -219,7 +219,8 @@ def quantize_stages(policy: Policy, config: QuantizeConfig, calibration: list[di
     try:
         inputs = StageInputs(policy, plan, batches, staging / "calibration",
                              full={n for n, m in modes.items() if m == "static"},
-                             first={n for n, m in modes.items() if m == "dynamic"}).record()
+                             first={n for n, m in modes.items() if m == "dynamic"},
+                             run_frames=CALIBRATION_RUN_FRAMES).record()
         for entry in fp32.graphs:
             src, dst = fp32_plan.parent / entry.file, staging / out_dir.name / f"{entry.name}.onnx"
             mode = modes[entry.name]
