@@ -168,7 +168,8 @@ def test_too_large_for_memory_is_refused_before_loading(tmp_path, monkeypatch):
     fp32, _ = weight_bytes([checkpoint / "model.safetensors"], "float32")
     built = []
     monkeypatch.setattr(weights_mod, "available_memory", lambda: int(fp32 * 0.6))
-    monkeypatch.setattr(PythonPolicy, "from_checkpoint", lambda *a: built.append(a))
+    stub = type("Built", (), {"to": lambda self, device: self})()  # what load_policy moves to its device
+    monkeypatch.setattr(PythonPolicy, "from_checkpoint", lambda *a: built.append(a) or stub)
     with pytest.raises(VlaedgeError) as e:
         load_policy(checkpoint, trust_code=True)
     assert "GB as float32" in e.value.message and "GB of memory is available" in e.value.message
