@@ -74,7 +74,8 @@ def ray_executor():
     ray.init(num_cpus=2, include_dashboard=False, resources={"jetson-orin": 1}, logging_level="WARNING",
              runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}})
     try:
-        with open_executor("ray", max_retries=2, log=lambda _: None) as executor:  # joins that instance
+        with open_executor("ray", max_retries=2, episodes_per_task=10,  # joins that instance
+                           log=lambda _: None) as executor:
             yield executor
     finally:
         ray.shutdown()
@@ -119,7 +120,9 @@ def test_a_20_episode_closed_loop_through_ray_equals_the_local_run(ray_executor,
                                    tmp_path / "m.onnx", 1)
             return compare_closed_loop(policy.act, candidate, 20, 10, image_size=32, max_steps=20)
 
-    here, there = run(Executor()), run(ray_executor)
+    local = Executor()
+    local.episodes_per_task = 10  # as the cluster's: the same partition of the 20 episodes
+    here, there = run(local), run(ray_executor)
     assert here.to_dict() == there.to_dict()  # outcomes, steps, and the filmstrip's actions and frames
     assert here.candidate.episodes == 20 and here.candidate.steps > 20 * 4
     units = [n for n in ray_executor.nodes if n.startswith("closed loop:")]

@@ -202,8 +202,11 @@ class ExecutorConfig(Section):
         2, ge=0, le=10, description="ray: attempts after the first for a task whose worker or node was lost")
     cpus_per_task: float = Field(1.0, gt=0, le=256, description="ray: CPUs each task reserves")
     episodes_per_task: int = Field(
-        10, ge=1, description="closed-loop episodes per unit; seeds are assigned per unit before fan-out, "
-        "so local and ray give equal results for equal values")
+        100, ge=1, description="closed-loop episodes per unit, run as one batch; seeds are assigned per unit "
+        "before fan-out, so local and ray give equal results for equal values. 100: the shipped recipes' "
+        "episodes in one unit per policy (the published closed-loop figures); lower it to fan out finer "
+        "(a policy that samples noise, e.g. flow matching, then draws it per unit: other, equally valid "
+        "figures)")
     timing_resource: str | None = Field(
         None, description='ray: a custom resource (e.g. "jetson-orin") naming the node that times '
         "latency; null: the node running vlaedge")

@@ -33,7 +33,7 @@ _CURRENT: ContextVar[Executor | None] = ContextVar("vlaedge_executor", default=N
 
 def open_executor(kind: str = "local", address: str | None = None, max_retries: int = 2,
                   cpus_per_task: float = 1.0, log: Callable[[str], None] = print,
-                  episodes_per_task: int = 10, timing_resource: str | None = None) -> Executor:
+                  episodes_per_task: int = 100, timing_resource: str | None = None) -> Executor:
     """An executor to run units on: here, or on a Ray cluster.
 
     Args:

@@ -119,7 +119,7 @@ class Executor:
     """
 
     kind = "local"
-    episodes_per_task = 10  # closed-loop episodes per unit (`open_executor` sets it)
+    episodes_per_task = 100  # closed-loop episodes per unit (`open_executor` sets it; recipe default)
     timing_resource: str | None = None  # ray: the custom resource of the node that times latency
 
     def __init__(self):
