@@ -1,12 +1,15 @@
 """Shared fixtures. Heavy imports (torch, modelopt) are paid once per test session.
 
 `trained_policy(head)` gives a briefly trained nano reference policy (32x32 camera) for tests whose
-claims need trained weights (random weights hide quantization failures). It is trained once and cached
-in .cache/test-policies/ (delete that folder to retrain; bump CACHE_VERSION when training changes).
+claims need trained weights (random weights hide quantization failures). The trained checkpoints are
+committed in tests/fixtures/trained/ (3.9 and 4.2 MB: the suite trains nothing, and every CPU tests the
+same weights) and copied to .cache/test-policies/ at first use; a CACHE_VERSION with no committed copy is
+trained there instead (bump it when vla.py or train.py change, then commit the new folders from the cache).
 """
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +17,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 CACHE = ROOT / ".cache" / "test-policies"
+COMMITTED = ROOT / "tests" / "fixtures" / "trained"
 CACHE_VERSION = 7  # bump when vla.py or train.py change
 
 
@@ -36,6 +40,9 @@ def trained_checkpoint():
 
     def get(head: str = "chunk") -> Path:
         path = CACHE / f"nano32-{head}-v{CACHE_VERSION}"
+        committed = COMMITTED / path.name
+        if not (path / "model.safetensors").is_file() and (committed / "model.safetensors").is_file():
+            shutil.copytree(committed, path, dirs_exist_ok=True)
         if not (path / "model.safetensors").is_file():
             config = TrainConfig(size="nano", head=head, episodes=200, steps=400, image_size=32, seed=0,
                                  dagger_rounds=0)
