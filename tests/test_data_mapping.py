@@ -140,6 +140,7 @@ def test_missing_stats_and_short_splits_are_refused(tmp_path: Path, img2: Path) 
 
 E2E = [arg for item in ("quantize.num_calib_frames=32", "quantize.keep=[head]",
                         "verify.closed_loop_episodes=0", "budgets.max_success_drop=null",
+                        "budgets.min_speedup=null",  # a 20-node graph's INT8/FP32 ratio is noise (0.34x seen)
                         "budgets.max_drift_per_dim_p99_pct={}",
                         "verify.eval_frames=48", "verify.profile_runs=20", "verify.profile_warmup=2")
        for arg in ("--set", item)] + ["--trust-code"]  # the test policies are python checkpoints
