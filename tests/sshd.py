@@ -13,6 +13,8 @@ import time
 from pathlib import Path
 
 SSHD = Path("/usr/sbin/sshd")
+ROOT = Path(__file__).resolve().parent.parent
+VLAEDGE = ROOT / ".venv" / "bin" / "vlaedge"  # the checkout's console script, run over ssh
 MISSING = (not SSHD.exists() or not shutil.which("ssh") or not shutil.which("ssh-keygen"))
 REASON = ("needs /usr/sbin/sshd, ssh and ssh-keygen (run 'make test-deps' as root to install "
           "openssh-server)")

@@ -15,13 +15,10 @@ from onnx import TensorProto as T
 from onnx import helper as h
 from onnx import numpy_helper as nh
 from onnx import save
-from sshd import MISSING, REASON, Sshd
+from sshd import MISSING, REASON, VLAEDGE, Sshd
 
 from vlaedge.deploy.fleet import load_inventory
 from vlaedge.errors import VlaedgeError
-
-ROOT = Path(__file__).resolve().parent.parent
-VLAEDGE = ROOT / ".venv" / "bin" / "vlaedge"
 
 pytestmark = pytest.mark.skipif(MISSING, reason=REASON)
 

@@ -13,15 +13,12 @@ from onnx import TensorProto as T
 from onnx import helper as h
 from onnx import numpy_helper as nh
 from onnx import save
-from sshd import MISSING, REASON, Sshd, free_port
+from sshd import MISSING, REASON, VLAEDGE, Sshd, free_port
 
 from vlaedge.deploy.engine import build_engine
 from vlaedge.deploy.remote import profile_remote
 from vlaedge.errors import VlaedgeError
 from vlaedge.recipe import EngineConfig
-
-ROOT = Path(__file__).resolve().parent.parent
-VLAEDGE = ROOT / ".venv" / "bin" / "vlaedge"
 
 pytestmark = pytest.mark.skipif(MISSING, reason=REASON)
 
