@@ -160,7 +160,7 @@ def test_loose_per_tensor_files_become_one_data_file(tmp_path):
     path = tmp_path / "model.onnx"
     onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=False,
                     size_threshold=0)
-    assert len(list(tmp_path.iterdir())) == 4  # what torch's legacy exporter writes above 2 GB
+    assert len(list(tmp_path.iterdir())) == 4  # loose per-tensor files, as torch's exporter wrote them
     data = write_one_data_file(path)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx", "model.onnx.data"]
     assert data.sha256 == sha256(tmp_path / "model.onnx.data")
@@ -170,21 +170,62 @@ def test_loose_per_tensor_files_become_one_data_file(tmp_path):
         assert np.array_equal(nh.to_array(got), nh.to_array(w))
 
 
-def test_never_refuses_a_graph_that_needs_external_data(tmp_path):
-    from vlaedge.compress.export_graph import _one_data_file
+def test_never_refuses_a_graph_that_needs_external_data(tiny_run, tmp_path, monkeypatch):
+    """`external_data: never` refuses a graph over the 2 GB limit (lowered here) and leaves nothing; `auto`
+    keeps such a graph's weights in its data file."""
+    import vlaedge.compress.export_graph as export_graph
+    import vlaedge.compress.export_weights as export_weights
 
-    w = nh.from_array(np.ones((64, 64), np.float32), "W")
-    graph = h.make_graph([h.make_node("MatMul", ["x", "W"], ["y"])], "g",
-                         [h.make_tensor_value_info("x", T.FLOAT, [1, 64])],
-                         [h.make_tensor_value_info("y", T.FLOAT, [1, 64])], [w])
-    path = tmp_path / "model.onnx"
-    onnx.save_model(h.make_model(graph), str(path), save_as_external_data=True, location="W.bin",
-                    size_threshold=0)
+    for module in (export_graph, export_weights):
+        monkeypatch.setattr(module, "TWO_GB", 4096)
+    policy = tiny_run.policy
     with pytest.raises(VlaedgeError, match="over protobuf's 2 GB limit") as info:
-        _one_data_file(path, "never")
+        export_onnx(policy, tmp_path / "never" / "model.onnx", ExportConfig(external_data="never"))
     assert "external_data: auto" in info.value.hint
-    assert _one_data_file(path, "auto").name == "model.onnx.data"  # auto takes what torch wrote into one file
-    assert not (tmp_path / "W.bin").exists()
+    assert list((tmp_path / "never").iterdir()) == []
+    result = export_onnx(policy, tmp_path / "auto" / "model.onnx", ExportConfig(), policy.example_inputs(2))
+    assert result.data_file == "model.onnx.data" and result.check.max_abs < 1e-4
+    assert _data_files(tmp_path / "auto") == ["model.onnx.data"]
+
+
+def test_a_graph_under_2_gb_is_self_contained_with_the_same_weights(external_model, tiny_run, tmp_path):
+    """The default export checks the graph on its data file, then writes the weights back into the .onnx
+    (one initializer record at a time): same initializers as the external-data export, one file."""
+    path, _ = external_model
+    result = export_onnx(tiny_run.policy, tmp_path / "model.onnx", ExportConfig(),
+                         tiny_run.policy.example_inputs(2))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx"]
+    assert not result.external_data and result.data_file is None
+    assert result.size_bytes == (tmp_path / "model.onnx").stat().st_size
+    onnx.checker.check_model(str(tmp_path / "model.onnx"))
+    inline, external = onnx.load(str(tmp_path / "model.onnx")), onnx.load(str(path))
+    assert not any(t.data_location == T.EXTERNAL for t in inline.graph.initializer)
+    got = {t.name: nh.to_array(t) for t in inline.graph.initializer}
+    want = {t.name: nh.to_array(t) for t in external.graph.initializer}
+    assert got.keys() == want.keys() and all(np.array_equal(got[k], want[k]) for k in want)
+
+
+def test_inline_weights_appends_initializer_records_that_every_parser_merges(external_model, tmp_path):
+    import shutil
+
+    import onnxruntime as ort
+
+    from vlaedge.compress.export_weights import inline_weights
+
+    path, _ = external_model
+    for f in path.parent.iterdir():
+        shutil.copy(f, tmp_path / f.name)
+    inline_weights(tmp_path / "model.onnx")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx"]
+    model = onnx.load(str(tmp_path / "model.onnx"))
+    assert len(model.graph.node) == len(onnx.load(str(path), load_external_data=False).graph.node)
+    feeds = {i.name: np.zeros([1 if isinstance(d, str) else d for d in
+                               [x.dim_param or x.dim_value for x in i.type.tensor_type.shape.dim]],
+                              nh.helper.tensor_dtype_to_np_dtype(i.type.tensor_type.elem_type))
+             for i in model.graph.input}
+    runs = [ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]).run(None, feeds)
+            for p in (path, tmp_path / "model.onnx")]
+    assert all(np.array_equal(a, b) for a, b in zip(*runs, strict=True))
 
 
 def test_staging_left_by_killed_runs_is_removed(tiny_run, tmp_path):

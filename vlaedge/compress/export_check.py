@@ -49,9 +49,9 @@ def check_batches(policy: Policy, model: Path, batches: tuple[int, ...], export_
     import onnxruntime as ort
 
     from vlaedge import progress
-    from vlaedge.runtimes.ort import ORT_ERRORS
+    from vlaedge.runtimes.ort import ORT_ERRORS, session_options
 
-    options = ort.SessionOptions()
+    options = session_options(prepack=False)  # a one-off session: weights read as stored
     options.log_severity_level = 4  # a failure here is reported in one line, not in ONNX Runtime's log too
     try:
         session = ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])

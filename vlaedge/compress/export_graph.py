@@ -25,17 +25,19 @@ What real VLAs contain, and what the export does about it (torch's legacy TorchS
 - An operator without an ONNX conversion is reported with the module it comes from (read from the
   exporter's graph dump, which is kept off the terminal).
 
-Graphs over protobuf's 2 GB limit, and any graph with `export.external_data: always`, keep their weights
-in one data file beside the .onnx, named after it (`model.onnx.data`; `vlaedge.compress.external_data`):
-torch's loose per-tensor files are streamed into it and deleted. The result (and so the run's manifest)
-names the data file and its sha256. `external_data: never` refuses a graph that needs it.
+Weights never pass through the exporter's protobuf (`vlaedge.compress.export_weights`): torch writes the
+graph with the weights as inputs, and vlaedge streams them into one data file beside the .onnx, named
+after it (`model.onnx.data`; `vlaedge.compress.external_data`), tensor by tensor from the module. The
+checks run on that layout (ONNX Runtime memory-maps the data file); at the end a graph under protobuf's
+2 GB limit gets its weights back inside the .onnx (tensor by tensor) unless `export.external_data` is
+`always`. The result (and so the run's manifest) names a remaining data file and its sha256.
+`external_data: never` refuses a graph over 2 GB.
 
-Memory (issue 23 asks for a peak of 2.5x the FP32 bytes): each step that parsed a graph or ran a session
-gives its memory back before the next (`release_memory`), and a self-contained .onnx is not parsed to look
-for a data file. The peak is still torch's legacy exporter: on a 123 M-parameter policy (506 MB FP32, 0.67
-GB of RSS after loading) it adds ~1.5 GB (the constant-folded transposed Linear weights, its ModelProto and
-the serialized bytes, all in memory at once; peak 2.5 GB, 4.5x the FP32 bytes above the imports), and the
-export check (ONNX Runtime session + torch on 8 frames) peaks about as high.
+Memory (issue 23 asks for a peak of 2.5x the FP32 bytes): the policy's weights (memory-mapped from the
+checkpoint) plus about one tensor at a time; before, torch's exporter held the constant-folded weights,
+its C++ ModelProto and the serialized bytes at once (+1.5 GB on a 0.51 GB graph), and each later step
+parsed the self-contained graph again. Each step that parsed a graph or ran a session gives its memory
+back before the next (`release_memory`).
 
 Every step prints within a second or so of starting and every `progress.HEARTBEAT_SECONDS` while it runs
 (`progress.heartbeat`). Nothing is left on disk when any of this fails or is interrupted (SIGTERM too):
@@ -62,19 +64,25 @@ import numpy as np
 from vlaedge import progress
 from vlaedge.artifact import sigterm_as_exit
 from vlaedge.compress.export_check import check_batches, loop_notes, module_at, run_in_torch
+from vlaedge.compress.export_weights import (
+    attach_weights,
+    fits_inline,
+    inline_weights,
+    weights_apart,
+    weights_bytes,
+)
 from vlaedge.compress.external_data import (
+    TWO_GB,
     DataFile,
     data_file_name,
     move_into_place,
     release_memory,
     staging_folder,
-    write_one_data_file,
 )
 from vlaedge.errors import VlaedgeError, one_line
 from vlaedge.models.base import Policy
 from vlaedge.recipe import ExportConfig
 
-TWO_GB = 2**31
 FP8_MIN_OPSET = 19
 EXPORT_BATCH = 2  # dynamic graphs are traced at batch 2 (batch 1 lets the tracer fold size-1 dims away)
 SDPA = "aten::scaled_dot_product_attention"
@@ -150,6 +158,15 @@ class ExportResult:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    def finish(self, file: Path, external_data: str) -> None:
+        """The staged graph `file`'s weights into it when `finish_weights` says so, and this result with
+        them (its nodes were counted on the graph alone, before: a self-contained graph is parsed whole)."""
+        data = DataFile(self.data_file, self.data_bytes, self.data_sha256) if self.data_file else None
+        if data is None or finish_weights(file, data, external_data) is not None:
+            return
+        self.size_bytes, self.external_data = file.stat().st_size, False
+        self.data_file, self.data_sha256, self.data_bytes = None, None, 0
+
     def summary(self) -> str:
         from vlaedge.artifact import final_path
 
@@ -204,19 +221,22 @@ def export_graph(policy: Policy, path: str | Path, config: ExportConfig | None =
         data = _trace(policy, example, staged, opset, config.dynamic_batch, config.external_data)
         notes += _restore_unused_inputs(policy, staged, config.dynamic_batch)
         notes += loop_notes(policy, calls, staged)
-        release_memory()  # the graphs the steps above parsed (a self-contained .onnx: with its weights)
         if config.dynamic_batch:  # (shows its own progress)
             notes.append(check_batches(policy, staged, (1, 3), EXPORT_BATCH, config.max_check_error_pct,
                                        quantized=precision is not None))
-        result = _describe(staged, path, opset, policy, start, notes, data)
-        release_memory()  # ONNX Runtime's sessions of the batch check, the graph _describe read
+        release_memory()  # ONNX Runtime's sessions of the batch check
+        check = None
         if check_feeds is not None:
             frames = len(next(iter(check_feeds.values())))
             with progress.heartbeat(f"export: ONNX Runtime vs torch on {frames} frames"):
-                result.check = check_against_torch(policy, staged, check_feeds, config.max_check_error_pct,
-                                                   precision)
-            if not result.check:
-                raise result.check.refusal()
+                check = check_against_torch(policy, staged, check_feeds, config.max_check_error_pct,
+                                            precision)
+            if not check:
+                raise check.refusal()
+            release_memory()
+        result = _describe(staged, path, opset, policy, start, notes, data)
+        result.check = check
+        result.finish(staged, config.external_data)
         move_into_place(staging, path)
     result.seconds = time.perf_counter() - start
     return result
@@ -251,7 +271,7 @@ def check_against_torch(policy: Policy, model: Path, feeds: dict[str, np.ndarray
     frames = len(next(iter(feeds.values())))
     qdq = qdq or ("simulated" if precision is not None else "fused")
     try:
-        candidate = open_runtime("ort-cpu", policy, model, qdq=qdq)
+        candidate = open_runtime("ort-cpu", policy, model, qdq=qdq, prepack=False)
     except VlaedgeError as e:
         if precision in ("fp8", "int4-weight-only"):  # TensorRT-only custom ops
             return ExportCheck(frames, float("nan"), float("nan"), float("nan"), None, tolerance,
@@ -288,11 +308,18 @@ def _joined(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
 
 def _trace(policy: Policy, example: dict[str, np.ndarray], file: Path, opset: int, dynamic: bool,
            external_data: str = "auto") -> DataFile | None:
-    """`torch.onnx.export` (legacy) with the patches above, its failures turned into one-line errors, then
-    the weights into one data file `file.name + ".data"` when the graph is over 2 GB or `external_data` is
-    "always" (returned; None when the graph holds its weights). Always traced on the CPU: a module on a GPU
-    is moved to host memory for the trace and back after (`vlaedge.models.device.on_cpu`: moved, never
-    copied, so the weights are in one place at a time)."""
+    """`torch.onnx.export` (legacy) with the patches above, its failures turned into one-line errors, the
+    weights kept out of the exporter's protobuf (`vlaedge.compress.export_weights`): they go to one data
+    file `file.name + ".data"` (returned; None when every tensor is tiny), which the export's checks read
+    memory-mapped; `finish_weights` makes the .onnx self-contained at the end unless the graph is over 2 GB
+    or `external_data` is "always". Always traced on the CPU: a module on a GPU is moved to host memory for
+    the trace and back after (`vlaedge.models.device.on_cpu`: moved, never copied, so the weights are in
+    one place at a time).
+
+    Raises:
+        VlaedgeError: an operator has no ONNX conversion, the export fails, or the graph is over 2 GB and
+            `external_data` is "never".
+    """
     import onnx
     import torch
 
@@ -304,18 +331,26 @@ def _trace(policy: Policy, example: dict[str, np.ndarray], file: Path, opset: in
     policy.module.eval()
     log: list[str] = []
     try:
-        with warnings.catch_warnings(), torch.no_grad(), _mha_fastpath_off(), _sdpa_gqa_symbolic(opset), \
-                _captured_stdout(log), on_cpu(policy.module), progress.heartbeat(
-                    f"export: tracing {policy.name} and writing ONNX (torch.onnx.export, opset {opset})"):
-            warnings.simplefilter("ignore")  # the legacy exporter's deprecation and tracer warnings
-            torch.onnx.export(policy.module, args, str(file), dynamo=False, opset_version=opset,
-                              input_names=names_in, output_names=names_out, dynamic_axes=axes,
-                              do_constant_folding=True)
-        release_memory()  # the exporter's ModelProto, its serialized copy and the folded weights
-        data = _one_data_file(file, external_data)
+        with on_cpu(policy.module), weights_apart() as weights:
+            with warnings.catch_warnings(), torch.no_grad(), _mha_fastpath_off(), _sdpa_gqa_symbolic(opset), \
+                    _captured_stdout(log), progress.heartbeat(
+                        f"export: tracing {policy.name} and writing ONNX (torch.onnx.export, opset {opset})"):
+                warnings.simplefilter("ignore")  # the legacy exporter's deprecation and tracer warnings
+                torch.onnx.export(policy.module, args, str(file), dynamo=False, opset_version=opset,
+                                  input_names=names_in, output_names=names_out, dynamic_axes=axes,
+                                  do_constant_folding=True)
+            size = weights_bytes(weights) + file.stat().st_size
+            if external_data == "never" and size >= TWO_GB:
+                raise VlaedgeError(f"export: the graph is {size / 1e9:.2f} GB, over protobuf's 2 GB limit "
+                                   "for one .onnx file, and export.external_data is never",
+                                   f"set export.external_data: auto (weights in {data_file_name(file)} "
+                                   "beside it)")
+            with progress.heartbeat(f"export: writing the weights to {data_file_name(file)}"):
+                data = attach_weights(file, weights)  # on the CPU still: the tensors are host memory
+            weights.clear()  # the exporter's folded tensors (views of the weights, mostly)
+        release_memory()
         with progress.heartbeat("export: checking the graph (onnx.checker)"):
             onnx.checker.check_model(str(file))  # by path: external data is checked beside the file
-        release_memory()
     except torch.onnx.errors.UnsupportedOperatorError as e:
         raise _unsupported(policy, e, "".join(log)) from None
     except (RuntimeError, AssertionError, torch.onnx.errors.OnnxExporterError,
@@ -325,26 +360,14 @@ def _trace(policy: Policy, example: dict[str, np.ndarray], file: Path, opset: in
     return data
 
 
-def _one_data_file(file: Path, mode: str) -> DataFile | None:
-    """Weights into `file.name + ".data"` as `export.external_data` says; torch's loose files removed.
-    The graph is read only when there is something to do: torch wrote loose files beside `file` (in its own
-    staging folder) or `mode` is "always" (a self-contained .onnx is parsed with all its weights)."""
-    import onnx
-
-    from vlaedge.onnx_file import data_locations
-
-    if mode != "always" and not any(f != file for f in file.parent.iterdir()):
-        return None
-    model = onnx.load(str(file), load_external_data=False)
-    if not data_locations(model) and mode != "always":
-        return None
-    if mode == "never":
-        size = sum(f.stat().st_size for f in file.parent.iterdir() if f.is_file())
-        raise VlaedgeError(f"export: the graph is {size / 1e9:.2f} GB, over protobuf's 2 GB limit for one "
-                           ".onnx file, and export.external_data is never",
-                           f"set export.external_data: auto (weights in {data_file_name(file)} beside it)")
-    with progress.heartbeat(f"export: writing the weights to {data_file_name(file)}"):
-        return write_one_data_file(file, model)
+def finish_weights(file: Path, data: DataFile | None, external_data: str) -> DataFile | None:
+    """The traced graph's final layout: its weights inside the .onnx (written tensor by tensor) unless the
+    graph is over 2 GB or `external_data` is "always"; returns the data file that remains, if any."""
+    if data is None or external_data == "always" or not fits_inline(file, data):
+        return data
+    with progress.heartbeat(f"export: writing the weights into {file.name} (under 2 GB)"):
+        inline_weights(file)
+    return None
 
 
 def _unsupported(policy: Policy, error: Exception, log: str) -> VlaedgeError:

@@ -35,6 +35,7 @@ from vlaedge.compress.export_graph import (
     _trace,
     check_against_torch,
 )
+from vlaedge.compress.external_data import release_memory
 from vlaedge.models.base import BATCH, Policy, TensorSpec
 from vlaedge.models.stages import (
     Recorder,
@@ -184,21 +185,30 @@ def export_stages(policy: Policy, path: str | Path, config: ExportConfig | None 
     shutil.rmtree(staging, ignore_errors=True)
     (staging / folder.name).mkdir(parents=True)
     try:
-        results, files = [], []
-        for g in plan.graphs:
-            sp = StagePolicy(policy, plan, g, recorder.calls[g.name][0][0], config.dynamic_batch, runs)
-            res = _export_stage(sp, staging, folder, opset, config, precision)
-            results.append(res)
-            files.append(stage_file(g, staging, f"{folder.name}/{g.name}.onnx", sp, recorder, res.nodes,
-                                    config.dynamic_batch, precision or "fp32"))
-        staged_json = write_plan_file(staging / plan_json.name, files, plan.denoise)
+        stages = [StagePolicy(policy, plan, g, recorder.calls[g.name][0][0], config.dynamic_batch, runs)
+                  for g in plan.graphs]
+        results = [_export_stage(sp, staging, folder, opset, config, precision) for sp in stages]
+
+        def plan_file() -> Path:
+            files = [stage_file(sp.stage, staging, f"{folder.name}/{sp.stage.name}.onnx", sp, recorder,
+                                res.nodes, config.dynamic_batch, precision or "fp32")
+                     for sp, res in zip(stages, results, strict=True)]
+            return write_plan_file(staging / plan_json.name, files, plan.denoise)
+
+        staged_json = plan_file()
+        check, parity = None, []
+        if check_feeds is not None:  # on the weights in data files, which ONNX Runtime memory-maps
+            check, parity = check_staged(policy, staged_json, check_feeds, config.max_check_error_pct,
+                                         precision)
+            _refuse_failed(check, config)
+            release_memory()
+        for res in results:  # each stage's weights into its .onnx when it is under 2 GB
+            res.finish(staging / folder.name / Path(res.path).name, config.external_data)
+        plan_file()
         result = _combined(plan_json, opset, policy, results, start)
         result.notes.append(f"staged torch plan equals {policy.name}'s forward (max |diff| {worst:.2g}); "
                             f"{_loop_note(plan)}")
-        if check_feeds is not None:
-            result.check, result.parity = check_staged(policy, staged_json, check_feeds,
-                                                       config.max_check_error_pct, precision)
-            _refuse_failed(result.check, config)
+        result.check, result.parity = check, parity
         _move_into_place(staging, plan_json, folder)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
@@ -222,12 +232,12 @@ def _export_stage(sp: StagePolicy, staging: Path, folder: Path, opset: int, conf
     own.mkdir()
     file = own / f"{sp.stage.name}.onnx"
     example = sp.example_inputs(EXPORT_BATCH if config.dynamic_batch else 1)
-    _trace(sp, example, file, opset, config.dynamic_batch, config.external_data)  # STAGE.onnx.data
+    data = _trace(sp, example, file, opset, config.dynamic_batch, config.external_data)  # STAGE.onnx.data
     notes = _restore_unused_inputs(sp, file, config.dynamic_batch)
     if config.dynamic_batch:
         notes.append(check_batches(sp, file, (1, 3), EXPORT_BATCH, config.max_check_error_pct,
                                    quantized=precision is not None))
-    result = _describe(file, folder / file.name, opset, sp, time.perf_counter(), notes)
+    result = _describe(file, folder / file.name, opset, sp, time.perf_counter(), notes, data)
     for f in own.iterdir():
         os.replace(f, staging / folder.name / f.name)
     own.rmdir()
@@ -273,7 +283,7 @@ def check_staged(policy: Policy, plan_json: Path, feeds: dict[str, np.ndarray], 
     if check.skipped:
         return check, []
     # a TensorRT Q/DQ plan's stages are judged with Q/DQ fusion off, as check_against_torch judged the plan
-    runtime = open_runtime("ort-cpu", policy, plan_json, qdq=qdq_arithmetic(None, plan_json))
+    runtime = open_runtime("ort-cpu", policy, plan_json, qdq=qdq_arithmetic(None, plan_json), prepack=False)
     try:
         _, recorder = record_torch(policy, plan_of(policy), feeds)
         parity = stage_parity(recorder, runtime.plan, runtime.run_stage)

@@ -80,7 +80,7 @@ def write_one_data_file(path: str | Path, model: Any = None) -> DataFile | None:
                 external = tensor.data_location == onnx.TensorProto.EXTERNAL
                 if not external and (len(tensor.raw_data) < INLINE_BYTES or not movable):
                     continue  # small, or a Constant's value, which shape inference reads (as onnx.save)
-                _pad(out, digest, tensor)
+                align(out, digest, _length(tensor))
                 offset = out.tell()
                 if external:
                     info = {e.key: e.value for e in tensor.external_data}
@@ -91,7 +91,7 @@ def write_one_data_file(path: str | Path, model: Any = None) -> DataFile | None:
                     out.write(tensor.raw_data)
                     digest.update(tensor.raw_data)
                     tensor.ClearField("raw_data")
-                _point(tensor, name, offset, out.tell() - offset)
+                point(tensor, name, offset, out.tell() - offset)
             size = out.tell()
     except BaseException:
         partial.unlink(missing_ok=True)
@@ -123,11 +123,16 @@ def release_memory() -> None:
     libc.malloc_trim(0)
 
 
-def _pad(out, digest, tensor) -> None:
+def _length(tensor) -> int:
     import onnx
 
-    length = len(tensor.raw_data) if tensor.data_location != onnx.TensorProto.EXTERNAL else int(
+    return len(tensor.raw_data) if tensor.data_location != onnx.TensorProto.EXTERNAL else int(
         next((e.value for e in tensor.external_data if e.key == "length"), ALIGN_FROM))
+
+
+def align(out, digest, length: int) -> None:
+    """Pads the data file being written (and its running hash) so a tensor of `length` bytes starts on an
+    `ALIGN` boundary, when it is at least `ALIGN_FROM` bytes."""
     gap = -out.tell() % ALIGN
     if length >= ALIGN_FROM and gap:
         out.write(b"\0" * gap)
@@ -152,7 +157,8 @@ def _copy(source, offset: int, length: int | None, out, digest) -> None:
         left -= len(block)
 
 
-def _point(tensor, location: str, offset: int, length: int) -> None:
+def point(tensor, location: str, offset: int, length: int) -> None:
+    """Makes the TensorProto `tensor` refer to `length` bytes at `offset` in the data file `location`."""
     import onnx
 
     tensor.data_location = onnx.TensorProto.EXTERNAL

@@ -22,7 +22,7 @@ __all__ = ["RUNTIMES", "Runtime", "open_runtime", "qdq_arithmetic"]
 
 
 def open_runtime(name: str, policy: Policy, model: str | Path | None = None,
-                 threads: int | None = None, qdq: str = "fused") -> Runtime:
+                 threads: int | None = None, qdq: str = "fused", prepack: bool = True) -> Runtime:
     """Opens `model` (or the policy's torch module for "torch") on the runtime called `name`.
 
     Args:
@@ -32,6 +32,7 @@ def open_runtime(name: str, policy: Policy, model: str | Path | None = None,
         threads: CPU threads.
         qdq: on ort-*: "fused" (ONNX Runtime's INT8 kernels, its default) or "simulated" (Q/DQ fusion
             off: the graph's own arithmetic, as TensorRT computes it; see `qdq_arithmetic`).
+        prepack: on ort-*: False for one-off sessions, e.g. checks (`vlaedge.runtimes.ort.session_options`).
 
     Raises:
         VlaedgeError: an unknown name (the available ones are listed) or a backend that is missing here.
@@ -46,10 +47,10 @@ def open_runtime(name: str, policy: Policy, model: str | Path | None = None,
         if Path(model).suffix == ".json":  # a stage plan (stages.json): one session per stage
             from vlaedge.runtimes.staged import StagedRuntime
 
-            return StagedRuntime(model, policy.input_spec, policy.output_names, name, threads, qdq)
+            return StagedRuntime(model, policy.input_spec, policy.output_names, name, threads, qdq, prepack)
         from vlaedge.runtimes.ort import OrtRuntime
 
-        return OrtRuntime(model, policy.input_spec, policy.output_names, name, threads, qdq)
+        return OrtRuntime(model, policy.input_spec, policy.output_names, name, threads, qdq, prepack)
     if name == "trt":
         if model is None:
             raise VlaedgeError("trt: needs a model (.onnx with model.plan next to it, or a .plan)",

@@ -37,7 +37,7 @@ class StagedRuntime(Runtime):
 
     def __init__(self, plan_file: str | Path, input_spec: tuple[TensorSpec, ...],
                  output_names: tuple[str, ...], name: str = "ort-cpu", threads: int | None = None,
-                 qdq: str = "fused"):
+                 qdq: str = "fused", prepack: bool = True):
         from vlaedge.runtimes.ort import OrtRuntime
 
         plan_file = Path(plan_file)
@@ -55,7 +55,8 @@ class StagedRuntime(Runtime):
 
                 self.stages[g.name] = TrtRuntime(plan_file.parent / g.file, specs, outputs)
                 continue
-            self.stages[g.name] = OrtRuntime(plan_file.parent / g.file, specs, outputs, name, threads, qdq)
+            self.stages[g.name] = OrtRuntime(plan_file.parent / g.file, specs, outputs, name, threads, qdq,
+                                             prepack)
         self.session = PlanInputs(self)  # get_inputs() of the policy inputs, as a session gives them
         self.stage_ms: dict[str, float] = {}
         self.stage_calls: dict[str, int] = {}
