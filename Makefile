@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: setup demo test test-deps docs setup-jetson jetson-venv lint lock clean
+.PHONY: setup demo test test-avx2 test-deps docs setup-jetson jetson-venv lint lock clean
 
 setup: $(STAMP)
 
@@ -25,6 +25,11 @@ demo: setup
 
 test: setup test-deps
 	$(BIN)/pytest
+
+# The suite as on an AVX2-only x86 CPU (no VNNI / AMX), on any x86 CPU: tests/avx2_only/sitecustomize.py
+# hides the int8 dot-product flags from vlaedge, so it quantizes with 7-bit weights as it does there.
+test-avx2: setup test-deps
+	PYTHONPATH=$(CURDIR)/tests/avx2_only $(BIN)/pytest
 
 # The documentation site (docs/, mkdocs.yml): the generated reference pages rewritten from the code, then
 # built in strict mode (a broken link or a missing page fails) into site/.

@@ -454,8 +454,8 @@ def _smoke_run(policy: Policy, fp32_onnx: Path, out_onnx: Path, feeds: dict[str,
     graph does not load or returns non-finite values."""
     from vlaedge.runtimes import open_runtime
 
-    reference = open_runtime("ort-cpu", policy, fp32_onnx).infer(feeds)
-    candidate = open_runtime("ort-cpu", policy, out_onnx).infer(feeds)
+    reference = open_runtime("ort-cpu", policy, fp32_onnx, prepack=False).infer(feeds)  # one-off sessions
+    candidate = open_runtime("ort-cpu", policy, out_onnx, prepack=False).infer(feeds)
     diffs = [np.abs(candidate[k].astype(np.float64) - reference[k]) for k in policy.output_names]
     if not all(np.isfinite(c).all() for c in candidate.values()):
         raise VlaedgeError(f"quantize: the quantized model {out_onnx} returns NaN/Inf",
