@@ -22,6 +22,7 @@ Usage (from the repository root; heavy: minutes to hours, run on a quiet machine
 
     .venv/bin/python benchmarks/scale.py --size 100m --size smolvla --work runs/scale
     .venv/bin/python benchmarks/scale.py --size pi0 --steps load,export --dtype bfloat16 --work runs/scale
+    .venv/bin/python benchmarks/scale.py --size pi0 --steps cpu-int8 --set quantize.stages.prefix=fp32
 
 Writes `benchmarks/results/scale.md` and `.json` (`--out`); a size's rows replace the previous rows of
 that size, so sizes can be run one at a time.
@@ -154,14 +155,17 @@ def _draw(name: str, meta, seed: int):
 
 
 def run_step(step: str, checkpoint: Path, work: Path, timeout: int, dtype: str | None,
-             calib_frames: int | None = None) -> dict:
+             calib_frames: int | None = None, settings: tuple[str, ...] = ()) -> dict:
     """Runs one step as a child process under /usr/bin/time -v: its wall time, peak RSS and outcome.
-    `calib_frames` replaces the recipe's quantize.num_calib_frames in the compress steps."""
+    `calib_frames` replaces the recipe's quantize.num_calib_frames in the compress steps; `settings`
+    (KEY=VALUE) are passed to them as `--set`."""
     out = work / step
     shutil.rmtree(out, ignore_errors=True)
     extra = ["--dtype", dtype] if dtype else []
     if calib_frames and step not in ("load", "export"):
         extra += ["--set", f"quantize.num_calib_frames={calib_frames}"]
+    if step not in ("load", "export"):
+        extra += [arg for kv in settings for arg in ("--set", kv)]
     if step == "load":
         code = ("import re, sys, torch, transformers; from vlaedge.models import load_policy; "
                 "hwm = re.search(r'VmHWM:\\s+(\\d+)', open('/proc/self/status').read()).group(1); "
@@ -281,6 +285,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--calib-frames", type=int, default=None,
                         help="compress steps: quantize.num_calib_frames instead of the recipe's (256)")
+    parser.add_argument("--set", dest="settings", action="append", default=[], metavar="KEY=VALUE",
+                        help="compress steps: a recipe override, e.g. quantize.stages.prefix=fp32")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/scale.md")
     args = parser.parse_args()
     steps = [s for s in args.steps.split(",") if s]
@@ -301,11 +307,13 @@ def main() -> None:
         info = json.loads(info_file.read_text())
         command = " ".join(["python benchmarks/scale.py", f"--size {size}", f"--steps {','.join(steps)}"]
                            + ([f"--dtype {args.dtype}"] if args.dtype else [])
-                           + ([f"--calib-frames {args.calib_frames}"] if args.calib_frames else []))
+                           + ([f"--calib-frames {args.calib_frames}"] if args.calib_frames else [])
+                           + [f"--set {kv}" for kv in args.settings])
         entry = {"checkpoint": info, "command": command, "steps": []}
         for step in steps:
             print(f"{size}: {step} ...", flush=True)
-            row = run_step(step, checkpoint, args.work / size, args.timeout, args.dtype, args.calib_frames)
+            row = run_step(step, checkpoint, args.work / size, args.timeout, args.dtype, args.calib_frames,
+                           tuple(args.settings))
             print(f"{size}: {step}: exit {row['rc']}, {row['wall_s']} s, peak RSS {row['peak_rss_gb']} GB "
                   f"{row.get('error') or ''}", flush=True)
             entry["steps"].append(row)

@@ -233,4 +233,6 @@ def test_pi0_checkpoint_exports_and_quantizes_per_stage(tmp_path, capsys, monkey
     assert [g["name"] for g in plan["graphs"]] == ["vision", "prefix", "expert", "actions"]
     assert "stage expert (velocity): cosine" in text and "over 3 call(s)" in text
     drift = json.loads((tmp_path / "run" / "report.json").read_text())["drift"]
-    assert drift["p99_pct"] < 3.0, drift
+    # random weights, 8 frames: mean 0.76% / p99 2.5% with 8-bit weights (VNNI), 1.20% / 5.0% with the 7-bit
+    # weights compress uses on an AVX2-only CPU (`make test-avx2`)
+    assert drift["mean_pct"] < 2.0 and drift["p99_pct"] < 7.0, drift

@@ -156,6 +156,34 @@ def test_quantize_stages_keeps_the_stage_the_recipe_names(exports, tmp_path):
     assert np.isfinite(out["actions"]).all()
 
 
+def test_a_stage_too_large_for_the_memory_is_refused_before_any_stage_is_quantized(exports, tmp_path,
+                                                                                    monkeypatch):
+    """ONNX Runtime's quantizer holds ~3x a graph: a stage whose 3x exceeds MemAvailable is refused in one
+    line naming it and `quantize.stages` before anything is calibrated; kept in FP32 it is not checked."""
+    import vlaedge.models.weights
+    from vlaedge.compress.quantize_stages import quantize_stages
+    from vlaedge.targets import get_target
+
+    policy, staged, _ = exports
+    source = Path(staged.path)
+    shutil.copytree(source.with_name("stages"), tmp_path / "stages_fp32")
+    (tmp_path / "stages_fp32.json").write_text(source.read_text().replace('"stages/', '"stages_fp32/'))
+    sizes = {p.stem: p.stat().st_size for p in (tmp_path / "stages_fp32").glob("*.onnx")}
+    big = max(sizes, key=sizes.get)  # room for 3x every stage but the largest
+    assert sorted(sizes.values())[-1] > sorted(sizes.values())[-2], sizes
+    room = 3 * sorted(sizes.values())[-2] + 1
+    monkeypatch.setattr(vlaedge.models.weights, "available_memory", lambda: room)
+    calib = [policy.example_inputs(16, seed=3)]
+    args = (calib, get_target("cpu"), tmp_path / "stages_fp32.json", tmp_path / "model.onnx")
+    with pytest.raises(VlaedgeError, match=f"quantize: stage {big} is .* is available") as info:
+        quantize_stages(policy, QuantizeConfig(precision="int8", num_calib_frames=16), *args)
+    assert f"--set quantize.stages.{big}=fp32" in info.value.hint
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["stages_fp32", "stages_fp32.json"]
+    kept = QuantizeConfig(precision="int8", num_calib_frames=16, stages={big: "fp32"})
+    result = quantize_stages(policy, kept, *args)
+    assert result.stages[big] is None and all(r for n, r in result.stages.items() if n != big)
+
+
 RECIPE = """target: cpu
 quantize: {precision: int8, num_calib_frames: 32, keep_action_head: false}
 export: {check_frames: 8}

@@ -93,6 +93,9 @@ CALIBRATION_RUN_FRAMES = 8
 # policy's calibration 3.4x slower (1.0 s -> 3.4 s) for no memory it needed
 SPLIT_RUNS_FROM_BYTES = 16 * 2**20
 SMOKE_FRAMES = 4  # frames of the first calibration batch the quantized graph is smoke-run on (NaN/Inf, drift)
+# ONNX Runtime's quantizer parses the whole graph into memory, builds its calibration graph from it and runs
+# a session on that: quantize peaked at 2.2-2.8x the FP32 bytes at SmolVLA size (benchmarks/results/scale.md)
+QUANTIZE_MEMORY_FACTOR = 3.0
 
 
 def ort_config(config: QuantizeConfig, target: Target) -> QuantizeConfig:
@@ -107,6 +110,24 @@ def ort_config(config: QuantizeConfig, target: Target) -> QuantizeConfig:
         return config.model_copy(update={"algorithm": "minmax"})
     raise VlaedgeError(f"quantize.algorithm: {config.algorithm} is a ModelOpt (TensorRT) method; "
                        f"{target.name} calibrates with {', '.join(_ORT_CALIBRATORS)}", "use minmax")
+
+
+def check_quantize_memory(what: str, size_bytes: int, fix: str) -> None:
+    """Refuses, before any work, to quantize a graph of `size_bytes` (FP32 .onnx and its data) when
+    `QUANTIZE_MEMORY_FACTOR` times it exceeds the memory available (`/proc/meminfo` MemAvailable, which
+    counts the page cache the kernel can drop; nothing is refused where it cannot be read).
+
+    Raises:
+        VlaedgeError: naming the graph (`what`), its size, the memory it needs and the memory available,
+            with `fix` as the fix line.
+    """
+    from vlaedge.models.weights import available_memory
+
+    free, need = available_memory(), QUANTIZE_MEMORY_FACTOR * size_bytes
+    if free is not None and need > free:
+        raise VlaedgeError(f"quantize: {what} is {size_bytes / 1e9:.1f} GB; ONNX Runtime's quantizer holds "
+                           f"about {QUANTIZE_MEMORY_FACTOR:g}x a graph in memory ({need / 1e9:.1f} GB), "
+                           f"{free / 1e9:.1f} GB is available", fix)
 
 
 def quantize_onnx(policy: Policy, config: QuantizeConfig, batches: list[dict[str, np.ndarray]],
@@ -454,8 +475,8 @@ def _smoke_run(policy: Policy, fp32_onnx: Path, out_onnx: Path, feeds: dict[str,
     graph does not load or returns non-finite values."""
     from vlaedge.runtimes import open_runtime
 
-    reference = open_runtime("ort-cpu", policy, fp32_onnx, prepack=False).infer(feeds)  # one-off sessions
-    candidate = open_runtime("ort-cpu", policy, out_onnx, prepack=False).infer(feeds)
+    reference = open_runtime("ort-cpu", policy, fp32_onnx).infer(feeds)
+    candidate = open_runtime("ort-cpu", policy, out_onnx).infer(feeds)
     diffs = [np.abs(candidate[k].astype(np.float64) - reference[k]) for k in policy.output_names]
     if not all(np.isfinite(c).all() for c in candidate.values()):
         raise VlaedgeError(f"quantize: the quantized model {out_onnx} returns NaN/Inf",

@@ -198,24 +198,36 @@ def quantize_stages(policy: Policy, config: QuantizeConfig, calibration: list[di
         The per-stage result.
 
     Raises:
-        VlaedgeError: bad calibration feeds, or a stage that ONNX Runtime cannot quantize (see
-            `quantize_onnx`).
+        VlaedgeError: bad calibration feeds, a stage too large for the memory available
+            (`check_quantize_memory`, before any stage is quantized), or a stage that ONNX Runtime cannot
+            quantize (see `quantize_onnx`).
     """
     from vlaedge.compress.export_stages import StagePolicy
     from vlaedge.compress.quantize import check_calibration
-    from vlaedge.compress.quantize_ort import CALIBRATION_RUN_FRAMES, ort_config, quantize_onnx
+    from vlaedge.compress.quantize_ort import (
+        CALIBRATION_RUN_FRAMES,
+        check_quantize_memory,
+        ort_config,
+        quantize_onnx,
+    )
+    from vlaedge.onnx_file import onnx_file_bytes
 
     start, plan = time.perf_counter(), plan_of(policy)
     batches = check_calibration(policy, config, calibration)
     modules = stage_module_names(policy, plan, {k: v[:1] for k, v in batches[0].items()})
     fp32 = read_plan_file(fp32_plan)
+    modes = {e.name: stage_mode(config, e.name) for e in fp32.graphs}
+    for entry in fp32.graphs:  # before anything is written or calibrated
+        if modes[entry.name] is not None:
+            check_quantize_memory(f"stage {entry.name}", onnx_file_bytes(fp32_plan.parent / entry.file),
+                                  f"keep it in FP32 (--set quantize.stages.{entry.name}=fp32, recipe "
+                                  f"quantize.stages), or free memory")
     out_json, out_dir = plan_paths(out_model)
     staging = out_json.parent / f".{out_json.name}.partial"
     shutil.rmtree(staging, ignore_errors=True)
     (staging / out_dir.name).mkdir(parents=True)
     results: dict[str, QuantizeResult | None] = {}
     files = []
-    modes = {e.name: stage_mode(config, e.name) for e in fp32.graphs}
     try:
         inputs = StageInputs(policy, plan, batches, staging / "calibration",
                              full={n for n, m in modes.items() if m == "static"},
