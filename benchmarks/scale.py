@@ -164,8 +164,6 @@ def run_step(step: str, checkpoint: Path, work: Path, timeout: int, dtype: str |
     extra = ["--dtype", dtype] if dtype else []
     if calib_frames and step not in ("load", "export"):
         extra += ["--set", f"quantize.num_calib_frames={calib_frames}"]
-    if step not in ("load", "export"):
-        extra += [arg for kv in settings for arg in ("--set", kv)]
     if step == "load":
         code = ("import re, sys, torch, transformers; from vlaedge.models import load_policy; "
                 "hwm = re.search(r'VmHWM:\\s+(\\d+)', open('/proc/self/status').read()).group(1); "
@@ -176,7 +174,7 @@ def run_step(step: str, checkpoint: Path, work: Path, timeout: int, dtype: str |
                str(out / "model.onnx"), *extra]
     else:
         cmd = [str(VENV_BIN / "vlaedge"), "compress", str(checkpoint), "--recipe", step, "--trust-code",
-               "--out", str(out), *extra, *COMPRESS_SETTINGS]
+               "--out", str(out), *extra, *COMPRESS_SETTINGS, *(a for kv in settings for a in ("--set", kv))]
     load_before = os.getloadavg()
     start = time.monotonic()
     try:

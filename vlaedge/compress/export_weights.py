@@ -5,13 +5,14 @@ torch's legacy exporter (`torch.onnx.export(dynamo=False)`, the one vlaedge uses
 ModelProto with every weight inside it and serializes it in memory: the C++ proto and its serialized
 bytes are two more copies of the weights (export peak 2.30 GB for a 0.51 GB graph at 127 M parameters,
 0.82 GB before the trace). `weights_apart` hands the exporter's last step (`torch._C.Graph._export_onnx`,
-the call `torch.onnx.export` makes in torch 2.4 to 2.13) no weights, so it writes the graph with each
-weight as a graph input, and keeps the exporter's name -> tensor map (the module's parameters and the
-constant-folded tensors, mostly views of them: a transposed weight shares its storage). `attach_weights`
-then turns those inputs back into initializers, streaming each tensor's bytes into the model's one
-external data file (`vlaedge.compress.external_data`). The export's checks run on that layout (ONNX
-Runtime memory-maps the data file); `inline_weights` writes a self-contained .onnx at the end, tensor by
-tensor, when the graph is under protobuf's 2 GB limit and the recipe does not ask for external data.
+the call the legacy `torch.onnx.export` makes; read in torch 2.13, the pinned version) no weights, so it
+writes the graph with each weight as a graph input, and keeps the exporter's name -> tensor map (the
+module's parameters and the constant-folded tensors, mostly views of them: a transposed weight shares its
+storage). `attach_weights` then turns those inputs back into initializers, streaming each tensor's bytes
+into the model's one external data file (`vlaedge.compress.external_data`). The export's checks run on
+that layout (ONNX Runtime memory-maps the data file); `inline_weights` writes a self-contained .onnx at
+the end, tensor by tensor, when the graph is under protobuf's 2 GB limit and the recipe does not ask for
+external data.
 
 `inline_weights` appends each initializer as its own `graph { initializer { ... } }` record after the
 graph's serialized bytes: protobuf parsers merge repeated occurrences of an embedded message field
