@@ -184,6 +184,24 @@ def test_a_stage_too_large_for_the_memory_is_refused_before_any_stage_is_quantiz
     assert result.stages[big] is None and all(r for n, r in result.stages.items() if n != big)
 
 
+def test_a_stage_kept_in_fp32_keeps_its_data_file(ckpt, tmp_path):
+    """A stage with external data (forced here; a pi0-size prefix has it at 10 GB) kept in FP32 is copied
+    with its data file (the pi0-size compress stopped at "prefix.onnx.data, which is missing")."""
+    from vlaedge.compress.quantize_stages import quantize_stages
+    from vlaedge.targets import get_target
+
+    policy = load_policy(ckpt, trust_code=True)
+    export_onnx(policy, tmp_path / "model_fp32.onnx", ExportConfig(external_data="always"))  # stages_fp32/
+    assert (tmp_path / "stages_fp32" / "prefix.onnx.data").is_file()
+    config = QuantizeConfig(precision="int8", num_calib_frames=16, stages={"prefix": "fp32"})
+    quantize_stages(policy, config, [policy.example_inputs(16, seed=3)], get_target("cpu"),
+                    tmp_path / "stages_fp32.json", tmp_path / "model.onnx")
+    assert (tmp_path / "stages" / "prefix.onnx.data").read_bytes() == \
+        (tmp_path / "stages_fp32" / "prefix.onnx.data").read_bytes()
+    out = open_runtime("ort-cpu", policy, tmp_path / "stages.json").infer(policy.example_inputs(2))
+    assert np.isfinite(out["actions"]).all()
+
+
 RECIPE = """target: cpu
 quantize: {precision: int8, num_calib_frames: 32, keep_action_head: false}
 export: {check_frames: 8}

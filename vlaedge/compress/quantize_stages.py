@@ -210,7 +210,7 @@ def quantize_stages(policy: Policy, config: QuantizeConfig, calibration: list[di
         ort_config,
         quantize_onnx,
     )
-    from vlaedge.onnx_file import onnx_file_bytes
+    from vlaedge.onnx_file import external_data_files, onnx_file_bytes
 
     start, plan = time.perf_counter(), plan_of(policy)
     batches = check_calibration(policy, config, calibration)
@@ -237,7 +237,8 @@ def quantize_stages(policy: Policy, config: QuantizeConfig, calibration: list[di
             src, dst = fp32_plan.parent / entry.file, staging / out_dir.name / f"{entry.name}.onnx"
             mode = modes[entry.name]
             if mode is None:
-                shutil.copyfile(src, dst)
+                for file in (src, *external_data_files(src, "quantize")):  # kept: with its data file
+                    shutil.copyfile(file, dst.parent / file.name)
                 results[entry.name] = None
             else:
                 g = plan.stage(entry.name)
