@@ -204,8 +204,9 @@ COMPRESS = ("--set", "verify.closed_loop_episodes=0", "--set", "budgets.max_succ
             "--set", "export.check_frames=32")
 
 
-def run(step: str, work: Path, timeout: int) -> dict:
-    """One step in its own process under /usr/bin/time -v."""
+def run(step: str, work: Path, timeout: int, settings: tuple[str, ...] = ()) -> dict:
+    """One step in its own process under /usr/bin/time -v; `settings` (KEY=VALUE) go to compress as `--set`
+    after `COMPRESS` (e.g. fewer evaluation frames for a 100-step sampler, a stage kept in FP32)."""
     checkpoint, out = work / "pretrained_model", work / step
     shutil.rmtree(out, ignore_errors=True)
     if step == "load":
@@ -213,7 +214,7 @@ def run(step: str, work: Path, timeout: int) -> dict:
         cmd = [sys.executable, "-c", code, str(checkpoint)]
     else:
         cmd = [str(scale.VENV_BIN / "vlaedge"), "compress", str(checkpoint), "--data", str(work / "data"),
-               "--recipe", step, "--out", str(out), *COMPRESS]
+               "--recipe", step, "--out", str(out), *COMPRESS, *(a for kv in settings for a in ("--set", kv))]
     before, start = scale.os.getloadavg(), time.monotonic()
     try:
         proc = subprocess.run(["/usr/bin/time", "-v", *cmd], capture_output=True, text=True, timeout=timeout,
@@ -224,6 +225,8 @@ def run(step: str, work: Path, timeout: int) -> dict:
     row = {"step": step, "rc": rc, "wall_s": round(time.monotonic() - start, 1), "load_before": before,
            "load_after": scale.os.getloadavg(), "peak_rss_gb": scale._peak_rss_gb(log),
            "files_mb": scale._files_mb(out), "error": scale._error_line(log) if rc not in (0, 1) else None}
+    if settings and step != "load":
+        row["settings"] = list(settings)
     row.update(scale._report_figures(out))
     (work / f"{step}.log").write_text(log)
     return row
@@ -254,9 +257,11 @@ def _row(kind: str, entry: dict, row: dict) -> str:
     rss = row["peak_rss_gb"]
     memory = f"{rss} ({rss / gb:.2f}x)" if rss is not None else "-"
     files = ", ".join(f"{k} {v}" for k, v in row["files_mb"].items()) or "-"
+    overrides = " ".join(f"--set {kv}" for kv in row.get("settings", []))
     cells = [kind, f"{entry['parameters'] / 1e6:,.1f} M", f"{gb:.2f}", row["step"], row["rc"], row["wall_s"],
              memory, f"{row['load_before'][0]:.1f} / {row['load_after'][0]:.1f}",
-             row.get("speedup_vs_fp32", "-"), _pct(row.get("drift_mean_pct")), files, row["error"] or ""]
+             row.get("speedup_vs_fp32", "-"), _pct(row.get("drift_mean_pct")), files,
+             "; ".join(filter(None, [row["error"], overrides]))]
     return "| " + " | ".join(str(c) for c in cells) + " |"
 
 
@@ -271,6 +276,8 @@ def main() -> None:
     parser.add_argument("--steps", default="load,cpu-int8")
     parser.add_argument("--work", type=Path, default=Path("runs/lerobot-sizes"))
     parser.add_argument("--timeout", type=int, default=3600)
+    parser.add_argument("--set", dest="settings", action="append", default=[], metavar="KEY=VALUE",
+                        help="compress steps: a recipe override, e.g. verify.eval_frames=8")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/lerobot-sizes.md")
     args = parser.parse_args()
     saved = args.out.with_suffix(".json")
@@ -289,7 +296,7 @@ def main() -> None:
         entry = {**json.loads(info_file.read_text()), "steps": kept}  # a step run again replaces its row
         for step in args.steps.split(","):
             print(f"{kind}: {step} ...", flush=True)
-            entry["steps"].append(run(step, work, args.timeout))
+            entry["steps"].append(run(step, work, args.timeout, tuple(args.settings)))
             print(f"{kind}: {step}: {entry['steps'][-1]}", flush=True)
             results["types"][kind] = entry
             write(results, args.out)
