@@ -159,11 +159,13 @@ class ExportResult:
         return asdict(self)
 
     def finish(self, file: Path, external_data: str) -> None:
-        """The staged graph `file`'s weights into it when `finish_weights` says so, and this result with
-        them (its nodes were counted on the graph alone, before: a self-contained graph is parsed whole)."""
-        data = DataFile(self.data_file, self.data_bytes, self.data_sha256) if self.data_file else None
-        if data is None or finish_weights(file, data, external_data) is not None:
+        """The checked graph's final layout: the weights of the staged graph `file` back inside it (written
+        tensor by tensor) unless the graph is over 2 GB or `external_data` is "always", and this result
+        with them (its nodes were counted on the graph alone, before: a self-contained graph parses whole)."""
+        if not self.data_file or external_data == "always" or not fits_inline(file, self.data_bytes):
             return
+        with progress.heartbeat(f"export: writing the weights into {file.name} (under 2 GB)"):
+            inline_weights(file)
         self.size_bytes, self.external_data = file.stat().st_size, False
         self.data_file, self.data_sha256, self.data_bytes = None, None, 0
 
@@ -311,10 +313,10 @@ def _trace(policy: Policy, example: dict[str, np.ndarray], file: Path, opset: in
     """`torch.onnx.export` (legacy) with the patches above, its failures turned into one-line errors, the
     weights kept out of the exporter's protobuf (`vlaedge.compress.export_weights`): they go to one data
     file `file.name + ".data"` (returned; None when every tensor is tiny), which the export's checks read
-    memory-mapped; `finish_weights` makes the .onnx self-contained at the end unless the graph is over 2 GB
-    or `external_data` is "always". Always traced on the CPU: a module on a GPU is moved to host memory for
-    the trace and back after (`vlaedge.models.device.on_cpu`: moved, never copied, so the weights are in
-    one place at a time).
+    memory-mapped; `ExportResult.finish` makes the .onnx self-contained at the end unless the graph is over
+    2 GB or `external_data` is "always". Always traced on the CPU: a module on a GPU is moved to host
+    memory for the trace and back after (`vlaedge.models.device.on_cpu`: moved, never copied, so the
+    weights are in one place at a time).
 
     Raises:
         VlaedgeError: an operator has no ONNX conversion, the export fails, or the graph is over 2 GB and
@@ -358,16 +360,6 @@ def _trace(policy: Policy, example: dict[str, np.ndarray], file: Path, opset: in
         raise VlaedgeError(f"export: ONNX export of {policy.name} failed: {one_line(e, 300)}",
                            TRACEABLE) from None
     return data
-
-
-def finish_weights(file: Path, data: DataFile | None, external_data: str) -> DataFile | None:
-    """The traced graph's final layout: its weights inside the .onnx (written tensor by tensor) unless the
-    graph is over 2 GB or `external_data` is "always"; returns the data file that remains, if any."""
-    if data is None or external_data == "always" or not fits_inline(file, data):
-        return data
-    with progress.heartbeat(f"export: writing the weights into {file.name} (under 2 GB)"):
-        inline_weights(file)
-    return None
 
 
 def _unsupported(policy: Policy, error: Exception, log: str) -> VlaedgeError:

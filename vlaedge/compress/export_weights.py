@@ -118,9 +118,9 @@ def attach_weights(file: Path, weights: dict) -> DataFile | None:
     return DataFile(name, size, digest.hexdigest())
 
 
-def fits_inline(file: Path, data: DataFile | None) -> bool:
-    """The graph and its data fit one protobuf (under 2 GB)."""
-    return data is None or file.stat().st_size + data.bytes < TWO_GB
+def fits_inline(file: Path, data_bytes: int) -> bool:
+    """The graph `file` and its `data_bytes` of external data fit one protobuf (under 2 GB)."""
+    return file.stat().st_size + data_bytes < TWO_GB
 
 
 def inline_weights(file: Path) -> None:
