@@ -6,6 +6,7 @@ runtime equals the single unrolled graph in FP32."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -185,9 +186,11 @@ def test_a_stage_too_large_for_the_memory_is_refused_before_any_stage_is_quantiz
 
 
 def test_a_stage_kept_in_fp32_keeps_its_data_file(ckpt, tmp_path):
-    """A stage with external data (forced here; a pi0-size prefix has it at 10 GB) kept in FP32 is copied
-    with its data file (the pi0-size compress stopped at "prefix.onnx.data, which is missing")."""
+    """A stage with external data (forced here; a pi0-size prefix has it at 10 GB) kept in FP32 is linked
+    with its data file (the pi0-size compress stopped at "prefix.onnx.data, which is missing"), and plans
+    opened together share its session (the pi0-size verify was OOM-killed holding two 10 GB prefixes)."""
     from vlaedge.compress.quantize_stages import quantize_stages
+    from vlaedge.runtimes.staged import SharedStages
     from vlaedge.targets import get_target
 
     policy = load_policy(ckpt, trust_code=True)
@@ -196,10 +199,23 @@ def test_a_stage_kept_in_fp32_keeps_its_data_file(ckpt, tmp_path):
     config = QuantizeConfig(precision="int8", num_calib_frames=16, stages={"prefix": "fp32"})
     quantize_stages(policy, config, [policy.example_inputs(16, seed=3)], get_target("cpu"),
                     tmp_path / "stages_fp32.json", tmp_path / "model.onnx")
-    assert (tmp_path / "stages" / "prefix.onnx.data").read_bytes() == \
-        (tmp_path / "stages_fp32" / "prefix.onnx.data").read_bytes()
-    out = open_runtime("ort-cpu", policy, tmp_path / "stages.json").infer(policy.example_inputs(2))
+    for name in ("prefix.onnx", "prefix.onnx.data"):  # one file on disk, not a 10 GB copy
+        assert os.path.samefile(tmp_path / "stages" / name, tmp_path / "stages_fp32" / name)
+    feeds = policy.example_inputs(2)
+    shared = SharedStages()
+    int8 = open_runtime("ort-cpu", policy, tmp_path / "stages.json", shared=shared)
+    fp32 = open_runtime("ort-cpu", policy, tmp_path / "stages_fp32.json", shared=shared)
+    assert int8.stages["prefix"] is fp32.stages["prefix"]
+    assert int8.stages["vision"] is not fp32.stages["vision"]
+    assert len(shared) == 5  # vision and expert twice, the prefix once
+    out = int8.infer(feeds)
     assert np.isfinite(out["actions"]).all()
+    alone = open_runtime("ort-cpu", policy, tmp_path / "stages.json").infer(feeds)
+    assert np.array_equal(out["actions"], alone["actions"])
+    int8.close()
+    assert len(shared) == 3 and np.isfinite(fp32.infer(feeds)["actions"]).all()  # its prefix stays open
+    fp32.close()
+    assert len(shared) == 0
 
 
 RECIPE = """target: cpu

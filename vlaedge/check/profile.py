@@ -186,11 +186,13 @@ def profile(
     )
     jetson = _jetson_module()
     device = jetson.read_device_state() if jetson else None
-    opened, memory = [], []
-    for path in paths or [None]:
-        rt, mem = _open_and_warm(runtime, spec, path, threads, feeds, warmup)
+    from vlaedge.runtimes.staged import SharedStages
+
+    memory = [_fresh_memory(runtime, spec, path, threads, feeds, warmup) for path in paths or [None]]
+    shared, opened = SharedStages(), []  # measured first: no child shares the machine with these sessions
+    for i, path in enumerate(paths or [None]):
+        rt, memory[i] = _open_and_warm(runtime, spec, path, threads, feeds, warmup, memory[i], shared)
         opened.append(rt)
-        memory.append(mem)
     chunk = chunk or (policy.action_spec.chunk if policy else _chunk_from_outputs(opened[0].infer(feeds)))
     power = None
     load = LoadProbe()
@@ -252,27 +254,36 @@ def load_line(load: dict) -> str:
     return line + "".join(f"\nwarning: {w}" for w in load.get("warnings", []))
 
 
-def _open_and_warm(runtime: str, spec, path: Path | None, threads: int | None, feeds: dict, warmup: int):
-    """Opens one model here for timing and warms it up; returns it with its memory record, measured in a
-    fresh process before this one opens it (the torch runtime's policy: in this process)."""
+def _fresh_memory(runtime: str, spec, path: Path | None, threads: int | None, feeds: dict,
+                  warmup: int) -> dict | VlaedgeError | None:
+    """The memory record of one model file, measured in a fresh process (`vlaedge.check.memory`); the
+    error if it failed there (raised once opening it here has said what is wrong, if anything is); None
+    for the torch runtime's policy, measured in this process."""
     from vlaedge.check.memory import measure_in_fresh_process
+
+    if path is None or runtime == "torch":
+        return None
+    try:
+        return measure_in_fresh_process(runtime, path, spec, feeds, threads, warmup)
+    except VlaedgeError as e:
+        return e
+
+
+def _open_and_warm(runtime: str, spec, path: Path | None, threads: int | None, feeds: dict, warmup: int,
+                   memory: dict | VlaedgeError | None, shared=None):
+    """Opens one model here for timing and warms it up; returns it with its memory record (`memory`, from
+    `_fresh_memory`; None: measured here, the torch runtime's policy). `shared`: stage sessions shared
+    between the plans of this profile (`vlaedge.runtimes.staged.SharedStages`)."""
     from vlaedge.runtimes import open_runtime
 
-    memory, failure, probe = None, None, None
-    if path is not None and runtime != "torch":
-        try:
-            memory = measure_in_fresh_process(runtime, path, spec, feeds, threads, warmup)
-        except VlaedgeError as e:
-            failure = e  # opening the model here says what is wrong with it, if anything is
-    else:
-        probe = MemoryProbe()
-    rt = open_runtime(runtime, spec, path, threads)
+    probe = MemoryProbe() if memory is None else None
+    rt = open_runtime(runtime, spec, path, threads, shared=shared)
     rt.check_feeds(feeds)
     for _ in range(warmup):
         rt.infer(feeds)
-    if failure is not None:
+    if isinstance(memory, VlaedgeError):
         rt.close()
-        raise failure
+        raise memory
     return rt, memory if memory is not None else probe.peak()
 
 

@@ -159,10 +159,11 @@ def verify(
         notes.append("note: no FP32 baseline compared (it needs an .onnx candidate on an ONNX Runtime "
                      "runtime and the reference exported to ONNX)")
     prof = None
+    torch_candidate = getattr(candidate, "policy", policy)
+    candidate.close()  # profile opens its own sessions: two copies of a real-size model need not fit
     if run_profile:
-        prof = _profile(policy, candidate, model, baseline if comparable else None, evaluation, config)
+        prof = _profile(policy, torch_candidate, model, baseline if comparable else None, evaluation, config)
         log(prof.table())
-    candidate.close()
     base = None
     if comparable:
         from vlaedge.runtimes import qdq_arithmetic
@@ -336,7 +337,7 @@ def _traces(policy: Policy, candidate, evaluation: EpisodeDataset, config: Verif
 
 
 def _profile(
-    policy: Policy, candidate, model, baseline, evaluation: EpisodeDataset, config: VerifyConfig
+    policy: Policy, torch_candidate: Policy, model, baseline, evaluation: EpisodeDataset, config: VerifyConfig
 ) -> ProfileReport:
     from vlaedge.check.profile import profile
 
@@ -344,12 +345,11 @@ def _profile(
     feeds = policy.make_inputs(frames, seed=config.seed)
     control_hz = config.control_hz or evaluation.fps
     if config.runtime == "torch":
-        torch_policy = getattr(candidate, "policy", policy)
         return profile(
             [],
             "torch",
             feeds,
-            torch_policy,
+            torch_candidate,
             config.profile_runs,
             config.profile_warmup,
             config.threads,

@@ -18,6 +18,7 @@ loop's stage is quantized dynamically unless the recipe sets `quantize.mode` (`l
 
 from __future__ import annotations
 
+import os
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -238,7 +239,7 @@ def quantize_stages(policy: Policy, config: QuantizeConfig, calibration: list[di
             mode = modes[entry.name]
             if mode is None:
                 for file in (src, *external_data_files(src, "quantize")):  # kept: with its data file
-                    shutil.copyfile(file, dst.parent / file.name)
+                    _link_or_copy(file, dst.parent / file.name)
                 results[entry.name] = None
             else:
                 g = plan.stage(entry.name)
@@ -263,6 +264,16 @@ def quantize_stages(policy: Policy, config: QuantizeConfig, calibration: list[di
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return StagedQuantizeResult(results, str(out_json), time.perf_counter() - start)
+
+
+def _link_or_copy(src: Path, dst: Path) -> None:
+    """`dst` as a hard link to `src` (a stage kept in FP32 is the FP32 plan's file: no second copy on disk,
+    and profile's plans share one session for it, `vlaedge.runtimes.staged.SharedStages`), or a copy
+    where the file system cannot link (another device, no hard links)."""
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copyfile(src, dst)
 
 
 def _entry(fp32: StageFile, root: Path, folder: str, precision: str) -> StageFile:

@@ -22,7 +22,8 @@ __all__ = ["RUNTIMES", "Runtime", "open_runtime", "qdq_arithmetic"]
 
 
 def open_runtime(name: str, policy: Policy, model: str | Path | None = None,
-                 threads: int | None = None, qdq: str = "fused", prepack: bool = True) -> Runtime:
+                 threads: int | None = None, qdq: str = "fused", prepack: bool = True,
+                 shared=None) -> Runtime:
     """Opens `model` (or the policy's torch module for "torch") on the runtime called `name`.
 
     Args:
@@ -33,6 +34,8 @@ def open_runtime(name: str, policy: Policy, model: str | Path | None = None,
         qdq: on ort-*: "fused" (ONNX Runtime's INT8 kernels, its default) or "simulated" (Q/DQ fusion
             off: the graph's own arithmetic, as TensorRT computes it; see `qdq_arithmetic`).
         prepack: on ort-*: False for one-off sessions, e.g. checks (`vlaedge.runtimes.ort.session_options`).
+        shared: a `vlaedge.runtimes.staged.SharedStages` for stage plans opened together (one session per
+            stage file they have in common); None: the plan's own sessions.
 
     Raises:
         VlaedgeError: an unknown name (the available ones are listed) or a backend that is missing here.
@@ -47,7 +50,8 @@ def open_runtime(name: str, policy: Policy, model: str | Path | None = None,
         if Path(model).suffix == ".json":  # a stage plan (stages.json): one session per stage
             from vlaedge.runtimes.staged import StagedRuntime
 
-            return StagedRuntime(model, policy.input_spec, policy.output_names, name, threads, qdq, prepack)
+            return StagedRuntime(model, policy.input_spec, policy.output_names, name, threads, qdq, prepack,
+                                 shared)
         from vlaedge.runtimes.ort import OrtRuntime
 
         return OrtRuntime(model, policy.input_spec, policy.output_names, name, threads, qdq, prepack)

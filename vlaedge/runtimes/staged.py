@@ -5,11 +5,18 @@ velocity, or a sampler stage returning its next sample, fed t_k, the step index 
 `infer(feeds)` takes the policy's inputs and returns its outputs, so verify, drift, profile and gate use
 a staged model as they use a single graph. After each call `stage_ms` holds the milliseconds each stage
 took in it (the loop's stage: all its steps together) and `stage_calls` how often each ran.
+
+Plans opened together (profile times the compressed plan interleaved with the FP32 one) can share a
+`SharedStages`: a stage file both plans hold (a stage kept in FP32, hard-linked into the compressed plan
+by `vlaedge.compress.quantize_stages`) is then one session, not two. At pi0 size that stage is the
+10 GB prefix, and two prepacked copies of it did not fit in 24 GB.
 """
 
 from __future__ import annotations
 
+import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +36,9 @@ class StagedRuntime(Runtime):
         name: "ort-cpu", "ort-cuda", "ort-trt", or "trt" (each stage's engine beside its ONNX).
         threads: intra-op threads of every stage's session.
         qdq: how every stage computes Q/DQ ("fused" or "simulated", see `vlaedge.runtimes.ort`).
+        prepack: let kernels pack their weights (see `vlaedge.runtimes.ort.OrtRuntime`).
+        shared: sessions shared with other plans opened with the same `SharedStages` (None: this plan's
+            own sessions).
 
     Raises:
         VlaedgeError: an unreadable plan, a missing stage file, a stage file whose sha256 is not the one
@@ -37,7 +47,7 @@ class StagedRuntime(Runtime):
 
     def __init__(self, plan_file: str | Path, input_spec: tuple[TensorSpec, ...],
                  output_names: tuple[str, ...], name: str = "ort-cpu", threads: int | None = None,
-                 qdq: str = "fused", prepack: bool = True):
+                 qdq: str = "fused", prepack: bool = True, shared: SharedStages | None = None):
         from vlaedge.runtimes.ort import OrtRuntime
 
         plan_file = Path(plan_file)
@@ -47,6 +57,7 @@ class StagedRuntime(Runtime):
         check_stage_hashes(plan_file, self.plan_file)  # before any session is built
         self.plan = self.plan_file.plan()
         self.stages: dict[str, OrtRuntime] = {}
+        self.shared = shared
         for g in self.plan_file.graphs:
             specs = tuple(TensorSpec(i.name, tuple(i.shape), i.dtype, -1.0, 1.0) for i in g.inputs)
             outputs = tuple(o.name for o in g.outputs)
@@ -55,8 +66,13 @@ class StagedRuntime(Runtime):
 
                 self.stages[g.name] = TrtRuntime(plan_file.parent / g.file, specs, outputs)
                 continue
-            self.stages[g.name] = OrtRuntime(plan_file.parent / g.file, specs, outputs, name, threads, qdq,
-                                             prepack)
+            file = plan_file.parent / g.file
+
+            def session(file=file, specs=specs, outputs=outputs) -> OrtRuntime:
+                return OrtRuntime(file, specs, outputs, name, threads, qdq, prepack)
+
+            key = (name, threads, qdq, prepack, specs, outputs)
+            self.stages[g.name] = shared.open(file, key, session) if shared is not None else session()
         self.session = PlanInputs(self)  # get_inputs() of the policy inputs, as a session gives them
         self.stage_ms: dict[str, float] = {}
         self.stage_calls: dict[str, int] = {}
@@ -83,7 +99,52 @@ class StagedRuntime(Runtime):
 
     def close(self) -> None:
         for rt in self.stages.values():
-            rt.close()
+            if self.shared is not None:
+                self.shared.release(rt)
+            else:
+                rt.close()
+        self.stages = {}
+
+
+class SharedStages:
+    """Stage sessions shared between plans: a stage file that is the same file on disk (same device and
+    inode for the .onnx and each external data file, as a hard link is) and is opened with the same
+    runtime settings gets one session, closed when the last plan holding it closes.
+
+    Example:
+        >>> shared = SharedStages()
+        >>> int8 = open_runtime("ort-cpu", policy, "run/stages.json", shared=shared)
+        >>> fp32 = open_runtime("ort-cpu", policy, "run/stages_fp32.json", shared=shared)  # kept: shared
+    """
+
+    def __init__(self):
+        self._open: dict[tuple, list] = {}  # key -> [runtime, plans holding it]
+
+    def open(self, file: Path, settings: tuple, make: Callable[[], Runtime]) -> Runtime:
+        """The session of `file` with `settings`, made by `make()` the first time."""
+        from vlaedge.onnx_file import external_data_files
+
+        ids = tuple((st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+                    for st in map(os.stat, (file, *external_data_files(file, "profile"))))
+        key = (ids, settings)
+        if key not in self._open:
+            self._open[key] = [make(), 0]
+        self._open[key][1] += 1
+        return self._open[key][0]
+
+    def release(self, runtime: Runtime) -> None:
+        """One plan no longer holds `runtime`; the last one closes it."""
+        for key, held in list(self._open.items()):
+            if held[0] is runtime:
+                held[1] -= 1
+                if held[1] == 0:
+                    runtime.close()
+                    del self._open[key]
+                return
+        runtime.close()
+
+    def __len__(self) -> int:
+        return len(self._open)
 
 
 class PlanInputs:
