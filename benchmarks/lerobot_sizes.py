@@ -200,8 +200,8 @@ def _dataset(config: dict, out: Path, seed: int, episodes: int = 4, frames: int 
 
 
 COMPRESS = ("--set", "verify.closed_loop_episodes=0", "--set", "budgets.max_success_drop=null",
-            "--set", "verify.eval_frames=64", "--set", "quantize.num_calib_frames=64",
-            "--set", "export.check_frames=32")
+            "--set", "verify.trace_episodes=0", "--set", "verify.eval_frames=64",
+            "--set", "quantize.num_calib_frames=64", "--set", "export.check_frames=32")
 
 
 def run(step: str, work: Path, timeout: int, settings: tuple[str, ...] = ()) -> dict:

@@ -76,9 +76,10 @@ SIZES = {
 }
 STEPS = ("load", "export", "cpu-int8", "orin-int8")
 # Random weights have no closed-loop success to lose: the compress steps skip the closed loop (and its
-# budget) and drift is measured on 64 evaluation frames; everything else is the shipped recipe.
+# budget), plot no action traces (up to 240 more frames through both models, saying nothing on random
+# weights) and measure drift on 64 evaluation frames; everything else is the shipped recipe.
 COMPRESS_SETTINGS = ("--set", "verify.closed_loop_episodes=0", "--set", "budgets.max_success_drop=null",
-                     "--set", "verify.eval_frames=64")
+                     "--set", "verify.trace_episodes=0", "--set", "verify.eval_frames=64")
 
 
 def build_checkpoint(size: str, folder: Path, seed: int = 0) -> dict:

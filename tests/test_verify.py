@@ -316,3 +316,29 @@ def test_tabletop_closed_loop_is_deterministic_per_seed_for_reference_and_candid
     assert report.reference.per_episode == report.candidate.per_episode
     assert report.drop == 0.0 and report.reference.steps == report.candidate.steps > 0
     assert report.drop_interval[0] < 0 < report.drop_interval[1]
+
+
+def test_traces_run_in_drift_sized_batches(tiny_run, monkeypatch):
+    """Action traces follow whole episodes (up to 80 frames each) in batches of the drift's size: one batch
+    of 80 frames of a pi0-size policy took more than 19 GB."""
+    from vlaedge.check import verify as verify_module
+    from vlaedge.recipe import VerifyConfig
+    from vlaedge.runtimes import open_runtime
+
+    monkeypatch.setattr("vlaedge.check.drift.BATCH_SIZE", 8)
+    inner, batches = open_runtime("ort-cpu", tiny_run.policy, tiny_run.onnx), []
+
+    class Recording(Runtime):
+        name, session, input_spec = "ort-cpu", inner.session, inner.input_spec
+
+        def _infer(self, feeds):
+            batches.append(len(feeds["state"]))
+            return inner.infer(feeds)
+
+    episodes = tiny_run.dataset.episodes[:2]
+    traces = verify_module._traces(tiny_run.policy, Recording(), tiny_run.dataset,
+                                   VerifyConfig(trace_episodes=2))
+    lengths = [min(len(ep), verify_module.MAX_TRACE_FRAMES) for ep in episodes]
+    assert [len(t["candidate"]) for t in traces] == [len(t["reference"]) for t in traces] == lengths
+    assert max(batches) == 8 and sum(batches) == sum(lengths) and len(batches) > 2
+    assert np.allclose(traces[0]["reference"], traces[0]["candidate"], atol=1e-3)  # FP32 ONNX vs torch

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from vlaedge import progress
 from vlaedge.check.closedloop import (
     ClosedLoopReport,
     SuccessRate,
@@ -314,23 +315,28 @@ def _open_candidate(policy: Policy, model, config: VerifyConfig, trust_code: boo
 
 
 def _traces(policy: Policy, candidate, evaluation: EpisodeDataset, config: VerifyConfig) -> list[dict]:
-    """The first action of every chunk along a few whole evaluation episodes, reference and candidate."""
-    traces, start = [], 0
+    """The first action of every chunk along a few whole evaluation episodes, reference and candidate, in
+    batches of the drift's size (80 frames in one batch of a pi0-size policy took more than 19 GB)."""
+    from vlaedge.check.drift import BATCH_SIZE
+
+    traces = []
     starts = np.cumsum([0] + [len(ep) for ep in evaluation.episodes])
-    for k, ep in enumerate(evaluation.episodes[: config.trace_episodes]):
-        start = int(starts[k])
-        idx = np.arange(start, start + min(len(ep), MAX_TRACE_FRAMES))
-        frames = evaluation.frames(idx)
-        feeds = policy.make_inputs(frames, seed=config.seed)
-        ref = policy.decode(policy.run_torch(feeds))[:, 0]
-        out = candidate.infer(feeds)
-        cand = policy.decode({k2: out[k2] for k2 in policy.output_names})[:, 0]
+    episodes = evaluation.episodes[: config.trace_episodes]
+    for k, ep in enumerate(progress.track(episodes, "traces: evaluation episodes") if episodes else ()):
+        idx = np.arange(int(starts[k]), int(starts[k]) + min(len(ep), MAX_TRACE_FRAMES))
+        refs, cands = [], []
+        for first in range(0, len(idx), BATCH_SIZE):
+            feeds = policy.make_inputs(evaluation.frames(idx[first:first + BATCH_SIZE]),
+                                       seed=config.seed + first)
+            refs.append(policy.decode(policy.run_torch(feeds))[:, 0])
+            out = candidate.infer(feeds)
+            cands.append(policy.decode({name: out[name] for name in policy.output_names})[:, 0])
         traces.append(
             {
                 "episode": ep.index,
                 "instruction": ep.instruction,
-                "reference": np.round(ref, 5).tolist(),
-                "candidate": np.round(cand, 5).tolist(),
+                "reference": np.round(np.concatenate(refs), 5).tolist(),
+                "candidate": np.round(np.concatenate(cands), 5).tolist(),
             }
         )
     return traces
