@@ -24,8 +24,9 @@ Usage (from the repository root; heavy: minutes to hours, run on a quiet machine
     .venv/bin/python benchmarks/scale.py --size pi0 --steps load,export --dtype bfloat16 --work runs/scale
     .venv/bin/python benchmarks/scale.py --size pi0 --steps cpu-int8 --set quantize.stages.prefix=fp32
 
-Writes `benchmarks/results/scale.md` and `.json` (`--out`); a size's rows replace the previous rows of
-that size, so sizes can be run one at a time.
+Writes `benchmarks/results/scale.md` and `.json` (`--out`); a step's new row replaces that size's previous
+row of the step (the others stay, each with the command that measured it and when), so sizes and steps
+can be run one at a time; notes written by hand below the tables are kept.
 """
 
 from __future__ import annotations
@@ -243,8 +244,13 @@ def machine() -> dict:
             "python": platform.python_version()}
 
 
+SIZE_HEADING = re.compile(r"^## \w+: [\d,]+ M parameters")
+
+
 def write_results(results: dict, out: Path) -> None:
-    """Writes `out` (.md) and its .json; `results` is {"machine", "sizes": {size: {...}}}."""
+    """Writes `out` (.md) and its .json; `results` is {"machine", "sizes": {size: {"checkpoint", "steps"}}},
+    each step row with the scale.py command that measured it and when. Notes written by hand below the
+    tables (from the first `## ` heading that is not a size's) are kept."""
     out.with_suffix(".json").write_text(json.dumps(results, indent=1))
     m = results["machine"]
     lines = ["# Real-size benchmark", "", f"Machine: {m['cpu']}, {m['cores']} cores, {m['memory_gb']} GB; "
@@ -254,12 +260,16 @@ def write_results(results: dict, out: Path) -> None:
     for size, entry in results["sizes"].items():
         fp32_gb = entry["checkpoint"]["fp32_bytes"] / 1024**3
         lines += [f"## {size}: {entry['checkpoint']['parameters'] / 1e6:,.0f} M parameters, "
-                  f"{fp32_gb:.2f} GB in FP32", "", f"Command: `{entry['command']}`", "",
+                  f"{fp32_gb:.2f} GB in FP32", "",
                   "| step | exit | wall s | peak RSS GB | RSS / FP32 bytes | load | speed vs FP32 | drift % "
                   "| files MB | note |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
         lines += [_row(row, fp32_gb) for row in entry["steps"]]
+        lines += ["", "Commands:", ""]
+        lines += [f"- {row['step']}: `{row['benchmark_command']}` ({row['when']})" for row in entry["steps"]]
         lines.append("")
-    out.write_text("\n".join(lines))
+    old = out.read_text().splitlines() if out.exists() else []
+    notes = next((i for i, x in enumerate(old) if x.startswith("## ") and not SIZE_HEADING.match(x)), None)
+    out.write_text("\n".join(lines + (old[notes:] if notes is not None else [])) + "\n")
 
 
 def _row(row: dict, fp32_gb: float) -> str:
@@ -308,15 +318,18 @@ def main() -> None:
                            + ([f"--dtype {args.dtype}"] if args.dtype else [])
                            + ([f"--calib-frames {args.calib_frames}"] if args.calib_frames else [])
                            + [f"--set {kv}" for kv in args.settings])
-        entry = {"checkpoint": info, "command": command, "steps": []}
+        entry = results["sizes"].setdefault(size, {"steps": []})
+        entry["checkpoint"] = info
         for step in steps:
             print(f"{size}: {step} ...", flush=True)
             row = run_step(step, checkpoint, args.work / size, args.timeout, args.dtype, args.calib_frames,
                            tuple(args.settings))
+            row["benchmark_command"] = command
+            row["when"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
             print(f"{size}: {step}: exit {row['rc']}, {row['wall_s']} s, peak RSS {row['peak_rss_gb']} GB "
                   f"{row.get('error') or ''}", flush=True)
-            entry["steps"].append(row)
-            results["sizes"][size] = entry
+            kept = [r for r in entry["steps"] if r["step"] != step]  # a step's new row replaces its old one
+            entry["steps"] = sorted(kept + [row], key=lambda r: STEPS.index(r["step"]))
             write_results(results, args.out)
     print(f"wrote {args.out}")
 
