@@ -79,8 +79,8 @@ def test_interleaving_runs_each_model_in_settled_turns():
             calls.append(self.name)
 
     runs = BLOCK + 5
-    samples = _timed_round_robin([Fake("a"), Fake("b")], {}, runs)
-    assert [len(x) for x in samples] == [runs, runs]
+    samples, stage_samples = _timed_round_robin([Fake("a"), Fake("b")], {}, runs)
+    assert [len(x) for x in samples] == [runs, runs] and stage_samples == [[], []]  # no stage plans
     turn = SETTLE + BLOCK
     assert calls[:turn] == ["a"] * turn and calls[turn:2 * turn] == ["b"] * turn
     assert calls[2 * turn:] == ["b"] * (SETTLE + 5) + ["a"] * (SETTLE + 5)  # second round: b first

@@ -381,8 +381,10 @@ def test_profile_prints_each_stage_of_a_run_folder(cpu_run, tmp_path, capsys, mo
     assert code == 0, text[-2000:]
     line = next(x for x in text.splitlines() if x.startswith("stages of"))
     assert "vision" in line and "prefix" in line and "expert" in line and f"({STEPS}x" in line, line
-    stages = json.loads((tmp_path / "p" / "profile.json").read_text())["models"][0]["stages"]["stages"]
+    timed = json.loads((tmp_path / "p" / "profile.json").read_text())["models"][0]["stages"]
+    stages = timed["stages"]
     assert stages["expert"]["calls"] == STEPS and stages["vision"]["calls"] == 1
+    assert timed["runs"] == 5  # the timed runs themselves, no extra ones (7 s each for a 100-step sampler)
 
 
 def test_estimate_and_engine_take_a_run_folder_or_its_stages_json(cpu_run, tmp_path, capsys, monkeypatch):

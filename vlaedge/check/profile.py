@@ -198,13 +198,14 @@ def profile(
     load = LoadProbe()
     if jetson:
         with jetson.PowerMonitor() as monitor:
-            samples = _timed_round_robin(opened, feeds, runs)
+            samples, stage_samples = _timed_round_robin(opened, feeds, runs)
         power = monitor.summary()
     else:
-        samples = _timed_round_robin(opened, feeds, runs)
+        samples, stage_samples = _timed_round_robin(opened, feeds, runs)
     load_record = load.stop()
     results = []
-    for path, rt, mem, times in zip(paths or [None], opened, memory, samples, strict=True):
+    for path, rt, mem, times, per_stage in zip(paths or [None], opened, memory, samples, stage_samples,
+                                               strict=True):
         lat = LatencyStats.from_samples(times)
         results.append(
             ModelProfile(
@@ -216,7 +217,7 @@ def profile(
                 mem,
             )
         )
-        results[-1].stages = stage_times(rt, feeds)  # per-stage graphs (issue 23)
+        results[-1].stages = stage_times(rt, per_stage, times)  # per-stage graphs (issue 23)
         rt.close()
     base = results[0]
     comparisons = [
@@ -291,8 +292,9 @@ BLOCK = 20  # timed runs of one model before the next model's turn
 SETTLE = 3  # untimed runs at the start of each turn
 
 
-def _timed_round_robin(runtimes: list, feeds: dict, runs: int) -> list[list[float]]:
-    """`runs` timed inferences per runtime, in turns of `BLOCK` runs, rotating which goes first each round.
+def _timed_round_robin(runtimes: list, feeds: dict, runs: int) -> tuple[list[list[float]], list[list[dict]]]:
+    """`runs` timed inferences per runtime, in turns of `BLOCK` runs, rotating which goes first each round;
+    returns each runtime's latencies (ms) and, for a stage plan, each timed run's `stage_ms`.
 
     Each turn starts with `SETTLE` untimed runs. Alternating models run by run measured something no
     robot sees: with several threads, the previous model's idle ONNX Runtime workers still spin on the
@@ -300,6 +302,7 @@ def _timed_round_robin(runtimes: list, feeds: dict, runs: int) -> list[list[floa
     run, 5.4 ms alone, 5.8-6.0 ms in turns of 20-25 after 3-5 settling runs).
     """
     samples: list[list[float]] = [[] for _ in runtimes]
+    stage_samples: list[list[dict[str, float]]] = [[] for _ in runtimes]
     n = len(runtimes)
     enabled = gc.isenabled()
     gc.disable()  # a collection inside one timed run would land on whichever model ran then
@@ -314,10 +317,12 @@ def _timed_round_robin(runtimes: list, feeds: dict, runs: int) -> list[list[floa
                     start = time.perf_counter_ns()
                     runtimes[i].infer(feeds)
                     samples[i].append((time.perf_counter_ns() - start) / 1e6)
+                    if hasattr(runtimes[i], "stage_ms"):  # a stage plan: what each stage took in this run
+                        stage_samples[i].append(dict(runtimes[i].stage_ms))
     finally:
         if enabled:
             gc.enable()
-    return samples
+    return samples, stage_samples
 
 
 def _rate(lat: LatencyStats, chunk: int, control_hz: float | None) -> dict:
@@ -371,27 +376,19 @@ def model_parameter_count(path: str | Path) -> int:
     return int(sum(int(np.prod(t.dims)) for t in model.graph.initializer if t.name not in qdq_params))
 
 
-STAGE_RUNS = 20  # extra runs of a stage plan, after the timed ones, for its per-stage medians
-
-
-def stage_times(runtime, feeds: dict[str, np.ndarray], runs: int = STAGE_RUNS) -> dict | None:
-    """Per-stage medians of a stage plan's runtime (`vlaedge.runtimes.staged`, its `stage_ms` after each
-    call) over `runs` more calls: {"stages": {name: {"median_ms", "calls", "per_call_ms"}}, "step_median_ms"};
-    the loop's stage counts all its steps. None for a runtime without stages."""
-    if not hasattr(runtime, "stage_ms"):
+def stage_times(runtime, per_stage: list[dict[str, float]], steps_ms: list[float]) -> dict | None:
+    """Per-stage medians of a stage plan's timed runs (`vlaedge.runtimes.staged`: its `stage_ms` after each
+    run, `per_stage`; the runs' latencies `steps_ms`): {"stages": {name: {"median_ms", "calls",
+    "per_call_ms"}}, "step_median_ms", "runs"}; the loop's stage counts all its steps. None for a runtime
+    without stages."""
+    if not hasattr(runtime, "stage_ms") or not per_stage:
         return None
-    samples: dict[str, list[float]] = {}
-    steps = []
-    for _ in range(runs):
-        start = time.perf_counter_ns()
-        runtime.infer(feeds)
-        steps.append((time.perf_counter_ns() - start) / 1e6)
-        for name, ms in runtime.stage_ms.items():
-            samples.setdefault(name, []).append(ms)
     calls = runtime.stage_calls
-    stages = {name: {"median_ms": float(np.median(v)), "calls": calls[name],
-                     "per_call_ms": float(np.median(v)) / calls[name]} for name, v in samples.items()}
-    return {"stages": stages, "step_median_ms": float(np.median(steps)), "runs": runs}
+    stages = {}
+    for name in per_stage[0]:
+        median = float(np.median([run[name] for run in per_stage]))
+        stages[name] = {"median_ms": median, "calls": calls[name], "per_call_ms": median / calls[name]}
+    return {"stages": stages, "step_median_ms": float(np.median(steps_ms)), "runs": len(per_stage)}
 
 
 def stage_line(m: ModelProfile) -> str:
