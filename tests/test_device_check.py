@@ -76,9 +76,9 @@ def test_device_check_builds_compares_profiles_and_writes_its_report(tmp_path, t
     fake_orin_run(run, tiny_run, monkeypatch)
     real, opened = vlaedge.runtimes.open_runtime, []
 
-    def plan_as_ort(name, policy, model=None, threads=None, qdq="fused"):
+    def plan_as_ort(name, policy, model=None, threads=None, qdq="fused", **options):
         opened.append((name, model))
-        return real("ort-cpu" if name == "trt" else name, policy, model, threads, qdq)
+        return real("ort-cpu" if name == "trt" else name, policy, model, threads, qdq, **options)
 
     monkeypatch.setattr(vlaedge.runtimes, "open_runtime", plan_as_ort)
     # memory is measured in a fresh process, which cannot see the fake tensorrt: a fixed record here
