@@ -236,3 +236,24 @@ def test_pi0_checkpoint_exports_and_quantizes_per_stage(tmp_path, capsys, monkey
     # random weights, 8 frames: mean 0.76% / p99 2.5% with 8-bit weights (VNNI), 1.20% / 5.0% with the 7-bit
     # weights compress uses on an AVX2-only CPU (`make test-avx2`)
     assert drift["mean_pct"] < 2.0 and drift["p99_pct"] < 7.0, drift
+
+
+def test_a_streamed_checkpoint_is_one_model_safetensors_that_loads(tmp_path):
+    """Published sizes are written streamed, one tensor in memory at a time, into one model.safetensors as
+    LeRobot saves it (pi0's 16 GB was written as shards, which a LeRobot folder never has, and refused)."""
+    import torch
+    from safetensors import safe_open
+
+    from vlaedge.models.lerobot.synthetic import _draw
+
+    stats = {"observation.image": IMAGE, "observation.state": PIXELS, "action": PIXELS}
+    folder = write_pretrained(tmp_path / "pretrained_model", act_config(), stats, seed=3, stream=True)
+    assert not list(folder.glob("model-*")) and not (folder / "model.safetensors.index.json").exists()
+    with safe_open(str(folder / "model.safetensors"), framework="pt") as f:
+        names = list(f.keys())  # noqa: SIM118 (a safe_open handle)
+        weight = next(n for n in names if n.endswith("weight") and f.get_slice(n).get_shape()[1:])
+        stored = f.get_tensor(weight)
+    drawn = _draw(weight.split(".", 1)[1], stored.to("meta"), 3)  # the name under the network's root
+    assert stored.abs().sum() > 0 and torch.equal(stored, drawn)
+    policy = load_policy(folder)  # LeRobot's layout, strict names/shapes/dtypes
+    assert all(np.isfinite(v).all() for v in policy.run_torch(policy.example_inputs(2)).values())

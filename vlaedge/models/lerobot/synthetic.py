@@ -20,7 +20,8 @@ import numpy as np
 
 from vlaedge.models.checkpoint import write_checkpoint
 
-SHARD_BYTES = 2 * 1024**3  # streamed weights: at most this much per safetensors shard
+SAFETENSORS_DTYPES = {"float32": "F32", "float16": "F16", "bfloat16": "BF16", "int64": "I64", "int32": "I32",
+                      "uint8": "U8", "bool": "BOOL"}  # torch dtype name -> the safetensors header's
 
 
 def write_pretrained(folder: Path, config: dict, stats: dict[str, dict[str, np.ndarray]], seed: int = 0,
@@ -37,9 +38,8 @@ def write_pretrained(folder: Path, config: dict, stats: dict[str, dict[str, np.n
         text: the tokenizer step's config (`tokenizer_name`, `max_length`, ...) for language policies.
         stream: for published sizes: build the network without weights (meta parameters, real buffers)
             and draw each parameter alone (normal, std 0.02; 1-D norm weights 1, biases 0; seeded by
-            `seed` and its name), so writing needs about one shard of memory; more than `SHARD_BYTES` of
-            weights are written as shards with model.safetensors.index.json. Otherwise the network's own
-            initialisation after `torch.manual_seed(seed)`, in one model.safetensors.
+            `seed` and its name) into one model.safetensors as it is drawn, so writing needs about one
+            tensor of memory. Otherwise the network's own initialisation after `torch.manual_seed(seed)`.
 
     Returns:
         `folder`.
@@ -69,36 +69,31 @@ def write_pretrained(folder: Path, config: dict, stats: dict[str, dict[str, np.n
 
 
 def _write_streamed(tmp: Path, kinds, config: dict, seed: int) -> None:
-    """model.safetensors (or shards + index) of seeded draws, one parameter in memory at a time; the
-    network is built against `tmp` (a sibling of the final folder that exists, so a backbone named
-    relative to the checkpoint, e.g. ../vlm, resolves as it will in the final folder)."""
-    from safetensors.torch import save_file
+    """model.safetensors of seeded draws, one tensor in memory at a time, as LeRobot saves it (one file,
+    whatever its size: a pi0 checkpoint is 16 GB). The header is written first from the shapes, then each
+    tensor as it is drawn. The network is built against `tmp` (a sibling of the final folder that exists,
+    so a backbone named relative to the checkpoint, e.g. ../vlm, resolves as it will in the final folder)."""
+    import torch
 
     from vlaedge.models.weights import empty_parameters
 
     with empty_parameters():
         net = kinds.build(config, tmp)
-    shards, current, size = [], {}, 0
-    for name, value in net.state_dict().items():
-        tensor = _draw(name, value, seed) if value.is_meta else value.detach().clone()
-        if current and size + tensor.nbytes > SHARD_BYTES:
-            shards.append(current)
-            current, size = {}, 0
-        current[f"{kinds.ROOT}.{name}"] = tensor
-        size += tensor.nbytes
-    shards.append(current)
-    if len(shards) == 1:
-        save_file(shards[0], str(tmp / "model.safetensors"), metadata={"format": "pt"})
-        return
-    index = {}
-    for i, shard in enumerate(shards, 1):
-        file = f"model-{i:05d}-of-{len(shards):05d}.safetensors"
-        save_file(shard, str(tmp / file), metadata={"format": "pt"})
-        index.update(dict.fromkeys(shard, file))
-        shards[i - 1] = None
-    total = sum(p.stat().st_size for p in tmp.glob("model-*.safetensors"))
-    (tmp / "model.safetensors.index.json").write_text(json.dumps({"metadata": {"total_size": total},
-                                                                  "weight_map": index}))
+    state = net.state_dict()
+    header, offset = {"__metadata__": {"format": "pt"}}, 0
+    for name, value in state.items():
+        size = value.numel() * value.element_size()
+        dtype = SAFETENSORS_DTYPES[str(value.dtype).removeprefix("torch.")]
+        header[f"{kinds.ROOT}.{name}"] = {"dtype": dtype, "shape": list(value.shape),
+                                          "data_offsets": [offset, offset + size]}
+        offset += size
+    text = json.dumps(header, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)  # the data starts 8-byte aligned, as safetensors writes it
+    with open(tmp / "model.safetensors", "wb") as out:
+        out.write(len(text).to_bytes(8, "little") + text)
+        for name, value in state.items():
+            tensor = _draw(name, value, seed) if value.is_meta else value.detach()
+            out.write(tensor.contiguous().view(-1).view(torch.uint8).numpy().tobytes())
 
 
 def _draw(name: str, meta, seed: int):
