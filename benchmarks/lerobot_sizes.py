@@ -173,14 +173,10 @@ def link_fixture(kind: str, work: Path, seed: int = 0) -> dict:
 
 
 def _shapes(folder: Path) -> list[tuple[int, ...]]:
-    """Every tensor's shape, from model.safetensors or its shards (pi0's 13 GB: model-0000K-of-0000N)."""
     from safetensors import safe_open
 
-    shapes = []
-    for file in sorted(folder.glob("model*.safetensors")):
-        with safe_open(str(file), framework="np") as f:
-            shapes += [tuple(f.get_slice(k).get_shape()) for k in f.keys()]  # noqa: SIM118 (a safe_open handle)
-    return shapes
+    with safe_open(str(folder / "model.safetensors"), framework="np") as f:
+        return [tuple(f.get_slice(k).get_shape()) for k in f.keys()]  # noqa: SIM118 (a safe_open handle)
 
 
 def _dataset(config: dict, out: Path, seed: int, episodes: int = 4, frames: int = 40) -> None:

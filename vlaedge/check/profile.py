@@ -381,7 +381,7 @@ def stage_times(runtime, per_stage: list[dict[str, float]], steps_ms: list[float
     run, `per_stage`; the runs' latencies `steps_ms`): {"stages": {name: {"median_ms", "calls",
     "per_call_ms"}}, "step_median_ms", "runs"}; the loop's stage counts all its steps. None for a runtime
     without stages."""
-    if not hasattr(runtime, "stage_ms") or not per_stage:
+    if not per_stage:  # filled for stage plans only (`_timed_round_robin`)
         return None
     calls = runtime.stage_calls
     stages = {}
