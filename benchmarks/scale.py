@@ -23,6 +23,7 @@ Usage (from the repository root; heavy: minutes to hours, run on a quiet machine
     .venv/bin/python benchmarks/scale.py --size 100m --size smolvla --work runs/scale
     .venv/bin/python benchmarks/scale.py --size pi0 --steps load,export --dtype bfloat16 --work runs/scale
     .venv/bin/python benchmarks/scale.py --size pi0 --steps cpu-int8 --set quantize.stages.prefix=fp32
+    .venv/bin/python benchmarks/scale.py --size smolvla --steps cpu-int8 --device cuda   # on a CUDA machine
 
 Writes `benchmarks/results/scale.md` and `.json` (`--out`); a step's new row replaces that size's previous
 row of the step (the others stay, each with the command that measured it and when), so sizes and steps
@@ -157,15 +158,19 @@ def _draw(name: str, meta, seed: int):
 
 
 def run_step(step: str, checkpoint: Path, work: Path, timeout: int, dtype: str | None,
-             calib_frames: int | None = None, settings: tuple[str, ...] = ()) -> dict:
+             calib_frames: int | None = None, settings: tuple[str, ...] = (),
+             device: str | None = None) -> dict:
     """Runs one step as a child process under /usr/bin/time -v: its wall time, peak RSS and outcome.
     `calib_frames` replaces the recipe's quantize.num_calib_frames in the compress steps; `settings`
-    (KEY=VALUE) are passed to them as `--set`."""
+    (KEY=VALUE) are passed to them as `--set`; `device` (auto, cpu, cuda) as `--device` (where the torch
+    side of compress runs; the export traces on the CPU whatever it is)."""
     out = work / step
     shutil.rmtree(out, ignore_errors=True)
     extra = ["--dtype", dtype] if dtype else []
     if calib_frames and step not in ("load", "export"):
         extra += ["--set", f"quantize.num_calib_frames={calib_frames}"]
+    if device and step not in ("load", "export"):
+        extra += ["--device", device]
     if step == "load":
         code = ("import re, sys, torch, transformers; from vlaedge.models import load_policy; "
                 "hwm = re.search(r'VmHWM:\\s+(\\d+)', open('/proc/self/status').read()).group(1); "
@@ -292,6 +297,8 @@ def main() -> None:
     parser.add_argument("--timeout", type=int, default=3600, help="seconds per step before it is stopped")
     parser.add_argument("--dtype", default=None, help="passed to export/compress as --dtype")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default=None, choices=("auto", "cpu", "cuda"),
+                        help="compress steps: where the torch side runs (default: vlaedge's, auto)")
     parser.add_argument("--calib-frames", type=int, default=None,
                         help="compress steps: quantize.num_calib_frames instead of the recipe's (256)")
     parser.add_argument("--set", dest="settings", action="append", default=[], metavar="KEY=VALUE",
@@ -317,13 +324,14 @@ def main() -> None:
         command = " ".join(["python benchmarks/scale.py", f"--size {size}", f"--steps {','.join(steps)}"]
                            + ([f"--dtype {args.dtype}"] if args.dtype else [])
                            + ([f"--calib-frames {args.calib_frames}"] if args.calib_frames else [])
+                           + ([f"--device {args.device}"] if args.device else [])
                            + [f"--set {kv}" for kv in args.settings])
         entry = results["sizes"].setdefault(size, {"steps": []})
         entry["checkpoint"] = info
         for step in steps:
             print(f"{size}: {step} ...", flush=True)
             row = run_step(step, checkpoint, args.work / size, args.timeout, args.dtype, args.calib_frames,
-                           tuple(args.settings))
+                           tuple(args.settings), args.device)
             row["benchmark_command"] = command
             row["when"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
             print(f"{size}: {step}: exit {row['rc']}, {row['wall_s']} s, peak RSS {row['peak_rss_gb']} GB "
