@@ -11,8 +11,9 @@ frames with the checkpoint's features:
 - `diffusion`: `lerobot/diffusion_pusht` (96x96 camera cropped to 84, 2-step history, U-Net down dims
   512/1024/2048, horizon 16, 8 executed actions, DDPM with 100 steps), ~263 M.
 - `pi0`: `lerobot/pi0_base`'s network (PaliGemma 3B: SigLIP So400m/14 at 224 px + Gemma 2B, Gemma 300M
-  action expert, chunk 50, 10 Euler steps), two 224x224 cameras, 14-dim state and action, ~3.3 B (13 GB in
-  FP32: weights written in 2 GB shards); its tokenizer is the pi0 fixture's stand-in.
+  action expert, chunk 50, 10 Euler steps), two 224x224 cameras, 14-dim state and action, ~3.3 B (4.0 B
+  tensors stored, 16.1 GB, streamed into one model.safetensors as LeRobot saves it); its tokenizer is
+  the pi0 fixture's stand-in.
 - `act-fixture`, `diffusion-fixture`, `smolvla-fixture`: the small checkpoints LeRobot
   0.4.4 itself wrote (the fidelity fixtures of tests/test_lerobot_policy.py), used in place.
 - `smolvla`: `lerobot/smolvla_base`'s network (SmolVLM2-500M's widths, its first 16 layers, expert at 0.75
@@ -265,6 +266,9 @@ def _row(kind: str, entry: dict, row: dict) -> str:
     return "| " + " | ".join(str(c) for c in cells) + " |"
 
 
+STEPS = ("load", "cpu-int8", "orin-int8")  # load_policy, then `vlaedge compress --recipe STEP`
+
+
 def _pct(value) -> str:
     return "-" if value is None else f"{value:.3f}"
 
@@ -273,13 +277,19 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--type", action="append", choices=sorted(TYPES) + sorted(FIXTURES), required=True,
                         help="a published size (random weights) or a LeRobot-written fixture (*-fixture)")
-    parser.add_argument("--steps", default="load,cpu-int8")
-    parser.add_argument("--work", type=Path, default=Path("runs/lerobot-sizes"))
-    parser.add_argument("--timeout", type=int, default=3600)
+    parser.add_argument("--steps", default="load,cpu-int8",
+                        help=f"comma-separated, of {', '.join(STEPS)} (a recipe name: a compress with it)")
+    parser.add_argument("--work", type=Path, default=Path("runs/lerobot-sizes"),
+                        help="where the checkpoints, datasets and runs are written (tens of GB for pi0)")
+    parser.add_argument("--timeout", type=int, default=3600, help="seconds per step before it is stopped")
     parser.add_argument("--set", dest="settings", action="append", default=[], metavar="KEY=VALUE",
                         help="compress steps: a recipe override, e.g. verify.eval_frames=8")
-    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/lerobot-sizes.md")
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/lerobot-sizes.md",
+                        help="results (.md, .json); a rerun step replaces its row there, the rest stay")
     args = parser.parse_args()
+    unknown = sorted(set(args.steps.split(",")) - set(STEPS))
+    if unknown:
+        parser.error(f"unknown step(s) {', '.join(unknown)}; choose from {', '.join(STEPS)}")
     saved = args.out.with_suffix(".json")
     results = {"machine": scale.machine(),
                "types": json.loads(saved.read_text())["types"] if saved.exists() else {}}

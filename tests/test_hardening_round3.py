@@ -187,6 +187,17 @@ def test_a_missing_optional_package_reaching_the_cli_is_a_user_error():
     assert lines[0].startswith("internal error: ")  # not an optional package of vlaedge: a bug
 
 
+def test_a_long_message_keeps_its_valid_keys_and_is_cut_at_a_word_saying_how_much():
+    keys = ", ".join(f"key_number_{i}" for i in range(40))  # ~600 characters: fits, whole
+    code, lines = describe(VlaedgeError(f"budgets: x: unknown key; valid keys here: {keys}", "see the docs"))
+    assert code == 2 and lines[0].endswith("key_number_39") and len(lines) == 2
+    message = "data: " + "value " * 400  # 2,400 characters quoted in an error
+    _, lines = describe(VlaedgeError(message))
+    assert lines[0].startswith("error: ") and len(lines[0]) <= len("error: ") + 800
+    head, _, tail = lines[0].removeprefix("error: ").partition(" ... [")
+    assert head.endswith(" value") and tail == f"{len(message.strip()) - len(head)} more characters: --debug]"
+
+
 def test_the_extras_named_exist_in_pyproject():
     import tomllib
 

@@ -123,6 +123,8 @@ BROKEN = {
     "missing state file": (lambda d: (d / PRE_STATS).unlink(), f"{PRE_STATS} does not exist"),
     "unknown type": (lambda d: edit_json(d / "config.json", lambda c: c.update(type="acts")),
                      "type 'acts' is not a LeRobot type"),
+    "no type": (lambda d: edit_json(d / "config.json", lambda c: c.pop("type")),
+                'looks like a LeRobot policy (input_features, processor files) but has no "type"'),
     "type not built": (lambda d: edit_json(d / "config.json", lambda c: c.update(type="vqbet")),
                        "type 'vqbet' is a LeRobot policy type vlaedge does not build yet"),
     "unknown step": (lambda d: edit_json(d / "policy_preprocessor.json",
@@ -230,3 +232,22 @@ def test_pi0_fixtures_match_lerobot_from_raw_observations_and_task(variant, monk
     feeds["noise"] = ref["noise"]
     assert action_error(policy, ref, feeds) < BOUND
     assert [g.name for g in policy.stage_plan.graphs] == ["vision", "prefix", "expert", "actions"]
+
+
+def test_action_bounds_outside_an_env_name_the_action_statistics_they_come_from():
+    from types import SimpleNamespace
+
+    from vlaedge.check.envspace import check_spaces
+
+    policy = load_policy(ACT / "pretrained_model")
+    dims = policy.action_spec.dim
+    space = SimpleNamespace(shape=(dims,), low=np.zeros(dims), high=np.full(dims, 1e-3))
+    env = SimpleNamespace(action_space=space)
+    with pytest.raises(VlaedgeError) as e:
+        check_spaces(env, action_spec=policy.action_spec)
+    assert "leave the env's action space" in e.value.message
+    assert "policy_postprocessor" in e.value.hint and "action_spec" not in e.value.hint
+
+
+def test_the_policy_is_named_by_the_folder_above_pretrained_model():
+    assert load_policy(ACT / "pretrained_model").name == "lerobot act (act_aloha14)"

@@ -104,7 +104,7 @@ def test_markdown_is_a_step_summary_with_the_verdict_and_tables():
 
     md = render_markdown(report)
     assert md.startswith("# vlaedge report: FAIL, 0 of 1 budget met, 1 fail\n\ndrift mean 1% / p99 3% of "
-                         "range;")
+                         "range over all dims;")
     assert "| `max_drift_per_dim_pct[gripper]` | 3 | <= 1 % of range | **FAIL** |" in md
     assert "| gripper | 3.000 | 3.000 | 3.000 |" in md and "## Latency (batch 1)" in md
     ok = render_markdown(gated(make_report(), Budgets(max_drift_mean_pct=1, max_latency_p99_ms=10)))

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import re
 
-MAX_LINE = 400  # characters of one printed message: a value quoted in an error never floods the terminal
+MAX_LINE = 800  # characters of one printed message: a list of valid keys fits, a quoted value never floods
 # optional packages -> the extra that installs them (pyproject.toml [project.optional-dependencies])
 EXTRAS = {"transformers": "hf", "torch_pruning": "hf",
           "tokenizers": "tokenizers", "sentencepiece": "tokenizers", "ray": "ray"}
@@ -45,9 +45,15 @@ class GateFailed(Exception):
 
 
 def one_line(text: object, limit: int = MAX_LINE) -> str:
-    """`text` on one line (whitespace runs collapsed), cut to `limit` characters with an ellipsis."""
+    """`text` on one line (whitespace runs collapsed). Longer than `limit` characters, it is cut at the last
+    space before the limit and says how much is left out, e.g. ``"... [412 more characters: --debug]"``
+    (the traceback `--debug` prints holds the whole message)."""
     flat = re.sub(r"\s+", " ", str(text)).strip()
-    return flat if len(flat) <= limit else flat[: limit - 3] + "..."
+    if len(flat) <= limit:
+        return flat
+    head = flat[: limit - 40]
+    head = head[: head.rfind(" ")] if " " in head else head
+    return f"{head.rstrip(',;:')} ... [{len(flat) - len(head)} more characters: --debug]"
 
 
 def missing_extra(exc: BaseException) -> str | None:

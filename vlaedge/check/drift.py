@@ -68,7 +68,7 @@ class DriftReport:
     def summary(self) -> str:
         text = (
             f"drift on {self.frames} frames: mean {self.mean_pct:.3f}% / p99 {self.p99_pct:.3f}% / "
-            f"max {self.max_pct:.3f}% of range, worst dim {self.worst.get('dim')} "
+            f"max {self.max_pct:.3f}% of range over all dims, worst dim {self.worst.get('dim')} "
             f"({self.worst.get('mean_pct', 0):.3f}%), cosine {self.cosine_mean:.4f}"
         )
         if self.token_agreement is not None:

@@ -75,7 +75,9 @@ def _check_actions(space, action_spec) -> None:
             f"env: the policy's action bounds low={_fmt(low)} high={_fmt(high)} leave the env's action "
             f"space low={_fmt(env_low)} high={_fmt(env_high)} (dims "
             f"{', '.join(action_spec.names[i] for i in np.flatnonzero(outside))})",
-            "set the policy's action_spec low/high to the env's units, or wrap the env to rescale actions",
+            f"check that the policy was trained for this env: its bounds come from "
+            f"{action_spec.bounds_from}, which must be in the env's units; or wrap the env to rescale "
+            "actions",
         )
 
 

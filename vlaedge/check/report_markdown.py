@@ -49,13 +49,14 @@ def title(report: dict) -> str:
 
 
 def summary_line(report: dict) -> str:
-    """The key figures in one line, e.g. "drift mean 0.52% / p99 1.1% of range; closed loop reference
-    45/50, candidate 44/50; candidate median 5.2 ms, p99 5.55 ms; 1.45x faster (median)...", or
+    """The key figures in one line, e.g. "drift mean 0.52% / p99 1.1% of range over all dims; closed loop
+    reference 45/50, candidate 44/50; candidate median 5.2 ms, p99 5.55 ms; 1.45x faster (median)...", or
     "nothing measured"."""
     parts = []
     drift, loop, prof, base = (report.get(k) for k in ("drift", "closed_loop", "profile", "baseline"))
     if drift:
-        parts.append(f"drift mean {drift['mean_pct']:.3g}% / p99 {drift['p99_pct']:.3g}% of range")
+        parts.append(f"drift mean {drift['mean_pct']:.3g}% / p99 {drift['p99_pct']:.3g}% of range "
+                     "over all dims")
     if loop:
         r, c = loop["reference"], loop["candidate"]
         parts.append(f"closed loop reference {r['successes']}/{r['episodes']}, candidate "

@@ -87,5 +87,11 @@ def _load(checkpoint: Path, allow_pickle: bool, trust_code: bool, dtype: str) ->
 
         dtype = check_fits(checkpoint, weight_files(checkpoint, allow_pickle), dtype)
         return PythonPolicy.from_checkpoint(checkpoint, raw, allow_pickle, dtype)
+    if family is None and is_lerobot(checkpoint, typed=False):
+        from vlaedge.models.lerobot.layout import BUILT
+
+        raise VlaedgeError(f"checkpoint: {checkpoint}/config.json looks like a LeRobot policy "
+                           "(input_features, processor files) but has no \"type\"",
+                           f"set \"type\" to the LeRobot policy type it was trained as: {', '.join(BUILT)}")
     raise VlaedgeError(f"checkpoint: {checkpoint}/{spec_name} has family {family!r}",
                        f"set \"family\" to one of {', '.join(FAMILIES)}")

@@ -56,6 +56,8 @@ class ActionSpec:
         high: per-dimension upper bound in environment units.
         gripper_dims: indices of binary gripper dimensions (positive = closed).
         chunk: number of future actions predicted per inference (T).
+        bounds_from: where low/high come from, named in errors about them (e.g. a LeRobot checkpoint's
+            action statistics).
     """
 
     names: tuple[str, ...]
@@ -63,6 +65,7 @@ class ActionSpec:
     high: tuple[float, ...]
     gripper_dims: tuple[int, ...]
     chunk: int
+    bounds_from: str = "the policy's action_spec low/high"
 
     @property
     def dim(self) -> int:

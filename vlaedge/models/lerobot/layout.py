@@ -138,9 +138,10 @@ class LeRobotCheckpoint:
     consumed: frozenset[str] = frozenset()
 
 
-def is_lerobot(checkpoint: Path) -> bool:
-    """Whether `checkpoint` looks like a LeRobot `pretrained_model/` folder (config.json with a `"type"`
-    and no vlaedge `"family"`). Reads config.json only."""
+def is_lerobot(checkpoint: Path, typed: bool = True) -> bool:
+    """Whether `checkpoint` looks like a LeRobot `pretrained_model/` folder: config.json with
+    `input_features` (or a `policy_preprocessor.json` beside it), a `"type"` (unless `typed` is False) and
+    no vlaedge `"family"`. Reads config.json only."""
     path = checkpoint / CONFIG
     if not path.is_file():
         return False
@@ -148,7 +149,7 @@ def is_lerobot(checkpoint: Path) -> bool:
         config = json.loads(path.read_text())
     except (OSError, ValueError):
         return False
-    return isinstance(config, dict) and "type" in config and "family" not in config and (
+    return isinstance(config, dict) and ("type" in config or not typed) and "family" not in config and (
         "input_features" in config or (checkpoint / PREPROCESSOR).is_file())
 
 

@@ -59,5 +59,5 @@ def local_folder(name: str, root: Path, needs: str, what: str) -> Path:
     raise VlaedgeError(
         f"lerobot: {what} is {name!r}, and no {needs} was found for it (looked in {where} and the Hugging "
         f"Face cache {hub_cache()}); vlaedge never downloads",
-        f"put the backbone's {needs} in {where}/, or run `huggingface-cli download {name}` on a machine "
-        "with network and copy the cache, or set the name to a local folder that holds it")
+        f"put the backbone's {needs} in {where}/, or run `hf download {name}` (huggingface_hub's CLI) on a "
+        "machine with network and copy the cache, or set the name to a local folder that holds it")

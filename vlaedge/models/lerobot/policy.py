@@ -125,7 +125,8 @@ class LeRobotPolicy(Policy):
 
     def __init__(self, ckpt: LeRobotCheckpoint, module=None):
         self.ckpt = ckpt
-        self.name = f"lerobot {ckpt.type} ({ckpt.root.name})"
+        folder = ckpt.root.parent if ckpt.root.name == "pretrained_model" else ckpt.root  # LeRobot's own name
+        self.name = f"lerobot {ckpt.type} ({folder.name})"
         kinds = network_module(ckpt.type)
         self.history = ckpt.n_obs_steps
         self.tokenizer = _tokenizer(ckpt) if ckpt.text is not None else None
@@ -134,7 +135,8 @@ class LeRobotPolicy(Policy):
         dims = ckpt.action.shape[0]
         low, high = _range(ckpt.norms["action"], dims)
         self.action_spec = ActionSpec(tuple(f"action.{i}" for i in range(dims)), tuple(low), tuple(high), (),
-                                      ckpt.n_action_steps)
+                                      ckpt.n_action_steps, "the action statistics in policy_postprocessor's "
+                                      "state file (the range of the dataset it was trained on)")
         if module is None:
             fed = [f.name for f in ckpt.inputs if f.type != "LANGUAGE"] + ["action"]
             module = LeRobotNetwork(kinds.build(ckpt.config, ckpt.root), kinds.ROOT,
