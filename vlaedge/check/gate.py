@@ -142,7 +142,8 @@ def _need(report: dict, section: str, budget: str) -> dict:
     if not value:
         hint = {
             "drift": "run 'vlaedge verify'",
-            "closed_loop": "run 'vlaedge verify --episodes N'",
+            "closed_loop": "run 'vlaedge verify --episodes N' (a policy that is not tabletop-shaped needs "
+                           "its env as verify.env: docs: guides/closed-loop.md)",
             "profile": "run 'vlaedge verify' without --no-profile, or pass --profile profile.json",
             "baseline": "verify an .onnx candidate on an ONNX Runtime runtime (the FP32 reference is "
             "exported and timed with it)",
