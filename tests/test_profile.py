@@ -14,6 +14,7 @@ from cli_runner import run_cli
 
 from vlaedge.check.host import LoadProbe, load_warnings
 from vlaedge.check.profile import (
+    BLOCK,
     LatencyStats,
     graph_spec,
     model_file_bytes,
@@ -98,6 +99,19 @@ def test_interleaved_comparison_gives_ratios_to_the_first_model(tiny_run, tmp_pa
         report.models[1].latency.median_ms / report.models[0].latency.median_ms
     )
     assert all(m.latency.runs == 12 for m in report.models)
+
+
+def test_a_spent_time_box_stops_the_rounds_alike_for_every_model_and_says_so(tiny_run, tmp_path):
+    copy = tmp_path / "copy.onnx"
+    copy.write_bytes(tiny_run.onnx.read_bytes())
+    report = profile([tiny_run.onnx, copy], policy=tiny_run.policy, runs=200, warmup=5, threads=1,
+                     max_seconds=1e-9)  # spent by the first run: one round of BLOCK runs, one warm-up run
+    assert [m.latency.runs for m in report.models] == [BLOCK, BLOCK]
+    assert (report.runs, report.runs_requested, report.warmup) == (BLOCK, 200, 1)
+    assert f"{BLOCK} timed runs (of 200 asked: the 1e-09 s time box was spent) after 1 warm-up" in (
+        report.table())
+    unboxed = profile([tiny_run.onnx], policy=tiny_run.policy, runs=25, warmup=2, threads=1, max_seconds=600)
+    assert (unboxed.runs, unboxed.warmup) == (25, 2) and "asked" not in unboxed.table()
 
 
 def test_every_profile_records_the_machine_load(tiny_run):

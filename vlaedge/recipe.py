@@ -171,6 +171,9 @@ class VerifyConfig(Section):
     seed: int = Field(0, description="seed for the sampled frames and the shared noise")
     profile_runs: int = Field(200, ge=1, description="timed latency runs")
     profile_warmup: int = Field(20, ge=0, description="untimed runs before them")
+    profile_max_seconds: float | None = Field(
+        120.0, gt=0, description="time box of the timed runs, s: no further round of 20 runs per model "
+        "starts once it is spent (warm-up: a tenth of it); null: always profile_runs")
     threads: int = Field(2, ge=1, le=MAX_THREADS, description="CPU threads for ONNX Runtime")
     env: str | None = Field(
         None, description='closed loop: "package.module:make_env" (Gymnasium-style); null = tabletop')

@@ -2,7 +2,10 @@
 
 Several models are timed interleaved in one run (in turns of 20 runs after 3 untimed ones, the starting
 model rotated every round) so that clock changes, thermal throttling and other processes affect them
-alike; the report gives each model's ratio to the first.
+alike; the report gives each model's ratio to the first. With a time box (`max_seconds`, recipe
+`verify.profile_max_seconds`) the rounds stop once it is spent and warm-up after a tenth of it: a policy
+whose one inference takes seconds (a 450 M VLA with a 10-step expert on a 2-core CPU) is timed in minutes,
+not the hour 200 runs of two models would take; the report says how many runs were timed of those asked.
 
 Memory ("peak_rss_delta_mb", what `max_memory_mb` judges): each model file is opened in a fresh process
 first (`vlaedge.check.memory`, "method": "fresh process"), with the same runtime, threads and warm-up
@@ -83,7 +86,7 @@ class ProfileReport:
     """The profile of one or more models on one runtime; truthy when every latency is finite."""
 
     models: list[ModelProfile]
-    runs: int
+    runs: int  # timed runs per model (fewer than asked when the time box stopped the rounds)
     warmup: int
     threads: int | None  # None: the runtime's default
     interleaved: bool
@@ -92,6 +95,8 @@ class ProfileReport:
     device: dict | None = None  # Jetson power mode and clocks (vlaedge.deploy.jetson)
     power: dict | None = None  # Jetson tegrastats power summary
     load: dict | None = None  # machine load over the timed window (vlaedge.check.host.LoadProbe)
+    runs_requested: int | None = None  # the runs asked; None: as many as were timed
+    max_seconds: float | None = None  # the time box of the timed runs, s (None: none)
 
     def __bool__(self) -> bool:
         return bool(self.models) and all(np.isfinite(m.latency.p99_ms) for m in self.models)
@@ -124,7 +129,7 @@ class ProfileReport:
             rows.append(load_line(self.load))
         threads = self.threads or "default"
         rows.append(
-            f"{self.runs} timed runs after {self.warmup} warm-up, threads {threads}, "
+            f"{timed_runs(asdict(self))}, threads {threads}, "
             f"{'interleaved' if self.interleaved else 'single model'}, on {self.host.get('cpu')}"
         )
         return "\n".join(rows)
@@ -140,6 +145,7 @@ def profile(
     threads: int | None = None,
     control_hz: float | None = None,
     chunk: int | None = None,
+    max_seconds: float | None = None,
 ) -> ProfileReport:
     """Times one or more models on a runtime, interleaved.
 
@@ -156,6 +162,10 @@ def profile(
         control_hz: the robot's control rate; with it the report gives the real-time margin (how many
             times the chunk's duration, chunk / control_hz, exceeds the p99 latency).
         chunk: actions per inference; default: the policy's, else the first output's dimension 1.
+        max_seconds: time box of the timed runs, in seconds (None: always `runs`). The rounds stop after
+            the one in which it is spent, so every model gets the same number of runs, at least one round
+            (`BLOCK` runs, or `runs` if fewer); each model's warm-up stops after a tenth of it (at least
+            one run). The report's `runs` is the number timed, `runs_requested` the number asked.
 
     Returns:
         The `ProfileReport`.
@@ -168,8 +178,9 @@ def profile(
         >>> report = profile(["runs/cpu-int8/model.onnx", "runs/cpu-int8/model_fp32.onnx"], runs=200)
         >>> print(report.table())
     """
-    if runs < 1 or warmup < 0:
-        raise VlaedgeError(f"profile: runs={runs}, warmup={warmup}", "use runs >= 1 and warmup >= 0")
+    if runs < 1 or warmup < 0 or (max_seconds is not None and max_seconds <= 0):
+        raise VlaedgeError(f"profile: runs={runs}, warmup={warmup}, max_seconds={max_seconds}",
+                           "use runs >= 1, warmup >= 0 and a time box above 0 s (or none)")
     paths = [Path(m) for m in models]
     for p in paths:
         if not p.is_file():
@@ -191,17 +202,19 @@ def profile(
     memory = [_fresh_memory(runtime, spec, path, threads, feeds, warmup) for path in paths or [None]]
     shared, opened = SharedStages(), []  # measured first: no child shares the machine with these sessions
     for i, path in enumerate(paths or [None]):
-        rt, memory[i] = _open_and_warm(runtime, spec, path, threads, feeds, warmup, memory[i], shared)
+        rt, memory[i], warmed = _open_and_warm(runtime, spec, path, threads, feeds, warmup, memory[i], shared,
+                                               max_seconds / 10 if max_seconds else None)
+        warmup = min(warmup, warmed)  # the report's figure: what every model had at least
         opened.append(rt)
     chunk = chunk or (policy.action_spec.chunk if policy else _chunk_from_outputs(opened[0].infer(feeds)))
     power = None
     load = LoadProbe()
     if jetson:
         with jetson.PowerMonitor() as monitor:
-            samples, stage_samples = _timed_round_robin(opened, feeds, runs)
+            samples, stage_samples = _timed_round_robin(opened, feeds, runs, max_seconds)
         power = monitor.summary()
     else:
-        samples, stage_samples = _timed_round_robin(opened, feeds, runs)
+        samples, stage_samples = _timed_round_robin(opened, feeds, runs, max_seconds)
     load_record = load.stop()
     results = []
     for path, rt, mem, times, per_stage in zip(paths or [None], opened, memory, samples, stage_samples,
@@ -231,7 +244,7 @@ def profile(
     ]
     return ProfileReport(
         results,
-        runs,
+        len(samples[0]),
         warmup,
         threads,
         len(results) > 1,
@@ -240,7 +253,17 @@ def profile(
         device,
         power,
         load_record,
+        runs,
+        max_seconds,
     )
+
+
+def timed_runs(prof: dict) -> str:
+    """How many runs a profile timed, e.g. "20 timed runs (of 200 asked: the 120 s time box was spent) after
+    2 warm-up"; `prof` is a `ProfileReport` as a dict (reports before the time box lack its keys)."""
+    asked, box = prof.get("runs_requested"), prof.get("max_seconds")
+    boxed = f" (of {asked} asked: the {box:g} s time box was spent)" if asked and prof["runs"] < asked else ""
+    return f"{prof['runs']} timed runs{boxed} after {prof['warmup']} warm-up"
 
 
 def load_line(load: dict) -> str:
@@ -271,30 +294,35 @@ def _fresh_memory(runtime: str, spec, path: Path | None, threads: int | None, fe
 
 
 def _open_and_warm(runtime: str, spec, path: Path | None, threads: int | None, feeds: dict, warmup: int,
-                   memory: dict | VlaedgeError | None, shared=None):
-    """Opens one model here for timing and warms it up; returns it with its memory record (`memory`, from
-    `_fresh_memory`; None: measured here, the torch runtime's policy). `shared`: stage sessions shared
-    between the plans of this profile (`vlaedge.runtimes.staged.SharedStages`)."""
+                   memory: dict | VlaedgeError | None, shared=None, max_seconds: float | None = None):
+    """Opens one model here for timing and warms it up; returns it, its memory record (`memory`, from
+    `_fresh_memory`; None: measured here, the torch runtime's policy) and the warm-up runs made (`warmup`,
+    fewer once `max_seconds` is spent, at least one). `shared`: stage sessions shared between the plans
+    of this profile (`vlaedge.runtimes.staged.SharedStages`)."""
     from vlaedge.runtimes import open_runtime
 
     probe = MemoryProbe() if memory is None else None
     rt = open_runtime(runtime, spec, path, threads, shared=shared)
     rt.check_feeds(feeds)
-    for _ in range(warmup):
+    start, done = time.perf_counter(), 0
+    while done < warmup and (done == 0 or max_seconds is None or time.perf_counter() - start < max_seconds):
         rt.infer(feeds)
+        done += 1
     if isinstance(memory, VlaedgeError):
         rt.close()
         raise memory
-    return rt, memory if memory is not None else probe.peak()
+    return rt, memory if memory is not None else probe.peak(), done
 
 
 BLOCK = 20  # timed runs of one model before the next model's turn
 SETTLE = 3  # untimed runs at the start of each turn
 
 
-def _timed_round_robin(runtimes: list, feeds: dict, runs: int) -> tuple[list[list[float]], list[list[dict]]]:
+def _timed_round_robin(runtimes: list, feeds: dict, runs: int, max_seconds: float | None = None
+                       ) -> tuple[list[list[float]], list[list[dict]]]:
     """`runs` timed inferences per runtime, in turns of `BLOCK` runs, rotating which goes first each round;
-    returns each runtime's latencies (ms) and, for a stage plan, each timed run's `stage_ms`.
+    returns each runtime's latencies (ms) and, for a stage plan, each timed run's `stage_ms`. Once
+    `max_seconds` is spent no further round starts (every runtime has the same number of runs).
 
     Each turn starts with `SETTLE` untimed runs. Alternating models run by run measured something no
     robot sees: with several threads, the previous model's idle ONNX Runtime workers still spin on the
@@ -306,19 +334,24 @@ def _timed_round_robin(runtimes: list, feeds: dict, runs: int) -> tuple[list[lis
     n = len(runtimes)
     enabled = gc.isenabled()
     gc.disable()  # a collection inside one timed run would land on whichever model ran then
+    rounds, began = -(-runs // BLOCK), time.perf_counter()
     try:
-        for r in progress.track(range(-(-runs // BLOCK)), f"profile: rounds of {BLOCK} runs x {n} model(s)"):
-            count = min(BLOCK, runs - r * BLOCK)
-            for k in range(n):
-                i = (r + k) % n
-                for _ in range(SETTLE if n > 1 else 0):
-                    runtimes[i].infer(feeds)
-                for _ in range(count):
-                    start = time.perf_counter_ns()
-                    runtimes[i].infer(feeds)
-                    samples[i].append((time.perf_counter_ns() - start) / 1e6)
-                    if hasattr(runtimes[i], "stage_ms"):  # a stage plan: what each stage took in this run
-                        stage_samples[i].append(dict(runtimes[i].stage_ms))
+        with progress.stage(f"profile: rounds of {BLOCK} runs x {n} model(s)", rounds) as bar:
+            for r in range(rounds):
+                if r and max_seconds is not None and time.perf_counter() - began >= max_seconds:
+                    break  # the time box is spent: every model has had the same rounds
+                count = min(BLOCK, runs - r * BLOCK)
+                for k in range(n):
+                    i = (r + k) % n
+                    for _ in range(SETTLE if n > 1 else 0):
+                        runtimes[i].infer(feeds)
+                    for _ in range(count):
+                        start = time.perf_counter_ns()
+                        runtimes[i].infer(feeds)
+                        samples[i].append((time.perf_counter_ns() - start) / 1e6)
+                        if hasattr(runtimes[i], "stage_ms"):  # a stage plan: what each stage took in this run
+                            stage_samples[i].append(dict(runtimes[i].stage_ms))
+                bar.advance()
     finally:
         if enabled:
             gc.enable()

@@ -14,6 +14,7 @@ from __future__ import annotations
 import html
 
 from vlaedge.check import plots
+from vlaedge.check.profile import timed_runs
 from vlaedge.check.report_markdown import (
     STATUS_LABEL,
     baseline_rows,
@@ -207,8 +208,7 @@ def _latency(prof: dict, budgets: dict) -> str:
         f"<td>{m['latency']['median_ms']:.3f}</td><td>{m['latency']['p99_ms']:.3f}</td>"
         f"<td>{m['rate']['inferences_per_s']:.1f}</td><td>{m['memory']['peak_rss_delta_mb']:.1f}</td></tr>"
         for m in prof["models"])
-    out = [_figure("latency", svg, f"{prof['runs']} timed runs each after {prof['warmup']} warm-up, "
-                   "batch 1."),
+    out = [_figure("latency", svg, f"{timed_runs(prof)}, each model, batch 1."),
            "<table><tr><th>model</th><th>runtime</th><th>median ms</th><th>p99 ms</th><th>inferences/s</th>"
            f"<th>peak RSS MB</th></tr>{rows}</table>"]
     for warning in (prof.get("load") or {}).get("warnings", []):

@@ -195,11 +195,13 @@ def _profile_md(prof: dict | None) -> list[str]:
             f"{rate['actions_per_s']:.1f} | {m['memory']['peak_rss_delta_mb']:.1f} | "
             f"{m['file_bytes'] / 1e6:.2f} |"
         )
+    from vlaedge.check.profile import timed_runs
+
     host = prof.get("host") or {}
     versions = ", ".join(f"{k} {v}" for k, v in (host.get("versions") or {}).items() if v)
     lines += [
         "",
-        f"{prof['runs']} timed runs after {prof['warmup']} warm-up; threads {prof['threads'] or 'default'}; "
+        f"{timed_runs(prof)}; threads {prof['threads'] or 'default'}; "
         f"{host.get('cpu')} ({host.get('cores')} cores), {host.get('os')}; {versions}.",
     ]
     margin = prof["models"][0]["rate"].get("realtime_margin")

@@ -102,7 +102,8 @@ def verify(
             report whose fingerprint differs from the budgets' or the run's).
         checkpoint: the reference checkpoint path, for the record.
         target: the deployment target name, for the record and per-target budgets.
-        run_profile: also profile the candidate (batch 1, `config.profile_runs` runs).
+        run_profile: also profile the candidate (batch 1, `config.profile_runs` runs within
+            `config.profile_max_seconds`).
         log: where progress lines go.
         baseline: the FP32 reference exported to ONNX (`model_fp32.onnx` of a compress run, or an export
             of the checkpoint). With an .onnx candidate on an ONNX Runtime runtime it is timed interleaved
@@ -360,6 +361,7 @@ def _profile(
             config.profile_warmup,
             config.threads,
             control_hz,
+            max_seconds=config.profile_max_seconds,
         )
     return profile(
         [model] + ([baseline] if baseline is not None else []),
@@ -370,4 +372,5 @@ def _profile(
         config.profile_warmup,
         config.threads,
         control_hz,
+        max_seconds=config.profile_max_seconds,
     )

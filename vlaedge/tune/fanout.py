@@ -125,9 +125,10 @@ def _unpacked(work, files: Blob, folder: Path):
 
 
 def timed_profile(executor, paths: list[Path], runtime: str, policy, runs: int, warmup: int,
-                  threads: int | None):
+                  threads: int | None, max_seconds: float | None = None):
     """The one interleaved latency run of `paths` (the first is FP32) on ONE node: this one, or the node
-    with the executor's `timing_resource`. Returns (ProfileReport, the node's name).
+    with the executor's `timing_resource`; `max_seconds` is the profile's time box. Returns
+    (ProfileReport, the node's name).
 
     Raises:
         VlaedgeError: no node has the resource, or the unit failed there.
@@ -135,22 +136,24 @@ def timed_profile(executor, paths: list[Path], runtime: str, policy, runs: int, 
     from vlaedge.check.profile import profile
 
     if executor.timing_resource is None:
-        return profile(paths, runtime, None, policy, runs, warmup, threads), executor.node
+        return profile(paths, runtime, None, policy, runs, warmup, threads, max_seconds=max_seconds), \
+            executor.node
     root = paths[0].parent
     files = [f for p in paths for f in (p, *external_data_files(p))]
     blob = Blob.of_files("tune: models to time", root, sorted(set(files)))
     unit = Unit(f"tune: latency of {len(paths)} models", profile_unit,
                 (blob, [p.name for p in paths], runtime, Blob.of_object("tune: policy", policy), runs, warmup,
-                 threads), resources={executor.timing_resource: 1})
+                 threads, max_seconds), resources={executor.timing_resource: 1})
     prof = executor.run([unit], description="tune: latency")[0]
     return prof, executor.nodes[unit.name]
 
 
 def profile_unit(files: Blob, names: list[str], runtime: str, policy: Blob, runs: int, warmup: int,
-                 threads: int | None):
+                 threads: int | None, max_seconds: float | None = None):
     """`vlaedge.check.profile.profile` of the models `names` (unpacked from `files`) on this node."""
     from vlaedge.check.profile import profile
 
     with tempfile.TemporaryDirectory(prefix="vlaedge-time-") as tmp:
         files.unpack(Path(tmp))
-        return profile([Path(tmp) / n for n in names], runtime, None, policy.load(), runs, warmup, threads)
+        return profile([Path(tmp) / n for n in names], runtime, None, policy.load(), runs, warmup, threads,
+                       max_seconds=max_seconds)

@@ -248,10 +248,11 @@ def _time_and_judge(executor, work, recipe, measured: list[Measured], log) -> li
         runtime = config.runtime if config.runtime.startswith("ort-") else "ort-cpu"
         where = (f"the node with resource {executor.timing_resource!r}" if executor.timing_resource
                  else executor.node)
+        box = f", time box {config.profile_max_seconds:g} s" if config.profile_max_seconds else ""
         log(f"tune: timing {len(paths)} models interleaved on {runtime} on {where} ({config.profile_runs} "
-            f"runs each, threads {config.threads or 'default'})")
+            f"runs each{box}, threads {config.threads or 'default'})")
         prof, node = timed_profile(executor, paths, runtime, work.reference, config.profile_runs,
-                                   config.profile_warmup, config.threads)
+                                   config.profile_warmup, config.threads, config.profile_max_seconds)
         load = prof.load
         for row, m in zip(rows, prof.models, strict=True):
             row["median_ms"], row["p99_ms"] = m.latency.median_ms, m.latency.p99_ms
