@@ -136,6 +136,20 @@ def test_staged_export_equals_single_graph_in_fp32(exports):
     assert np.abs(a - b).max() < 1e-4
 
 
+def test_the_staged_checks_say_they_run(exports, tmp_path, monkeypatch, capsys):
+    from vlaedge import progress
+    from vlaedge.compress.export_stages import check_staged
+
+    monkeypatch.setattr(progress, "quiet", False)
+    monkeypatch.setattr(progress, "SHOW_AFTER_SECONDS", 0.0)  # minutes at SmolVLA size; instant here
+    policy, staged, _ = exports
+    check_staged(policy, Path(staged.path), policy.example_inputs(4, seed=2), 2.5)
+    err = capsys.readouterr().err
+    for what in ("export: ONNX Runtime (staged) vs torch on 4 frames",
+                 "export: per-stage parity on 4 frames (stages fed torch's inputs)"):
+        assert f"{what} ..." in err and f"{what}: done in " in err, err
+
+
 def test_quantize_stages_keeps_the_stage_the_recipe_names(exports, tmp_path):
     from vlaedge.compress.quantize_stages import quantize_stages
     from vlaedge.targets import get_target

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from vlaedge import progress
 from vlaedge.artifact import final_path, sha256
 from vlaedge.compress.export_check import check_batches
 from vlaedge.compress.export_graph import (
@@ -279,14 +280,17 @@ def check_staged(policy: Policy, plan_json: Path, feeds: dict[str, np.ndarray], 
     """
     from vlaedge.runtimes import open_runtime, qdq_arithmetic
 
-    check = check_against_torch(policy, plan_json, feeds, tolerance, precision)
+    frames = len(next(iter(feeds.values())))
+    with progress.heartbeat(f"export: ONNX Runtime (staged) vs torch on {frames} frames"):
+        check = check_against_torch(policy, plan_json, feeds, tolerance, precision)
     if check.skipped:
         return check, []
     # a TensorRT Q/DQ plan's stages are judged with Q/DQ fusion off, as check_against_torch judged the plan
     runtime = open_runtime("ort-cpu", policy, plan_json, qdq=qdq_arithmetic(None, plan_json), prepack=False)
     try:
-        _, recorder = record_torch(policy, plan_of(policy), feeds)
-        parity = stage_parity(recorder, runtime.plan, runtime.run_stage)
+        with progress.heartbeat(f"export: per-stage parity on {frames} frames (stages fed torch's inputs)"):
+            _, recorder = record_torch(policy, plan_of(policy), feeds)
+            parity = stage_parity(recorder, runtime.plan, runtime.run_stage)
     finally:
         runtime.close()
     return check, [p.to_dict() for p in parity]
