@@ -145,7 +145,8 @@ def test_the_staged_checks_say_they_run(exports, tmp_path, monkeypatch, capsys):
     policy, staged, _ = exports
     check_staged(policy, Path(staged.path), policy.example_inputs(4, seed=2), 2.5)
     err = capsys.readouterr().err
-    for what in ("export: ONNX Runtime (staged) vs torch on 4 frames",
+    for what in ("export: torch on 4 frames (the actions and every stage call)",
+                 "export: ONNX Runtime (staged) vs torch on 4 frames",
                  "export: per-stage parity on 4 frames (stages fed torch's inputs)"):
         assert f"{what} ..." in err and f"{what}: done in " in err, err
 

@@ -245,7 +245,8 @@ def export_graph(policy: Policy, path: str | Path, config: ExportConfig | None =
 
 
 def check_against_torch(policy: Policy, model: Path, feeds: dict[str, np.ndarray], tolerance: float,
-                        precision: str | None = None, qdq: str | None = None) -> ExportCheck:
+                        precision: str | None = None, qdq: str | None = None,
+                        reference: dict[str, np.ndarray] | None = None) -> ExportCheck:
     """Runs `feeds` through torch and ONNX Runtime CPU and compares decoded actions (and tokens).
 
     A Q/DQ graph that TensorRT will run is judged by its own arithmetic: ONNX Runtime with Q/DQ fusion off
@@ -263,6 +264,8 @@ def check_against_torch(policy: Policy, model: Path, feeds: dict[str, np.ndarray
         precision: the ModelOpt precision of a graph exported for TensorRT (None: a float graph, or an
             ONNX Runtime-quantized one).
         qdq: "simulated" or "fused"; None: "simulated" when `precision` is given, else "fused".
+        reference: torch's outputs on `feeds` ({output name: (B, ...)}) when the caller has them already
+            (the staged check records them with every stage call); None: run here.
 
     Raises:
         VlaedgeError: ONNX Runtime cannot load or run the graph.
@@ -290,7 +293,7 @@ def check_against_torch(policy: Policy, model: Path, feeds: dict[str, np.ndarray
                            "re-export the policy (vlaedge export) and report a bug if it persists") from None
     finally:
         candidate.close()
-    ref_out = _joined([policy.run_torch(part) for part in slices])
+    ref_out = reference if reference is not None else _joined([policy.run_torch(part) for part in slices])
     reference = policy.decode(ref_out)
     diff = np.abs(reference - policy.decode(cand_out))
     pct = diff / policy.check_scale(reference) * 100.0

@@ -281,15 +281,16 @@ def check_staged(policy: Policy, plan_json: Path, feeds: dict[str, np.ndarray], 
     from vlaedge.runtimes import open_runtime, qdq_arithmetic
 
     frames = len(next(iter(feeds.values())))
+    with progress.heartbeat(f"export: torch on {frames} frames (the actions and every stage call)"):
+        reference, recorder = record_torch(policy, plan_of(policy), feeds)  # one torch pass serves both
     with progress.heartbeat(f"export: ONNX Runtime (staged) vs torch on {frames} frames"):
-        check = check_against_torch(policy, plan_json, feeds, tolerance, precision)
+        check = check_against_torch(policy, plan_json, feeds, tolerance, precision, reference=reference)
     if check.skipped:
         return check, []
     # a TensorRT Q/DQ plan's stages are judged with Q/DQ fusion off, as check_against_torch judged the plan
     runtime = open_runtime("ort-cpu", policy, plan_json, qdq=qdq_arithmetic(None, plan_json), prepack=False)
     try:
         with progress.heartbeat(f"export: per-stage parity on {frames} frames (stages fed torch's inputs)"):
-            _, recorder = record_torch(policy, plan_of(policy), feeds)
             parity = stage_parity(recorder, runtime.plan, runtime.run_stage)
     finally:
         runtime.close()
