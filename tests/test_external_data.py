@@ -282,3 +282,31 @@ def test_device_check_builds_from_an_external_data_run(external_model, tiny_run,
     assert check and check.compare["drift_max_pct"] == 0.0
     assert (run / "engine" / "model.onnx.data").read_bytes() == (run / "model.onnx.data").read_bytes()
     assert not list(elsewhere.iterdir())
+
+
+def test_a_run_made_from_relative_paths_is_read_from_another_folder_and_a_moved_checkpoint_is_named(
+        tiny_run, tmp_path, capsys, monkeypatch):
+    import shutil
+
+    shutil.copytree(tiny_run.checkpoint, tmp_path / "ckpt")
+    monkeypatch.chdir(tmp_path)  # the run is made with relative paths, as typed at a shell
+    code, text = run_cli(["compress", "ckpt", "--data", tiny_run.data, "--recipe",
+                          ROOT / "recipes/cpu-int8.yaml", "--out", "run", *FAST], capsys, monkeypatch)
+    assert code in (0, 1), text
+    manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
+    assert manifest["inputs"]["checkpoint"]["path"] == str((tmp_path / "ckpt").resolve())
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    code, text = run_cli(["verify", tmp_path / "run", "--frames", 8, "--no-profile", "--out", "v"], capsys,
+                         monkeypatch)
+    assert code == 0, text
+    report = json.loads((tmp_path / "elsewhere" / "v" / "report.json").read_text())
+    assert report["policy"]["sha256"] == manifest["inputs"]["checkpoint"]["sha256"]  # not the default policy
+    (tmp_path / "ckpt").rename(tmp_path / "moved")
+    code, text = run_cli(["verify", tmp_path / "run", "--frames", 8, "--no-profile", "--out", "v2"], capsys,
+                         monkeypatch)
+    assert code == 2 and "verify: the run's checkpoint" in text and "is not found from" in text, text
+    assert "pass it with -c / --checkpoint" in text and not (tmp_path / "elsewhere" / "v2").exists()
+    code, text = run_cli(["verify", tmp_path / "run", "-c", tmp_path / "moved", "--frames", 8, "--no-profile",
+                          "--out", "v3"], capsys, monkeypatch)
+    assert code == 0, text

@@ -128,7 +128,8 @@ class OutputDir:
                     folder.rmdir()
 
     def record_input(self, name: str, path: Path) -> None:
-        self.manifest["inputs"][name] = {"path": str(path), "sha256": sha256(Path(path))}
+        """Records an input by its absolute path (a later command run from another folder finds it)."""
+        self.manifest["inputs"][name] = {"path": str(Path(path).resolve()), "sha256": sha256(Path(path))}
 
     def record_stage(self, name: str, seconds: float, **details) -> None:
         """Records a stage's timing and details; paths inside the staging folder are given as final paths."""
@@ -397,6 +398,19 @@ class Resolved:
     manifest: dict | None  # the run directory's manifest.json, when `model` came from one
     checkpoint: Path | None  # the FP32 reference: explicit, else the manifest's (when it still exists)
     data: Path | None  # the episodes: explicit, else the manifest's (when they still exist)
+    missing_checkpoint: str | None = None  # the manifest's checkpoint, not found from here
+
+    def reference(self, what: str) -> Path | None:
+        """The FP32 reference checkpoint (None: the caller's default).
+
+        Raises:
+            VlaedgeError: the run's manifest names a checkpoint that is not found from here (moved, or a
+                relative path written from another folder): never silently another policy.
+        """
+        if self.checkpoint is None and self.missing_checkpoint:
+            raise VlaedgeError(f"{what}: the run's checkpoint {self.missing_checkpoint} (its manifest.json) "
+                               f"is not found from {Path.cwd()}", "pass it with -c / --checkpoint")
+        return self.checkpoint
 
 
 def resolve_model(path: Path | None, checkpoint: Path | None = None, data: Path | None = None) -> Resolved:
@@ -413,9 +427,11 @@ def resolve_model(path: Path | None, checkpoint: Path | None = None, data: Path 
     if path.is_dir() and (path / MANIFEST).is_file():
         manifest = read_manifest(path)
         inputs = manifest.get("inputs", {})
-        ckpt = checkpoint or _existing(inputs.get("checkpoint", {}).get("path"))
+        recorded = inputs.get("checkpoint", {}).get("path")
+        ckpt = checkpoint or _existing(recorded)
         model = path / manifest.get("model", "model.onnx")  # stages.json for per-stage graphs (issue 23)
-        return Resolved(model, manifest, ckpt, data or _existing(inputs.get("data", {}).get("path")))
+        return Resolved(model, manifest, ckpt, data or _existing(inputs.get("data", {}).get("path")),
+                        None if ckpt else recorded)
     if path.is_dir() and (path / "config.json").is_file():  # a checkpoint (runtime torch)
         return Resolved(path, None, checkpoint, data)
     if not path.is_file():

@@ -281,7 +281,7 @@ def write_output_file(path: Path, text: str) -> None:
 def _policy_feeds(resolved, allow_pickle: bool, trust_code: bool = False):
     """(policy, batch-1 feeds, fps): from make_inputs on one calibration frame when a checkpoint is known;
     (None, None, None) otherwise (feeds are then synthesized from the graph)."""
-    if resolved.checkpoint is None:
+    if resolved.reference("profile") is None:
         return None, None, None
     from vlaedge.data import load_dataset, split_as_recorded
     from vlaedge.defaults import DEFAULT_DATASET

@@ -227,7 +227,7 @@ def _reference(resolved, trust_code: bool = False):
     from vlaedge.defaults import default_checkpoint, default_dataset
     from vlaedge.models import load_policy
 
-    policy = load_policy(resolved.checkpoint or default_checkpoint(), trust_code=trust_code)
+    policy = load_policy(resolved.reference("device-check") or default_checkpoint(), trust_code=trust_code)
     dataset = load_dataset(resolved.data or default_dataset())
     _, evaluation = split_as_recorded(dataset, resolved.manifest.get("split"))
     return policy, evaluation

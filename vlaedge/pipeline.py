@@ -534,7 +534,7 @@ def verify_run(resolved: Resolved, config: VerifyConfig, budgets: Budgets | None
 
     device = resolve_device(device)
     config = recorded_env(config, resolved.manifest or {}, log)
-    ckpt = resolved.checkpoint or default_checkpoint()
+    ckpt = resolved.reference("verify") or default_checkpoint()
     data = resolved.data or default_dataset()
     with OutputDir(out, force, protect=(ckpt, data, resolved.model)) as od:
         policy = load_policy(ckpt, allow_pickle, trust_code, device=device)
