@@ -254,6 +254,21 @@ def cpu_run(ckpt, tmp_path_factory):
     return result.out, "\n".join(lines + result.summaries)
 
 
+@pytest.mark.parametrize("file", ["stages/expert.onnx", "stages.json"])
+def test_the_gate_refuses_a_run_whose_stage_files_changed(cpu_run, tmp_path, capsys, monkeypatch, file):
+    out, _ = cpu_run
+    run = tmp_path / "run"
+    shutil.copytree(out, run)  # the module's run stays intact for the other tests
+    budgets = tmp_path / "budgets.yaml"
+    budgets.write_text("max_drift_mean_pct: 100.0\n")
+    code, text = run_cli(["gate", run, "--budgets", budgets], capsys, monkeypatch)
+    assert code == 0, text
+    with (run / file).open("ab") as f:
+        f.write(b" ")
+    code, text = run_cli(["gate", run, "--budgets", budgets], capsys, monkeypatch)
+    assert code == 2 and f"{run / file} changed after the run wrote it" in text, text
+
+
 def test_compress_cpu_int8_per_stage(cpu_run):
     out, text = cpu_run
     manifest = json.loads((out / "manifest.json").read_text())

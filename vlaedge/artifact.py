@@ -192,18 +192,23 @@ def _data_files(path: Path) -> list[Path]:
         return []
 
 
-def check_model_files(directory: str | Path, manifest: dict, name: str = "model.onnx") -> None:
-    """Refuses a run directory whose model (the .onnx and each external data file its manifest entry
-    lists) is no longer what the run wrote. Files that are absent (a report folder copied without the
-    model) are not judged.
+def check_model_files(directory: str | Path, manifest: dict, name: str | None = None) -> None:
+    """Refuses a run directory whose model is no longer what the run wrote: the .onnx (default: the
+    manifest's model) and each external data file its manifest entry lists; for a stage plan
+    (stages.json), also every stage graph under stages/ and its data files. Files that are absent (a
+    report folder copied without the model) are not judged.
 
     Raises:
         VlaedgeError: a file's sha256 differs from the manifest's.
     """
     directory = Path(directory)
-    entry = manifest.get("outputs", {}).get(name) or {}
-    for rel in [name, *entry.get("external_data", [])]:
-        recorded = (manifest.get("outputs", {}).get(rel) or {}).get("sha256")
+    outputs = manifest.get("outputs", {})
+    name = name or manifest.get("model", "model.onnx")
+    names = [name]
+    if name.endswith(".json"):  # a stage plan: its stage graphs, written beside it under STEM/
+        names += [k for k in outputs if k.startswith(f"{Path(name).stem}/") and k.endswith(".onnx")]
+    for rel in [r for n in names for r in [n, *(outputs.get(n) or {}).get("external_data", [])]]:
+        recorded = (outputs.get(rel) or {}).get("sha256")
         file = directory / rel
         if recorded and file.is_file() and sha256(file) != recorded:
             raise VlaedgeError(f"output: {file} changed after the run wrote it (sha256 {sha256(file)[:12]}, "
