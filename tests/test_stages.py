@@ -490,3 +490,10 @@ def test_compress_orin_int8_per_stage_with_modelopt(ckpt, tmp_path, capsys, monk
     bundle = json.loads((out / "engine" / "stages.json").read_text())
     assert all((out / "engine" / g["file"]).is_file() for g in bundle["graphs"])
     assert json.loads((out / "report.json").read_text())["drift"]["frames"] == 32
+
+
+def test_profile_of_a_stage_plan_without_its_checkpoint_is_one_line(cpu_run, capsys, monkeypatch, tmp_path):
+    out, _ = cpu_run
+    code, text = run_cli(["profile", out / "stages.json", "--out", tmp_path / "p"], capsys, monkeypatch)
+    assert code == 2 and "a stage plan (stages.json) is run through its policy's stage calls" in text, text
+    assert "Traceback" not in text and not (tmp_path / "p").exists()

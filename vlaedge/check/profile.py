@@ -191,6 +191,9 @@ def profile(
         raise VlaedgeError(
             "profile: no model given", "pass an .onnx file, or a checkpoint with --runtime torch"
         )
+    if policy is None and any(p.suffix == ".json" for p in paths):
+        raise VlaedgeError("profile: a stage plan (stages.json) is run through its policy's stage calls",
+                           "pass the checkpoint with -c / --checkpoint, or the run folder that names it")
     spec = policy or graph_spec(paths[0])
     feeds = (
         feeds if feeds is not None else (policy.example_inputs(1) if policy else synth_feeds(spec.input_spec))
