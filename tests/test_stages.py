@@ -497,3 +497,13 @@ def test_profile_of_a_stage_plan_without_its_checkpoint_is_one_line(cpu_run, cap
     code, text = run_cli(["profile", out / "stages.json", "--out", tmp_path / "p"], capsys, monkeypatch)
     assert code == 2 and "a stage plan (stages.json) is run through its policy's stage calls" in text, text
     assert "Traceback" not in text and not (tmp_path / "p").exists()
+
+
+def test_export_of_a_staged_policy_keeps_its_plan_without_force(ckpt, tmp_path, capsys, monkeypatch):
+    args = ["export", ckpt, "--trust-code", "--out", tmp_path / "model.onnx"]
+    code, text = run_cli(args, capsys, monkeypatch)
+    assert code == 0 and (tmp_path / "stages.json").is_file(), text
+    code, text = run_cli(args, capsys, monkeypatch)
+    assert code == 2 and f"output: {tmp_path / 'stages.json'} already exists" in text, text
+    code, text = run_cli([*args, "--force"], capsys, monkeypatch)
+    assert code == 0, text

@@ -427,7 +427,9 @@ def quantize(
 @app.command()
 def export(
     checkpoint: CheckpointArg = None,
-    out: Annotated[Path, typer.Option("--out", "-o", help="The .onnx file to write.")] = Path("model.onnx"),
+    out: Annotated[Path, typer.Option("--out", "-o", help=(
+        "The .onnx file to write; a policy that declares stages writes its plan there instead (model.onnx "
+        "-> stages.json + stages/, other.onnx -> other.stages.json + other.stages/)."))] = Path("model.onnx"),
     opset: Annotated[int, typer.Option(min=7, help="ONNX opset.")] = 17,
     force: ForceOpt = False,
     allow_pickle: AllowPickle = False,
@@ -442,8 +444,11 @@ def export(
 
     if out.exists() and not out.is_file():
         raise VlaedgeError(f"output: {out} exists and is not a regular file", "pass the .onnx file to write")
-    if out.exists() and not force:
-        raise VlaedgeError(f"output: {out} already exists", "pass --force to replace it")
+    from vlaedge.models.stages import plan_paths
+
+    taken = [p for p in (out, *plan_paths(out)) if p.exists()]  # the .onnx, or a staged policy's plan
+    if taken and not force:
+        raise VlaedgeError(f"output: {taken[0]} already exists", "pass --force to replace it")
     from vlaedge.artifact import resolve_path
 
     source = resolve_path(checkpoint or default_checkpoint(), "checkpoint")
