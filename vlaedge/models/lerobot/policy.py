@@ -125,7 +125,8 @@ class LeRobotPolicy(Policy):
 
     def __init__(self, ckpt: LeRobotCheckpoint, module=None):
         self.ckpt = ckpt
-        folder = ckpt.root.parent if ckpt.root.name == "pretrained_model" else ckpt.root  # LeRobot's own name
+        root = ckpt.root.resolve()  # "." inside the folder has no name of its own
+        folder = root.parent if root.name == "pretrained_model" else root  # LeRobot's run folder names it
         self.name = f"lerobot {ckpt.type} ({folder.name})"
         kinds = network_module(ckpt.type)
         self.history = ckpt.n_obs_steps
