@@ -43,7 +43,8 @@ def test_a_models_memory_covers_its_weights_in_a_fresh_process(models):
     record = measure_in_fresh_process("ort-cpu", big, spec, synth_feeds(spec.input_spec), 1, 2)
     assert record["method"] == METHOD == "fresh process"
     assert record["peak_rss_delta_mb"] * 2**20 >= weight_bytes, record
-    assert record["process_peak_rss_mb"] >= record["baseline_rss_mb"] + record["peak_rss_delta_mb"] - 0.01
+    # the three figures are each rounded to 0.01 MB, so their sum may be off by up to 0.015 MB
+    assert record["process_peak_rss_mb"] >= record["baseline_rss_mb"] + record["peak_rss_delta_mb"] - 0.02
 
 
 def test_memory_does_not_depend_on_the_order_of_measurement(models):
