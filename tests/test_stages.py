@@ -231,6 +231,14 @@ def test_a_stage_kept_in_fp32_keeps_its_data_file(ckpt, tmp_path):
     assert len(shared) == 3 and np.isfinite(fp32.infer(feeds)["actions"]).all()  # its prefix stays open
     fp32.close()
     assert len(shared) == 0
+    data = tmp_path / "stages_fp32" / "prefix.onnx.data"  # a copy cut short: its size, not a hash, tells
+    with open(data, "r+b") as f:
+        f.truncate(data.stat().st_size - 4)
+    with pytest.raises(VlaedgeError, match=r"stage 'prefix' is [\d,]+ bytes with its data file.*truncated"):
+        open_runtime("ort-cpu", policy, tmp_path / "stages.json")
+    data.unlink()
+    with pytest.raises(VlaedgeError, match="prefix.onnx.data, which is missing"):
+        open_runtime("ort-cpu", policy, tmp_path / "stages_fp32.json")
 
 
 RECIPE = """target: cpu

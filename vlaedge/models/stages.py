@@ -369,23 +369,32 @@ def read_plan_file(path: str | Path) -> PlanFile:
 
 def check_stage_hashes(path: str | Path, plan: PlanFile) -> None:
     """Every stage graph file's sha256 equals the one the plan file recorded when it was written (a stage
-    file edited, or swapped for another stage's or another run's, would otherwise run silently).
+    file edited, or swapped for another stage's or another run's, would otherwise run silently), and the
+    stage's bytes (the .onnx plus its external data) equal the recorded ones.
 
-    Only the .onnx is hashed, as export records it; an external-data file beside it is not.
+    The .onnx is hashed, as export records it; an external-data file (up to several GB) is checked by its
+    size only, which catches a truncated copy or another run's data file of another size, not an edit
+    that keeps the size (the gate hashes data files too, from the run's manifest).
 
     Raises:
-        VlaedgeError: one line naming the first stage whose file differs.
+        VlaedgeError: one line naming the first stage whose file differs, or whose data file is missing.
     """
     from vlaedge.artifact import sha256
+    from vlaedge.onnx_file import onnx_file_bytes
 
     path = Path(path)
+    fix = ("restore the run folder's stage files, or re-run 'vlaedge compress' / 'vlaedge export' to write "
+           "a new plan")
     for g in plan.graphs:
-        got = sha256(path.parent / g.file)
+        file = path.parent / g.file
+        got = sha256(file)
         if got != g.sha256:
-            raise VlaedgeError(f"stages: stage {g.name!r} file {path.parent / g.file} has sha256 {got[:12]}, "
-                               f"{path.name} records {g.sha256[:12]} (changed or swapped after export)",
-                               "restore the run folder's stage files, or re-run 'vlaedge compress' / "
-                               "'vlaedge export' to write a new plan")
+            raise VlaedgeError(f"stages: stage {g.name!r} file {file} has sha256 {got[:12]}, "
+                               f"{path.name} records {g.sha256[:12]} (changed or swapped after export)", fix)
+        size = onnx_file_bytes(file)  # raises for a missing data file
+        if size != g.bytes:
+            raise VlaedgeError(f"stages: stage {g.name!r} is {size:,} bytes with its data file, {path.name} "
+                               f"records {g.bytes:,} (a data file truncated or swapped after export)", fix)
 
 
 def write_plan_file(path: Path, graphs: list[StageFile], denoise: DenoiseLoop | None) -> Path:
