@@ -297,6 +297,31 @@ def test_compress_cpu_int8_per_stage(cpu_run):
     assert report["baseline"]["median_speedup"] is not None  # timed against stages_fp32.json
 
 
+def test_verify_reports_and_gates_per_stage_parity(cpu_run):
+    """Drift on the evaluation frames carries each INT8 stage's parity against the FP32 torch stage fed
+    torch's inputs (report.json, report.md, report.html), and `min_stage_cosine` judges the worst stage;
+    a single-graph report skips it."""
+    from vlaedge.check.gate import gate
+    from vlaedge.recipe import Budgets
+
+    out, _ = cpu_run
+    report = json.loads((out / "report.json").read_text())
+    parity = report["drift"]["stages"]
+    assert [(p["stage"], p["output"]) for p in parity] == [("vision", "patches"), ("prefix", "context"),
+                                                          ("expert", "velocity")]
+    assert parity[2]["calls"] == STEPS and parity[0]["calls"] == 1  # 32 frames: one batch
+    assert all(0.99 < p["cosine_mean"] < 1.0 and 0 < p["rel_l2"] < 0.2 for p in parity), parity
+    assert "Per-stage parity" in (out / "report.md").read_text()
+    assert "Per-stage parity" in (out / "report.html").read_text()
+    worst = min(parity, key=lambda p: p["cosine_mean"])
+    passed = gate(report, Budgets(min_stage_cosine=0.99)).checks[0]
+    failed = gate(report, Budgets(min_stage_cosine=1.0)).checks[0]
+    assert passed.status == "pass" and failed.status == "fail" and failed.measured == worst["cosine_mean"]
+    assert f"worst stage {worst['stage']}" in failed.detail
+    report["drift"]["stages"] = []
+    assert gate(report, Budgets(min_stage_cosine=0.99)).checks[0].status == "skipped"
+
+
 @pytest.mark.parametrize("bad, words", [
     ("encode_nothing", ["stage 'vision'", "encode_nothing"]),
     ("ctx", ["stage 'prefix'", "'ctx'"]),

@@ -165,5 +165,54 @@ def test_modelopt_export_check_names_the_simulated_arithmetic(tmp_path):
     assert "export check: Q/DQ simulated (fusion off)" in result.summary()
     assert result.to_dict()["check"]["method"] == result.check.method
     assert result.check.p99_abs < 1e-3, result.check  # the graph's arithmetic is torch's fake-quant
+    assert result.check.sensitivity_pct is None  # measured only for a check over its tolerance
+    failing = check_against_torch(policy, tmp_path / "model.onnx", check, -1.0, "int8")  # nothing passes -1%
+    assert failing.sensitivity_pct is not None and failing.sensitivity_pct >= 0
+    assert "torch itself moves by" in failing.line() and "torch itself moves by" in str(failing.refusal())
     fused = check_against_torch(policy, tmp_path / "model.onnx", check, 0.05, "int8", qdq="fused")
     assert fused.method == "ONNX Runtime CPU INT8 kernels (Q/DQ fused)"
+
+
+def test_an_export_check_within_twice_the_modules_rounding_sensitivity_passes_and_says_so():
+    """A quantized module whose outputs move by s% of the range under a one-ulp nudge of its quantizer
+    inputs cannot be checked tighter than that: the check passes up to 2 s, names s, and still refuses
+    beyond it (the 127 M orin-int8 graph: ONNX Runtime 1.61% from torch, the nudge 1.63%)."""
+    from vlaedge.compress.export_graph import SENSITIVITY_FACTOR, ExportCheck
+
+    def check(p99_pct, sensitivity):
+        return ExportCheck(8, 0.5, 0.01, 0.2, 0.97, 2.5, quantized=True, p99_pct=p99_pct,
+                           sensitivity_pct=sensitivity)
+
+    assert SENSITIVITY_FACTOR == 2.0
+    assert check(3.0, None).allowed == 2.5 and not check(3.0, None)
+    within = check(30.0, 16.0)
+    assert within and within.allowed == 32.0
+    assert "torch itself moves by 16.000% (p99)" in within.line() and "allowed 32%" in within.line()
+    beyond = check(40.0, 16.0)
+    assert not beyond
+    message = str(beyond.refusal())
+    assert "40.000% of the action range" in message and "allowed 32%" in message and "16.000%" in message
+
+
+def test_one_ulp_nudge_moves_only_values_on_a_rounding_boundary():
+    """`one_ulp_nudge` hooks every enabled input quantizer and is gone after the block: an input exactly
+    on a rounding boundary (k + 0.5 steps) lands on either side of it, an input mid-step does not move."""
+    pytest.importorskip("modelopt.torch.quantization")
+    import modelopt.torch.quantization as mtq
+    import torch
+
+    from vlaedge.compress.quantize import one_ulp_nudge
+
+    torch.manual_seed(0)
+    module = torch.nn.Sequential(torch.nn.Linear(64, 8))
+    module = mtq.quantize(module, mtq.INT8_DEFAULT_CFG, lambda m: m(torch.full((1, 64), 1.27)))  # step 0.01
+    boundary = (torch.arange(64).float() + 0.5) * (1.27 / 127)
+    mid = torch.arange(64).float() * (1.27 / 127) + 0.002
+    with torch.no_grad():
+        base_b, base_m = module(boundary[None]), module(mid[None])
+        with one_ulp_nudge(module) as hooked:
+            moved_b, moved_m = module(boundary[None]), module(mid[None])
+        after = module(boundary[None])
+    assert hooked == 1
+    assert not torch.equal(moved_b, base_b) and torch.equal(moved_m, base_m)
+    assert torch.equal(after, base_b)

@@ -258,6 +258,11 @@ class Budgets(Section):
         {}, description="action dim name -> max p99 error, % of range")
     min_cosine: float | None = Field(
         None, ge=-1, le=1, description="mean cosine similarity of action chunks")
+    min_stage_cosine: float | None = Field(
+        None, ge=-1, le=1, description="per-stage candidates (stages.json): the lowest mean cosine "
+        "similarity of any stage output against the FP32 torch stage fed the same inputs (the report's "
+        "per-stage parity; per-stage deployments gate INT8 stages at about 0.995). Skipped for a single "
+        "graph")
     min_token_agreement: float | None = Field(
         None, ge=0, le=1, description="discrete heads: share of action tokens that agree")
     max_gripper_flip_rate: float | None = Field(

@@ -56,6 +56,10 @@ class DriftReport:
     # How the candidate computed a quantized graph (`vlaedge.runtimes.ort.qdq_label`): "Q/DQ simulated
     # (fusion off), as TensorRT computes" for a graph TensorRT runs; None for a float candidate or torch.
     method: str | None = None
+    # A per-stage candidate (stages.json): each stage output against the FP32 torch stage on torch's stage
+    # inputs (`vlaedge.models.stages.StageParity` dicts: stage, output, calls, cosine_mean, cosine_min,
+    # rel_l2); empty for a single graph.
+    stages: list[dict] = field(default_factory=list)
 
     def __bool__(self) -> bool:
         if self.nonfinite:
@@ -268,7 +272,10 @@ def open_loop_drift(
         batch_size: frames per inference call.
 
     Returns:
-        (report, reference actions [N, T, A], candidate actions [N, T, A]).
+        (report, reference actions [N, T, A], candidate actions [N, T, A]). For a per-stage candidate
+        (`vlaedge.runtimes.staged.StagedRuntime`) and a float32 module, the reference runs the stage plan
+        in torch (equal to `forward` within 1e-5, checked at export) and `report.stages` holds each
+        stage's parity: the candidate's stage fed torch's stage inputs, so errors do not compound.
 
     Raises:
         VlaedgeError: the candidate's inputs or outputs do not match the reference's.
@@ -276,10 +283,19 @@ def open_loop_drift(
     check_candidate_inputs(policy, candidate)
     n = len(frames["instruction"])
     refs, cands, ref_logits, cand_logits = [], [], [], []
+    parity = _stage_parity_totals(policy, candidate)
     for start in progress.track(range(0, n, batch_size), f"drift: batches of {batch_size} frames"):
         batch = {k: v[start : start + batch_size] for k, v in frames.items()}
         feeds = policy.make_inputs(batch, seed=seed + start)
-        ref_out, cand_out = policy.run_torch(feeds), candidate.infer(feeds)
+        if parity is not None:
+            from vlaedge.models.stages import record_torch
+
+            ref_out, recorder = record_torch(policy, parity.plan, feeds)
+            parity.add(recorder, candidate.run_stage)
+            del recorder
+        else:
+            ref_out = policy.run_torch(feeds)
+        cand_out = candidate.infer(feeds)
         missing = sorted(set(ref_out) - set(cand_out))
         if missing:
             raise VlaedgeError(
@@ -300,4 +316,23 @@ def open_loop_drift(
         np.concatenate(cand_logits) if cand_logits else None,
         tolerance_pct,
     )
+    if parity is not None:
+        report.stages = [p.to_dict() for p in parity.result()]
     return report, ref, cand
+
+
+def _stage_parity_totals(policy: Policy, candidate: Runtime):
+    """A `ParityAccumulator` for a per-stage candidate whose reference module is float32, else None (a
+    half-precision module's stages would need their feeds cast: its end-to-end drift is still measured)."""
+    import torch
+
+    from vlaedge.runtimes.staged import StagedRuntime
+
+    if not isinstance(candidate, StagedRuntime):
+        return None
+    dtype = next((p.dtype for p in policy.module.parameters() if p.is_floating_point()), torch.float32)
+    if dtype != torch.float32:
+        return None
+    from vlaedge.models.stages import ParityAccumulator
+
+    return ParityAccumulator(candidate.plan)

@@ -160,6 +160,17 @@ def _limit(name: str, measured: float, allowed: float, op: str, unit: str, detai
     return Check(name, "pass" if ok else "fail", float(measured), float(allowed), op, unit, detail)
 
 
+def _stage_cosine_check(drift: dict, allowed: float) -> Check:
+    """min_stage_cosine: the worst stage output's mean cosine (the report's per-stage parity)."""
+    stages = drift.get("stages") or []
+    if not stages:
+        return Check("min_stage_cosine", "skipped", None, allowed, ">=", "",
+                     "a single-graph candidate: no per-stage parity")
+    worst = min(stages, key=lambda p: p["cosine_mean"])
+    detail = f"worst stage {worst['stage']} ({worst['output']}), min over frames {worst['cosine_min']:.4f}"
+    return _limit("min_stage_cosine", worst["cosine_mean"], allowed, ">=", "", detail)
+
+
 def _drift_checks(report: dict, b: Budgets) -> list[Check]:
     checks = []
     for key, field, unit in (
@@ -221,6 +232,8 @@ def _drift_checks(report: dict, b: Budgets) -> list[Check]:
                 f"worst frame {drift['cosine_min']:.4f}",
             )
         )
+    if b.min_stage_cosine is not None:
+        checks.append(_stage_cosine_check(_need(report, "drift", "min_stage_cosine"), b.min_stage_cosine))
     for key, field, why in (
         ("min_token_agreement", "token_agreement", "not a tokens head"),
         ("max_gripper_flip_rate", "gripper_flip_rate", "the policy has no gripper dims"),

@@ -146,6 +146,14 @@ def _drift(drift: dict, budgets: dict) -> str:
     if drift.get("nonfinite"):
         out.append(f"<p class='warning'>{drift['nonfinite']} non-finite candidate action values "
                    "(counted as 100% error).</p>")
+    if drift.get("stages"):
+        rows = "".join(f"<tr><td>{_esc(p['stage'])}</td><td>{_esc(p['output'])}</td><td>{p['calls']}</td>"
+                       f"<td>{p['cosine_mean']:.5f}</td><td>{p['cosine_min']:.5f}</td>"
+                       f"<td>{p['rel_l2']:.4g}</td></tr>"
+                       for p in drift["stages"])
+        out.append("<p>Per-stage parity: each candidate stage fed the FP32 torch stage's inputs (errors do "
+                   "not compound).</p><table><tr><th>stage</th><th>output</th><th>calls</th>"
+                   f"<th>cosine mean</th><th>cosine min</th><th>relative L2</th></tr>{rows}</table>")
     return "\n".join(out)
 
 

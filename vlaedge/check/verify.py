@@ -136,6 +136,12 @@ def verify(
     drift, _, _ = open_loop_drift(policy, candidate, sample_frames(evaluation, n, config.seed), config.seed)
     drift.method = arithmetic
     log(drift.summary())
+    if drift.stages:
+        from vlaedge.models.stages import StageParity
+
+        log("per-stage parity vs the FP32 torch stages (each fed torch's stage inputs):")
+        for p in drift.stages:
+            log("  " + StageParity(**p).line())
     traces = _traces(policy, candidate, evaluation, config)
     loop = None
     if config.closed_loop_episodes:

@@ -90,6 +90,12 @@ TRACEABLE = ("make the module traceable by torch.jit.trace (tensor inputs and ou
              "flow on tensor values)")
 
 
+# A ModelOpt graph's export check passes within this many times the fake-quantized module's own difference
+# under a one-ulp nudge of every quantizer input (`ExportCheck.sensitivity_pct`): at 127 M parameters the
+# Q/DQ graph on ONNX Runtime was 1.61% (relative L2 of the logits) from torch, the nudge 1.63%.
+SENSITIVITY_FACTOR = 2.0
+
+
 @dataclass
 class ExportCheck:
     """ONNX Runtime vs torch on the same feeds: truthy when within tolerance."""
@@ -105,6 +111,10 @@ class ExportCheck:
     method: str = ""  # how ONNX Runtime computed the graph (`vlaedge.runtimes.ort.qdq_label`)
     max_pct: float = 0.0  # |diff| / the dimension's action range, in %
     p99_pct: float = 0.0  # judged for quantized graphs (see `judged`)
+    # A ModelOpt graph over the tolerance: p99 % of range between the fake-quantized module and itself with
+    # each quantizer's input moved by one float32 ulp (`vlaedge.compress.quantize.one_ulp_nudge`), the
+    # difference float rounding alone makes; the graph passes within SENSITIVITY_FACTOR times it.
+    sensitivity_pct: float | None = None
 
     @property
     def judged(self) -> float:
@@ -113,26 +123,39 @@ class ExportCheck:
         frame."""
         return self.p99_pct if self.quantized else self.max_pct
 
+    @property
+    def allowed(self) -> float:
+        """The judged figure's bound, % of range: the tolerance, or SENSITIVITY_FACTOR times the module's
+        own sensitivity to float rounding when that is larger."""
+        return max(self.tolerance, SENSITIVITY_FACTOR * (self.sensitivity_pct or 0.0))
+
     def __bool__(self) -> bool:
-        return bool(self.skipped) or self.judged <= self.tolerance
+        return bool(self.skipped) or self.judged <= self.allowed
+
+    def _sensitivity(self) -> str:
+        if self.sensitivity_pct is None:
+            return ""
+        return (f"; torch itself moves by {self.sensitivity_pct:.3f}% (p99) when each quantizer's input "
+                f"moves by one float32 ulp, so up to {SENSITIVITY_FACTOR:g}x that is rounding, not the "
+                "export")
 
     def line(self, what: str = "ONNX Runtime", judged: bool = True) -> str:
         """The summary line: max / p99 / mean |action diff| in environment units and the judged % of range.
         `judged=False`: an INT8 graph compared with the FP32 module, where the difference is the
         quantization error that the drift budgets judge, not an export fault (no "allowed" figure then)."""
-        bound = (f"allowed {self.tolerance:g}%" if judged else
+        bound = (f"allowed {self.allowed:.3g}%" if judged else
                  "INT8 against the FP32 module: the quantization error, judged by the drift budgets")
         return (f"{what} vs torch on {self.frames} frames: max |action diff| {self.max_abs:.4f}, p99 "
                 f"{self.p99_abs:.4f}, mean {self.mean_abs:.5f} ({'p99' if self.quantized else 'max'} "
                 f"{self.judged:.3f}% of range, {bound})"
-                + (f"; export check: {self.method}" if self.method else ""))
+                + (f"; export check: {self.method}" if self.method else "") + self._sensitivity())
 
     def refusal(self, what: str = "ONNX Runtime") -> VlaedgeError:
         """The error for a failed check."""
         return VlaedgeError(
             f"export: {what} differs from torch by {self.judged:.3f}% of the action range "
-            f"({'p99' if self.quantized else 'max'}; allowed {self.tolerance:g}%; {self.max_abs:.4g} in "
-            "action units at most)",
+            f"({'p99' if self.quantized else 'max'}; allowed {self.allowed:.3g}%; {self.max_abs:.4g} in "
+            f"action units at most{self._sensitivity()})",
             "raise export.max_check_error_pct if this precision is expected to differ, or report a bug")
 
 
@@ -302,9 +325,27 @@ def check_against_torch(policy: Policy, model: Path, feeds: dict[str, np.ndarray
         agreement = float(np.mean(ref_out["action_logits"].argmax(-1)
                                   == cand_out["action_logits"].argmax(-1)))
     p99 = float(np.percentile(diff, 99))
-    return ExportCheck(frames, float(diff.max()), float(diff.mean()), p99, agreement, tolerance,
-                       quantized=precision is not None, method=method, max_pct=float(pct.max()),
-                       p99_pct=float(np.percentile(pct, 99)))
+    check = ExportCheck(frames, float(diff.max()), float(diff.mean()), p99, agreement, tolerance,
+                        quantized=precision is not None, method=method, max_pct=float(pct.max()),
+                        p99_pct=float(np.percentile(pct, 99)))
+    if not check and precision is not None:
+        check.sensitivity_pct = _rounding_sensitivity(policy, slices, reference)
+    return check
+
+
+def _rounding_sensitivity(policy: Policy, slices: list[dict[str, np.ndarray]],
+                          reference: np.ndarray) -> float | None:
+    """p99 % of range between the fake-quantized module's decoded actions `reference` and the same module
+    run with each input quantizer's input moved by one float32 ulp; None without input quantizers."""
+    from vlaedge.compress.quantize import one_ulp_nudge
+
+    with one_ulp_nudge(policy.module) as nudged:
+        if not nudged:
+            return None
+        with progress.heartbeat("export: torch with each quantizer's input moved by one ulp"):
+            moved = policy.decode(_joined([policy.run_torch(part) for part in slices]))
+    pct = np.abs(moved - reference) / policy.check_scale(reference) * 100.0
+    return float(np.percentile(pct, 99))
 
 
 def _joined(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:

@@ -270,23 +270,54 @@ class StageParity:
                 f"{self.cosine_min:.5f}, rel L2 {self.rel_l2:.4g} over {self.calls} call(s)")
 
 
+class ParityAccumulator:
+    """`StageParity` over several recorded batches: add each batch's recorder, read the totals (cosine per
+    frame, rel L2 from the summed squares), so a long evaluation never holds every stage call at once."""
+
+    def __init__(self, plan: StagePlan):
+        self.plan = plan
+        self._cos: dict[tuple[str, str], list[np.ndarray]] = {}
+        self._sq: dict[tuple[str, str], list[float]] = {}  # [sum (cand - ref)^2, sum ref^2]
+        self._calls: dict[tuple[str, str], int] = {}
+
+    def add(self, recorder: Recorder, candidate: StageRunner) -> None:
+        """Runs `candidate` on every call `recorder` kept (torch's stage inputs) and adds the differences."""
+        for g in self.plan.graphs:
+            for feeds, out in recorder.calls.get(g.name, []):
+                got = candidate(g, feeds)
+                for name in g.outputs:
+                    ref = out[name].reshape(len(out[name]), -1).astype(np.float64)
+                    cand = got[name].reshape(len(out[name]), -1).astype(np.float64)
+                    norms = np.linalg.norm(ref, axis=1) * np.linalg.norm(cand, axis=1)
+                    key = (g.name, name)
+                    self._cos.setdefault(key, []).append(
+                        np.where(norms > 0, (ref * cand).sum(1) / np.maximum(norms, 1e-30), 1.0))
+                    sq = self._sq.setdefault(key, [0.0, 0.0])
+                    sq[0] += float(((cand - ref) ** 2).sum())
+                    sq[1] += float((ref ** 2).sum())
+                    self._calls[key] = self._calls.get(key, 0) + 1
+
+    def result(self) -> list[StageParity]:
+        """One `StageParity` per stage output that was called, in plan order."""
+        out = []
+        for g in self.plan.graphs:
+            for name in g.outputs:
+                key = (g.name, name)
+                if key in self._cos:
+                    cos = np.concatenate(self._cos[key])
+                    diff, ref = self._sq[key]
+                    rel = float(np.sqrt(diff) / max(np.sqrt(ref), 1e-30))
+                    out.append(StageParity(g.name, name, self._calls[key], float(cos.mean()),
+                                           float(cos.min()), rel))
+        return out
+
+
 def stage_parity(recorder: Recorder, plan: StagePlan, candidate: StageRunner) -> list[StageParity]:
     """Each stage's outputs from `candidate` against the torch outputs `recorder` kept, fed the torch
     stage inputs of every recorded call (the loop's stage: every step)."""
-    result = []
-    for g in plan.graphs:
-        calls = recorder.calls.get(g.name, [])
-        for name in g.outputs:
-            refs, cands = [], []
-            for feeds, out in calls:
-                refs.append(out[name].reshape(len(out[name]), -1).astype(np.float64))
-                cands.append(candidate(g, feeds)[name].reshape(len(out[name]), -1).astype(np.float64))
-            ref, cand = np.concatenate(refs), np.concatenate(cands)
-            norms = np.linalg.norm(ref, axis=1) * np.linalg.norm(cand, axis=1)
-            cos = np.where(norms > 0, (ref * cand).sum(1) / np.maximum(norms, 1e-30), 1.0)
-            rel = float(np.linalg.norm(cand - ref) / max(np.linalg.norm(ref), 1e-30))
-            result.append(StageParity(g.name, name, len(calls), float(cos.mean()), float(cos.min()), rel))
-    return result
+    totals = ParityAccumulator(plan)
+    totals.add(recorder, candidate)
+    return totals.result()
 
 
 # --- the plan file (stages.json): what export writes and the runtimes, bundle and estimate read --------

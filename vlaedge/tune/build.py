@@ -21,7 +21,8 @@ from vlaedge.recipe import Budgets, QuantizeConfig
 from vlaedge.tune.space import Variant
 
 DRIFT_BUDGETS = ("max_drift_mean_pct", "max_drift_p99_pct", "max_drift_per_dim_pct",
-                 "max_drift_per_dim_p99_pct", "min_cosine", "min_token_agreement", "max_gripper_flip_rate")
+                 "max_drift_per_dim_p99_pct", "min_cosine", "min_stage_cosine", "min_token_agreement",
+                 "max_gripper_flip_rate")
 
 
 @dataclass
