@@ -322,6 +322,20 @@ def test_verify_reports_and_gates_per_stage_parity(cpu_run):
     assert gate(report, Budgets(min_stage_cosine=0.99)).checks[0].status == "skipped"
 
 
+def test_verify_without_per_stage_parity(cpu_run, ckpt, tmp_path, capsys, monkeypatch):
+    out, _ = cpu_run
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("target: cpu\nverify: {eval_frames: 8, stage_parity_frames: 0, "
+                      "closed_loop_episodes: 0, trace_episodes: 0}\n")
+    code, text = run_cli(["verify", out, "-c", ckpt, "--trust-code", "--recipe", recipe, "--no-profile",
+                          "--out", tmp_path / "v"], capsys, monkeypatch)
+    assert code == 0, text[-2000:]
+    report = json.loads((tmp_path / "v" / "report.json").read_text())
+    assert report["drift"]["frames"] == 8 and report["drift"]["stages"] == []
+    assert "per-stage parity" not in text
+    assert "Per-stage parity" not in (tmp_path / "v" / "report.md").read_text()
+
+
 @pytest.mark.parametrize("bad, words", [
     ("encode_nothing", ["stage 'vision'", "encode_nothing"]),
     ("ctx", ["stage 'prefix'", "'ctx'"]),

@@ -260,6 +260,7 @@ def open_loop_drift(
     seed: int = 0,
     tolerance_pct: float | None = None,
     batch_size: int = BATCH_SIZE,
+    stage_parity_frames: int = 32,
 ) -> tuple[DriftReport, np.ndarray, np.ndarray]:
     """Runs the FP32 reference (torch) and the candidate on identical feeds and measures the drift.
 
@@ -270,6 +271,8 @@ def open_loop_drift(
         seed: seeds `make_inputs` per batch (the flow head's `noise`); both models get the same feeds.
         tolerance_pct: see `DriftReport`.
         batch_size: frames per inference call.
+        stage_parity_frames: a per-stage candidate's parity is measured on the batches that start within
+            the first this many frames (0: none).
 
     Returns:
         (report, reference actions [N, T, A], candidate actions [N, T, A]). For a per-stage candidate
@@ -283,11 +286,11 @@ def open_loop_drift(
     check_candidate_inputs(policy, candidate)
     n = len(frames["instruction"])
     refs, cands, ref_logits, cand_logits = [], [], [], []
-    parity = _stage_parity_totals(policy, candidate)
+    parity = _stage_parity_totals(policy, candidate) if stage_parity_frames else None
     for start in progress.track(range(0, n, batch_size), f"drift: batches of {batch_size} frames"):
         batch = {k: v[start : start + batch_size] for k, v in frames.items()}
         feeds = policy.make_inputs(batch, seed=seed + start)
-        if parity is not None:
+        if parity is not None and start < stage_parity_frames:
             from vlaedge.models.stages import record_torch
 
             ref_out, recorder = record_torch(policy, parity.plan, feeds)

@@ -133,7 +133,8 @@ def verify(
         )
     log(f"verify: reference (torch FP32) vs candidate ({candidate.name}"
         + (f", {arithmetic}" if arithmetic else "") + f") on {n} evaluation frames")
-    drift, _, _ = open_loop_drift(policy, candidate, sample_frames(evaluation, n, config.seed), config.seed)
+    drift, _, _ = open_loop_drift(policy, candidate, sample_frames(evaluation, n, config.seed), config.seed,
+                                  stage_parity_frames=config.stage_parity_frames)
     drift.method = arithmetic
     log(drift.summary())
     if drift.stages:
