@@ -286,15 +286,17 @@ class ParityAccumulator:
             for feeds, out in recorder.calls.get(g.name, []):
                 got = candidate(g, feeds)
                 for name in g.outputs:
-                    ref = out[name].reshape(len(out[name]), -1).astype(np.float64)
-                    cand = got[name].reshape(len(out[name]), -1).astype(np.float64)
-                    norms = np.linalg.norm(ref, axis=1) * np.linalg.norm(cand, axis=1)
                     key = (g.name, name)
-                    self._cos.setdefault(key, []).append(
-                        np.where(norms > 0, (ref * cand).sum(1) / np.maximum(norms, 1e-30), 1.0))
                     sq = self._sq.setdefault(key, [0.0, 0.0])
-                    sq[0] += float(((cand - ref) ** 2).sum())
-                    sq[1] += float((ref ** 2).sum())
+                    cos = []
+                    for ref, cand in zip(out[name], got[name], strict=True):  # a frame at a time, in float64:
+                        ref = ref.astype(np.float64).ravel()  # a whole batch of a real-size prefix's
+                        cand = cand.astype(np.float64).ravel()  # outputs would be ~1 GB of temporaries
+                        norms = np.linalg.norm(ref) * np.linalg.norm(cand)
+                        cos.append(float(ref @ cand) / norms if norms > 0 else 1.0)
+                        sq[0] += float(np.sum((cand - ref) ** 2))
+                        sq[1] += float(ref @ ref)
+                    self._cos.setdefault(key, []).append(np.array(cos))
                     self._calls[key] = self._calls.get(key, 0) + 1
 
     def result(self) -> list[StageParity]:
