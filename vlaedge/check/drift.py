@@ -260,7 +260,7 @@ def open_loop_drift(
     seed: int = 0,
     tolerance_pct: float | None = None,
     batch_size: int = BATCH_SIZE,
-    stage_parity_frames: int = 32,
+    stage_parity_frames: int = 8,
 ) -> tuple[DriftReport, np.ndarray, np.ndarray]:
     """Runs the FP32 reference (torch) and the candidate on identical feeds and measures the drift.
 
@@ -271,8 +271,8 @@ def open_loop_drift(
         seed: seeds `make_inputs` per batch (the flow head's `noise`); both models get the same feeds.
         tolerance_pct: see `DriftReport`.
         batch_size: frames per inference call.
-        stage_parity_frames: a per-stage candidate's parity is measured on the batches that start within
-            the first this many frames (0: none).
+        stage_parity_frames: a per-stage candidate's parity is measured on the first this many frames
+            (0: none); the stage inputs and outputs of those frames are held while it runs.
 
     Returns:
         (report, reference actions [N, T, A], candidate actions [N, T, A]). For a per-stage candidate
@@ -290,12 +290,16 @@ def open_loop_drift(
     for start in progress.track(range(0, n, batch_size), f"drift: batches of {batch_size} frames"):
         batch = {k: v[start : start + batch_size] for k, v in frames.items()}
         feeds = policy.make_inputs(batch, seed=seed + start)
-        if parity is not None and start < stage_parity_frames:
+        k = min(len(batch["instruction"]), stage_parity_frames - start) if parity is not None else 0
+        if k > 0:  # the first k frames through the torch stages, recorded; the rest of the batch as usual
             from vlaedge.models.stages import record_torch
 
-            ref_out, recorder = record_torch(policy, parity.plan, feeds)
+            ref_out, recorder = record_torch(policy, parity.plan, {n: v[:k] for n, v in feeds.items()})
             parity.add(recorder, candidate.run_stage)
             del recorder
+            if k < len(batch["instruction"]):
+                rest = policy.run_torch({n: v[k:] for n, v in feeds.items()})
+                ref_out = {n: np.concatenate([ref_out[n], rest[n]]) for n in ref_out}
         else:
             ref_out = policy.run_torch(feeds)
         cand_out = candidate.infer(feeds)
