@@ -318,8 +318,16 @@ def test_verify_reports_and_gates_per_stage_parity(cpu_run):
     failed = gate(report, Budgets(min_stage_cosine=1.0)).checks[0]
     assert passed.status == "pass" and failed.status == "fail" and failed.measured == worst["cosine_mean"]
     assert f"worst stage {worst['stage']}" in failed.detail
-    report["drift"]["stages"] = []
-    assert gate(report, Budgets(min_stage_cosine=0.99)).checks[0].status == "skipped"
+    assert report["drift"]["stage_parity_frames"] == 8  # verify.stage_parity_frames' default
+    assert "on the first 8 evaluation frames" in (out / "report.md").read_text()
+    tight = gate(report, Budgets(min_stage_cosine=0.99999))  # not "measured 1, allowed >= 1"
+    assert "allowed >= 0.99999 (" in tight.summary() and "measured 1," not in tight.summary()
+    single = {**report, "drift": {**report["drift"], "stages": [], "stage_parity_frames": None}}
+    check = gate(single, Budgets(min_stage_cosine=0.99)).checks[0]
+    assert check.status == "skipped" and "single-graph" in check.detail
+    unmeasured = {**report, "drift": {**report["drift"], "stages": [], "stage_parity_frames": 0}}
+    with pytest.raises(VlaedgeError, match="did not measure.*stage_parity_frames above 0"):
+        gate(unmeasured, Budgets(min_stage_cosine=0.99))
 
 
 def test_verify_without_per_stage_parity(cpu_run, ckpt, tmp_path, capsys, monkeypatch):
@@ -332,6 +340,7 @@ def test_verify_without_per_stage_parity(cpu_run, ckpt, tmp_path, capsys, monkey
     assert code == 0, text[-2000:]
     report = json.loads((tmp_path / "v" / "report.json").read_text())
     assert report["drift"]["frames"] == 8 and report["drift"]["stages"] == []
+    assert report["drift"]["stage_parity_frames"] == 0
     assert "per-stage parity" not in text
     assert "Per-stage parity" not in (tmp_path / "v" / "report.md").read_text()
 

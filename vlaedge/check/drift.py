@@ -60,6 +60,9 @@ class DriftReport:
     # inputs (`vlaedge.models.stages.StageParity` dicts: stage, output, calls, cosine_mean, cosine_min,
     # rel_l2); empty for a single graph.
     stages: list[dict] = field(default_factory=list)
+    # Frames the per-stage parity was measured on: None for a single-graph candidate, 0 for a per-stage
+    # one whose parity was not measured (verify.stage_parity_frames 0, or a half-precision reference).
+    stage_parity_frames: int | None = None
 
     def __bool__(self) -> bool:
         if self.nonfinite:
@@ -287,6 +290,7 @@ def open_loop_drift(
     n = len(frames["instruction"])
     refs, cands, ref_logits, cand_logits = [], [], [], []
     parity = _stage_parity_totals(policy, candidate) if stage_parity_frames else None
+    measured = 0
     for start in progress.track(range(0, n, batch_size), f"drift: batches of {batch_size} frames"):
         batch = {k: v[start : start + batch_size] for k, v in frames.items()}
         feeds = policy.make_inputs(batch, seed=seed + start)
@@ -296,6 +300,7 @@ def open_loop_drift(
 
             ref_out, recorder = record_torch(policy, parity.plan, {n: v[:k] for n, v in feeds.items()})
             parity.add(recorder, candidate.run_stage)
+            measured += k
             del recorder
             if k < len(batch["instruction"]):
                 rest = policy.run_torch({n: v[k:] for n, v in feeds.items()})
@@ -325,6 +330,10 @@ def open_loop_drift(
     )
     if parity is not None:
         report.stages = [p.to_dict() for p in parity.result()]
+    from vlaedge.runtimes.staged import StagedRuntime
+
+    if isinstance(candidate, StagedRuntime):
+        report.stage_parity_frames = measured
     return report, ref, cand
 
 

@@ -72,16 +72,19 @@ class GateResult:
         if self.baseline:  # a candidate slower than FP32 is called out whatever the budgets say
             lines[0] += f"; vs FP32: {speed_note(self.baseline)}"
         for c in self.checks:
+            unit = f" {c.unit}" if c.unit else ""
+            measured, allowed = _figures(c.measured, c.allowed)
             lines.append(
-                f"  {STATUS_LABEL[c.status]:<14} {c.name}: measured {_fmt(c.measured)} {c.unit}, "
-                f"allowed {c.op} {_fmt(c.allowed)} {c.unit}" + (f" ({c.detail})" if c.detail else "")
+                f"  {STATUS_LABEL[c.status]:<14} {c.name}: measured {measured}{unit}, "
+                f"allowed {c.op} {allowed}{unit}" + (f" ({c.detail})" if c.detail else "")
             )
         return "\n".join(lines)
 
     def failure_line(self) -> str:
         """One line naming every budget that did not pass, for the exit-1 message."""
         return "; ".join(
-            f"{c.name} {c.status}: measured {_fmt(c.measured)} {c.unit}, allowed {c.op} {_fmt(c.allowed)}"
+            f"{c.name} {c.status}: measured {_figures(c.measured, c.allowed)[0]}"
+            f"{' ' + c.unit if c.unit else ''}, allowed {c.op} {_figures(c.measured, c.allowed)[1]}"
             for c in self.failures
         )
 
@@ -163,9 +166,14 @@ def _limit(name: str, measured: float, allowed: float, op: str, unit: str, detai
 def _stage_cosine_check(drift: dict, allowed: float) -> Check:
     """min_stage_cosine: the worst stage output's mean cosine (the report's per-stage parity)."""
     stages = drift.get("stages") or []
-    if not stages:
+    if not stages and drift.get("stage_parity_frames") is None:
         return Check("min_stage_cosine", "skipped", None, allowed, ">=", "",
                      "a single-graph candidate: no per-stage parity")
+    if not stages:
+        raise VlaedgeError("gate: budget min_stage_cosine needs the per-stage parity, which this per-stage "
+                           "candidate's report did not measure (verify.stage_parity_frames was 0, or the "
+                           "reference is in half precision)",
+                           "verify again with verify.stage_parity_frames above 0, or remove the budget")
     worst = min(stages, key=lambda p: p["cosine_mean"])
     detail = f"worst stage {worst['stage']} ({worst['output']}), min over frames {worst['cosine_min']:.4f}"
     return _limit("min_stage_cosine", worst["cosine_mean"], allowed, ">=", "", detail)
@@ -358,3 +366,15 @@ def _baseline_checks(report: dict, b: Budgets) -> list[Check]:
 
 def _fmt(value) -> str:
     return "n/a" if value is None else f"{value:.4g}"
+
+
+def _figures(measured, allowed) -> tuple[str, str]:
+    """Measured and allowed with 4 significant digits, more where 4 would round the budget the user wrote
+    (0.99999, not 1) or make a different measurement look equal to it (0.99995 against 0.99999)."""
+    if measured is None or allowed is None:
+        return _fmt(measured), _fmt(allowed)
+    for d in range(4, 9):
+        m, a = f"{measured:.{d}g}", f"{allowed:.{d}g}"
+        if float(a) == float(f"{allowed:.8g}") and (m != a or measured == allowed):
+            return m, a
+    return f"{measured:.8g}", f"{allowed:.8g}"

@@ -151,8 +151,9 @@ def _drift(drift: dict, budgets: dict) -> str:
                        f"<td>{p['cosine_mean']:.5f}</td><td>{p['cosine_min']:.5f}</td>"
                        f"<td>{p['rel_l2']:.4g}</td></tr>"
                        for p in drift["stages"])
-        out.append("<p>Per-stage parity: each candidate stage fed the FP32 torch stage's inputs (errors do "
-                   "not compound).</p><table><tr><th>stage</th><th>output</th><th>calls</th>"
+        out.append(f"<p>Per-stage parity on the first {drift.get('stage_parity_frames')} evaluation frames: "
+                   "each candidate stage fed the FP32 torch stage's inputs (errors do not compound).</p>"
+                   "<table><tr><th>stage</th><th>output</th><th>stage calls</th>"
                    f"<th>cosine mean</th><th>cosine min</th><th>relative L2</th></tr>{rows}</table>")
     return "\n".join(out)
 

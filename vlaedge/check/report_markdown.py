@@ -148,9 +148,11 @@ def _drift_md(drift: dict | None, policy: dict) -> list[str]:
     if drift.get("nonfinite"):
         lines.append(f"**{drift['nonfinite']} non-finite candidate action values** (counted as 100% error).")
     if drift.get("stages"):
-        lines += ["", "Per-stage parity (each candidate stage fed the FP32 torch stage's inputs, so errors "
-                  "do not compound; cosine per frame, relative L2 over all calls):", "",
-                  "| stage | output | calls | cosine mean | cosine min | relative L2 |",
+        lines += ["", f"Per-stage parity on the first {drift.get('stage_parity_frames')} evaluation frames "
+                  "(each candidate stage fed the FP32 torch stage's inputs, so errors do not compound; "
+                  "cosine per frame, relative L2 over all calls; a loop's stage is called once per step):",
+                  "",
+                  "| stage | output | stage calls | cosine mean | cosine min | relative L2 |",
                   "|---|---|---|---|---|---|"]
         lines += [f"| {p['stage']} | {p['output']} | {p['calls']} | {p['cosine_mean']:.5f} | "
                   f"{p['cosine_min']:.5f} | {p['rel_l2']:.4g} |" for p in drift["stages"]]

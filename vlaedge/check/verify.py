@@ -140,7 +140,8 @@ def verify(
     if drift.stages:
         from vlaedge.models.stages import StageParity
 
-        log("per-stage parity vs the FP32 torch stages (each fed torch's stage inputs):")
+        log(f"per-stage parity vs the FP32 torch stages on the first {drift.stage_parity_frames} frames "
+            "(each stage fed torch's stage inputs):")
         for p in drift.stages:
             log("  " + StageParity(**p).line())
     traces = _traces(policy, candidate, evaluation, config)
