@@ -127,7 +127,9 @@ class ExportConfig(Section):
     max_check_error_pct: float = Field(
         2.5, gt=0, le=100, description="ONNX Runtime vs torch action difference allowed, in % of each action "
                                        "dimension's range: the max for FP32 graphs, the p99 for quantized "
-                                       "ones (rounding ties differ)")
+                                       "ones (rounding ties differ); a ModelOpt graph over it is allowed up "
+                                       "to twice the module's own one-ulp rounding sensitivity when that is "
+                                       "larger (docs/guides/real-size.md)")
     external_data: Literal["auto", "always", "never"] = Field(
         "auto", description="weights in one data file beside the .onnx (NAME.onnx.data): auto = only when "
                             "the graph exceeds protobuf's 2 GB limit; never refuses a graph over 2 GB")
