@@ -14,7 +14,10 @@ import numpy as np
 from vlaedge import progress
 from vlaedge.errors import VlaedgeError
 from vlaedge.models.base import BATCH, ActionSpec, Policy
+from vlaedge.models.stages import ParityAccumulator, record_torch
+from vlaedge.models.weights import module_dtype
 from vlaedge.runtimes.base import Runtime
+from vlaedge.runtimes.staged import StagedRuntime
 
 BATCH_SIZE = 32  # frames per inference call
 
@@ -289,20 +292,22 @@ def open_loop_drift(
     check_candidate_inputs(policy, candidate)
     n = len(frames["instruction"])
     refs, cands, ref_logits, cand_logits = [], [], [], []
-    parity = _stage_parity_totals(policy, candidate) if stage_parity_frames else None
+    staged = isinstance(candidate, StagedRuntime)
+    # a half-precision module's stages would need their feeds cast: its end-to-end drift is still measured
+    parity = (ParityAccumulator(candidate.plan) if staged and stage_parity_frames
+              and module_dtype(policy.module) == "float32" else None)
     measured = 0
     for start in progress.track(range(0, n, batch_size), f"drift: batches of {batch_size} frames"):
         batch = {k: v[start : start + batch_size] for k, v in frames.items()}
         feeds = policy.make_inputs(batch, seed=seed + start)
-        k = min(len(batch["instruction"]), stage_parity_frames - start) if parity is not None else 0
+        size = len(batch["instruction"])
+        k = min(size, stage_parity_frames - start) if parity is not None else 0
         if k > 0:  # the first k frames through the torch stages, recorded; the rest of the batch as usual
-            from vlaedge.models.stages import record_torch
-
             ref_out, recorder = record_torch(policy, parity.plan, {n: v[:k] for n, v in feeds.items()})
             parity.add(recorder, candidate.run_stage)
             measured += k
             del recorder
-            if k < len(batch["instruction"]):
+            if k < size:
                 rest = policy.run_torch({n: v[k:] for n, v in feeds.items()})
                 ref_out = {n: np.concatenate([ref_out[n], rest[n]]) for n in ref_out}
         else:
@@ -330,25 +335,6 @@ def open_loop_drift(
     )
     if parity is not None:
         report.stages = [p.to_dict() for p in parity.result()]
-    from vlaedge.runtimes.staged import StagedRuntime
-
-    if isinstance(candidate, StagedRuntime):
+    if staged:
         report.stage_parity_frames = measured
     return report, ref, cand
-
-
-def _stage_parity_totals(policy: Policy, candidate: Runtime):
-    """A `ParityAccumulator` for a per-stage candidate whose reference module is float32, else None (a
-    half-precision module's stages would need their feeds cast: its end-to-end drift is still measured)."""
-    import torch
-
-    from vlaedge.runtimes.staged import StagedRuntime
-
-    if not isinstance(candidate, StagedRuntime):
-        return None
-    dtype = next((p.dtype for p in policy.module.parameters() if p.is_floating_point()), torch.float32)
-    if dtype != torch.float32:
-        return None
-    from vlaedge.models.stages import ParityAccumulator
-
-    return ParityAccumulator(candidate.plan)

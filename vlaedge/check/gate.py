@@ -82,11 +82,12 @@ class GateResult:
 
     def failure_line(self) -> str:
         """One line naming every budget that did not pass, for the exit-1 message."""
-        return "; ".join(
-            f"{c.name} {c.status}: measured {_figures(c.measured, c.allowed)[0]}"
-            f"{' ' + c.unit if c.unit else ''}, allowed {c.op} {_figures(c.measured, c.allowed)[1]}"
-            for c in self.failures
-        )
+        lines = []
+        for c in self.failures:
+            measured, allowed = _figures(c.measured, c.allowed)
+            lines.append(f"{c.name} {c.status}: measured {measured}{' ' + c.unit if c.unit else ''}, "
+                         f"allowed {c.op} {allowed}")
+        return "; ".join(lines)
 
     def to_dict(self) -> dict:
         return {
